@@ -1,0 +1,1 @@
+//! mignet: manager, node agent, lab and CLI.
