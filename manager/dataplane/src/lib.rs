@@ -1,0 +1,1 @@
+//! mignet-dataplane: the node agent data path (no Kubernetes dependency).
