@@ -83,7 +83,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: String::new() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -92,8 +96,15 @@ impl CniError {
     }
 
     /// An invalid value for a named config field: the message names both.
-    pub fn invalid_field(field: &str, value: impl std::fmt::Display, why: impl std::fmt::Display) -> Self {
-        CniError::new(Code::InvalidConfig, format!("invalid {field} {value:?}: {why}"))
+    pub fn invalid_field(
+        field: &str,
+        value: impl std::fmt::Display,
+        why: impl std::fmt::Display,
+    ) -> Self {
+        CniError::new(
+            Code::InvalidConfig,
+            format!("invalid {field} \"{value}\": {why}"),
+        )
     }
 
     pub fn decode(what: &str, err: impl std::fmt::Display) -> Self {

@@ -26,7 +26,10 @@ pub struct CmdArgs {
 impl CmdArgs {
     /// The value of a CNI_ARGS key, if present.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
