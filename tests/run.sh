@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the suite needs, starts a real
+# kube-apiserver on loopback, runs every test of the workspace as root, stops
+# the apiserver, and fails if any test left a network namespace behind.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: must run as root (network namespaces, QEMU); try: sudo tests/run.sh" >&2
+    exit 1
+fi
+
+bash "$here/setup.sh"
+
+netns_before="$(ip netns list 2>/dev/null | awk '{print $1}' | sort)"
+
+state="$(mktemp -d /tmp/mignet-k8s.XXXXXX)"
+cleanup() {
+    bash "$here/k8s/down.sh" "$state" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+bash "$here/k8s/up.sh" "$state"
+# shellcheck disable=SC1091
+source "$state/env"
+
+status=0
+cargo test --workspace --locked -- --test-threads="${MIGNET_TEST_THREADS:-2}" || status=$?
+
+netns_after="$(ip netns list 2>/dev/null | awk '{print $1}' | sort)"
+leaked="$(comm -13 <(echo "$netns_before") <(echo "$netns_after") || true)"
+if [ -n "$leaked" ]; then
+    echo "tests/run.sh: network namespaces left behind by the suite:" >&2
+    echo "$leaked" >&2
+    status=1
+fi
+exit "$status"

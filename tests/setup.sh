@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs and builds everything the test suite and the lab need, idempotently:
+# Debian packages, the Go-built kube-apiserver/kubectl/etcd and cnitool, the guest
+# kernel + initramfs. Fast when everything is already there.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/setup.sh: must run as root (network namespaces, QEMU, apt)" >&2
+    exit 1
+fi
+
+# Debian packages: iproute2 (ip netns), the reference CNI plugins (differential
+# tests and the benchmark anchor), QEMU + busybox-static + cpio (guests), openssl
+# (test-bed certificates), procps/psmisc (process checks), jq.
+pkgs=(iproute2 containernetworking-plugins qemu-system-x86 qemu-utils busybox-static cpio
+      openssl procps psmisc jq curl ca-certificates gcc libc6-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Go-built test tooling (cached under ${MIGNET_CACHE:-~/.cache/mignet}).
+for s in "$here/k8s/build.sh" "$here/tools/build-cnitool.sh" "$here/guest/build.sh"; do
+    if [ -x "$s" ] || [ -f "$s" ]; then
+        echo "setup: $s"
+        bash "$s"
+    else
+        echo "setup: missing $s" >&2
+        exit 1
+    fi
+done
+echo "setup: done ($root)"
