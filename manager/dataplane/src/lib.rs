@@ -1,1 +1,2 @@
 //! mignet-dataplane: the node agent data path (no Kubernetes dependency).
+pub mod certs;
