@@ -1,0 +1,202 @@
+//! `mignet-ipam`: a whereabouts-compatible IPAM with a local file store.
+//!
+//! Layout follows the reference plugins: config (pure parsing), allocator
+//! (pure decisions), store (file I/O), then the verbs below. macvlan calls
+//! `Whereabouts` in-process through `skel::Plugin` with the same `CmdArgs`;
+//! the `mignet-ipam` binary runs it through `skel::run`.
+
+pub mod allocator;
+pub mod config;
+pub mod store;
+
+use crate::error::{plugin_codes, CniError, CniResult, Code};
+use crate::skel::{CmdArgs, Plugin};
+use crate::types::{CniOutput, IpConfig};
+use allocator::Owner;
+use config::{NetConf, DEFAULT_STORE_DIR, STORE_DIR_ENV};
+use ipnetwork::IpNetwork;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use store::{FileStore, Open, PoolKey};
+
+/// The IPAM plugin. Stateless: everything comes from the config and CmdArgs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Whereabouts;
+
+/// The store directory when the config has no `store_dir`.
+pub fn default_store_dir() -> PathBuf {
+    std::env::var_os(STORE_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR))
+}
+
+/// Parse stdin with the environment's default store directory.
+pub fn load(args: &CmdArgs) -> CniResult<NetConf> {
+    config::parse_netconf(&args.stdin, &default_store_dir())
+}
+
+/// The pool keys of a config, in range order.
+pub fn pool_keys(conf: &NetConf) -> Vec<PoolKey> {
+    conf.ipam
+        .ranges
+        .iter()
+        .map(|r| PoolKey::new(&conf.ipam.network_name, r.subnet))
+        .collect()
+}
+
+/// The allocation owner named by the runtime: the pod from CNI_ARGS when
+/// given (whereabouts keys on it), always the container ID and ifname.
+pub fn owner(args: &CmdArgs) -> Owner {
+    let pod = args.arg("K8S_POD_NAME").filter(|p| !p.is_empty());
+    Owner {
+        container_id: args.container_id.clone(),
+        ifname: args.ifname.clone(),
+        podref: pod.map(|p| format!("{}/{p}", args.arg("K8S_POD_NAMESPACE").unwrap_or(""))),
+    }
+}
+
+/// ADD for an already parsed config (the benchmark and macvlan reuse it).
+pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
+    let store = FileStore::new(&conf.ipam.store_dir);
+    let ranges = &conf.ipam.ranges;
+    let offsets = store.transact(&pool_keys(conf), Open::Create, |pools| {
+        pools
+            .iter_mut()
+            .zip(ranges)
+            .map(|(pool, range)| {
+                pool.assign(range, owner).map(|a| a.offset).ok_or_else(|| {
+                    // Returning Err makes transact write nothing at all.
+                    CniError::new(
+                        Code::Plugin(plugin_codes::RANGE_EXHAUSTED),
+                        format!(
+                            "range exhausted: no free address in {} {}",
+                            range.field,
+                            range.describe()
+                        ),
+                    )
+                })
+            })
+            .collect::<CniResult<Vec<u128>>>()
+    })?;
+
+    let gateway = conf.ipam.gateway;
+    let ips = ranges
+        .iter()
+        .zip(offsets)
+        .map(|(range, off)| {
+            let ip = range.ip_at(off);
+            IpConfig {
+                interface: None,
+                address: IpNetwork::new(ip, range.subnet.prefix())
+                    .expect("prefix comes from a valid subnet"),
+                // whereabouts puts the gateway on every IP; a v4 gateway on a
+                // v6 address is meaningless, so only same-family IPs get it.
+                gateway: gateway.filter(|g| g.is_ipv4() == ip.is_ipv4()),
+            }
+        })
+        .collect();
+    Ok(CniOutput {
+        cni_version: conf.cni_version.clone(),
+        interfaces: Vec::new(),
+        ips,
+        routes: conf.ipam.routes.clone(),
+        dns: conf.ipam.dns.clone(),
+    })
+}
+
+/// DEL for an already parsed config: frees (container ID, ifname) in every
+/// pool; nothing to free is success.
+pub fn del_parsed(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
+    let store = FileStore::new(&conf.ipam.store_dir);
+    store.transact(&pool_keys(conf), Open::Existing, |pools| {
+        for p in pools {
+            p.release(container_id, ifname);
+        }
+        Ok(())
+    })
+}
+
+impl Plugin for Whereabouts {
+    fn add(&self, args: &CmdArgs) -> CniResult<CniOutput> {
+        let conf = load(args)?;
+        add_parsed(&conf, &owner(args))
+    }
+
+    fn del(&self, args: &CmdArgs) -> CniResult<()> {
+        let conf = load(args)?;
+        del_parsed(&conf, &args.container_id, &args.ifname)
+    }
+
+    fn check(&self, args: &CmdArgs) -> CniResult<()> {
+        let conf = load(args)?;
+        let store = FileStore::new(&conf.ipam.store_dir);
+        let keys = pool_keys(&conf);
+        let found = store.transact(&keys, Open::Existing, |pools| {
+            Ok(pools
+                .iter()
+                .map(|p| p.find(&args.container_id, &args.ifname))
+                .collect::<Vec<_>>())
+        })?;
+        let mismatch = |msg: String| CniError::new(Code::Plugin(plugin_codes::CHECK_MISMATCH), msg);
+        for ((range, key), off) in conf.ipam.ranges.iter().zip(&keys).zip(found) {
+            let Some(off) = off else {
+                return Err(mismatch(format!(
+                    "no allocation for container {} interface {} in pool {} ({})",
+                    args.container_id, args.ifname, key.name, range.subnet
+                )));
+            };
+            let ip = range.ip_at(off);
+            if let Some(prev) = &conf.prev_result_ips {
+                if !prev.contains(&ip) {
+                    return Err(mismatch(format!(
+                        "allocated address {ip} of container {} interface {} is not in prevResult.ips",
+                        args.container_id, args.ifname
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, args: &CmdArgs) -> CniResult<()> {
+        let conf = load(args)?;
+        let dir = &conf.ipam.store_dir;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            CniError::new(
+                Code::Unavailable,
+                format!("store dir {}: {e}", dir.display()),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
+        nix::unistd::access(
+            dir.as_path(),
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .map_err(|e| unavailable(&e))?;
+        Ok(())
+    }
+
+    fn gc(&self, args: &CmdArgs) -> CniResult<()> {
+        let conf = load(args)?;
+        let Some(valid) = &conf.valid_attachments else {
+            // Treating a missing list as "nothing is valid" would free every
+            // address of the network; refuse instead.
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                "missing cni.dev/valid-attachments: GC needs the list of valid attachments",
+            ));
+        };
+        let valid: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let store = FileStore::new(&conf.ipam.store_dir);
+        store.transact(&pool_keys(&conf), Open::Existing, |pools| {
+            for p in pools {
+                p.retain_valid(&valid);
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! The local file store: one JSON file per pool (network_name + subnet),
+//! guarded by an flock on a sibling lock file.
+//!
+//! One operation = lock every pool it touches (in name order, so two
+//! operations never wait on each other crosswise), read them, decide, then
+//! for each changed pool write `<pool>.json.tmp`, fsync it, rename it over
+//! `<pool>.json`, and fsync the directory once. A crash at any point leaves
+//! either the old or the new file; a stale `.tmp` is simply overwritten by the
+//! next writer (writers are serialised by the lock, so one fixed name is safe).
+
+use super::allocator::{Allocation, Pool};
+use crate::error::{CniError, CniResult};
+use ipnetwork::IpNetwork;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+/// On-disk shape of a pool, modelled on whereabouts' IPPool `spec`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PoolFile {
+    /// The subnet, so a file can be checked against the config that opens it.
+    range: String,
+    /// Decimal offset from the network address -> allocation.
+    allocations: BTreeMap<u128, Allocation>,
+}
+
+/// Identifies one pool file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub name: String,
+    pub subnet: IpNetwork,
+}
+
+impl PoolKey {
+    /// whereabouts' IPPool naming: `[<network_name>-]<subnet>` with ':' and
+    /// '/' turned into '-' (e.g. `10.200.5.0-24`, `fd00---64`).
+    pub fn new(network_name: &str, subnet: IpNetwork) -> Self {
+        let s = subnet.to_string().replace([':', '/'], "-");
+        let name = if network_name.is_empty() {
+            s
+        } else {
+            format!("{network_name}-{s}")
+        };
+        PoolKey { name, subnet }
+    }
+}
+
+/// Whether an operation may create the store directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// ADD: create the directory and pools as needed.
+    Create,
+    /// DEL, CHECK, GC: a missing directory means empty pools.
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+/// Held locks; dropping it unlocks (the kernel also drops them if we die).
+struct Locks(#[allow(dead_code)] Vec<Flock<File>>);
+
+impl FileStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pool_path(&self, key: &PoolKey) -> PathBuf {
+        self.dir.join(format!("{}.json", key.name))
+    }
+
+    /// Run `decide` on the pools `keys` (same order) under their locks and
+    /// persist every pool it marked dirty. If `decide` fails nothing is
+    /// written, so a failed ADD leaves no half-made allocation.
+    pub fn transact<R>(
+        &self,
+        keys: &[PoolKey],
+        open: Open,
+        decide: impl FnOnce(&mut [Pool]) -> CniResult<R>,
+    ) -> CniResult<R> {
+        match open {
+            Open::Create => std::fs::create_dir_all(&self.dir)
+                .map_err(|e| CniError::io(format!("create store dir {}", self.dir.display()), e))?,
+            Open::Existing => {
+                if !self.dir.is_dir() {
+                    let mut empty = vec![Pool::default(); keys.len()];
+                    return decide(&mut empty);
+                }
+            }
+        }
+        let _locks = self.lock(keys)?;
+        let mut pools = keys
+            .iter()
+            .map(|k| self.load(k))
+            .collect::<CniResult<Vec<_>>>()?;
+        let out = decide(&mut pools)?;
+        let mut wrote = false;
+        for (k, p) in keys.iter().zip(&pools) {
+            if p.dirty {
+                self.save(k, p)?;
+                wrote = true;
+            }
+        }
+        if wrote {
+            // Make the renames durable before we report success.
+            let d = File::open(&self.dir)
+                .map_err(|e| CniError::io(format!("open {}", self.dir.display()), e))?;
+            d.sync_all()
+                .map_err(|e| CniError::io(format!("fsync {}", self.dir.display()), e))?;
+        }
+        Ok(out)
+    }
+
+    /// Read one pool without taking its lock (tests, inspection). The file is
+    /// only ever replaced by rename, so a reader sees a whole version.
+    pub fn read_pool(&self, key: &PoolKey) -> CniResult<Pool> {
+        self.load(key)
+    }
+
+    fn lock(&self, keys: &[PoolKey]) -> CniResult<Locks> {
+        let mut order: Vec<&PoolKey> = keys.iter().collect();
+        order.sort();
+        order.dedup();
+        let mut held = Vec::with_capacity(order.len());
+        for k in order {
+            let path = self.dir.join(format!("{}.lock", k.name));
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| CniError::io(format!("open lock {}", path.display()), e))?;
+            loop {
+                match Flock::lock(f, FlockArg::LockExclusive) {
+                    Ok(l) => {
+                        held.push(l);
+                        break;
+                    }
+                    Err((back, Errno::EINTR)) => f = back,
+                    Err((_, e)) => return Err(CniError::io(format!("lock {}", path.display()), e)),
+                }
+            }
+        }
+        Ok(Locks(held))
+    }
+
+    fn load(&self, key: &PoolKey) -> CniResult<Pool> {
+        let path = self.pool_path(key);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Pool::default()),
+            Err(e) => return Err(CniError::io(format!("read pool {}", path.display()), e)),
+        };
+        let file: PoolFile = serde_json::from_slice(&bytes)
+            .map_err(|e| CniError::io(format!("pool file {} is corrupt", path.display()), e))?;
+        if file.range != key.subnet.to_string() {
+            return Err(CniError::io(
+                format!("pool file {}", path.display()),
+                format!("holds range {} but {} was expected", file.range, key.subnet),
+            ));
+        }
+        Ok(Pool {
+            allocations: file.allocations,
+            dirty: false,
+        })
+    }
+
+    fn save(&self, key: &PoolKey, pool: &Pool) -> CniResult<()> {
+        #[derive(Serialize)]
+        struct PoolFileRef<'a> {
+            range: String,
+            allocations: &'a BTreeMap<u128, Allocation>,
+        }
+        let path = self.pool_path(key);
+        let tmp = self.dir.join(format!("{}.json.tmp", key.name));
+        let mut bytes = serde_json::to_vec(&PoolFileRef {
+            range: key.subnet.to_string(),
+            allocations: &pool.allocations,
+        })
+        .map_err(|e| CniError::io(format!("encode pool {}", key.name), e))?;
+        bytes.push(b'\n');
+        let io =
+            |what: &str, e: std::io::Error| CniError::io(format!("{what} {}", tmp.display()), e);
+        let mut f = File::create(&tmp).map_err(|e| io("create", e))?;
+        f.write_all(&bytes).map_err(|e| io("write", e))?;
+        f.sync_data().map_err(|e| io("fsync", e))?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| CniError::io(format!("rename {} to {}", tmp.display(), path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    /// A fresh directory under the temp dir, removed on drop (also on panic).
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!(
+                "mignet-ipam-store-{tag}-{}-{n}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn alloc(id: &str) -> Allocation {
+        Allocation {
+            id: id.into(),
+            ifname: "net1".into(),
+            podref: String::new(),
+        }
+    }
+
+    #[test]
+    fn pool_names_follow_whereabouts() {
+        assert_eq!(
+            PoolKey::new("", "10.200.5.0/24".parse().unwrap()).name,
+            "10.200.5.0-24"
+        );
+        assert_eq!(
+            PoolKey::new("net", "fd00::/64".parse().unwrap()).name,
+            "net-fd00---64"
+        );
+    }
+
+    #[test]
+    fn roundtrip_with_128_bit_offsets() {
+        let t = TempDir::new("rt");
+        let s = FileStore::new(&t.0);
+        let key = PoolKey::new("", "::/0".parse().unwrap());
+        s.transact(std::slice::from_ref(&key), Open::Create, |p| {
+            p[0].allocations.insert(u128::MAX - 1, alloc("big"));
+            p[0].allocations.insert(9, alloc("small"));
+            p[0].dirty = true;
+            Ok(())
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(s.pool_path(&key)).unwrap();
+        assert!(text.contains(&format!("\"{}\"", u128::MAX - 1)), "{text}");
+        assert!(!t.0.join(format!("{}.json.tmp", key.name)).exists());
+        let p = s.read_pool(&key).unwrap();
+        assert_eq!(p.allocations.len(), 2);
+        assert_eq!(p.allocations[&(u128::MAX - 1)].id, "big");
+    }
+
+    #[test]
+    fn failed_decision_writes_nothing() {
+        let t = TempDir::new("fail");
+        let s = FileStore::new(&t.0);
+        let key = PoolKey::new("", "10.0.0.0/24".parse().unwrap());
+        let r: CniResult<()> = s.transact(std::slice::from_ref(&key), Open::Create, |p| {
+            p[0].allocations.insert(1, alloc("x"));
+            p[0].dirty = true;
+            Err(CniError::new(Code::Plugin(100), "no"))
+        });
+        assert!(r.is_err());
+        assert!(!s.pool_path(&key).exists());
+    }
+
+    #[test]
+    fn existing_mode_does_not_create_the_dir() {
+        let t = TempDir::new("noc");
+        let s = FileStore::new(&t.0);
+        let key = PoolKey::new("", "10.0.0.0/24".parse().unwrap());
+        let n = s
+            .transact(std::slice::from_ref(&key), Open::Existing, |p| {
+                Ok(p[0].allocations.len())
+            })
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(!t.0.exists());
+    }
+
+    #[test]
+    fn stale_tmp_and_wrong_range_and_corrupt_file() {
+        let t = TempDir::new("stale");
+        let s = FileStore::new(&t.0);
+        let key = PoolKey::new("", "10.0.0.0/24".parse().unwrap());
+        std::fs::create_dir_all(&t.0).unwrap();
+        // A writer killed before its rename leaves a partial tmp; the next
+        // writer overwrites it.
+        std::fs::write(t.0.join("10.0.0.0-24.json.tmp"), b"{\"range\":\"10.0").unwrap();
+        s.transact(std::slice::from_ref(&key), Open::Create, |p| {
+            p[0].allocations.insert(1, alloc("x"));
+            p[0].dirty = true;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(s.read_pool(&key).unwrap().allocations.len(), 1);
+        let other = PoolKey {
+            name: key.name.clone(),
+            subnet: "10.0.0.0/16".parse().unwrap(),
+        };
+        let e = s.read_pool(&other).unwrap_err();
+        assert_eq!(e.code, Code::Io);
+        assert!(e.msg.contains("holds range 10.0.0.0/24"), "{}", e.msg);
+        std::fs::write(s.pool_path(&key), b"{garbage").unwrap();
+        let e = s.read_pool(&key).unwrap_err();
+        assert!(e.msg.contains("corrupt"), "{}", e.msg);
+    }
+}
