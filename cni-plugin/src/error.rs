@@ -54,6 +54,39 @@ impl Code {
     }
 }
 
+impl Code {
+    /// The code a delegated plugin printed, back into our enum.
+    pub fn from_u32(n: u32) -> Code {
+        match n {
+            1 => Code::IncompatibleVersion,
+            2 => Code::UnsupportedField,
+            3 => Code::UnknownContainer,
+            4 => Code::InvalidEnvironment,
+            5 => Code::Io,
+            6 => Code::Decode,
+            7 => Code::InvalidConfig,
+            8 => Code::InvalidNetns,
+            11 => Code::TryAgainLater,
+            50 => Code::Unavailable,
+            51 => Code::UnavailableLimited,
+            n => Code::Plugin(n),
+        }
+    }
+}
+
+/// `err: cause: cause...`, for error details (our Display impls do not
+/// repeat their source, so the chain is assembled once, at the edge).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 impl From<Code> for u32 {
     fn from(c: Code) -> u32 {
         c.as_u32()

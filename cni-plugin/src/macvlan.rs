@@ -1,0 +1,940 @@
+//! The macvlan plugin, in the reference plugin's order: config types, pure
+//! parsing, host checks, then the verbs.
+//!
+//! Everything ADD creates (the link, the IPAM allocation) is held by a guard
+//! that undoes it on Drop unless the ADD got all the way to its result, so no
+//! early return can leave a half-configured interface or a leaked address.
+
+use crate::delegate::Ipam;
+use crate::error::{chain, plugin_codes, CniError, CniResult, Code};
+use crate::netlink::{self, Link, MacvlanSpec, Netlink, NetlinkError, RouteSpec};
+use crate::netns::{self, NetNs};
+use crate::skel::{CmdArgs, Plugin};
+use crate::types::{CniOutput, Dns, Interface};
+use crate::version;
+use netlink_packet_route::link::MacVlanMode;
+use serde::Deserialize;
+use std::net::IpAddr;
+
+// ---------------------------------------------------------------- config --
+
+/// macvlan modes; `source` is one the reference plugin lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+    Source,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> CniResult<Mode> {
+        Ok(match s {
+            "" | "bridge" => Mode::Bridge,
+            "private" => Mode::Private,
+            "vepa" => Mode::Vepa,
+            "passthru" => Mode::Passthru,
+            "source" => Mode::Source,
+            other => {
+                return Err(CniError::invalid_field(
+                    "mode",
+                    other,
+                    "unknown macvlan mode (expected bridge, private, vepa, passthru or source)",
+                ))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Bridge => "bridge",
+            Mode::Private => "private",
+            Mode::Vepa => "vepa",
+            Mode::Passthru => "passthru",
+            Mode::Source => "source",
+        }
+    }
+
+    pub fn to_kernel(self) -> MacVlanMode {
+        match self {
+            Mode::Bridge => MacVlanMode::Bridge,
+            Mode::Private => MacVlanMode::Private,
+            Mode::Vepa => MacVlanMode::Vepa,
+            Mode::Passthru => MacVlanMode::Passthrough,
+            Mode::Source => MacVlanMode::Source,
+        }
+    }
+}
+
+/// The config exactly as JSON has it (unknown keys ignored, like Go).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    #[serde(default)]
+    cni_version: Option<String>,
+    #[serde(default)]
+    master: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    mtu: Option<i64>,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    link_in_container: Option<bool>,
+    #[serde(default)]
+    bcqueuelen: Option<u32>,
+    #[serde(default)]
+    ipam: Option<RawIpam>,
+    #[serde(default)]
+    dns: Option<Dns>,
+    #[serde(default)]
+    runtime_config: Option<RawRuntimeConfig>,
+    #[serde(default)]
+    prev_result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct RawIpam {
+    #[serde(default, rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct RawRuntimeConfig {
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConf {
+    pub cni_version: String,
+    /// None: use the interface of the default route.
+    pub master: Option<String>,
+    pub mode: Mode,
+    /// 0: inherit the master's MTU.
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    pub link_in_container: bool,
+    pub bcqueuelen: Option<u32>,
+    /// None (absent or `{}`): L2 only, like the reference plugin.
+    pub ipam_type: Option<String>,
+    pub dns: Dns,
+    pub runtime_mac: Option<[u8; 6]>,
+    pub prev_result: Option<serde_json::Value>,
+}
+
+// --------------------------------------------------------- pure parsing --
+
+fn decode(stdin: &[u8]) -> CniResult<RawConf> {
+    let v: serde_json::Value =
+        serde_json::from_slice(stdin).map_err(|e| CniError::decode("network config", e))?;
+    RawConf::deserialize(&v).map_err(|e| {
+        // serde does not say which key had the wrong type; find it so the
+        // message names the field.
+        CniError::decode(&format!("network config field \"{}\"", bad_field(&v)), e)
+    })
+}
+
+/// The first known key whose value has the wrong JSON type.
+fn bad_field(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value as V;
+    let is = |key: &str, ok: fn(&V) -> bool| v.get(key).is_some_and(|x| !x.is_null() && !ok(x));
+    let checks: [(&'static str, fn(&V) -> bool); 10] = [
+        ("cniVersion", V::is_string),
+        ("master", V::is_string),
+        ("mode", V::is_string),
+        ("mtu", V::is_i64),
+        ("mac", V::is_string),
+        ("linkInContainer", V::is_boolean),
+        ("bcqueuelen", V::is_u64),
+        ("ipam", V::is_object),
+        ("dns", V::is_object),
+        ("runtimeConfig", V::is_object),
+    ];
+    checks
+        .iter()
+        .find(|(k, ok)| is(k, *ok))
+        .map(|(k, _)| *k)
+        .unwrap_or("?")
+}
+
+fn parse_mac_field(field: &str, s: &str) -> CniResult<[u8; 6]> {
+    netlink::parse_mac(s)
+        .ok_or_else(|| CniError::invalid_field(field, s, "not a MAC address (aa:bb:cc:dd:ee:ff)"))
+}
+
+/// Strict parsing for ADD and CHECK.
+pub fn parse_config(stdin: &[u8]) -> CniResult<NetConf> {
+    let raw = decode(stdin)?;
+    let mtu = match raw.mtu {
+        None => 0,
+        Some(m) if (0..=i64::from(u32::MAX)).contains(&m) => m as u32,
+        Some(m) => return Err(CniError::invalid_field("mtu", m, "must not be negative")),
+    };
+    let master = raw.master.filter(|m| !m.is_empty());
+    if let Some(m) = &master {
+        // Same rules as an interface name; a bad one can never exist.
+        crate::skel::validate_ifname(m)
+            .map_err(|_| CniError::invalid_field("master", m, "not a valid interface name"))?;
+    }
+    let ipam_type = raw.ipam.map(|i| i.kind).filter(|t| !t.is_empty());
+    if let Some(t) = &ipam_type {
+        Ipam::for_type(t)?;
+    }
+    Ok(NetConf {
+        cni_version: raw.cni_version.unwrap_or_else(|| "0.1.0".into()),
+        master,
+        mode: Mode::parse(raw.mode.as_deref().unwrap_or(""))?,
+        mtu,
+        mac: raw
+            .mac
+            .filter(|m| !m.is_empty())
+            .map(|m| parse_mac_field("mac", &m))
+            .transpose()?,
+        link_in_container: raw.link_in_container.unwrap_or(false),
+        bcqueuelen: raw.bcqueuelen,
+        ipam_type,
+        dns: raw.dns.unwrap_or_default(),
+        runtime_mac: raw
+            .runtime_config
+            .and_then(|r| r.mac)
+            .filter(|m| !m.is_empty())
+            .map(|m| parse_mac_field("runtimeConfig.mac", &m))
+            .transpose()?,
+        prev_result: raw.prev_result.filter(|v| !v.is_null()),
+    })
+}
+
+/// What DEL needs, parsed leniently: a DEL must work after the master NIC or
+/// a config value it once accepted has gone bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelConf {
+    pub ipam_type: Option<String>,
+}
+
+pub fn parse_del_config(stdin: &[u8]) -> CniResult<DelConf> {
+    #[derive(Deserialize)]
+    struct Lenient {
+        #[serde(default)]
+        ipam: Option<serde_json::Value>,
+    }
+    let raw: Lenient =
+        serde_json::from_slice(stdin).map_err(|e| CniError::decode("network config", e))?;
+    let ipam_type = raw
+        .ipam
+        .as_ref()
+        .and_then(|i| i.get("type"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    Ok(DelConf { ipam_type })
+}
+
+/// MAC precedence: config `mac` < CNI_ARGS `MAC` < `runtimeConfig.mac`.
+pub fn effective_mac(conf: &NetConf, args: &CmdArgs) -> CniResult<Option<[u8; 6]>> {
+    if conf.runtime_mac.is_some() {
+        return Ok(conf.runtime_mac);
+    }
+    if let Some(m) = args.arg("MAC").filter(|m| !m.is_empty()) {
+        return netlink::parse_mac(m).map(Some).ok_or_else(|| {
+            CniError::env(
+                "CNI_ARGS",
+                format!("invalid MAC \"{m}\": not a MAC address"),
+            )
+        });
+    }
+    Ok(conf.mac)
+}
+
+/// `0 <= mtu <= master's MTU`.
+pub fn check_mtu(conf: &NetConf, master: &Link) -> CniResult<()> {
+    let master_mtu = master.mtu.unwrap_or(u32::MAX);
+    if conf.mtu > master_mtu {
+        return Err(CniError::invalid_field(
+            "mtu",
+            conf.mtu,
+            format!(
+                "must be in [0, {master_mtu}], the MTU of master \"{}\"",
+                master.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ host checks --
+
+fn nl_err(what: impl Into<String>, e: NetlinkError) -> CniError {
+    CniError::new(Code::Plugin(plugin_codes::NETLINK), what).with_details(chain(&e))
+}
+
+/// The master link: named in the config, or the default route's interface.
+fn resolve_master(nl: &mut Netlink, conf: &NetConf) -> CniResult<Link> {
+    let where_ = if conf.link_in_container {
+        "the container namespace"
+    } else {
+        "the host namespace"
+    };
+    match &conf.master {
+        Some(name) => nl
+            .link_by_name(name)
+            .map_err(|e| nl_err(format!("failed to look up master \"{name}\""), e))?
+            .ok_or_else(|| {
+                CniError::invalid_field("master", name, format!("no such link in {where_}"))
+            }),
+        None => {
+            let oif = nl
+                .default_route_oif()
+                .map_err(|e| nl_err("failed to list routes to find the default master", e))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        Code::InvalidConfig,
+                        format!("master is not set and {where_} has no default route interface"),
+                    )
+                })?;
+            nl.link_by_index(oif)
+                .map_err(|e| nl_err("failed to look up the default route's interface", e))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        Code::InvalidConfig,
+                        "master is not set and the default route's interface vanished",
+                    )
+                })
+        }
+    }
+}
+
+// ----------------------------------------------------------------- guards --
+
+/// A link in the container netns, deleted on Drop unless committed.
+struct LinkGuard {
+    nl: Netlink,
+    index: u32,
+    committed: bool,
+}
+
+impl LinkGuard {
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = self.nl.delete_link(self.index) {
+                if !e.is_not_found() {
+                    eprintln!(
+                        "cleanup: failed to delete link {}: {}",
+                        self.index,
+                        chain(&e)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// An IPAM ADD in progress or done; IPAM DEL on Drop unless committed. Armed
+/// before the ADD is sent: SPEC §4 wants a DEL after a failed ADD as well.
+struct IpamGuard<'a> {
+    ipam: &'a Ipam,
+    args: &'a CmdArgs,
+    committed: bool,
+}
+
+impl IpamGuard<'_> {
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for IpamGuard<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = self.ipam.del(self.args) {
+                eprintln!("cleanup: ipam {} DEL failed: {e}", self.ipam.name());
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ verbs --
+
+pub struct Macvlan;
+
+impl Plugin for Macvlan {
+    fn add(&self, args: &CmdArgs) -> CniResult<CniOutput> {
+        cmd_add(args)
+    }
+    fn del(&self, args: &CmdArgs) -> CniResult<()> {
+        cmd_del(args)
+    }
+    fn check(&self, args: &CmdArgs) -> CniResult<()> {
+        cmd_check(args)
+    }
+    fn status(&self, args: &CmdArgs) -> CniResult<()> {
+        cmd_status(args)
+    }
+    fn gc(&self, args: &CmdArgs) -> CniResult<()> {
+        cmd_gc(args)
+    }
+}
+
+fn netns_arg(args: &CmdArgs) -> CniResult<&std::path::Path> {
+    args.netns
+        .as_deref()
+        .ok_or_else(|| CniError::env("CNI_NETNS", "required environment variable is not set"))
+}
+
+pub fn cmd_add(args: &CmdArgs) -> CniResult<CniOutput> {
+    let conf = parse_config(&args.stdin)?;
+    let mac = effective_mac(&conf, args)?;
+    let ipam = conf.ipam_type.as_deref().map(Ipam::for_type).transpose()?;
+    // Refuse before creating anything rather than fail in the printer.
+    if ipam.is_none() && version::shape(&conf.cni_version).ok() == Some(version::Shape::V020) {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            "cannot convert: no valid IP addresses",
+        )
+        .with_details(format!(
+            "an L2-only macvlan (no ipam) cannot be expressed in version {}",
+            conf.cni_version
+        )));
+    }
+    let netns_path = netns_arg(args)?;
+    let ns = NetNs::open(netns_path)?;
+    let mut ctr = Netlink::open_in(&ns).map_err(|e| nl_err("failed to open netlink", e))?;
+    let mut host;
+    let master_nl = if conf.link_in_container {
+        &mut ctr
+    } else {
+        host = Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?;
+        &mut host
+    };
+    let master = resolve_master(master_nl, &conf)?;
+    check_mtu(&conf, &master)?;
+
+    let tmp = netlink::temp_link_name();
+    master_nl
+        .create_macvlan(&MacvlanSpec {
+            name: &tmp,
+            master_index: master.index,
+            mode: conf.mode.to_kernel(),
+            mtu: (conf.mtu > 0).then_some(conf.mtu),
+            mac,
+            bcqueuelen: conf.bcqueuelen,
+            netns_fd: (!conf.link_in_container).then(|| ns.raw_fd()),
+        })
+        .map_err(|e| {
+            nl_err(
+                format!(
+                    "failed to create macvlan on master \"{}\" (mode {})",
+                    master.name,
+                    conf.mode.as_str()
+                ),
+                e,
+            )
+        })?;
+    let created = ctr
+        .link_by_name(&tmp)
+        .map_err(|e| nl_err("failed to find the new macvlan", e))?
+        .ok_or_else(|| {
+            CniError::new(
+                Code::Plugin(plugin_codes::NETLINK),
+                format!(
+                    "the new macvlan {tmp} vanished from {}",
+                    netns_path.display()
+                ),
+            )
+        })?;
+    let mut link = LinkGuard {
+        nl: ctr,
+        index: created.index,
+        committed: false,
+    };
+    link.nl.rename_link(link.index, &args.ifname).map_err(|e| {
+        if e.is_exists() {
+            CniError::env(
+                "CNI_IFNAME",
+                format!(
+                    "interface \"{}\" already exists in {}",
+                    args.ifname,
+                    netns_path.display()
+                ),
+            )
+        } else {
+            nl_err(
+                format!("failed to rename macvlan to \"{}\"", args.ifname),
+                e,
+            )
+        }
+    })?;
+
+    // IPAM after the link: a bad master or mode then costs no allocation.
+    let mut ipam_guard = None;
+    let mut ipam_out = None;
+    if let Some(ipam) = &ipam {
+        ipam_guard = Some(IpamGuard {
+            ipam,
+            args,
+            committed: false,
+        });
+        let out = ipam.add(args)?;
+        if out.ips.is_empty() {
+            return Err(CniError::new(
+                Code::Plugin(plugin_codes::DELEGATE),
+                format!("ipam plugin \"{}\" returned no IP config", ipam.name()),
+            ));
+        }
+        ipam_out = Some(out);
+    }
+
+    configure(
+        &ns,
+        &mut link.nl,
+        link.index,
+        &args.ifname,
+        ipam_out.as_ref(),
+    )?;
+
+    let final_link = link
+        .nl
+        .link_by_index(link.index)
+        .map_err(|e| nl_err("failed to read back the macvlan", e))?
+        .ok_or_else(|| {
+            CniError::new(
+                Code::Plugin(plugin_codes::NETLINK),
+                format!("macvlan \"{}\" vanished during ADD", args.ifname),
+            )
+        })?;
+
+    let mut result = CniOutput {
+        cni_version: conf.cni_version.clone(),
+        interfaces: vec![Interface {
+            name: args.ifname.clone(),
+            mac: final_link
+                .mac
+                .as_deref()
+                .map(netlink::format_mac)
+                .unwrap_or_default(),
+            sandbox: netns_path.display().to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    if let Some(out) = ipam_out {
+        result.ips = out
+            .ips
+            .into_iter()
+            .map(|mut ip| {
+                ip.interface = Some(0);
+                ip
+            })
+            .collect();
+        result.routes = out.routes;
+        result.dns = out.dns;
+    }
+    if !conf.dns.is_empty() {
+        result.dns = conf.dns.clone();
+    }
+    if let Some(g) = ipam_guard {
+        g.commit();
+    }
+    link.commit();
+    Ok(result)
+}
+
+/// Sysctls, addresses, routes, link up. Sysctls need a thread inside the
+/// namespace; everything else goes over the container's netlink socket.
+fn configure(
+    ns: &NetNs,
+    nl: &mut Netlink,
+    index: u32,
+    ifname: &str,
+    ipam: Option<&CniOutput>,
+) -> CniResult<()> {
+    let has_v6 = ipam.is_some_and(|o| o.ips.iter().any(|ip| ip.address.is_ipv6()));
+    if ipam.is_some() {
+        ns.run(|| -> CniResult<()> {
+            // With these the kernel announces the address itself (gratuitous
+            // ARP / unsolicited NA) when the link comes up. Best effort, as in
+            // the reference plugin: a kernel without the knob still works.
+            let _ = netns::set_sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+            let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
+            if has_v6 {
+                for key in [
+                    format!("net/ipv6/conf/{ifname}/disable_ipv6"),
+                    "net/ipv6/conf/lo/disable_ipv6".to_string(),
+                ] {
+                    match netns::set_sysctl(&key, "0") {
+                        Ok(()) => {}
+                        // IPv6 compiled out or disabled at boot: the address
+                        // add below reports that more precisely.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(CniError::io(format!("failed to set {key}=0"), e)),
+                    }
+                }
+                let _ =
+                    netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+            }
+            Ok(())
+        })??;
+    }
+    if let Some(out) = ipam {
+        for ip in &out.ips {
+            nl.add_address(index, ip.address).map_err(|e| {
+                nl_err(
+                    format!("failed to add IP addr {} to \"{ifname}\"", ip.address),
+                    e,
+                )
+            })?;
+        }
+    }
+    nl.set_link_up(index)
+        .map_err(|e| nl_err(format!("failed to set \"{ifname}\" up"), e))?;
+    if let Some(out) = ipam {
+        for r in &out.routes {
+            // A route without a gateway goes via the family's IPAM gateway,
+            // as the reference's ConfigureIface does.
+            let gw = r.gw.or_else(|| {
+                out.ips
+                    .iter()
+                    .filter(|ip| ip.address.is_ipv4() == r.dst.is_ipv4())
+                    .find_map(|ip| ip.gateway)
+            });
+            let spec = RouteSpec {
+                dst: r.dst,
+                gw,
+                oif: index,
+                mtu: r.mtu,
+                advmss: r.advmss,
+                priority: r.priority,
+                table: r.table,
+                scope: r.scope,
+            };
+            match nl.add_route(&spec) {
+                Ok(()) => {}
+                // Already there (e.g. the connected route of the address).
+                Err(e) if e.is_exists() => {}
+                Err(e) => {
+                    return Err(nl_err(
+                        format!(
+                            "failed to add route {} via {} dev \"{ifname}\"",
+                            r.dst,
+                            gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+                        ),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn cmd_del(args: &CmdArgs) -> CniResult<()> {
+    let conf = parse_del_config(&args.stdin)?;
+    let mut errors: Vec<CniError> = Vec::new();
+    // IPAM first: its allocation must go even when the netns is gone.
+    if let Some(t) = &conf.ipam_type {
+        match Ipam::for_type(t).and_then(|ipam| ipam.del(args)) {
+            Ok(()) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(path) = &args.netns {
+        if let Err(e) = delete_link_in(path, &args.ifname) {
+            errors.push(e);
+        }
+    }
+    // Report the first failure; the rest go into its details.
+    let mut it = errors.into_iter();
+    match it.next() {
+        None => Ok(()),
+        Some(mut first) => {
+            for e in it {
+                if !first.details.is_empty() {
+                    first.details.push_str("; ");
+                }
+                first.details.push_str(&format!("also: {e}"));
+            }
+            Err(first)
+        }
+    }
+}
+
+/// Delete `ifname` in `path`; a missing netns or link is success.
+fn delete_link_in(path: &std::path::Path, ifname: &str) -> CniResult<()> {
+    let ns = match NetNs::open(path) {
+        Ok(ns) => ns,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut nl = Netlink::open_in(&ns).map_err(|e| nl_err("failed to open netlink", e))?;
+    let Some(link) = nl
+        .link_by_name(ifname)
+        .map_err(|e| nl_err(format!("failed to look up \"{ifname}\""), e))?
+    else {
+        return Ok(());
+    };
+    match nl.delete_link(link.index) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(nl_err(format!("failed to delete \"{ifname}\""), e)),
+    }
+}
+
+fn mismatch(msg: impl Into<String>) -> CniError {
+    CniError::new(Code::Plugin(plugin_codes::CHECK_MISMATCH), msg)
+}
+
+pub fn cmd_check(args: &CmdArgs) -> CniResult<()> {
+    let conf = parse_config(&args.stdin)?;
+    if let Some(t) = &conf.ipam_type {
+        Ipam::for_type(t)?.check(args)?;
+    }
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "required prevResult missing"))?;
+    let prev = version::decode_result(prev).map_err(|e| CniError {
+        msg: format!("invalid prevResult: {}", e.msg),
+        ..e
+    })?;
+    let netns_path = netns_arg(args)?;
+    let sandbox = netns_path.display().to_string();
+    let (if_idx, iface) = prev
+        .interfaces
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.name == args.ifname)
+        .ok_or_else(|| mismatch(format!("prevResult has no interface \"{}\"", args.ifname)))?;
+    if iface.sandbox != sandbox {
+        return Err(mismatch(format!(
+            "sandbox in prevResult {} doesn't match configured netns: {sandbox}",
+            iface.sandbox
+        )));
+    }
+    let ns = NetNs::open(netns_path)?;
+    let mut ctr = Netlink::open_in(&ns).map_err(|e| nl_err("failed to open netlink", e))?;
+    if conf.link_in_container {
+        resolve_master(&mut ctr, &conf)?;
+    } else {
+        let mut host = Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?;
+        resolve_master(&mut host, &conf)?;
+    }
+    let link = ctr
+        .link_by_name(&args.ifname)
+        .map_err(|e| nl_err(format!("failed to look up \"{}\"", args.ifname), e))?
+        .ok_or_else(|| mismatch(format!("link \"{}\" not found in {sandbox}", args.ifname)))?;
+    if link.kind.as_deref() != Some("macvlan") {
+        return Err(mismatch(format!(
+            "link \"{}\" is {:?}, not a macvlan",
+            args.ifname, link.kind
+        )));
+    }
+    if link.macvlan_mode != Some(conf.mode.to_kernel()) {
+        return Err(mismatch(format!(
+            "container macvlan mode {:?} does not match expected value: {}",
+            link.macvlan_mode,
+            conf.mode.as_str()
+        )));
+    }
+    let actual_mac = link
+        .mac
+        .as_deref()
+        .map(netlink::format_mac)
+        .unwrap_or_default();
+    if !iface.mac.is_empty() && !iface.mac.eq_ignore_ascii_case(&actual_mac) {
+        return Err(mismatch(format!(
+            "interface \"{}\" MAC {actual_mac} does not match prevResult {}",
+            args.ifname, iface.mac
+        )));
+    }
+    let addrs = ctr
+        .list_addresses(Some(link.index))
+        .map_err(|e| nl_err("failed to list addresses", e))?;
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == if_idx))
+    {
+        if !addrs.iter().any(|(_, a)| *a == ip.address) {
+            return Err(mismatch(format!(
+                "address {} not found on \"{}\"",
+                ip.address, args.ifname
+            )));
+        }
+    }
+    let routes = ctr
+        .list_routes()
+        .map_err(|e| nl_err("failed to list routes", e))?;
+    for r in &prev.routes {
+        let found = routes.iter().any(|k| {
+            k.dst == canonical(r.dst)
+                && k.oif == Some(link.index)
+                && (r.gw.is_none() || k.gw == r.gw)
+        });
+        if !found {
+            return Err(mismatch(format!(
+                "route {} via {} not found on \"{}\"",
+                r.dst,
+                r.gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+                args.ifname
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel reports route destinations with host bits cleared.
+fn canonical(c: crate::types::IpCidr) -> crate::types::IpCidr {
+    crate::types::IpCidr::new(c.network(), c.prefix()).unwrap_or(c)
+}
+
+pub fn cmd_status(args: &CmdArgs) -> CniResult<()> {
+    let conf = parse_del_config(&args.stdin)?;
+    match &conf.ipam_type {
+        Some(t) => Ipam::for_type(t)?.status(args),
+        None => Ok(()),
+    }
+}
+
+pub fn cmd_gc(args: &CmdArgs) -> CniResult<()> {
+    // The spec wants GC forwarded to the delegate; the reference drops it.
+    let conf = parse_del_config(&args.stdin)?;
+    match &conf.ipam_type {
+        Some(t) => Ipam::for_type(t)?.gc(args),
+        None => Ok(()),
+    }
+}
+
+/// Gateway of the first IP of `ip`'s family (exposed for tests).
+pub fn family_gateway(out: &CniOutput, v4: bool) -> Option<IpAddr> {
+    out.ips
+        .iter()
+        .filter(|ip| ip.address.is_ipv4() == v4)
+        .find_map(|ip| ip.gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(s: &str) -> CniResult<NetConf> {
+        parse_config(s.as_bytes())
+    }
+
+    #[test]
+    fn seed_config_parses() {
+        let c = conf(r#"{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.5.0/24"}}"#).unwrap();
+        assert_eq!(c.master.as_deref(), Some("eth1"));
+        assert_eq!(c.mode, Mode::Bridge);
+        assert_eq!(c.ipam_type.as_deref(), Some("whereabouts"));
+        assert_eq!(c.mtu, 0);
+    }
+
+    #[test]
+    fn every_mode_and_unknown() {
+        for m in ["bridge", "private", "vepa", "passthru", "source"] {
+            let c = conf(&format!(r#"{{"mode":"{m}"}}"#)).unwrap();
+            assert_eq!(c.mode.as_str(), m);
+        }
+        assert_eq!(conf("{}").unwrap().mode, Mode::Bridge);
+        let e = conf(r#"{"mode":"bogus"}"#).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.msg.contains("mode") && e.msg.contains("bogus"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (json, field, code) in [
+            (r#"{"mtu":-1}"#, "mtu", Code::InvalidConfig),
+            (r#"{"mac":"zz"}"#, "mac", Code::InvalidConfig),
+            (
+                r#"{"runtimeConfig":{"mac":"1:2"}}"#,
+                "runtimeConfig.mac",
+                Code::InvalidConfig,
+            ),
+            (r#"{"master":"a/b"}"#, "master", Code::InvalidConfig),
+            (
+                r#"{"ipam":{"type":"../x"}}"#,
+                "ipam.type",
+                Code::InvalidConfig,
+            ),
+            (r#"{"mtu":"big"}"#, "mtu", Code::Decode),
+            (r#"{not json"#, "network config", Code::Decode),
+        ] {
+            let e = conf(json).unwrap_err();
+            assert_eq!(e.code, code, "{json}");
+            assert!(e.msg.contains(field), "{json}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn empty_ipam_is_l2() {
+        assert_eq!(conf(r#"{"ipam":{}}"#).unwrap().ipam_type, None);
+        assert_eq!(conf("{}").unwrap().ipam_type, None);
+    }
+
+    #[test]
+    fn mac_precedence() {
+        let c = conf(r#"{"mac":"02:00:00:00:00:01","runtimeConfig":{"mac":"02:00:00:00:00:03"}}"#)
+            .unwrap();
+        let args = CmdArgs {
+            args: vec![("MAC".into(), "02:00:00:00:00:02".into())],
+            ..Default::default()
+        };
+        assert_eq!(effective_mac(&c, &args).unwrap().unwrap()[5], 3);
+        let c2 = conf(r#"{"mac":"02:00:00:00:00:01"}"#).unwrap();
+        assert_eq!(effective_mac(&c2, &args).unwrap().unwrap()[5], 2);
+        assert_eq!(
+            effective_mac(&c2, &CmdArgs::default()).unwrap().unwrap()[5],
+            1
+        );
+        let bad = CmdArgs {
+            args: vec![("MAC".into(), "nope".into())],
+            ..Default::default()
+        };
+        assert_eq!(
+            effective_mac(&c2, &bad).unwrap_err().code,
+            Code::InvalidEnvironment
+        );
+    }
+
+    #[test]
+    fn mtu_against_master() {
+        let master = Link {
+            name: "eth1".into(),
+            mtu: Some(1500),
+            ..Default::default()
+        };
+        assert!(check_mtu(&conf(r#"{"mtu":1500}"#).unwrap(), &master).is_ok());
+        assert!(check_mtu(&conf(r#"{"mtu":0}"#).unwrap(), &master).is_ok());
+        let e = check_mtu(&conf(r#"{"mtu":9000}"#).unwrap(), &master).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.msg.contains("mtu") && e.msg.contains("9000") && e.msg.contains("1500"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn del_is_lenient() {
+        let d = parse_del_config(
+            br#"{"master":"gone0","mode":"bogus","mtu":-5,"ipam":{"type":"host-local"}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.ipam_type.as_deref(), Some("host-local"));
+        assert_eq!(parse_del_config(b"{oops").unwrap_err().code, Code::Decode);
+    }
+}
