@@ -1,2 +1,5 @@
 //! mignet-dataplane: the node agent data path (no Kubernetes dependency).
 pub mod certs;
+pub mod tls;
+pub mod listener;
+pub mod proxy;

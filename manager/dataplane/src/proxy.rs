@@ -1,0 +1,398 @@
+//! The migration proxy: QEMU speaks plaintext to a local unix socket, agents
+//! speak mutual TLS to each other over `migration0`.
+//!
+//! ```text
+//! source QEMU --unix--> [source side] ==mTLS==> [target side] --unix--> target QEMU
+//! ```
+//!
+//! - Every connection QEMU opens (the main channel and each multifd channel, N+1
+//!   in all) gets its own TLS connection; nothing is multiplexed, so QEMU's own
+//!   channel ordering is untouched.
+//! - The target side finishes the TLS handshake, which includes verifying the
+//!   client certificate and its role, *before* it connects to QEMU's socket: an
+//!   unauthenticated peer never reaches QEMU, not even as an empty connection.
+//! - Half-close is carried through: EOF on one side becomes a write shutdown
+//!   (TLS close_notify + TCP FIN, or unix SHUT_WR) on the other, and the other
+//!   direction keeps flowing until it ends too.
+//! - One tokio task per connection, no threads; byte counters are shared atomics.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::tls::ReloadingTls;
+
+/// Timeouts and socket tuning.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// TCP connect to the target agent.
+    pub connect_timeout: Duration,
+    /// Whole TLS handshake; a peer that stops mid-handshake is dropped.
+    pub handshake_timeout: Duration,
+    /// Keepalive: idle time before the first probe, probe interval, probe count.
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_retries: u32,
+    /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the
+    /// connection, so a vanished peer fails the migration instead of hanging it.
+    pub user_timeout: Duration,
+    /// Copy buffer per direction; large buffers mean fewer syscalls and full TLS records.
+    pub buffer_size: usize,
+    /// Source side: bind outgoing connections to this address (the migration IP)
+    /// so they cannot leave through another interface.
+    pub bind_ip: Option<std::net::IpAddr>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_retries: 3,
+            user_timeout: Duration::from_secs(30),
+            buffer_size: 256 * 1024,
+            bind_ip: None,
+        }
+    }
+}
+
+/// Per-migration counters, shared with whoever reports status.
+#[derive(Debug, Default)]
+pub struct MigrationCounters {
+    /// Plaintext bytes carried from the source QEMU towards the target QEMU.
+    pub to_target: AtomicU64,
+    /// Plaintext bytes carried back from the target QEMU to the source QEMU.
+    pub from_target: AtomicU64,
+    /// Connections fully established (TLS up and, on the target, QEMU connected).
+    pub connections: AtomicU64,
+    /// Target side: peers refused during the TLS handshake (or timed out in it).
+    pub refused: AtomicU64,
+    /// Connections that failed after being accepted (connect, backend, relay errors).
+    pub failed: AtomicU64,
+}
+
+impl MigrationCounters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            to_target: self.to_target.load(Ordering::Relaxed),
+            from_target: self.from_target.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CountersSnapshot {
+    pub to_target: u64,
+    pub from_target: u64,
+    pub connections: u64,
+    pub refused: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("connecting to target agent {target}")]
+    Connect {
+        target: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connecting to target agent {target}: timed out")]
+    ConnectTimeout { target: SocketAddr },
+    #[error("TLS handshake with {peer}")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TLS handshake with {peer}: no progress within the handshake timeout")]
+    HandshakeTimeout { peer: SocketAddr },
+    #[error("setting socket options on the connection with {peer}")]
+    SocketOptions {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connecting to QEMU's migration socket {path}")]
+    Backend {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("relaying migration data with {peer}")]
+    Relay {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Keepalive, user timeout and no-Nagle on a migration TCP connection.
+pub fn tune_socket(tcp: &TcpStream, opts: &ProxyOptions) -> io::Result<()> {
+    let sock = SockRef::from(tcp);
+    // QEMU's protocol has small request/response exchanges (return path, multifd
+    // sync packets); Nagle would add delay to them.
+    sock.set_tcp_nodelay(true)?;
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(opts.keepalive_idle)
+            .with_interval(opts.keepalive_interval)
+            .with_retries(opts.keepalive_retries),
+    )?;
+    sock.set_tcp_user_timeout(Some(opts.user_timeout))?;
+    Ok(())
+}
+
+/// A running proxy side; dropping it stops accepting and aborts every connection.
+#[derive(Debug)]
+pub struct ProxyTask {
+    accept: JoinHandle<()>,
+    counters: Arc<MigrationCounters>,
+}
+
+impl ProxyTask {
+    pub fn counters(&self) -> &Arc<MigrationCounters> {
+        &self.counters
+    }
+}
+
+impl Drop for ProxyTask {
+    fn drop(&mut self) {
+        // The accept task owns the JoinSet of connection tasks; aborting it drops
+        // the set, which aborts them all.
+        self.accept.abort();
+    }
+}
+
+/// Source side: accept QEMU's connections on `qemu` and open one TLS connection
+/// per QEMU connection to the target agent at `target`.
+pub fn spawn_source(
+    qemu: UnixListener,
+    target: SocketAddr,
+    tls: Arc<ReloadingTls>,
+    counters: Arc<MigrationCounters>,
+    opts: ProxyOptions,
+) -> ProxyTask {
+    let c = counters.clone();
+    let accept = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = qemu.accept() => match accepted {
+                    Ok((unix, _)) => {
+                        let (tls, c, opts) = (tls.clone(), c.clone(), opts.clone());
+                        conns.spawn(async move {
+                            if let Err(e) = source_connection(unix, target, &tls, &c, &opts).await {
+                                c.failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "migration connection failed");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting QEMU's migration connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                // Reap finished connections so the set does not grow.
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    ProxyTask { accept, counters }
+}
+
+async fn source_connection(
+    unix: UnixStream,
+    target: SocketAddr,
+    tls: &ReloadingTls,
+    counters: &MigrationCounters,
+    opts: &ProxyOptions,
+) -> Result<(), ProxyError> {
+    let connect = async {
+        match opts.bind_ip {
+            Some(ip) => {
+                let sock = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }?;
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(target).await
+            }
+            None => TcpStream::connect(target).await,
+        }
+    };
+    let tcp = tokio::time::timeout(opts.connect_timeout, connect)
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout { target })?
+        .map_err(|source| ProxyError::Connect { target, source })?;
+    tune_socket(&tcp, opts).map_err(|source| ProxyError::SocketOptions {
+        peer: target,
+        source,
+    })?;
+    let connector = TlsConnector::from(tls.current().client.clone());
+    let stream = tokio::time::timeout(
+        opts.handshake_timeout,
+        connector.connect(ServerName::IpAddress(target.ip().into()), tcp),
+    )
+    .await
+    .map_err(|_| ProxyError::HandshakeTimeout { peer: target })?
+    .map_err(|source| ProxyError::Handshake {
+        peer: target,
+        source,
+    })?;
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    relay(
+        unix,
+        stream,
+        &counters.to_target,
+        &counters.from_target,
+        opts.buffer_size,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| ProxyError::Relay {
+        peer: target,
+        source,
+    })
+}
+
+/// Target side: accept TLS connections on `listener` (bound to the migration IP),
+/// and connect each authenticated one to the destination QEMU's socket `qemu`.
+pub fn spawn_target(
+    listener: TcpListener,
+    qemu: PathBuf,
+    tls: Arc<ReloadingTls>,
+    counters: Arc<MigrationCounters>,
+    opts: ProxyOptions,
+) -> ProxyTask {
+    let c = counters.clone();
+    let accept = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let (tls, c, opts, qemu) = (tls.clone(), c.clone(), opts.clone(), qemu.clone());
+                        conns.spawn(async move {
+                            if let Err(e) = target_connection(tcp, peer, qemu, &tls, &c, &opts).await {
+                                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "migration connection refused or failed");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting a migration connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    ProxyTask { accept, counters }
+}
+
+async fn target_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    qemu: PathBuf,
+    tls: &ReloadingTls,
+    counters: &MigrationCounters,
+    opts: &ProxyOptions,
+) -> Result<(), ProxyError> {
+    let refused = |e| {
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        e
+    };
+    tune_socket(&tcp, opts)
+        .map_err(|source| refused(ProxyError::SocketOptions { peer, source }))?;
+    let acceptor = TlsAcceptor::from(tls.current().server.clone());
+    // The handshake includes the client certificate and role check; only a
+    // verified peer gets past this line.
+    let stream = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
+        .map_err(|source| refused(ProxyError::Handshake { peer, source }))?;
+    let unix = UnixStream::connect(&qemu).await.map_err(|source| {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        ProxyError::Backend {
+            path: qemu.clone(),
+            source,
+        }
+    })?;
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    relay(
+        stream,
+        unix,
+        &counters.to_target,
+        &counters.from_target,
+        opts.buffer_size,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        ProxyError::Relay { peer, source }
+    })
+}
+
+/// Copy both directions until both have ended; EOF on one side shuts down
+/// writing on the other. Returns bytes copied (a to b, b to a).
+pub async fn relay<A, B>(
+    a: A,
+    b: B,
+    a_to_b: &AtomicU64,
+    b_to_a: &AtomicU64,
+    buffer_size: usize,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    tokio::try_join!(
+        pump(ar, bw, a_to_b, buffer_size),
+        pump(br, aw, b_to_a, buffer_size)
+    )
+}
+
+async fn pump<R, W>(mut r: R, mut w: W, counter: &AtomicU64, buffer_size: usize) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; buffer_size];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            // Carry the half-close: TLS close_notify + FIN, or SHUT_WR on unix.
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        // A TLS writer may keep encrypted records buffered when the socket was
+        // full; flush so nothing waits for the next write that may never come
+        // (QEMU often sends a request and then waits for the answer).
+        w.flush().await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        total += n as u64;
+    }
+}
