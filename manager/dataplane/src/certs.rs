@@ -212,7 +212,8 @@ impl ClusterCa {
         dn.push(DnType::OrganizationalUnitName, role.as_str());
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(subject.as_str().try_into().map_err(sign_err)?)];
+        params.subject_alt_names =
+            vec![SanType::URI(subject.as_str().try_into().map_err(sign_err)?)];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -300,7 +301,9 @@ mod tests {
     #[test]
     fn issued_agent_cert_carries_its_role() {
         let ca = ClusterCa::generate("test CA", Validity::days_from_now(1)).unwrap();
-        let leaf = ca.issue(Role::Agent, "node-a", Validity::days_from_now(1)).unwrap();
+        let leaf = ca
+            .issue(Role::Agent, "node-a", Validity::days_from_now(1))
+            .unwrap();
         let der = rustls::pki_types::pem::PemObject::from_pem_slice(leaf.cert_pem.as_bytes())
             .map(|d: rustls::pki_types::CertificateDer<'static>| d)
             .unwrap();

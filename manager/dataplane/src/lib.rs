@@ -3,3 +3,4 @@ pub mod certs;
 pub mod tls;
 pub mod listener;
 pub mod proxy;
+pub mod migration_ip;
