@@ -1,0 +1,316 @@
+//! Helpers for tests, benchmarks and the lab that run real QEMU guests: the
+//! guest image built by `tests/guest/build.sh`, per-VM run directories that
+//! clean up after themselves, serial-console tick parsing, and a reusable
+//! migration measurement (used by the `qemu_direct` benchmark and by the
+//! through-the-agents benchmark, which passes other URIs).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::migration::{self, MigrationError, MigrationSettings, MigrationStatus, Outcome};
+use super::process::{process_alive, VmError, VmProcess, VmSpec};
+use super::qmp::{QmpClient, QmpError};
+use crate::monitor::MonitorConfig;
+
+/// The test guest's kernel and initramfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("guest image build script {script:?} failed: {detail}")]
+    GuestBuild { script: PathBuf, detail: String },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("VM {name}: {what} did not appear on the serial console within {after:?}; output:\n{output}")]
+    SerialTimeout {
+        name: String,
+        what: String,
+        after: Duration,
+        output: String,
+    },
+    #[error("migration did not complete: {outcome:?}")]
+    NotCompleted { outcome: Outcome },
+}
+
+impl GuestImage {
+    /// The cache directory `tests/guest/build.sh` writes to.
+    pub fn cache_dir() -> PathBuf {
+        let base = std::env::var_os("MIGNET_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                PathBuf::from(home).join(".cache/mignet")
+            });
+        base.join("guest")
+    }
+
+    /// Returns the guest image, running `tests/guest/build.sh` first (it is
+    /// fast when everything is already built).
+    pub fn ensure() -> Result<GuestImage, TestbedError> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/guest/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| TestbedError::GuestBuild {
+                script: script.clone(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(TestbedError::GuestBuild {
+                script,
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        let dir = GuestImage::cache_dir();
+        Ok(GuestImage {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initramfs.img"),
+        })
+    }
+
+    /// A VM spec for this guest. `fill_mib`/`dirty_mib_s` drive the guest's
+    /// memory workload (see `tests/guest/build.sh`).
+    pub fn vm_spec(
+        &self,
+        name: &str,
+        run_dir: &Path,
+        memory_mib: u64,
+        fill_mib: u64,
+        dirty_mib_s: u64,
+    ) -> VmSpec {
+        let mut spec = VmSpec::new(name, run_dir, &self.kernel, &self.initrd);
+        spec.memory_mib = memory_mib;
+        spec.cmdline = format!(
+            "console=ttyS0 quiet panic=-1 mignet.fill_mib={fill_mib} mignet.dirty_mib_s={dirty_mib_s}"
+        );
+        spec
+    }
+}
+
+/// A short, unique directory under /tmp for one VM (unix socket paths must
+/// stay under 108 bytes). On drop it kills any QEMU whose pid file is inside
+/// (a safety net for VMs whose guard never existed, e.g. started by another
+/// process) and removes the directory.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(prefix: &str) -> std::io::Result<RunDir> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("mq-{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(RunDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let pid_file = self.path.join("qemu.pid");
+        let qmp = self.path.join("qmp.sock");
+        if pid_file.exists() {
+            if let Ok(vm) = VmProcess::reattach("leftover", &pid_file, &qmp) {
+                drop(vm); // kills it
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// All `tick N` numbers on a serial console, in order.
+pub fn ticks(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until the VM's serial console contains `needle`.
+pub async fn wait_serial(
+    vm: &VmProcess,
+    needle: &str,
+    timeout: Duration,
+) -> Result<(), TestbedError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let out = vm.serial_output();
+        if out.contains(needle) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline || !process_alive(vm.pid()) {
+            return Err(TestbedError::SerialTimeout {
+                name: vm.name().to_string(),
+                what: format!("{needle:?}"),
+                after: timeout,
+                output: out,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the VM prints a tick greater than `after`; returns it.
+pub async fn wait_tick_after(
+    vm: &VmProcess,
+    after: Option<u64>,
+    timeout: Duration,
+) -> Result<u64, TestbedError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let out = vm.serial_output();
+        if let Some(&t) = ticks(&out).last() {
+            if after.is_none_or(|a| t > a) {
+                return Ok(t);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline || !process_alive(vm.pid()) {
+            return Err(TestbedError::SerialTimeout {
+                name: vm.name().to_string(),
+                what: format!("a tick after {after:?}"),
+                after: timeout,
+                output: out,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Throughput and timing of one completed migration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationMeasurement {
+    /// Bytes QEMU reported as transferred.
+    pub transferred: u64,
+    /// QEMU's `total-time`.
+    pub total_time: Duration,
+    /// QEMU's `downtime` (guest paused for the final copy).
+    pub downtime: Duration,
+    /// transferred / total-time, MiB/s.
+    pub mib_s: f64,
+    /// Rate over the steady middle of the migration (between the first and
+    /// the last `active` sample), MiB/s: what a bandwidth cap is compared with.
+    pub steady_mib_s: f64,
+}
+
+/// Migrates `source` to a fresh destination started from `dest_spec`: the
+/// destination listens on `dest_listen_uri`, the source connects to
+/// `source_connect_uri` (the same URI for a direct migration; a proxy's
+/// socket when our agents carry the stream). Returns the new running VM and
+/// the measurement. The source VM is left in `postmigrate` (paused).
+pub async fn migrate_and_measure(
+    source: &QmpClient,
+    dest_spec: &VmSpec,
+    settings: &MigrationSettings,
+    dest_listen_uri: &str,
+    source_connect_uri: &str,
+) -> Result<(VmProcess, QmpClient, MigrationMeasurement), TestbedError> {
+    let mut spec = dest_spec.clone();
+    spec.incoming_defer = true;
+    let dest = VmProcess::start(&spec).await?;
+    let dest_qmp = QmpClient::connect_retry(dest.qmp_socket(), Duration::from_secs(10)).await?;
+    migration::prepare_destination(&dest_qmp, settings, dest_listen_uri).await?;
+    let limits = MonitorConfig {
+        progress_timeout: Duration::from_secs(60),
+        completion_timeout_per_gib: Duration::ZERO,
+        data_size_bytes: 0,
+        setup_timeout: Duration::from_secs(30),
+    };
+    let report = migration::run_monitored(
+        source,
+        settings,
+        source_connect_uri,
+        &limits,
+        Duration::from_millis(100),
+    )
+    .await?;
+    if report.outcome != Outcome::Completed {
+        return Err(TestbedError::NotCompleted {
+            outcome: report.outcome,
+        });
+    }
+    let last = &report.last;
+    let ram = last.ram.clone().unwrap_or(migration::RamStats {
+        transferred: 0,
+        remaining: 0,
+        total: 0,
+        dirty_sync_count: 0,
+        mbps: 0.0,
+        dirty_pages_rate: 0,
+    });
+    let total_time = Duration::from_millis(last.total_time_ms.unwrap_or(0));
+    let actives: Vec<_> = report
+        .samples
+        .iter()
+        .filter(|(_, s)| s.status == MigrationStatus::Active)
+        .filter_map(|(t, s)| s.ram.as_ref().map(|r| (*t, r.transferred)))
+        .collect();
+    let steady_mib_s = match (actives.first(), actives.last()) {
+        (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+            (b1 - b0) as f64 / (1 << 20) as f64 / (*t1 - *t0).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    let mib_s = if total_time.is_zero() {
+        0.0
+    } else {
+        ram.transferred as f64 / (1 << 20) as f64 / total_time.as_secs_f64()
+    };
+    Ok((
+        dest,
+        dest_qmp,
+        MigrationMeasurement {
+            transferred: ram.transferred,
+            total_time,
+            downtime: Duration::from_millis(last.downtime_ms.unwrap_or(0)),
+            mib_s,
+            steady_mib_s,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ticks_between_other_output() {
+        let s = "memload: filled 10 MiB\nmignet: ready\ntick 0\ntick 1\r\n[  3.1] random kernel line\ntick 2\ntick x\n";
+        assert_eq!(ticks(s), vec![0, 1, 2]);
+        assert!(ticks("").is_empty());
+    }
+
+    #[test]
+    fn run_dirs_are_unique_short_and_removed() {
+        let a = RunDir::new("t").unwrap();
+        let b = RunDir::new("t").unwrap();
+        assert_ne!(a.path(), b.path());
+        assert!(a.join("qmp.sock").as_os_str().len() < 100);
+        let p = a.path().to_path_buf();
+        drop(a);
+        assert!(!p.exists());
+    }
+}
