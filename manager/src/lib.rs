@@ -1,1 +1,55 @@
 //! mignet: manager, node agent, lab and CLI.
+//!
+//! Layout: `api` (Kubernetes types), pure decisions (`config`, `rollout`),
+//! and adapters that do the I/O (`kube_adapter`). Future modules (agent,
+//! lab, console, cli, policy) sit beside these.
+
+pub mod api;
+pub mod config;
+pub mod kube_adapter;
+pub mod rollout;
+
+pub use config::{ConfigError, EffectiveMigrationConfig, FieldError};
+pub use kube_adapter::rollout::{RolloutError, RolloutSettings};
+pub use rollout::{ClusterNetworks, Decision, NetworkRef};
+
+/// Errors of the `mignet` binary's commands, one variant per command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("generating CRDs")]
+    CrdGen(#[from] api::crdgen::CrdGenError),
+    #[error("network rollout controller")]
+    Rollout(#[from] RolloutError),
+    #[error("connecting to the Kubernetes API")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag} {value:?}: {reason}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Parse CIDR flags (comma-separated or repeated, for dual stack).
+pub fn parse_cidrs(
+    flag: &'static str,
+    values: &[String],
+) -> Result<Vec<ipnetwork::IpNetwork>, FlagError> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|e: ipnetwork::IpNetworkError| FlagError {
+                flag,
+                value: s.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}

@@ -1,1 +1,87 @@
-fn main() {}
+//! The `mignet` binary: thin glue over the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mignet::{parse_cidrs, ClusterNetworks, RolloutSettings};
+
+#[derive(Parser)]
+#[command(
+    name = "mignet",
+    version,
+    about = "Live-migration traffic on a dedicated, encrypted secondary network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the cluster manager (network rollout controller).
+    Manager {
+        /// Namespace of the HyperConverged CR, the agent DaemonSet and the migration NAD.
+        #[arg(long, default_value = "mignet-system")]
+        namespace: String,
+        /// Name of the node-agent DaemonSet whose pod template carries the network annotation.
+        #[arg(long, default_value = "mignet-agent")]
+        agent_daemonset: String,
+        /// Cluster pod network CIDR(s); a migration range must not overlap them.
+        #[arg(long, required = true)]
+        pod_cidr: Vec<String>,
+        /// Cluster service network CIDR(s); a migration range must not overlap them.
+        #[arg(long, required = true)]
+        service_cidr: Vec<String>,
+        /// Re-check every HyperConverged this often even without events.
+        #[arg(long, default_value_t = 300)]
+        resync_seconds: u64,
+    },
+    /// Write the CRD YAML files.
+    Crdgen {
+        #[arg(long, default_value = "deploy/crds")]
+        out: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Crdgen { out } => {
+            for p in mignet::api::crdgen::write_all(&out)? {
+                println!("{}", p.display());
+            }
+        }
+        Command::Manager {
+            namespace,
+            agent_daemonset,
+            pod_cidr,
+            service_cidr,
+            resync_seconds,
+        } => {
+            let settings = RolloutSettings {
+                namespace,
+                agent_daemonset,
+                cluster: ClusterNetworks {
+                    pod: parse_cidrs("--pod-cidr", &pod_cidr)?,
+                    service: parse_cidrs("--service-cidr", &service_cidr)?,
+                },
+                resync: Duration::from_secs(resync_seconds),
+            };
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            mignet::kube_adapter::rollout::run(client, settings, shutdown).await?;
+        }
+    }
+    Ok(())
+}
