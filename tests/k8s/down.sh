@@ -21,6 +21,12 @@ if [[ ! -d $STATE ]]; then
     log "$STATE is gone already; nothing to do"
     exit 0
 fi
+if [[ -z "$(ls -A "$STATE")" ]]; then
+    # up.sh failed before it wrote anything (or a caller's mktemp -d).
+    rmdir "$STATE"
+    log "removed empty $STATE"
+    exit 0
+fi
 [[ -f $STATE/.mignet-k8s ]] || die "$STATE has no .mignet-k8s marker; refusing to touch it"
 
 # apiserver first so it does not spend its shutdown retrying a dead etcd.

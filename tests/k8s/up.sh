@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Start a throwaway etcd + kube-apiserver on 127.0.0.1 for integration tests.
 #
-#   env_file=$(tests/k8s/up.sh) && source "$env_file"   # ... tests ...
+#   env_file=$(tests/k8s/up.sh [STATE_DIR]) && source "$env_file"  # ... tests ...
 #   tests/k8s/down.sh "$MIGNET_K8S_STATE"
 #
-# Prints the path of an env file (the only line on stdout); everything else
-# goes to stderr. The state dir (certs, tokens, etcd data, logs, pids) is a
-# fresh temp dir unless MIGNET_K8S_STATE names one (it must not exist yet).
+# Prints the path of the env file ($STATE/env; the only line on stdout);
+# everything else goes to stderr. The state dir (certs, tokens, etcd data,
+# logs, pids) is STATE_DIR or $MIGNET_K8S_STATE if given (created if missing,
+# must be empty), else a fresh temp dir.
 # On any failure the partial bed is torn down and the logs' tails printed.
 #
 # There is no controller-manager, scheduler or kubelet: nothing creates Pods
@@ -21,10 +22,11 @@ source "$HERE/lib.sh"
 BIN=$("$HERE/build.sh")
 K8S_VERSION=$(basename "$(dirname "$BIN")")
 
-if [[ -n ${MIGNET_K8S_STATE:-} ]]; then
-    STATE=$MIGNET_K8S_STATE
-    [[ ! -e $STATE ]] || die "MIGNET_K8S_STATE=$STATE already exists; run down.sh on it first"
-    mkdir -p "$STATE"
+REQ_STATE=${1:-${MIGNET_K8S_STATE:-}}
+if [[ -n $REQ_STATE ]]; then
+    # A caller-made dir (e.g. from mktemp -d) is fine as long as it is empty.
+    STATE=$(mkdir -p "$REQ_STATE" && cd "$REQ_STATE" && pwd)
+    [[ -z "$(ls -A "$STATE")" ]] || die "state dir $STATE is not empty; run down.sh on it first"
 else
     STATE=$(mktemp -d /tmp/mignet-k8s.XXXXXX)
 fi
@@ -51,7 +53,7 @@ trap cleanup_on_error EXIT
 # ---- certificates and credentials --------------------------------------------
 PKI=$STATE/pki
 log "generating certificates in $PKI"
-openssl_q() { openssl "$@" 2>>"$STATE/logs/openssl.log"; }
+openssl_q() { openssl "$@" 2>>"$PKI/openssl.log"; }
 openssl_q req -x509 -newkey rsa:2048 -nodes -days 2 \
     -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -subj "/CN=mignet-test-ca" \
     -addext "basicConstraints=critical,CA:TRUE" \

@@ -24,12 +24,12 @@ die() {
 start=$(date +%s.%N)
 elapsed() { awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'; }
 
-# cnitool without arguments prints usage and exits 1; "usage" in its output
+# cnitool without arguments prints usage and exits 1; its "cnitool add" line
 # is the evidence the binary runs at all.
 runs() {
     local out
     out=$("$1" 2>&1 || true)
-    grep -qi 'usage' <<<"$out"
+    grep -q 'cnitool add' <<<"$out"
 }
 
 if [[ -x $OUT ]] && runs "$OUT"; then
@@ -62,7 +62,7 @@ rm -rf "$ROOT/bin.new"
 mkdir -p "$ROOT/bin.new"
 GOBIN=$ROOT/bin.new "$GO" install -ldflags "-s -w" \
     "github.com/containernetworking/cni/cnitool@$CNI_VERSION"
-runs "$ROOT/bin.new/cnitool" || die "built cnitool does not print usage"
+runs "$ROOT/bin.new/cnitool" || die "built cnitool does not print its usage (cnitool add ...)"
 rm -rf "$ROOT/bin"
 mv "$ROOT/bin.new" "$ROOT/bin"
 log "cold build done in $(elapsed)s"
