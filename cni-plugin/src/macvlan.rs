@@ -142,7 +142,8 @@ fn decode(stdin: &[u8]) -> CniResult<RawConf> {
 fn bad_field(v: &serde_json::Value) -> &'static str {
     use serde_json::Value as V;
     let is = |key: &str, ok: fn(&V) -> bool| v.get(key).is_some_and(|x| !x.is_null() && !ok(x));
-    let checks: [(&'static str, fn(&V) -> bool); 10] = [
+    type Check = (&'static str, fn(&V) -> bool);
+    let checks: [Check; 10] = [
         ("cniVersion", V::is_string),
         ("master", V::is_string),
         ("mode", V::is_string),
