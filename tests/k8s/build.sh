@@ -90,7 +90,7 @@ mkdir -p "$WORK/kubernetes" "$WORK/etcd" "$ROOT/bin.new"
 
 # ---- kube-apiserver + kubectl ------------------------------------------------
 log "fetching k8s.io/kubernetes@$K8S_VERSION go.mod"
-gomod=$(cd "$WORK" && GOFLAGS= "$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+gomod=$(cd "$WORK" && GOFLAGS='' "$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
     sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
 [[ -f $gomod ]] || die "go mod download did not report a GoMod file for k8s.io/kubernetes@$K8S_VERSION"
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the tests/k8s scripts. Sourced, not executed.
 
 log() { printf '[k8s/%s %s] %s\n' "${K8S_SCRIPT:-?}" "$(date +%H:%M:%S)" "$*" >&2; }

@@ -9,7 +9,7 @@
 set -euo pipefail
 K8S_SCRIPT=run
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$HERE/lib.sh"
 
 env_file=$("$HERE/up.sh")

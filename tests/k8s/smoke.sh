@@ -12,7 +12,7 @@
 set -euo pipefail
 K8S_SCRIPT=smoke
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$HERE/lib.sh"
 
 for v in MIGNET_KUBECONFIG MIGNET_KUBECTL MIGNET_K8S_VERSION MIGNET_K8S_STATE MIGNET_NONADMIN_KUBECONFIG; do

@@ -16,7 +16,7 @@
 set -euo pipefail
 K8S_SCRIPT=up
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$HERE/lib.sh"
 
 BIN=$("$HERE/build.sh")

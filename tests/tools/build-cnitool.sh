@@ -63,7 +63,7 @@ mkdir -p "$ROOT/bin.new"
 GOBIN=$ROOT/bin.new "$GO" install -ldflags "-s -w" \
     "github.com/containernetworking/cni/cnitool@$CNI_VERSION"
 runs "$ROOT/bin.new/cnitool" || die "built cnitool does not print its usage (cnitool add ...)"
-rm -rf "$ROOT/bin"
+rm -rf "${ROOT:?}/bin"
 mv "$ROOT/bin.new" "$ROOT/bin"
 log "cold build done in $(elapsed)s"
 echo "$OUT"
