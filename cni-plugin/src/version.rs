@@ -46,16 +46,24 @@ pub fn shape(version: &str) -> CniResult<Shape> {
 }
 
 /// Our result as the JSON of `version`.
+///
+/// `dns` is always present (`{}` when empty): Go's `omitempty` never omits a
+/// struct, so every reference plugin prints it, and byte-level consumers of
+/// the result (cached results, diff tools) see the same shape from us.
 pub fn encode_result(out: &CniOutput, version: &str) -> CniResult<Value> {
-    match shape(version)? {
+    let mut v = match shape(version)? {
         Shape::V100 => {
             let mut o = out.clone();
             o.cni_version = version.to_string();
-            Ok(serde_json::to_value(&o).expect("result types always serialize"))
+            serde_json::to_value(&o).expect("result types always serialize")
         }
-        Shape::V040 => Ok(encode_040(out, version)),
-        Shape::V020 => encode_020(out, version),
+        Shape::V040 => encode_040(out, version),
+        Shape::V020 => encode_020(out, version)?,
+    };
+    if let Some(m) = v.as_object_mut() {
+        m.entry("dns").or_insert_with(|| json!({}));
     }
+    Ok(v)
 }
 
 fn dns_value(dns: &Dns) -> Option<Value> {
@@ -331,7 +339,8 @@ mod tests {
         };
         let e = encode_result(&l2, "0.2.0").unwrap_err();
         assert_eq!(e.msg, "cannot convert: no valid IP addresses");
-        assert!(encode_result(&l2, "0.3.1").is_ok());
+        let r = encode_result(&l2, "0.3.1").unwrap();
+        assert_eq!(r["dns"], json!({}), "dns always present, like Go");
     }
 
     #[test]

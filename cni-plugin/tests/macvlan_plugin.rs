@@ -515,18 +515,26 @@ fn result_shape_per_version() {
         keys.sort();
         match *v {
             "0.1.0" | "0.2.0" => {
-                assert_eq!(keys, ["cniVersion", "ip4"], "{v}: {res}");
+                assert_eq!(keys, ["cniVersion", "dns", "ip4"], "{v}: {res}");
                 assert_eq!(res["ip4"]["ip"], "10.200.5.1/24");
                 assert_eq!(res["ip4"]["gateway"], "10.200.5.254");
             }
             "0.3.0" | "0.3.1" | "0.4.0" => {
-                assert_eq!(keys, ["cniVersion", "interfaces", "ips"], "{v}: {res}");
+                assert_eq!(
+                    keys,
+                    ["cniVersion", "dns", "interfaces", "ips"],
+                    "{v}: {res}"
+                );
                 assert_eq!(res["ips"][0]["version"], "4");
                 assert_eq!(res["ips"][0]["interface"], 0);
                 assert_eq!(res["interfaces"][0]["sandbox"], lab.pod.path_str());
             }
             _ => {
-                assert_eq!(keys, ["cniVersion", "interfaces", "ips"], "{v}: {res}");
+                assert_eq!(
+                    keys,
+                    ["cniVersion", "dns", "interfaces", "ips"],
+                    "{v}: {res}"
+                );
                 assert!(res["ips"][0].get("version").is_none());
                 assert_eq!(res["ips"][0]["gateway"], "10.200.5.254");
             }
