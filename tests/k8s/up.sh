@@ -49,6 +49,8 @@ cleanup_on_error() {
 }
 # EXIT, not ERR: die() exits without tripping an ERR trap.
 trap cleanup_on_error EXIT
+# Ctrl-C or a CI timeout during start-up: leave through EXIT with rc != 0.
+trap 'exit 130' INT TERM
 
 # ---- certificates and credentials --------------------------------------------
 PKI=$STATE/pki
@@ -229,6 +231,6 @@ EOF
     done
 } | kc apply -f - >>"$STATE/logs/bootstrap.log"
 
-trap - EXIT
+trap - EXIT INT TERM
 log "up: $K8S_VERSION at https://127.0.0.1:$API_PORT, state $STATE"
 echo "$STATE/env"
