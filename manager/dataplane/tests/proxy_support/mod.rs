@@ -65,7 +65,9 @@ impl Netns {
     /// Run `f` on a fresh thread that entered this namespace; the thread exits
     /// afterwards, so no pooled thread is ever left in a foreign namespace.
     pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        self.spawn(f).join().expect("thread in netns panicked")
+        self.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     /// Like `run`, but returns the handle (long-running work, e.g. a runtime).

@@ -1,0 +1,320 @@
+//! Real QEMU (TCG) live migrations over a unix socket, driven and monitored by
+//! our code: completion with guest continuity, cancel, and each monitor abort
+//! (progress timeout, completion budget, setup timeout). Every abort must
+//! leave the guest running on the source.
+
+use std::time::Duration;
+
+use mignet_dataplane::monitor::{AbortReason, MonitorConfig};
+use mignet_dataplane::qemu::migration::{self, MigrationStatus, Outcome, Side};
+use mignet_dataplane::qemu::testbed::{ticks, wait_serial, wait_tick_after, GuestImage, RunDir};
+use mignet_dataplane::qemu::{MigrationSettings, QmpClient, VmProcess};
+
+const BOOT: Duration = Duration::from_secs(90);
+const MIB: u64 = 1 << 20;
+
+/// A booted source VM (guest workload ready) and a fresh destination started
+/// with `-incoming defer`, each with its own run directory and QMP session.
+struct Pair {
+    src: VmProcess,
+    src_qmp: QmpClient,
+    dst: VmProcess,
+    dst_qmp: QmpClient,
+    uri: String,
+    // Declared last: dropped after the VM guards.
+    _dirs: (RunDir, RunDir),
+}
+
+async fn pair(name: &str, memory_mib: u64, fill_mib: u64, dirty_mib_s: u64) -> Pair {
+    let image = GuestImage::ensure().unwrap();
+    let sdir = RunDir::new(&format!("{name}-s")).unwrap();
+    let ddir = RunDir::new(&format!("{name}-d")).unwrap();
+    let src_spec = image.vm_spec(
+        &format!("{name}-src"),
+        sdir.path(),
+        memory_mib,
+        fill_mib,
+        dirty_mib_s,
+    );
+    let mut dst_spec = image.vm_spec(
+        &format!("{name}-dst"),
+        ddir.path(),
+        memory_mib,
+        fill_mib,
+        dirty_mib_s,
+    );
+    dst_spec.incoming_defer = true;
+    let src = VmProcess::start(&src_spec).await.unwrap();
+    let dst = VmProcess::start(&dst_spec).await.unwrap();
+    let src_qmp = QmpClient::connect(src.qmp_socket()).await.unwrap();
+    let dst_qmp = QmpClient::connect(dst.qmp_socket()).await.unwrap();
+    assert_eq!(dst_qmp.run_state().await.unwrap(), "inmigrate");
+    wait_serial(&src, "mignet: ready", BOOT).await.unwrap();
+    wait_tick_after(&src, None, BOOT).await.unwrap();
+    let uri = format!("unix:{}", ddir.join("mig.sock").display());
+    Pair {
+        src,
+        src_qmp,
+        dst,
+        dst_qmp,
+        uri,
+        _dirs: (sdir, ddir),
+    }
+}
+
+fn limits(progress_s: u64, per_gib_s: u64, memory_mib: u64, setup_s: u64) -> MonitorConfig {
+    MonitorConfig {
+        progress_timeout: Duration::from_secs(progress_s),
+        completion_timeout_per_gib: Duration::from_secs(per_gib_s),
+        data_size_bytes: memory_mib * MIB,
+        setup_timeout: Duration::from_secs(setup_s),
+    }
+}
+
+/// After an abort: the source is running again, its ticks go on, and the
+/// destination process has exited (it cannot be reused).
+async fn assert_source_survives(p: &Pair) {
+    assert_eq!(p.src_qmp.run_state().await.unwrap(), "running");
+    let before = ticks(&p.src.serial_output()).last().copied();
+    let after = wait_tick_after(&p.src, before, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(Some(after) > before);
+    assert!(
+        p.dst.wait_exit(Duration::from_secs(15)).await,
+        "destination QEMU still running after the aborted incoming migration"
+    );
+}
+
+/// Source -> destination over a unix socket with 2 multifd channels (so 3
+/// connections on the socket): the migration completes, the destination runs
+/// and the guest's ticks continue there with exactly N+1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_completes_and_guest_continues_on_destination() {
+    let p = pair("ok", 256, 32, 0).await;
+    let settings = MigrationSettings {
+        multifd_channels: Some(2),
+        max_bandwidth: 0,
+        downtime_limit_ms: 300,
+    };
+    migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    // The parameters really landed on both ends, including "unlimited".
+    let report = migration::run_monitored(
+        &p.src_qmp,
+        &settings,
+        &p.uri,
+        &limits(60, 800, 256, 30),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.last);
+    for q in [&p.src_qmp, &p.dst_qmp] {
+        let params = q.execute("query-migrate-parameters", None).await.unwrap();
+        assert_eq!(params["max-bandwidth"], 0, "{params}");
+        assert_eq!(params["multifd-channels"], 2, "{params}");
+        assert_eq!(params["downtime-limit"], 300, "{params}");
+    }
+    assert_eq!(report.last.status, MigrationStatus::Completed);
+    let ram = report.last.ram.as_ref().expect("ram stats");
+    assert!(
+        ram.transferred >= 32 * MIB,
+        "transferred {}",
+        ram.transferred
+    );
+    assert!(report.last.downtime_ms.is_some());
+
+    // The destination runs the guest; the source is left paused.
+    let dst_state = wait_state(&p.dst_qmp, "running").await;
+    assert_eq!(dst_state, "running");
+    assert_eq!(p.src_qmp.run_state().await.unwrap(), "postmigrate");
+    let dest_in = migration::query(&p.dst_qmp, Side::Destination)
+        .await
+        .unwrap();
+    assert_eq!(dest_in.status, MigrationStatus::Completed);
+
+    let last_src = *ticks(&p.src.serial_output()).last().expect("source ticked");
+    let first_dst = wait_tick_after(&p.dst, None, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let dst_ticks = ticks(&p.dst.serial_output());
+    assert_eq!(
+        dst_ticks.first().copied(),
+        Some(last_src + 1),
+        "source ended at tick {last_src}, destination printed {dst_ticks:?} (first seen {first_dst})"
+    );
+    // And it keeps going.
+    wait_tick_after(&p.dst, Some(last_src + 1), Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+async fn wait_state(q: &QmpClient, want: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = q.run_state().await.unwrap();
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+/// `migrate_cancel` mid-migration: the source returns to running and keeps
+/// ticking, the destination exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_leaves_source_running() {
+    let p = pair("cancel", 256, 128, 0).await;
+    // 8 MiB/s for 128+ MiB: still running when we cancel.
+    let settings = MigrationSettings {
+        multifd_channels: None,
+        max_bandwidth: 8 * MIB,
+        downtime_limit_ms: 300,
+    };
+    migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    migration::start_source(&p.src_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    let mut active = false;
+    for _ in 0..100 {
+        let s = migration::query(&p.src_qmp, Side::Source).await.unwrap();
+        if s.status == MigrationStatus::Active && s.ram.as_ref().is_some_and(|r| r.transferred > 0)
+        {
+            active = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(active, "migration never became active");
+    let started = std::time::Instant::now();
+    let last = migration::cancel(&p.src_qmp, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(last.status, MigrationStatus::Cancelled);
+    eprintln!("cancel took {:?}", started.elapsed());
+    assert_source_survives(&p).await;
+}
+
+/// A guest dirtying 200 MiB/s of a 128 MiB working set under a 32 MiB/s cap
+/// can never converge: every pass re-sends the whole working set. The monitor
+/// must abort it for lack of progress (2 s here), not by the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_timeout_aborts_non_converging_migration() {
+    let p = pair("stall", 256, 128, 200).await;
+    let settings = MigrationSettings {
+        multifd_channels: None,
+        max_bandwidth: 32 * MIB,
+        downtime_limit_ms: 300,
+    };
+    migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    let report = migration::run_monitored(
+        &p.src_qmp,
+        &settings,
+        &p.uri,
+        &limits(2, 0, 256, 30),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    match &report.outcome {
+        Outcome::Aborted { reason, message } => {
+            assert_eq!(*reason, AbortReason::ProgressTimeout, "{message}");
+            assert!(message.contains("no progress"), "{message}");
+        }
+        other => panic!("expected a progress-timeout abort, got {other:?}"),
+    }
+    // It really went through more than one pass before giving up.
+    let passes = report
+        .samples
+        .iter()
+        .filter_map(|(_, s)| s.ram.as_ref().map(|r| r.dirty_sync_count))
+        .max()
+        .unwrap_or(0);
+    assert!(passes >= 2, "dirty-sync-count {passes}");
+    assert_eq!(report.last.status, MigrationStatus::Cancelled);
+    assert_source_survives(&p).await;
+}
+
+/// 128 MiB of data at 8 MiB/s needs ~16 s; a 256 MiB VM at 8 s/GiB has a 2 s
+/// budget. The migration progresses the whole time, so only the completion
+/// budget can stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_budget_aborts_slow_migration() {
+    let p = pair("budget", 256, 128, 0).await;
+    let settings = MigrationSettings {
+        multifd_channels: None,
+        max_bandwidth: 8 * MIB,
+        downtime_limit_ms: 300,
+    };
+    migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    let report = migration::run_monitored(
+        &p.src_qmp,
+        &settings,
+        &p.uri,
+        &limits(0, 8, 256, 30),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    match &report.outcome {
+        Outcome::Aborted { reason, message } => {
+            assert_eq!(*reason, AbortReason::CompletionTimeout, "{message}");
+            assert!(message.contains("budget of 2.0s"), "{message}");
+        }
+        other => panic!("expected a completion-budget abort, got {other:?}"),
+    }
+    assert!(report.elapsed >= Duration::from_secs(2));
+    assert!(
+        report.elapsed < Duration::from_secs(10),
+        "{:?}",
+        report.elapsed
+    );
+    assert_source_survives(&p).await;
+}
+
+/// Multifd on the source but not on the destination: the source never leaves
+/// `setup`. The setup timeout catches it and the source keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_timeout_catches_parameter_mismatch() {
+    let p = pair("setup", 256, 0, 0).await;
+    let dst_settings = MigrationSettings::default();
+    let src_settings = MigrationSettings {
+        multifd_channels: Some(2),
+        ..MigrationSettings::default()
+    };
+    migration::prepare_destination(&p.dst_qmp, &dst_settings, &p.uri)
+        .await
+        .unwrap();
+    let report = migration::run_monitored(
+        &p.src_qmp,
+        &src_settings,
+        &p.uri,
+        &limits(1, 0, 256, 3),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    match &report.outcome {
+        Outcome::Aborted { reason, message } => {
+            assert_eq!(*reason, AbortReason::SetupTimeout, "{message}");
+        }
+        other => panic!(
+            "expected a setup-timeout abort, got {other:?}; samples {:?}",
+            report.samples
+        ),
+    }
+    assert_eq!(p.src_qmp.run_state().await.unwrap(), "running");
+    let before = ticks(&p.src.serial_output()).last().copied();
+    wait_tick_after(&p.src, before, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
