@@ -51,6 +51,10 @@ pub struct ProxyOptions {
     /// Source side: bind outgoing connections to this address (the migration IP)
     /// so they cannot leave through another interface.
     pub bind_ip: Option<std::net::IpAddr>,
+    /// Application-level cap on source-to-target bytes, shared by all
+    /// connections of one migration. QEMU's max-bandwidth is the primary cap;
+    /// this one exists for peers that cannot be trusted to set it.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl Default for ProxyOptions {
@@ -64,6 +68,7 @@ impl Default for ProxyOptions {
             user_timeout: Duration::from_secs(30),
             buffer_size: 256 * 1024,
             bind_ip: None,
+            rate_limit: None,
         }
     }
 }
@@ -263,6 +268,7 @@ async fn source_connection(
         &counters.to_target,
         &counters.from_target,
         opts.buffer_size,
+        opts.rate_limit.as_deref(),
     )
     .await
     .map(|_| ())
@@ -343,6 +349,7 @@ async fn target_connection(
         &counters.to_target,
         &counters.from_target,
         opts.buffer_size,
+        opts.rate_limit.as_deref(),
     )
     .await
     .map(|_| ())
@@ -360,6 +367,7 @@ pub async fn relay<A, B>(
     a_to_b: &AtomicU64,
     b_to_a: &AtomicU64,
     buffer_size: usize,
+    a_to_b_limit: Option<&RateLimit>,
 ) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -368,12 +376,18 @@ where
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
     tokio::try_join!(
-        pump(ar, bw, a_to_b, buffer_size),
-        pump(br, aw, b_to_a, buffer_size)
+        pump(ar, bw, a_to_b, buffer_size, a_to_b_limit),
+        pump(br, aw, b_to_a, buffer_size, None)
     )
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, counter: &AtomicU64, buffer_size: usize) -> io::Result<u64>
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    counter: &AtomicU64,
+    buffer_size: usize,
+    limit: Option<&RateLimit>,
+) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -387,6 +401,9 @@ where
             w.shutdown().await?;
             return Ok(total);
         }
+        if let Some(limit) = limit {
+            limit.take(n).await;
+        }
         w.write_all(&buf[..n]).await?;
         // A TLS writer may keep encrypted records buffered when the socket was
         // full; flush so nothing waits for the next write that may never come
@@ -394,5 +411,68 @@ where
         w.flush().await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
         total += n as u64;
+    }
+}
+
+/// A pacing limiter: bytes are admitted on a virtual clock advancing at
+/// `bytes_per_sec`; up to `burst` of idle time may be banked, so a short pause
+/// does not turn into a long burst afterwards.
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_sec: u64,
+    burst: Duration,
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl RateLimit {
+    pub fn new(bytes_per_sec: u64) -> Arc<Self> {
+        Arc::new(RateLimit {
+            bytes_per_sec: bytes_per_sec.max(1),
+            burst: Duration::from_millis(20),
+            next: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec
+    }
+
+    /// Book `n` bytes at `now`; returns how long to wait before sending them.
+    pub fn reserve(&self, n: usize, now: std::time::Instant) -> Duration {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let floor = now.checked_sub(self.burst).unwrap_or(now);
+        let start = next.map_or(floor, |t| t.max(floor));
+        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+        let done = start + cost;
+        *next = Some(done);
+        done.saturating_duration_since(now)
+    }
+
+    pub async fn take(&self, n: usize) {
+        let wait = self.reserve(n, std::time::Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn rate_limit_paces_on_a_virtual_clock() {
+        let l = RateLimit::new(1000);
+        let t0 = Instant::now();
+        // The first 20 ms of burst credit covers 20 bytes without waiting.
+        assert_eq!(l.reserve(20, t0), Duration::ZERO);
+        // Then every byte costs a millisecond.
+        assert_eq!(l.reserve(100, t0), Duration::from_millis(100));
+        assert_eq!(l.reserve(100, t0), Duration::from_millis(200));
+        // After a long idle period only the burst is banked, not the whole pause.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(l.reserve(20, later), Duration::ZERO);
+        assert_eq!(l.reserve(10, later), Duration::from_millis(10));
     }
 }
