@@ -425,3 +425,56 @@ async fn vmi_migration_state_reads_back_with_kubectl_jsonpath() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_runs_under_its_own_least_privilege_rbac() {
+    ensure_crds();
+    let ns = TestNamespace::new("mignet-rbac");
+    let admin = client().await;
+    let rbac = TestRbac::apply(&ns.name);
+    create_agent_daemonset(&admin, &ns.name).await;
+    create_nad(&admin, &ns.name, "my-secondary-network", SEED_NAD_CONFIG).await;
+    create_hco(&admin, &ns.name, Some("my-secondary-network")).await;
+
+    // RBAC takes effect asynchronously in the authorizer's cache.
+    let manager = client_as(&rbac.manager_sa).await;
+    wait_for("manager RBAC effective", WAIT, || async {
+        let api: Api<HyperConverged> = Api::namespaced(manager.clone(), &ns.name);
+        api.get("kubevirt-hyperconverged").await.ok()
+    })
+    .await;
+    let _ctl = RunningController::start(manager.clone(), settings(&ns.name));
+    wait_for("annotation written by the manager SA", WAIT, || async {
+        let a = template_annotations(&admin, &ns.name).await;
+        a.contains_key(NETWORK_HASH_ANNOTATION).then_some(())
+    })
+    .await;
+    wait_condition_reason(&admin, &ns.name, reason::ROLLING_OUT).await;
+
+    // What each role may and may not do (kubectl auth can-i as the SA).
+    let can = |who: &str, verb: &str, what: &str, namespace: Option<&str>| {
+        // `what` may carry flags, e.g. "hyperconvergeds --subresource=status".
+        let mut args = vec!["auth", "can-i", verb];
+        args.extend(what.split_whitespace());
+        args.extend(["--as", who]);
+        if let Some(n) = namespace {
+            args.extend(["-n", n]);
+        }
+        let out = kubectl(&args);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let (m, a, n) = (rbac.manager_sa.as_str(), rbac.agent_sa.as_str(), Some(ns.name.as_str()));
+    assert!(can(m, "patch", "daemonsets/mignet-agent", n));
+    assert!(!can(m, "patch", "daemonsets/something-else", n));
+    assert!(!can(m, "patch", "hyperconvergeds", n), "spec is the admin's");
+    assert!(can(m, "patch", "hyperconvergeds --subresource=status", n));
+    assert!(can(m, "create", "virtualmachineinstancemigrations", Some("default")));
+    assert!(can(m, "patch", "nodes", None));
+    assert!(!can(m, "delete", "nodes", None));
+    assert!(!can(m, "get", "secrets", n));
+    assert!(can(a, "patch", "virtualmachineinstances --subresource=status", Some("default")));
+    assert!(!can(a, "patch", "virtualmachineinstances", Some("default")));
+    assert!(!can(a, "create", "virtualmachineinstancemigrations", Some("default")));
+    assert!(can(a, "list", "nodes", None));
+    assert!(!can(a, "patch", "nodes", None));
+}

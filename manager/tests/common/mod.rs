@@ -128,6 +128,61 @@ pub async fn client() -> Client {
     Client::try_from(cfg).expect("client")
 }
 
+/// A client acting as `user` (impersonation by the bed's admin), so a test
+/// exercises our RBAC rather than cluster-admin.
+pub async fn client_as(user: &str) -> Client {
+    let e = env();
+    let kc = Kubeconfig::read_from(&e.kubeconfig).expect("reading MIGNET_KUBECONFIG");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    cfg.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(cfg).expect("client")
+}
+
+/// deploy/base's RBAC, rewritten for a test namespace: the namespace becomes
+/// `ns` and every `mignet-manager`/`mignet-agent` object name gets the
+/// namespace as suffix, so cluster-scoped roles of parallel tests do not
+/// collide. Applied for real; the cluster-scoped part is deleted on drop.
+pub struct TestRbac {
+    pub manager_sa: String,
+    pub agent_sa: String,
+    yaml: String,
+}
+
+impl TestRbac {
+    pub fn apply(ns: &str) -> Self {
+        let root = repo_root().join("deploy/base");
+        let mut yaml = String::new();
+        for f in ["rbac-manager.yaml", "rbac-agent.yaml"] {
+            let text = std::fs::read_to_string(root.join(f)).expect("read RBAC yaml");
+            yaml.push_str(&text);
+            yaml.push_str("\n---\n");
+        }
+        let yaml = yaml
+            .replace("mignet-system", ns)
+            .replace("name: mignet-manager", &format!("name: mignet-manager-{ns}"))
+            .replace("name: mignet-agent\n", &format!("name: mignet-agent-{ns}\n"));
+        let out = kubectl_stdin(&["apply", "-f", "-"], &yaml);
+        assert!(
+            out.status.success(),
+            "applying RBAC: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            manager_sa: format!("system:serviceaccount:{ns}:mignet-manager-{ns}"),
+            agent_sa: format!("system:serviceaccount:{ns}:mignet-agent-{ns}"),
+            yaml,
+        }
+    }
+}
+
+impl Drop for TestRbac {
+    fn drop(&mut self) {
+        let _ = kubectl_stdin(&["delete", "--ignore-not-found", "-f", "-"], &self.yaml);
+    }
+}
+
 /// A Kubernetes namespace of this test's own, deleted on drop (also on
 /// panic). Without a controller-manager the deletion only marks it
 /// Terminating; names are unique, so that never collides.
