@@ -408,13 +408,14 @@ pub fn cmd_add(args: &CmdArgs) -> CniResult<CniOutput> {
     }
     let netns_path = netns_arg(args)?;
     let ns = NetNs::open(netns_path)?;
-    let mut ctr = Netlink::open_in(&ns).map_err(|e| nl_err("failed to open netlink", e))?;
-    let mut host;
+    // With linkInContainer the master lives in the container, so that socket
+    // is needed first; otherwise the master is in our (the node's) namespace.
+    let mut early_ctr = None;
+    let mut host = None;
     let master_nl = if conf.link_in_container {
-        &mut ctr
+        early_ctr.insert(Netlink::open_in(&ns).map_err(|e| nl_err("failed to open netlink", e))?)
     } else {
-        host = Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?;
-        &mut host
+        host.insert(Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?)
     };
     let master = resolve_master(master_nl, &conf)?;
     check_mtu(&conf, &master)?;
@@ -440,59 +441,62 @@ pub fn cmd_add(args: &CmdArgs) -> CniResult<CniOutput> {
                 e,
             )
         })?;
-    let created = ctr
-        .link_by_name(&tmp)
-        .map_err(|e| nl_err("failed to find the new macvlan", e))?
-        .ok_or_else(|| {
-            CniError::new(
-                Code::Plugin(plugin_codes::NETLINK),
-                format!(
-                    "the new macvlan {tmp} vanished from {}",
-                    netns_path.display()
-                ),
-            )
-        })?;
+
+    // The link exists from here on. Its container side (find, rename,
+    // announce knobs) runs on a thread inside the netns while this thread
+    // asks the IPAM, so the IPAM's latency (store fsyncs, or an exec)
+    // overlaps with it. IPAM still comes after the link: a bad master or
+    // mode costs no allocation.
+    let ifname = args.ifname.as_str();
+    let l3 = ipam.is_some();
+    let mut ipam_guard = None;
+    let (setup, ipam_res) = std::thread::scope(|s| {
+        let tmp = tmp.as_str();
+        let handle = match ns.spawn_in(s, move || container_setup(early_ctr, tmp, ifname, l3)) {
+            Ok(h) => h,
+            Err(e) => return (Err(SetupFailure::new(None, None, e.into())), None),
+        };
+        let ipam_res = ipam.as_ref().map(|ipam| {
+            // Armed before the call: SPEC §4 wants a DEL after a failed ADD too.
+            ipam_guard = Some(IpamGuard {
+                ipam,
+                args,
+                committed: false,
+            });
+            ipam.add(args)
+        });
+        let setup =
+            netns::join(handle).unwrap_or_else(|e| Err(SetupFailure::new(None, None, e.into())));
+        (setup, ipam_res)
+    });
+    let (nl, index) = match setup {
+        Ok(x) => x,
+        Err(f) => {
+            remove_half_made(&ns, f.nl, f.index, &tmp);
+            return Err(f.err);
+        }
+    };
     let mut link = LinkGuard {
-        nl: ctr,
-        index: created.index,
+        nl,
+        index,
         committed: false,
     };
-    link.nl.rename_link(link.index, &args.ifname).map_err(|e| {
-        if e.is_exists() {
-            CniError::env(
-                "CNI_IFNAME",
-                format!(
-                    "interface \"{}\" already exists in {}",
-                    args.ifname,
-                    netns_path.display()
-                ),
-            )
-        } else {
-            nl_err(
-                format!("failed to rename macvlan to \"{}\"", args.ifname),
-                e,
-            )
+    let ipam_out = match ipam_res {
+        None => None,
+        Some(res) => {
+            let out = res?;
+            if out.ips.is_empty() {
+                return Err(CniError::new(
+                    Code::Plugin(plugin_codes::DELEGATE),
+                    format!(
+                        "ipam plugin \"{}\" returned no IP config",
+                        ipam.as_ref().map(Ipam::name).unwrap_or("?")
+                    ),
+                ));
+            }
+            Some(out)
         }
-    })?;
-
-    // IPAM after the link: a bad master or mode then costs no allocation.
-    let mut ipam_guard = None;
-    let mut ipam_out = None;
-    if let Some(ipam) = &ipam {
-        ipam_guard = Some(IpamGuard {
-            ipam,
-            args,
-            committed: false,
-        });
-        let out = ipam.add(args)?;
-        if out.ips.is_empty() {
-            return Err(CniError::new(
-                Code::Plugin(plugin_codes::DELEGATE),
-                format!("ipam plugin \"{}\" returned no IP config", ipam.name()),
-            ));
-        }
-        ipam_out = Some(out);
-    }
+    };
 
     configure(
         &ns,
@@ -549,8 +553,96 @@ pub fn cmd_add(args: &CmdArgs) -> CniResult<CniOutput> {
     Ok(result)
 }
 
-/// Sysctls, addresses, routes, link up. Sysctls need a thread inside the
-/// namespace; everything else goes over the container's netlink socket.
+/// A container-side setup that failed, with what it got hold of for cleanup.
+struct SetupFailure {
+    nl: Option<Netlink>,
+    index: Option<u32>,
+    err: CniError,
+}
+
+impl SetupFailure {
+    fn new(nl: Option<Netlink>, index: Option<u32>, err: CniError) -> SetupFailure {
+        SetupFailure { nl, index, err }
+    }
+}
+
+/// On a thread inside the container netns: open (or reuse) the netlink
+/// socket there, find the new link by its temporary name, rename it to
+/// CNI_IFNAME and set the announce knobs.
+fn container_setup(
+    early: Option<Netlink>,
+    tmp: &str,
+    ifname: &str,
+    l3: bool,
+) -> Result<(Netlink, u32), SetupFailure> {
+    let mut nl = match early {
+        Some(nl) => nl,
+        None => Netlink::new().map_err(|e| {
+            SetupFailure::new(
+                None,
+                None,
+                nl_err("failed to open netlink in the container namespace", e),
+            )
+        })?,
+    };
+    let index = match nl.link_by_name(tmp) {
+        Ok(Some(l)) => l.index,
+        Ok(None) => {
+            let err = CniError::new(
+                Code::Plugin(plugin_codes::NETLINK),
+                format!("the new macvlan {tmp} vanished from the container namespace"),
+            );
+            return Err(SetupFailure::new(Some(nl), None, err));
+        }
+        Err(e) => {
+            let err = nl_err("failed to find the new macvlan", e);
+            return Err(SetupFailure::new(Some(nl), None, err));
+        }
+    };
+    if let Err(e) = nl.rename_link(index, ifname) {
+        let err = if e.is_exists() {
+            CniError::env(
+                "CNI_IFNAME",
+                format!("interface \"{ifname}\" already exists in the container namespace"),
+            )
+        } else {
+            nl_err(format!("failed to rename macvlan to \"{ifname}\""), e)
+        };
+        return Err(SetupFailure::new(Some(nl), Some(index), err));
+    }
+    if l3 {
+        // With these the kernel announces the address itself (gratuitous
+        // ARP / unsolicited NA) when the link comes up. Best effort, as in
+        // the reference plugin: a kernel without the knob still works.
+        let _ = netns::set_sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
+    }
+    Ok((nl, index))
+}
+
+/// Delete a link whose setup failed: by index over the socket we have, or
+/// by its temporary name from a fresh socket in the namespace.
+fn remove_half_made(ns: &NetNs, nl: Option<Netlink>, index: Option<u32>, tmp: &str) {
+    let res = match (nl, index) {
+        (Some(mut nl), Some(i)) => nl.delete_link(i).map_err(|e| chain(&e)),
+        _ => ns
+            .run(|| -> Result<(), String> {
+                let mut nl = Netlink::new().map_err(|e| chain(&e))?;
+                match nl.link_by_name(tmp).map_err(|e| chain(&e))? {
+                    Some(l) => nl.delete_link(l.index).map_err(|e| chain(&e)),
+                    None => Ok(()),
+                }
+            })
+            .map_err(|e| chain(&e))
+            .and_then(|r| r),
+    };
+    if let Err(e) = res {
+        eprintln!("cleanup: failed to delete macvlan {tmp}: {e}");
+    }
+}
+
+/// IPv6 sysctls, addresses, link up, routes. Sysctls need a thread inside
+/// the namespace; everything else goes over the container's netlink socket.
 fn configure(
     ns: &NetNs,
     nl: &mut Netlink,
@@ -559,29 +651,21 @@ fn configure(
     ipam: Option<&CniOutput>,
 ) -> CniResult<()> {
     let has_v6 = ipam.is_some_and(|o| o.ips.iter().any(|ip| ip.address.is_ipv6()));
-    if ipam.is_some() {
+    if has_v6 {
         ns.run(|| -> CniResult<()> {
-            // With these the kernel announces the address itself (gratuitous
-            // ARP / unsolicited NA) when the link comes up. Best effort, as in
-            // the reference plugin: a kernel without the knob still works.
-            let _ = netns::set_sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-            let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
-            if has_v6 {
-                for key in [
-                    format!("net/ipv6/conf/{ifname}/disable_ipv6"),
-                    "net/ipv6/conf/lo/disable_ipv6".to_string(),
-                ] {
-                    match netns::set_sysctl(&key, "0") {
-                        Ok(()) => {}
-                        // IPv6 compiled out or disabled at boot: the address
-                        // add below reports that more precisely.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(CniError::io(format!("failed to set {key}=0"), e)),
-                    }
+            for key in [
+                format!("net/ipv6/conf/{ifname}/disable_ipv6"),
+                "net/ipv6/conf/lo/disable_ipv6".to_string(),
+            ] {
+                match netns::set_sysctl(&key, "0") {
+                    Ok(()) => {}
+                    // IPv6 compiled out or disabled at boot: the address add
+                    // below reports that more precisely.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(CniError::io(format!("failed to set {key}=0"), e)),
                 }
-                let _ =
-                    netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
             }
+            let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
             Ok(())
         })??;
     }
@@ -640,18 +724,41 @@ fn configure(
 pub fn cmd_del(args: &CmdArgs) -> CniResult<()> {
     let conf = parse_del_config(&args.stdin)?;
     let mut errors: Vec<CniError> = Vec::new();
-    // IPAM first: its allocation must go even when the netns is gone.
-    if let Some(t) = &conf.ipam_type {
-        match Ipam::for_type(t).and_then(|ipam| ipam.del(args)) {
-            Ok(()) => {}
-            Err(e) => errors.push(e),
+    // A missing netns (or none given) leaves only the IPAM to release.
+    let ns = match &args.netns {
+        None => None,
+        Some(p) => match NetNs::open(p) {
+            Ok(ns) => Some(ns),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => {
+                errors.push(e.into());
+                None
+            }
+        },
+    };
+    let ifname = args.ifname.as_str();
+    // The link deletion (the kernel waits for RCU grace periods there) and
+    // the IPAM DEL are independent: run them side by side. The IPAM DEL
+    // runs whatever happens to the link; a DEL must free the address.
+    std::thread::scope(|s| {
+        let handle = ns
+            .as_ref()
+            .map(|ns| ns.spawn_in(s, move || delete_link_here(ifname)));
+        if let Some(t) = &conf.ipam_type {
+            if let Err(e) = Ipam::for_type(t).and_then(|ipam| ipam.del(args)) {
+                errors.push(e);
+            }
         }
-    }
-    if let Some(path) = &args.netns {
-        if let Err(e) = delete_link_in(path, &args.ifname) {
-            errors.push(e);
+        match handle {
+            None => {}
+            Some(Err(e)) => errors.push(e.into()),
+            Some(Ok(h)) => match netns::join(h) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(e.into()),
+            },
         }
-    }
+    });
     // Report the first failure; the rest go into its details.
     let mut it = errors.into_iter();
     match it.next() {
@@ -668,14 +775,10 @@ pub fn cmd_del(args: &CmdArgs) -> CniResult<()> {
     }
 }
 
-/// Delete `ifname` in `path`; a missing netns or link is success.
-fn delete_link_in(path: &std::path::Path, ifname: &str) -> CniResult<()> {
-    let ns = match NetNs::open(path) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut nl = Netlink::open_in(&ns).map_err(|e| nl_err("failed to open netlink", e))?;
+/// On a thread inside the container netns: delete `ifname`; a missing link
+/// is success.
+fn delete_link_here(ifname: &str) -> CniResult<()> {
+    let mut nl = Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?;
     let Some(link) = nl
         .link_by_name(ifname)
         .map_err(|e| nl_err(format!("failed to look up \"{ifname}\""), e))?

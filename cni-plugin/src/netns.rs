@@ -127,27 +127,45 @@ impl NetNs {
     /// Run `f` on a fresh thread that has entered this namespace. The thread
     /// exits when `f` returns, so it never needs switching back.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-        std::thread::scope(|s| {
-            let handle = std::thread::Builder::new()
-                .name("netns".into())
-                .spawn_scoped(s, || {
-                    nix::sched::setns(&self.fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                        |source| NetnsError::Enter {
-                            path: self.path.clone(),
-                            source,
-                        },
-                    )?;
-                    Ok(f())
-                })
-                .map_err(|source| NetnsError::Spawn {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            match handle.join() {
-                Ok(r) => r,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+        std::thread::scope(|s| join(self.spawn_in(s, f)?))
+    }
+
+    /// Like `run`, but returns at once so the caller can work in parallel
+    /// (e.g. the IPAM call while the container side is being set up); collect
+    /// the result with `netns::join`.
+    pub fn spawn_in<'scope, 'env, T: Send + 'scope>(
+        &'scope self,
+        s: &'scope std::thread::Scope<'scope, 'env>,
+        f: impl FnOnce() -> T + Send + 'scope,
+    ) -> Result<std::thread::ScopedJoinHandle<'scope, Result<T, NetnsError>>, NetnsError> {
+        std::thread::Builder::new()
+            .name("netns".into())
+            // The closures run here are shallow (netlink, sysctl writes); a
+            // small stack keeps thread start and teardown cheap.
+            .stack_size(256 * 1024)
+            .spawn_scoped(s, move || {
+                nix::sched::setns(&self.fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |source| NetnsError::Enter {
+                        path: self.path.clone(),
+                        source,
+                    },
+                )?;
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Spawn {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// Wait for a `spawn_in` thread; a panic inside it is re-raised here.
+pub fn join<T>(
+    h: std::thread::ScopedJoinHandle<'_, Result<T, NetnsError>>,
+) -> Result<T, NetnsError> {
+    match h.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
