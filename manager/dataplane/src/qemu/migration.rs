@@ -37,7 +37,7 @@ pub enum MigrationError {
         detail: String,
     },
     #[error("source: migration not over {after:?} after migrate_cancel (status {status:?})")]
-    CancelStuck {
+    NotOver {
         after: Duration,
         status: MigrationStatus,
     },
@@ -283,26 +283,46 @@ pub async fn query(qmp: &QmpClient, side: Side) -> Result<MigrationSample, Migra
 /// `migrate_cancel` on the source, then waits until the migration is over.
 /// Returns the final sample (normally `cancelled`; `completed` if the
 /// migration won the race).
+///
+/// Cancel can hang in `cancelling`: QEMU shuts down the main channel at once,
+/// but a migration stuck in `setup` with multifd channels held open by the
+/// peer (a relay whose far end never answers) only finishes cancelling once
+/// those connections close. Whoever owns the transport (the agent's proxy)
+/// must close this migration's connections; [`wait_over`] then confirms.
 pub async fn cancel(
     source: &QmpClient,
     timeout: Duration,
 ) -> Result<MigrationSample, MigrationError> {
+    send_cancel(source).await?;
+    wait_over(source, timeout).await
+}
+
+async fn send_cancel(source: &QmpClient) -> Result<(), MigrationError> {
     source
         .execute("migrate_cancel", None)
         .await
+        .map(|_| ())
         .map_err(|e| MigrationError::Qmp {
             side: Side::Source,
             step: "migrate_cancel",
             source: e,
-        })?;
+        })
+}
+
+/// Polls `query-migrate` until the migration is over (completed, failed or
+/// cancelled); returns that sample.
+pub async fn wait_over(
+    qmp: &QmpClient,
+    timeout: Duration,
+) -> Result<MigrationSample, MigrationError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let s = query(source, Side::Source).await?;
+        let s = query(qmp, Side::Source).await?;
         if s.status.is_terminal() {
             return Ok(s);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(MigrationError::CancelStuck {
+            return Err(MigrationError::NotOver {
                 after: timeout,
                 status: s.status,
             });
@@ -332,9 +352,16 @@ pub struct MigrationReport {
     pub samples: Vec<(Duration, MigrationSample)>,
     /// The last sample (after the cancel, when aborted).
     pub last: MigrationSample,
+    /// For an abort: whether QEMU confirmed the cancel (status `cancelled`)
+    /// within [`CANCEL_WAIT`]. If not, it is stuck in `cancelling` until the
+    /// transport's connections close; see [`cancel`].
+    pub cancel_confirmed: bool,
     /// Wall time from `migrate` to the end (including the cancel).
     pub elapsed: Duration,
 }
+
+/// How long [`run_monitored`] waits for QEMU to confirm a cancel.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts the migration on `source` (destination already prepared) and
 /// monitors it every `interval` until it ends; aborts with `migrate_cancel`
@@ -373,7 +400,14 @@ pub async fn run_monitored(
             Decision::Failed { error } => Outcome::Failed { error },
             Decision::Abort { reason, message } => {
                 tracing::warn!(%reason, %message, "aborting migration");
-                let last = cancel(source, Duration::from_secs(10)).await?;
+                send_cancel(source).await?;
+                let (last, cancel_confirmed) = match wait_over(source, CANCEL_WAIT).await {
+                    Ok(last) => (last, true),
+                    Err(MigrationError::NotOver { .. }) => {
+                        (query(source, Side::Source).await?, false)
+                    }
+                    Err(e) => return Err(e),
+                };
                 let outcome = if last.status == MigrationStatus::Completed {
                     // The migration finished before the cancel landed.
                     Outcome::Completed
@@ -384,6 +418,7 @@ pub async fn run_monitored(
                     outcome,
                     samples,
                     last,
+                    cancel_confirmed,
                     elapsed: start.elapsed(),
                 });
             }
@@ -392,6 +427,7 @@ pub async fn run_monitored(
             outcome,
             samples,
             last: sample,
+            cancel_confirmed: false,
             elapsed: start.elapsed(),
         });
     }
