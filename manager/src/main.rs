@@ -77,8 +77,15 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+            // The kubelet stops pods with SIGTERM; a terminal sends SIGINT.
+            let mut sigterm =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = sigterm.recv() => {}
+                }
             };
             mignet::kube_adapter::rollout::run(client, settings, shutdown).await?;
         }

@@ -12,7 +12,9 @@ use mignet::rollout::{self, AgentDaemonSet, ClusterNetworks, NadLookup, RolloutI
 use mignet::EffectiveMigrationConfig;
 
 fn read(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -65,7 +67,10 @@ fn seed_hco_and_nad_make_the_seed_annotation() {
         agents: Some(&agents),
     });
     let patch = d.patch.expect("seed must be applied");
-    assert_eq!(patch.networks.as_deref(), Some("my-secondary-network@migration0"));
+    assert_eq!(
+        patch.networks.as_deref(),
+        Some("my-secondary-network@migration0")
+    );
 }
 
 #[test]
@@ -86,7 +91,11 @@ fn seed_vm_and_vmim() {
 fn agent_daemonset_shape() {
     let ds: DaemonSet = serde_yaml::from_str(&read("deploy/base/agent.yaml")).unwrap();
     let spec = ds.spec.unwrap().template.spec.unwrap();
-    assert_ne!(spec.host_network, Some(true), "migration0 comes from Multus");
+    assert_ne!(
+        spec.host_network,
+        Some(true),
+        "migration0 comes from Multus"
+    );
     assert!(spec.termination_grace_period_seconds.unwrap() >= 330);
     let c = &spec.containers[0];
     assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));

@@ -463,18 +463,106 @@ async fn manager_runs_under_its_own_least_privilege_rbac() {
         let out = kubectl(&args);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
-    let (m, a, n) = (rbac.manager_sa.as_str(), rbac.agent_sa.as_str(), Some(ns.name.as_str()));
+    let (m, a, n) = (
+        rbac.manager_sa.as_str(),
+        rbac.agent_sa.as_str(),
+        Some(ns.name.as_str()),
+    );
     assert!(can(m, "patch", "daemonsets/mignet-agent", n));
     assert!(!can(m, "patch", "daemonsets/something-else", n));
-    assert!(!can(m, "patch", "hyperconvergeds", n), "spec is the admin's");
+    assert!(
+        !can(m, "patch", "hyperconvergeds", n),
+        "spec is the admin's"
+    );
     assert!(can(m, "patch", "hyperconvergeds --subresource=status", n));
-    assert!(can(m, "create", "virtualmachineinstancemigrations", Some("default")));
+    assert!(can(
+        m,
+        "create",
+        "virtualmachineinstancemigrations",
+        Some("default")
+    ));
     assert!(can(m, "patch", "nodes", None));
     assert!(!can(m, "delete", "nodes", None));
     assert!(!can(m, "get", "secrets", n));
-    assert!(can(a, "patch", "virtualmachineinstances --subresource=status", Some("default")));
+    assert!(can(
+        a,
+        "patch",
+        "virtualmachineinstances --subresource=status",
+        Some("default")
+    ));
     assert!(!can(a, "patch", "virtualmachineinstances", Some("default")));
-    assert!(!can(a, "create", "virtualmachineinstancemigrations", Some("default")));
+    assert!(!can(
+        a,
+        "create",
+        "virtualmachineinstancemigrations",
+        Some("default")
+    ));
     assert!(can(a, "list", "nodes", None));
     assert!(!can(a, "patch", "nodes", None));
+}
+
+/// Kills the child process on drop (also on panic).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
+    ensure_crds();
+    let ns = TestNamespace::new("mignet-bin");
+    let client = client().await;
+    create_agent_daemonset(&client, &ns.name).await;
+    create_nad(&client, &ns.name, "my-secondary-network", SEED_NAD_CONFIG).await;
+
+    let log = std::env::temp_dir().join(format!("{}-manager.log", ns.name));
+    let mut child = ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mignet"))
+            .args([
+                "manager",
+                "--namespace",
+                &ns.name,
+                "--agent-daemonset",
+                "mignet-agent",
+                "--pod-cidr",
+                POD_CIDR,
+                "--service-cidr",
+                SERVICE_CIDR,
+            ])
+            .env("KUBECONFIG", env().kubeconfig)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mignet manager"),
+    );
+    create_hco(&client, &ns.name, Some("my-secondary-network")).await;
+    wait_for("annotation from the binary", WAIT, || async {
+        let a = template_annotations(&client, &ns.name).await;
+        (a.get(NETWORKS_ANNOTATION).map(String::as_str) == Some("my-secondary-network@migration0"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "manager exited early"
+    );
+
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (status, _) = wait_for("manager exit after SIGTERM", WAIT, || {
+        let s = child.0.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(status.success(), "exit {status:?}; log:\n{text}");
 }

@@ -152,9 +152,17 @@ pub async fn run(
     let hcos: Api<HyperConverged> = Api::namespaced(client.clone(), &ns);
     hcos.list(&ListParams::default().limit(1))
         .await
-        .map_err(|source| RolloutError::CrdMissing {
-            namespace: ns.clone(),
-            source,
+        .map_err(|source| match &source {
+            kube::Error::Api(s) if s.code == 404 => RolloutError::CrdMissing {
+                namespace: ns.clone(),
+                source,
+            },
+            _ => RolloutError::Get {
+                kind: "HyperConverged",
+                namespace: ns.clone(),
+                name: "*".into(),
+                source,
+            },
         })?;
     let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns);
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);

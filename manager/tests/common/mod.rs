@@ -161,8 +161,14 @@ impl TestRbac {
         }
         let yaml = yaml
             .replace("mignet-system", ns)
-            .replace("name: mignet-manager", &format!("name: mignet-manager-{ns}"))
-            .replace("name: mignet-agent\n", &format!("name: mignet-agent-{ns}\n"));
+            .replace(
+                "name: mignet-manager",
+                &format!("name: mignet-manager-{ns}"),
+            )
+            .replace(
+                "name: mignet-agent\n",
+                &format!("name: mignet-agent-{ns}\n"),
+            );
         let out = kubectl_stdin(&["apply", "-f", "-"], &yaml);
         assert!(
             out.status.success(),

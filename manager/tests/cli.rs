@@ -1,0 +1,65 @@
+//! The `mignet` binary's commands that need no cluster.
+
+use std::process::Command;
+
+fn mignet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mignet"))
+}
+
+#[test]
+fn crdgen_writes_the_committed_crds() {
+    let dir = std::env::temp_dir().join(format!("mignet-crdgen-{}", std::process::id()));
+    let out = mignet()
+        .args(["crdgen", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            std::fs::read_to_string(committed.join(name)).unwrap(),
+            "{name:?}"
+        );
+        n += 1;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn manager_rejects_a_bad_cidr_naming_the_flag() {
+    let out = mignet()
+        .args([
+            "manager",
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--service-cidr",
+            "10.96.0.0/99",
+        ])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--service-cidr") && err.contains("10.96.0.0/99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manager_requires_the_cluster_cidrs() {
+    let out = mignet().args(["manager"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pod-cidr"), "{err}");
+}
