@@ -76,6 +76,8 @@ pub struct IpamConfig {
     pub routes: Vec<Route>,
     pub dns: Dns,
     pub store_dir: PathBuf,
+    /// `fsync` (default true): flush every pool write to disk.
+    pub fsync: bool,
 }
 
 /// One `{containerID, ifname}` entry of `cni.dev/valid-attachments`.
@@ -260,6 +262,18 @@ fn parse_ipam(m: &Map<String, Value>, default_store_dir: &Path) -> CniResult<Ipa
         _ => default_store_dir.to_path_buf(),
     };
 
+    let fsync = match get(m, "fsync") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(CniError::invalid_field(
+                "ipam.fsync",
+                other,
+                "must be true or false",
+            ))
+        }
+    };
+
     Ok(IpamConfig {
         network_name,
         ranges,
@@ -267,6 +281,7 @@ fn parse_ipam(m: &Map<String, Value>, default_store_dir: &Path) -> CniResult<Ipa
         routes,
         dns,
         store_dir,
+        fsync,
     })
 }
 
@@ -585,6 +600,7 @@ mod tests {
         assert_eq!(r.field, "ipam.range");
         assert_eq!(c.ipam.store_dir, PathBuf::from("/default/store"));
         assert_eq!(c.ipam.network_name, "");
+        assert!(c.ipam.fsync);
         assert!(c.valid_attachments.is_none());
     }
 
@@ -814,6 +830,13 @@ mod tests {
         assert_eq!(c.ipam.dns.nameservers, vec!["10.0.0.53".to_string()]);
         assert_eq!(c.ipam.network_name, "mig-net_1");
         assert_eq!(c.ipam.store_dir, PathBuf::from("/tmp/s"));
+        let c = parse(r#"{"type":"whereabouts","range":"10.0.0.0/24","fsync":false}"#).unwrap();
+        assert!(!c.ipam.fsync);
+        let e = err(r#"{"type":"whereabouts","range":"10.0.0.0/24","fsync":"no"}"#);
+        assert_eq!(
+            e.msg,
+            "invalid ipam.fsync \"\"no\"\": must be true or false"
+        );
         let e = err(r#"{"type":"whereabouts","range":"10.0.0.0/24","routes":[{"dst":"nope"}]}"#);
         assert!(e.msg.starts_with("invalid ipam.routes"), "{}", e.msg);
         let e = err(r#"{"type":"whereabouts","range":"10.0.0.0/24","network_name":"../etc"}"#);

@@ -31,6 +31,11 @@ pub fn default_store_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR))
 }
 
+/// The file store a config names.
+pub fn store_of(conf: &NetConf) -> FileStore {
+    FileStore::new(&conf.ipam.store_dir).with_fsync(conf.ipam.fsync)
+}
+
 /// Parse stdin with the environment's default store directory.
 pub fn load(args: &CmdArgs) -> CniResult<NetConf> {
     config::parse_netconf(&args.stdin, &default_store_dir())
@@ -58,7 +63,7 @@ pub fn owner(args: &CmdArgs) -> Owner {
 
 /// ADD for an already parsed config (the benchmark and macvlan reuse it).
 pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
-    let store = FileStore::new(&conf.ipam.store_dir);
+    let store = store_of(conf);
     let ranges = &conf.ipam.ranges;
     let offsets = store.transact(&pool_keys(conf), Open::Create, |pools| {
         pools
@@ -108,7 +113,7 @@ pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
 /// DEL for an already parsed config: frees (container ID, ifname) in every
 /// pool; nothing to free is success.
 pub fn del_parsed(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
-    let store = FileStore::new(&conf.ipam.store_dir);
+    let store = store_of(conf);
     store.transact(&pool_keys(conf), Open::Existing, |pools| {
         for p in pools {
             p.release(container_id, ifname);
@@ -130,7 +135,7 @@ impl Plugin for Whereabouts {
 
     fn check(&self, args: &CmdArgs) -> CniResult<()> {
         let conf = load(args)?;
-        let store = FileStore::new(&conf.ipam.store_dir);
+        let store = store_of(&conf);
         let keys = pool_keys(&conf);
         let found = store.transact(&keys, Open::Existing, |pools| {
             Ok(pools
@@ -191,7 +196,7 @@ impl Plugin for Whereabouts {
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
-        let store = FileStore::new(&conf.ipam.store_dir);
+        let store = store_of(&conf);
         store.transact(&pool_keys(&conf), Open::Existing, |pools| {
             for p in pools {
                 p.retain_valid(&valid);

@@ -61,6 +61,11 @@ pub enum Open {
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    /// fsync the new file and the directory on every write (the default).
+    /// Without it a process crash still leaves the old or the new file
+    /// (rename is atomic), but a power loss may lose or, on filesystems
+    /// without ext4's rename heuristics, truncate the latest write.
+    fsync: bool,
 }
 
 /// Held locks; dropping it unlocks (the kernel also drops them if we die).
@@ -68,7 +73,15 @@ struct Locks(#[allow(dead_code)] Vec<Flock<File>>);
 
 impl FileStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FileStore { dir: dir.into() }
+        FileStore {
+            dir: dir.into(),
+            fsync: true,
+        }
+    }
+
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -111,7 +124,7 @@ impl FileStore {
                 wrote = true;
             }
         }
-        if wrote {
+        if wrote && self.fsync {
             // Make the renames durable before we report success.
             let d = File::open(&self.dir)
                 .map_err(|e| CniError::io(format!("open {}", self.dir.display()), e))?;
@@ -193,7 +206,11 @@ impl FileStore {
             |what: &str, e: std::io::Error| CniError::io(format!("{what} {}", tmp.display()), e);
         let mut f = File::create(&tmp).map_err(|e| io("create", e))?;
         f.write_all(&bytes).map_err(|e| io("write", e))?;
-        f.sync_data().map_err(|e| io("fsync", e))?;
+        if self.fsync {
+            // The data must be on disk before the rename can be: otherwise a
+            // power loss can leave an empty file under the pool's name.
+            f.sync_data().map_err(|e| io("fsync", e))?;
+        }
         drop(f);
         std::fs::rename(&tmp, &path)
             .map_err(|e| CniError::io(format!("rename {} to {}", tmp.display(), path.display()), e))
