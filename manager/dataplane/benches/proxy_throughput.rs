@@ -1,0 +1,264 @@
+//! Proxy throughput against raw TCP on the same veth path between two namespaces.
+//!
+//! ```text
+//! raw:   writer --TCP over veth--> reader
+//! proxy: writer --unix--> source proxy ==mTLS over veth==> target proxy --unix--> reader
+//! ```
+//!
+//! Writers and readers are plain blocking threads moving a non-zero pattern;
+//! each proxy side is one current-thread tokio runtime on its own thread (as a
+//! node agent would run one per node). Everything shares the machine's cores, so
+//! TLS and copy CPU cost shows up directly.
+//!
+//! `cargo bench -p mignet-dataplane --bench proxy_throughput`
+//! Env: `MIGNET_BENCH_GIB` (default 2) bytes per run; `MIGNET_BENCH_CAP_SECS`
+//! (default 8) seconds for the capped run.
+
+#[path = "../tests/proxy_support/mod.rs"]
+mod proxy_support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mignet_dataplane::listener::MigrationListener;
+use mignet_dataplane::proxy::{self, MigrationCounters, ProxyOptions, RateLimit};
+use mignet_dataplane::tls::{ReloadingTls, TlsPaths, TlsSettings};
+use proxy_support::{veth, Netns, Pki, TempDir};
+
+const SRC_IP: &str = "10.77.0.1";
+const DST_IP: &str = "10.77.0.2";
+const CHUNK: usize = 256 * 1024;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn pattern() -> Vec<u8> {
+    (0..CHUNK).map(|i| (i * 31 % 251) as u8 + 1).collect()
+}
+
+fn write_n(w: &mut impl Write, mut n: u64) {
+    let buf = pattern();
+    while n > 0 {
+        let k = n.min(CHUNK as u64) as usize;
+        w.write_all(&buf[..k]).expect("writer");
+        n -= k as u64;
+    }
+}
+
+fn read_all(r: &mut impl Read) -> u64 {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reader: {e}"),
+        }
+    }
+}
+
+/// Raw TCP: `conns` connections from src to dst, `total` bytes split among them.
+fn raw_tcp(src: &Netns, dst: &Netns, total: u64, conns: usize) -> Duration {
+    let listener = dst.run(|| {
+        let l = std::net::TcpListener::bind((DST_IP.parse::<IpAddr>().unwrap(), 0)).unwrap();
+        l
+    });
+    let addr = listener.local_addr().unwrap();
+    let readers: JoinHandle<u64> = std::thread::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            hs.push(std::thread::spawn(move || read_all(&mut s)));
+        }
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let start = Instant::now();
+    let writers: Vec<_> = (0..conns)
+        .map(|_| {
+            src.spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                write_n(&mut s, total / conns as u64);
+                s.shutdown(Shutdown::Write).unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let got = readers.join().unwrap();
+    let took = start.elapsed();
+    assert_eq!(got, total / conns as u64 * conns as u64);
+    took
+}
+
+/// The proxy path; returns the elapsed time for `total` bytes.
+fn through_proxy(src: &Netns, dst: &Netns, total: u64, conns: usize, cap: Option<u64>) -> Duration {
+    let tmp = TempDir::new("mgbench");
+    let pki = Pki::new("bench CA");
+    let src_dir = pki.agent_dir(tmp.path(), "node-a");
+    let dst_dir = pki.agent_dir(tmp.path(), "node-b");
+    let src_sock: PathBuf = tmp.path().join("src.sock");
+    let dst_sock: PathBuf = tmp.path().join("dst.sock");
+
+    // Reader = destination QEMU.
+    let sink = StdUnixListener::bind(&dst_sock).unwrap();
+    let readers: JoinHandle<u64> = std::thread::spawn(move || {
+        let mut hs = Vec::new();
+        for _ in 0..conns {
+            let (mut s, _) = sink.accept().unwrap();
+            hs.push(std::thread::spawn(move || read_all(&mut s)));
+        }
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+
+    let listener = dst.run(|| MigrationListener::bind(DST_IP.parse().unwrap()).unwrap());
+    let target: SocketAddr = listener.local_addr();
+    let (stop_dst, dst_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dst_tls = ReloadingTls::load(TlsPaths::in_dir(&dst_dir), TlsSettings::default()).unwrap();
+    let dst_rt = dst.spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let _task = proxy::spawn_target(
+                    listener.into_tokio().unwrap(),
+                    dst_sock,
+                    dst_tls,
+                    Arc::new(MigrationCounters::default()),
+                    ProxyOptions::default(),
+                );
+                let _ = dst_stopped.await;
+            })
+    });
+
+    let (stop_src, src_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let src_tls = ReloadingTls::load(TlsPaths::in_dir(&src_dir), TlsSettings::default()).unwrap();
+    let sock = src_sock.clone();
+    let src_rt = src.spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let _task = proxy::spawn_source(
+                    tokio::net::UnixListener::bind(&sock).unwrap(),
+                    target,
+                    src_tls,
+                    Arc::new(MigrationCounters::default()),
+                    ProxyOptions {
+                        bind_ip: Some(SRC_IP.parse().unwrap()),
+                        rate_limit: cap.map(RateLimit::new),
+                        ..Default::default()
+                    },
+                );
+                ready_tx.send(()).unwrap();
+                let _ = src_stopped.await;
+            })
+    });
+    ready_rx.recv().unwrap();
+
+    // Writer = source QEMU.
+    let start = Instant::now();
+    let writers: Vec<_> = (0..conns)
+        .map(|_| {
+            let sock = src_sock.clone();
+            std::thread::spawn(move || {
+                let mut s = StdUnixStream::connect(&sock).unwrap();
+                write_n(&mut s, total / conns as u64);
+                s.shutdown(Shutdown::Write).unwrap();
+                // Wait for the far side's EOF: the path has drained.
+                read_all(&mut s);
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let got = readers.join().unwrap();
+    let took = start.elapsed();
+    assert_eq!(got, total / conns as u64 * conns as u64);
+    let _ = stop_src.send(());
+    let _ = stop_dst.send(());
+    src_rt.join().unwrap();
+    dst_rt.join().unwrap();
+    took
+}
+
+fn rate(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / MIB / d.as_secs_f64()
+}
+
+fn main() {
+    let gib: f64 = std::env::var("MIGNET_BENCH_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let cap_secs: f64 = std::env::var("MIGNET_BENCH_CAP_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8.0);
+    let total = (gib * 1024.0 * MIB) as u64;
+
+    let src = Netns::new("mgbn-s");
+    let dst = Netns::new("mgbn-d");
+    veth(
+        &src,
+        "mig-src",
+        &format!("{SRC_IP}/24"),
+        &dst,
+        "migration0",
+        &format!("{DST_IP}/24"),
+    );
+
+    println!(
+        "proxy_throughput: {gib} GiB per run, veth between two namespaces, {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<34} {:>5} {:>9} {:>9} {:>12}",
+        "path", "conns", "seconds", "MiB/s", "proxy/raw"
+    );
+    for conns in [1usize, 4] {
+        let raw = raw_tcp(&src, &dst, total, conns);
+        let prx = through_proxy(&src, &dst, total, conns, None);
+        let (r, p) = (rate(total, raw), rate(total, prx));
+        println!(
+            "{:<34} {:>5} {:>9.2} {:>9.1} {:>12}",
+            "raw TCP (plaintext)",
+            conns,
+            raw.as_secs_f64(),
+            r,
+            ""
+        );
+        println!(
+            "{:<34} {:>5} {:>9.2} {:>9.1} {:>12.3}",
+            "unix->mTLS proxy->TCP->proxy->unix",
+            conns,
+            prx.as_secs_f64(),
+            p,
+            p / r
+        );
+    }
+    let cap = 64u64 << 20;
+    let capped_total = (cap as f64 * cap_secs) as u64;
+    for conns in [1usize, 4] {
+        let d = through_proxy(&src, &dst, capped_total, conns, Some(cap));
+        let r = rate(capped_total, d);
+        println!(
+            "{:<34} {:>5} {:>9.2} {:>9.1} {:>11.1}%",
+            "proxy with 64 MiB/s cap (vs cap)",
+            conns,
+            d.as_secs_f64(),
+            r,
+            (r / 64.0 - 1.0) * 100.0
+        );
+    }
+}
