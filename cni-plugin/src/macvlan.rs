@@ -7,7 +7,7 @@
 
 use crate::delegate::Ipam;
 use crate::error::{chain, plugin_codes, CniError, CniResult, Code};
-use crate::netlink::{self, Link, MacvlanSpec, Netlink, NetlinkError, RouteSpec};
+use crate::netlink::{self, Link, LinkOps, MacvlanSpec, Netlink, NetlinkError, RouteSpec};
 use crate::netns::{self, NetNs};
 use crate::skel::{CmdArgs, Plugin};
 use crate::types::{CniOutput, Dns, Interface};
@@ -498,12 +498,18 @@ pub fn cmd_add(args: &CmdArgs) -> CniResult<CniOutput> {
         }
     };
 
+    if ipam_out
+        .as_ref()
+        .is_some_and(|o| o.ips.iter().any(|ip| ip.address.is_ipv6()))
+    {
+        enable_ipv6(&ns, &args.ifname)?;
+    }
     configure(
-        &ns,
         &mut link.nl,
         link.index,
         &args.ifname,
         ipam_out.as_ref(),
+        Settle::DEFAULT,
     )?;
 
     let final_link = link
@@ -585,31 +591,10 @@ fn container_setup(
             )
         })?,
     };
-    let index = match nl.link_by_name(tmp) {
-        Ok(Some(l)) => l.index,
-        Ok(None) => {
-            let err = CniError::new(
-                Code::Plugin(plugin_codes::NETLINK),
-                format!("the new macvlan {tmp} vanished from the container namespace"),
-            );
-            return Err(SetupFailure::new(Some(nl), None, err));
-        }
-        Err(e) => {
-            let err = nl_err("failed to find the new macvlan", e);
-            return Err(SetupFailure::new(Some(nl), None, err));
-        }
+    let index = match find_and_rename(&mut nl, tmp, ifname) {
+        Ok(i) => i,
+        Err((index, err)) => return Err(SetupFailure::new(Some(nl), index, err)),
     };
-    if let Err(e) = nl.rename_link(index, ifname) {
-        let err = if e.is_exists() {
-            CniError::env(
-                "CNI_IFNAME",
-                format!("interface \"{ifname}\" already exists in the container namespace"),
-            )
-        } else {
-            nl_err(format!("failed to rename macvlan to \"{ifname}\""), e)
-        };
-        return Err(SetupFailure::new(Some(nl), Some(index), err));
-    }
     if l3 {
         // With these the kernel announces the address itself (gratuitous
         // ARP / unsolicited NA) when the link comes up. Best effort, as in
@@ -618,6 +603,41 @@ fn container_setup(
         let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
     }
     Ok((nl, index))
+}
+
+/// Find the new link by its temporary name and rename it to CNI_IFNAME. On
+/// failure, the index (if found) comes back so the caller can delete it.
+fn find_and_rename(
+    nl: &mut dyn LinkOps,
+    tmp: &str,
+    ifname: &str,
+) -> Result<u32, (Option<u32>, CniError)> {
+    let index = match nl.link_by_name(tmp) {
+        Ok(Some(l)) => l.index,
+        Ok(None) => {
+            return Err((
+                None,
+                CniError::new(
+                    Code::Plugin(plugin_codes::NETLINK),
+                    format!("the new macvlan {tmp} vanished from the container namespace"),
+                ),
+            ))
+        }
+        Err(e) => return Err((None, nl_err("failed to find the new macvlan", e))),
+    };
+    if let Err(e) = nl.rename_link(index, ifname) {
+        let err = if e.is_exists() {
+            // The spec's duplicate-name rule: an existing CNI_IFNAME is an error.
+            CniError::env(
+                "CNI_IFNAME",
+                format!("interface \"{ifname}\" already exists in the container namespace"),
+            )
+        } else {
+            nl_err(format!("failed to rename macvlan to \"{ifname}\""), e)
+        };
+        return Err((Some(index), err));
+    }
+    Ok(index)
 }
 
 /// Delete a link whose setup failed: by index over the socket we have, or
@@ -641,34 +661,87 @@ fn remove_half_made(ns: &NetNs, nl: Option<Netlink>, index: Option<u32>, tmp: &s
     }
 }
 
-/// IPv6 sysctls, addresses, link up, routes. Sysctls need a thread inside
-/// the namespace; everything else goes over the container's netlink socket.
+/// IPv6 needs enabling on the interface (and lo) before an address sticks,
+/// and `keep_addr_on_down` so a flap does not drop it; sysctls need a thread
+/// inside the namespace.
+fn enable_ipv6(ns: &NetNs, ifname: &str) -> CniResult<()> {
+    ns.run(|| -> CniResult<()> {
+        for key in [
+            format!("net/ipv6/conf/{ifname}/disable_ipv6"),
+            "net/ipv6/conf/lo/disable_ipv6".to_string(),
+        ] {
+            match netns::set_sysctl(&key, "0") {
+                Ok(()) => {}
+                // IPv6 compiled out or disabled at boot: the address add
+                // reports that more precisely.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CniError::io(format!("failed to set {key}=0"), e)),
+            }
+        }
+        let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+        Ok(())
+    })?
+}
+
+/// How long to wait for IPv6 duplicate address detection, and how often to look.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle {
+    pub timeout: std::time::Duration,
+    pub interval: std::time::Duration,
+}
+
+impl Settle {
+    /// The reference plugin's bound.
+    pub const DEFAULT: Settle = Settle {
+        timeout: std::time::Duration::from_secs(5),
+        interval: std::time::Duration::from_millis(20),
+    };
+}
+
+/// Addresses, link up, routes: over the container's netlink socket only.
+fn settle_addresses(
+    nl: &mut dyn LinkOps,
+    index: u32,
+    ifname: &str,
+    settle: Settle,
+) -> CniResult<()> {
+    let deadline = std::time::Instant::now() + settle.timeout;
+    loop {
+        let states = nl
+            .address_states(index)
+            .map_err(|e| nl_err("failed to list addresses", e))?;
+        if let Some(bad) = states.iter().find(|a| a.dad_failed) {
+            return Err(CniError::new(
+                Code::Plugin(plugin_codes::NETLINK),
+                format!(
+                    "address {} on \"{ifname}\" failed duplicate address detection",
+                    bad.addr
+                ),
+            ));
+        }
+        if !states.iter().any(|a| a.tentative) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CniError::new(
+                Code::TryAgainLater,
+                format!(
+                    "IPv6 addresses on \"{ifname}\" still tentative after {:?}",
+                    settle.timeout
+                ),
+            ));
+        }
+        std::thread::sleep(settle.interval);
+    }
+}
+
 fn configure(
-    ns: &NetNs,
-    nl: &mut Netlink,
+    nl: &mut dyn LinkOps,
     index: u32,
     ifname: &str,
     ipam: Option<&CniOutput>,
+    settle: Settle,
 ) -> CniResult<()> {
-    let has_v6 = ipam.is_some_and(|o| o.ips.iter().any(|ip| ip.address.is_ipv6()));
-    if has_v6 {
-        ns.run(|| -> CniResult<()> {
-            for key in [
-                format!("net/ipv6/conf/{ifname}/disable_ipv6"),
-                "net/ipv6/conf/lo/disable_ipv6".to_string(),
-            ] {
-                match netns::set_sysctl(&key, "0") {
-                    Ok(()) => {}
-                    // IPv6 compiled out or disabled at boot: the address add
-                    // below reports that more precisely.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(CniError::io(format!("failed to set {key}=0"), e)),
-                }
-            }
-            let _ = netns::set_sysctl(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
-            Ok(())
-        })??;
-    }
     if let Some(out) = ipam {
         for ip in &out.ips {
             nl.add_address(index, ip.address).map_err(|e| {
@@ -681,6 +754,15 @@ fn configure(
     }
     nl.set_link_up(index)
         .map_err(|e| nl_err(format!("failed to set \"{ifname}\" up"), e))?;
+    // A tentative IPv6 address cannot be a source yet (binds fail with
+    // EADDRNOTAVAIL): with a v6 gateway, wait for DAD like the reference.
+    if ipam.is_some_and(|o| {
+        o.ips
+            .iter()
+            .any(|ip| ip.gateway.is_some_and(|g| g.is_ipv6()))
+    }) {
+        settle_addresses(nl, index, ifname, settle)?;
+    }
     if let Some(out) = ipam {
         for r in &out.routes {
             // A route without a gateway goes via the family's IPAM gateway,
@@ -1040,5 +1122,215 @@ mod tests {
         .unwrap();
         assert_eq!(d.ipam_type.as_deref(), Some("host-local"));
         assert_eq!(parse_del_config(b"{oops").unwrap_err().code, Code::Decode);
+    }
+
+    /// A recording fake of the container-side netlink seam.
+    #[derive(Default)]
+    struct FakeNl {
+        ops: Vec<String>,
+        links: Vec<(u32, String)>,
+        /// (operation prefix, errno): the first op starting with it fails.
+        fail: Vec<(&'static str, i32)>,
+        /// address_states answers, popped front; empty: settled.
+        states: Vec<Vec<netlink::AddrState>>,
+    }
+
+    impl FakeNl {
+        fn record(&mut self, op: String) -> netlink::Result<()> {
+            let hit = self.fail.iter().position(|(p, _)| op.starts_with(p));
+            self.ops.push(op);
+            match hit {
+                Some(i) => {
+                    let (_, errno) = self.fail.remove(i);
+                    Err(NetlinkError::Kernel {
+                        op: "fake",
+                        source: std::io::Error::from_raw_os_error(errno),
+                    })
+                }
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl LinkOps for FakeNl {
+        fn link_by_name(&mut self, name: &str) -> netlink::Result<Option<Link>> {
+            self.record(format!("get {name}"))?;
+            Ok(self
+                .links
+                .iter()
+                .find(|(_, n)| n == name)
+                .map(|(i, n)| Link {
+                    index: *i,
+                    name: n.clone(),
+                    ..Default::default()
+                }))
+        }
+        fn rename_link(&mut self, index: u32, name: &str) -> netlink::Result<()> {
+            self.record(format!("rename {index} {name}"))
+        }
+        fn set_link_up(&mut self, index: u32) -> netlink::Result<()> {
+            self.record(format!("up {index}"))
+        }
+        fn delete_link(&mut self, index: u32) -> netlink::Result<()> {
+            self.record(format!("del {index}"))
+        }
+        fn add_address(&mut self, index: u32, addr: crate::types::IpCidr) -> netlink::Result<()> {
+            self.record(format!("addr {index} {addr}"))
+        }
+        fn add_route(&mut self, r: &RouteSpec) -> netlink::Result<()> {
+            let gw = r.gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+            self.record(format!("route {} via {gw} oif {}", r.dst, r.oif))
+        }
+        fn address_states(&mut self, index: u32) -> netlink::Result<Vec<netlink::AddrState>> {
+            self.record(format!("states {index}"))?;
+            Ok(if self.states.is_empty() {
+                Vec::new()
+            } else {
+                self.states.remove(0)
+            })
+        }
+    }
+
+    fn ipam_result(json: serde_json::Value) -> CniOutput {
+        serde_json::from_value(json).unwrap()
+    }
+
+    const FAST: Settle = Settle {
+        timeout: std::time::Duration::from_millis(50),
+        interval: std::time::Duration::from_millis(1),
+    };
+
+    #[test]
+    fn configure_orders_ops_and_fills_family_gateways() {
+        let out = ipam_result(serde_json::json!({
+            "cniVersion": "1.0.0",
+            "ips": [{"address": "10.0.0.5/24", "gateway": "10.0.0.1"}, {"address": "fd00::5/64"}],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.9.0.0/16", "gw": "10.0.0.254"}, {"dst": "fd01::/64"}]
+        }));
+        let mut nl = FakeNl::default();
+        configure(&mut nl, 7, "net1", Some(&out), FAST).unwrap();
+        assert_eq!(
+            nl.ops,
+            [
+                "addr 7 10.0.0.5/24",
+                "addr 7 fd00::5/64",
+                "up 7",
+                "route 0.0.0.0/0 via 10.0.0.1 oif 7",
+                "route 10.9.0.0/16 via 10.0.0.254 oif 7",
+                "route fd01::/64 via - oif 7",
+            ]
+        );
+    }
+
+    #[test]
+    fn configure_l2_only_sets_up() {
+        let mut nl = FakeNl::default();
+        configure(&mut nl, 3, "net1", None, FAST).unwrap();
+        assert_eq!(nl.ops, ["up 3"]);
+    }
+
+    #[test]
+    fn existing_route_is_fine_unreachable_gateway_is_not() {
+        let out = ipam_result(serde_json::json!({
+            "cniVersion": "1.0.0",
+            "ips": [{"address": "10.0.0.5/24"}],
+            "routes": [{"dst": "10.0.0.0/24"}, {"dst": "192.168.0.0/16", "gw": "172.16.0.1"}]
+        }));
+        let mut nl = FakeNl {
+            fail: vec![
+                ("route 10.0.0.0/24", libc::EEXIST),
+                ("route 192.168", libc::ENETUNREACH),
+            ],
+            ..Default::default()
+        };
+        let e = configure(&mut nl, 2, "net1", Some(&out), FAST).unwrap_err();
+        assert_eq!(e.code, Code::Plugin(plugin_codes::NETLINK));
+        assert!(
+            e.msg.contains("192.168.0.0/16") && e.msg.contains("172.16.0.1"),
+            "{}",
+            e.msg
+        );
+        assert!(e.details.contains("unreachable"), "{}", e.details);
+    }
+
+    #[test]
+    fn address_failure_names_address_and_interface() {
+        let out = ipam_result(
+            serde_json::json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.5/24"}]}),
+        );
+        let mut nl = FakeNl {
+            fail: vec![("addr", libc::EADDRNOTAVAIL)],
+            ..Default::default()
+        };
+        let e = configure(&mut nl, 2, "net1", Some(&out), FAST).unwrap_err();
+        assert!(
+            e.msg.contains("10.0.0.5/24") && e.msg.contains("net1"),
+            "{}",
+            e.msg
+        );
+        assert_eq!(nl.ops, ["addr 2 10.0.0.5/24"], "stops at the first failure");
+    }
+
+    fn v6_with_gateway() -> CniOutput {
+        ipam_result(serde_json::json!({
+            "cniVersion": "1.0.0",
+            "ips": [{"address": "fd00::5/64", "gateway": "fd00::1"}]
+        }))
+    }
+
+    fn state(tentative: bool, dad_failed: bool) -> Vec<netlink::AddrState> {
+        vec![netlink::AddrState {
+            addr: "fd00::5/64".parse().unwrap(),
+            tentative,
+            dad_failed,
+        }]
+    }
+
+    #[test]
+    fn v6_gateway_waits_for_dad() {
+        let mut nl = FakeNl {
+            states: vec![state(true, false), state(true, false), state(false, false)],
+            ..Default::default()
+        };
+        configure(&mut nl, 4, "net1", Some(&v6_with_gateway()), FAST).unwrap();
+        assert_eq!(nl.ops.iter().filter(|o| o.starts_with("states")).count(), 3);
+    }
+
+    #[test]
+    fn dad_failure_and_timeout_are_errors() {
+        let mut nl = FakeNl {
+            states: vec![state(false, true)],
+            ..Default::default()
+        };
+        let e = configure(&mut nl, 4, "net1", Some(&v6_with_gateway()), FAST).unwrap_err();
+        assert!(e.msg.contains("duplicate address detection"), "{}", e.msg);
+        let mut nl = FakeNl {
+            states: (0..1000).map(|_| state(true, false)).collect(),
+            ..Default::default()
+        };
+        let e = configure(&mut nl, 4, "net1", Some(&v6_with_gateway()), FAST).unwrap_err();
+        assert_eq!(e.code, Code::TryAgainLater);
+    }
+
+    #[test]
+    fn rename_conflict_is_code_4_and_returns_index_for_cleanup() {
+        let mut nl = FakeNl {
+            links: vec![(9, "mgv0000abcd".into())],
+            fail: vec![("rename", libc::EEXIST)],
+            ..Default::default()
+        };
+        let (idx, e) = find_and_rename(&mut nl, "mgv0000abcd", "net1").unwrap_err();
+        assert_eq!(idx, Some(9));
+        assert_eq!(e.code, Code::InvalidEnvironment);
+        assert!(e.msg.contains("CNI_IFNAME") && e.msg.contains("net1"));
+        let mut nl = FakeNl::default();
+        let (idx, e) = find_and_rename(&mut nl, "mgv0000abcd", "net1").unwrap_err();
+        assert_eq!((idx, e.code), (None, Code::Plugin(plugin_codes::NETLINK)));
+        let mut nl = FakeNl {
+            links: vec![(9, "mgv0000abcd".into())],
+            ..Default::default()
+        };
+        assert_eq!(find_and_rename(&mut nl, "mgv0000abcd", "net1").unwrap(), 9);
+        assert_eq!(nl.ops, ["get mgv0000abcd", "rename 9 net1"]);
     }
 }

@@ -11,7 +11,7 @@ use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
@@ -109,6 +109,50 @@ pub struct RouteSpec {
     pub priority: Option<u32>,
     pub table: Option<u32>,
     pub scope: Option<u8>,
+}
+
+/// An address and its DAD state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrState {
+    pub addr: IpCidr,
+    pub tentative: bool,
+    pub dad_failed: bool,
+}
+
+/// The link operations the plugin logic needs inside the container: a narrow
+/// seam so that logic is unit-testable with a recording fake (no root).
+pub trait LinkOps {
+    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>>;
+    fn rename_link(&mut self, index: u32, name: &str) -> Result<()>;
+    fn set_link_up(&mut self, index: u32) -> Result<()>;
+    fn delete_link(&mut self, index: u32) -> Result<()>;
+    fn add_address(&mut self, index: u32, addr: IpCidr) -> Result<()>;
+    fn add_route(&mut self, r: &RouteSpec) -> Result<()>;
+    fn address_states(&mut self, index: u32) -> Result<Vec<AddrState>>;
+}
+
+impl LinkOps for Netlink {
+    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        Netlink::link_by_name(self, name)
+    }
+    fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
+        Netlink::rename_link(self, index, name)
+    }
+    fn set_link_up(&mut self, index: u32) -> Result<()> {
+        Netlink::set_link_up(self, index)
+    }
+    fn delete_link(&mut self, index: u32) -> Result<()> {
+        Netlink::delete_link(self, index)
+    }
+    fn add_address(&mut self, index: u32, addr: IpCidr) -> Result<()> {
+        Netlink::add_address(self, index, addr)
+    }
+    fn add_route(&mut self, r: &RouteSpec) -> Result<()> {
+        Netlink::add_route(self, r)
+    }
+    fn address_states(&mut self, index: u32) -> Result<Vec<AddrState>> {
+        Netlink::address_states(self, index)
+    }
 }
 
 /// Everything the single RTM_NEWLINK that creates a macvlan carries.
@@ -405,6 +449,43 @@ impl Netlink {
                 if let Ok(c) = IpCidr::new(ip, a.header.prefix_len) {
                     out.push((a.header.index, c));
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv6 duplicate address detection state of the addresses on `index`.
+    pub fn address_states(&mut self, index: u32) -> Result<Vec<AddrState>> {
+        let replies = self.dump("list addresses", || {
+            RouteNetlinkMessage::GetAddress(AddressMessage::default())
+        })?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            // IFA_FLAGS (32 bit) supersedes the 8-bit header flags when present.
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|at| match at {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| AddressFlags::from_bits_retain(a.header.flags.bits() as u32));
+            let ip = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(Ok(addr)) = ip.map(|ip| IpCidr::new(ip, a.header.prefix_len)) {
+                out.push(AddrState {
+                    addr,
+                    tentative: flags.contains(AddressFlags::Tentative),
+                    dad_failed: flags.contains(AddressFlags::Dadfailed),
+                });
             }
         }
         Ok(out)

@@ -650,3 +650,42 @@ fn gc_and_status_are_forwarded_to_ipam() {
         .run()
         .err(1);
 }
+
+#[test]
+fn ipv6_with_gateway_is_usable_when_add_returns() {
+    let lab = Lab::new();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "v6", "type": "macvlan", "master": "eth1",
+        "ipam": {"type": "static",
+                 "addresses": [{"address": "fd00:40::5/64", "gateway": "fd00:40::1"}],
+                 "routes": [{"dst": "::/0"}]}
+    })
+    .to_string();
+    let add = lab.macvlan("ADD", &conf);
+    let r = add.run();
+    let res = r.ok().clone();
+    assert_eq!(res["ips"][0]["address"], "fd00:40::5/64");
+    // DAD has finished: the address is not tentative, so it can be bound.
+    let addrs = lab.pod.ip(&["-6", "addr", "show", "dev", "net1"]);
+    assert!(addrs.contains("fd00:40::5/64"), "{addrs}");
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    assert_eq!(
+        lab.pod.routes("net1"),
+        ["::/0 via fd00:40::1", "fd00:40::/64"]
+    );
+    // Bind from a short-lived thread that entered the pod namespace.
+    let pod_ns = std::fs::File::open(lab.pod.path()).unwrap();
+    let bound = std::thread::spawn(move || {
+        nix::sched::setns(&pod_ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        std::net::TcpListener::bind("[fd00:40::5]:0").map(|_| ())
+    })
+    .join()
+    .unwrap();
+    assert!(bound.is_ok(), "{bound:?}");
+    add.clone_with("CHECK")
+        .with_stdin(&with_prev_result(&conf, &res))
+        .run()
+        .ok();
+    add.clone_with("DEL").run().ok();
+    lab.assert_clean();
+}
