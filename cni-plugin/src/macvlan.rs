@@ -983,6 +983,32 @@ fn canonical(c: crate::types::IpCidr) -> crate::types::IpCidr {
 }
 
 pub fn cmd_status(args: &CmdArgs) -> CniResult<()> {
+    // Ready means an ADD could succeed: the master must exist here (the
+    // reference leaves this as a TODO), and the IPAM must be ready.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct StatusConf {
+        #[serde(default)]
+        master: Option<String>,
+        #[serde(default)]
+        link_in_container: Option<bool>,
+    }
+    let sc: StatusConf =
+        serde_json::from_slice(&args.stdin).map_err(|e| CniError::decode("network config", e))?;
+    if let Some(master) = sc.master.filter(|m| !m.is_empty()) {
+        if !sc.link_in_container.unwrap_or(false) {
+            let mut nl = Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?;
+            let found = nl
+                .link_by_name(&master)
+                .map_err(|e| nl_err(format!("failed to look up master \"{master}\""), e))?;
+            if found.is_none() {
+                return Err(CniError::new(
+                    Code::Unavailable,
+                    format!("master \"{master}\" does not exist on this node"),
+                ));
+            }
+        }
+    }
     let conf = parse_del_config(&args.stdin)?;
     match &conf.ipam_type {
         Some(t) => Ipam::for_type(t)?.status(args),

@@ -632,6 +632,12 @@ fn gc_and_status_are_forwarded_to_ipam() {
     let add = lab.macvlan("ADD", conf);
     add.run().ok();
     lab.macvlan("STATUS", conf).run().ok();
+    // A node without the master is not ready (code 50, naming it).
+    let msg = lab
+        .macvlan("STATUS", &conf.replace("eth1", "eth7"))
+        .run()
+        .err(50);
+    assert!(msg.contains("eth7"), "{msg}");
     // GC with an empty valid-attachments list frees the allocation (the link
     // itself is the runtime's to DEL; here we only look at IPAM).
     let gc_conf = r#"{"cniVersion":"1.1.0","name":"gcnet","type":"macvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.200.5.0/24"},"cni.dev/valid-attachments":[]}"#;
