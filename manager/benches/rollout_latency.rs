@@ -89,7 +89,10 @@ async fn run() {
     write.sort_by(f64::total_cmp);
     let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
     println!("\nrollout reconcile latency, {ROUNDS} network flips (ms)");
-    println!("{:<34} {:>8} {:>8} {:>8} {:>8}", "measure", "min", "median", "p90", "max");
+    println!(
+        "{:<34} {:>8} {:>8} {:>8} {:>8}",
+        "measure", "min", "median", "p90", "max"
+    );
     for (name, v) in [
         ("HCO patch -> DaemonSet annotated", &total),
         ("  of which: the HCO patch call", &write),
