@@ -222,11 +222,63 @@ fn main() {
     let reference = &variants[2];
     for v in &variants[..2] {
         println!(
-            "ratio ours/reference [{}]: wall {:.3}, CPU {:.3}",
+            "ratio ours/reference [{}]: cycle wall {:.3}, CPU {:.3}, ADD wall {:.3}",
             v.label,
             ms(median(&v.walls)) / ms(median(&reference.walls)),
             ms(median(&v.cpus)) / ms(median(&reference.cpus)),
+            ms(median(&v.add_walls)) / ms(median(&reference.add_walls)),
+        );
+    }
+    // What no plugin can go below: the kernel's own RTM_NEWLINK (straight
+    // into the pod) + RTM_DELLINK of one macvlan, over sockets opened
+    // beforehand, no process start. Unregistering a netdevice waits for RCU
+    // grace periods, which dominates a DEL on both sides.
+    let floor = kernel_floor(&lab_ref, iterations);
+    let f = ms(median(&floor));
+    println!("kernel floor (RTM_NEWLINK + RTM_DELLINK only, in-process): median {f:.2} ms wall");
+    for v in &variants[..2] {
+        let ours = ms(median(&v.walls)) - f;
+        let theirs = ms(median(&reference.walls)) - f;
+        println!(
+            "ratio above the floor [{}]: ({:.2} - floor) / ({:.2} - floor) = {:.3}",
+            v.label,
+            ms(median(&v.walls)),
+            ms(median(&reference.walls)),
+            ours / theirs
         );
     }
     println!("targets: ratio <= 0.2, our peak RSS <= 8 MiB");
+}
+
+/// Time create-into-pod + delete of a macvlan with our netlink client alone.
+fn kernel_floor(lab: &Lab, iterations: usize) -> Vec<Duration> {
+    use mignet_cni::netlink::{MacvlanSpec, Netlink};
+    use mignet_cni::netns::NetNs;
+    use netlink_packet_route::link::MacVlanMode;
+    let node = NetNs::open(lab.node.ns.path()).unwrap();
+    let pod = NetNs::open(lab.pod.path()).unwrap();
+    let mut node_nl = Netlink::open_in(&node).unwrap();
+    let mut pod_nl = Netlink::open_in(&pod).unwrap();
+    let master = node_nl.link_by_name("eth1").unwrap().unwrap().index;
+    let mut out = Vec::new();
+    for i in 0..WARMUP + iterations {
+        let start = Instant::now();
+        node_nl
+            .create_macvlan(&MacvlanSpec {
+                name: "floor0",
+                master_index: master,
+                mode: MacVlanMode::Bridge,
+                mtu: None,
+                mac: None,
+                bcqueuelen: None,
+                netns_fd: Some(pod.raw_fd()),
+            })
+            .unwrap();
+        let idx = pod_nl.link_by_name("floor0").unwrap().unwrap().index;
+        pod_nl.delete_link(idx).unwrap();
+        if i >= WARMUP {
+            out.push(start.elapsed());
+        }
+    }
+    out
 }
