@@ -442,7 +442,7 @@ mod tests {
         let mut steps = Vec::new();
         let mut t = 0;
         for pass in 0..5u64 {
-            let top = 64 * MIB >> pass;
+            let top = (64 * MIB) >> pass;
             for k in 0..4u64 {
                 steps.push((t, active(top - k * (top / 4))));
                 t += 2;

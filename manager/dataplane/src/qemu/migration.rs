@@ -97,9 +97,10 @@ impl MigrationSettings {
 
     /// Arguments of `migrate-set-parameters`.
     ///
-    /// `max-bandwidth` 0 means "no limit" in QEMU 7.2: the rate limiter only
-    /// applies when the limit is > 0 (`qemu_file_rate_limit`), and the
-    /// migration test `qemu_direct` bench measures it well above 128 MiB/s.
+    /// `max-bandwidth` 0 means "no limit" in QEMU 7.2: its rate limiter only
+    /// applies when the limit is > 0, and the `qemu_direct` benchmark
+    /// measured a single-connection migration with 0 at up to ~740 MiB/s,
+    /// far above the 128 MiB/s default that would apply if we left it unset.
     pub fn parameters_args(&self) -> Value {
         let mut p = json!({
             "max-bandwidth": self.max_bandwidth,
@@ -360,6 +361,25 @@ pub struct MigrationReport {
     pub elapsed: Duration,
 }
 
+/// QEMU 7.2 reports `completed` a moment before it fills in `total-time` and
+/// `downtime` (the status is set in `migration_completion`, the times in the
+/// iteration's finish step): a sample taken in between shows both as 0.
+/// Re-query briefly until they are there.
+async fn settle_completed(
+    source: &QmpClient,
+    sample: MigrationSample,
+) -> Result<MigrationSample, MigrationError> {
+    let mut last = sample;
+    for _ in 0..50 {
+        if last.total_time_ms.unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        last = query(source, Side::Source).await?;
+    }
+    Ok(last)
+}
+
 /// How long [`run_monitored`] waits for QEMU to confirm a cancel.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
@@ -396,7 +416,16 @@ pub async fn run_monitored(
                 tokio::time::sleep(interval).await;
                 continue;
             }
-            Decision::Completed => Outcome::Completed,
+            Decision::Completed => {
+                let last = settle_completed(source, sample).await?;
+                return Ok(MigrationReport {
+                    outcome: Outcome::Completed,
+                    samples,
+                    last,
+                    cancel_confirmed: false,
+                    elapsed: start.elapsed(),
+                });
+            }
             Decision::Failed { error } => Outcome::Failed { error },
             Decision::Abort { reason, message } => {
                 tracing::warn!(%reason, %message, "aborting migration");

@@ -141,6 +141,80 @@ impl Drop for RunDir {
     }
 }
 
+/// Two network namespaces joined by a veth pair (`eth0` in each), with
+/// addresses from a /24 only these namespaces use, for migrations over TCP
+/// between "nodes". Created with `ip` and removed on drop. QEMU joins one
+/// through [`VmSpec::netns`].
+#[derive(Debug)]
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub addr_a: std::net::Ipv4Addr,
+    pub addr_b: std::net::Ipv4Addr,
+}
+
+impl NetnsPair {
+    /// `subnet` is the third octet of 10.231.x.0/24 (use a different one per
+    /// concurrent pair to keep captures readable; namespaces isolate anyway).
+    pub fn new(prefix: &str, subnet: u8) -> std::io::Result<NetnsPair> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{prefix}-{}-{n}", std::process::id());
+        let pair = NetnsPair {
+            a: format!("{id}-a"),
+            b: format!("{id}-b"),
+            addr_a: std::net::Ipv4Addr::new(10, 231, subnet, 1),
+            addr_b: std::net::Ipv4Addr::new(10, 231, subnet, 2),
+        };
+        // From here on, drop cleans up whatever was created.
+        ip(&["netns", "add", &pair.a])?;
+        ip(&["netns", "add", &pair.b])?;
+        // Created inside `a` with its peer directly in `b`: nothing touches
+        // the root namespace.
+        ip(&[
+            "-n", &pair.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &pair.b,
+        ])?;
+        for (ns, addr) in [(&pair.a, pair.addr_a), (&pair.b, pair.addr_b)] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                tracing::warn!(netns = %ns, error = %e, "could not delete test namespace");
+            }
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// All `tick N` numbers on a serial console, in order.
 pub fn ticks(serial: &str) -> Vec<u64> {
     serial
@@ -214,6 +288,8 @@ pub struct MigrationMeasurement {
     /// Rate over the steady middle of the migration (between the first and
     /// the last `active` sample), MiB/s: what a bandwidth cap is compared with.
     pub steady_mib_s: f64,
+    /// The final `query-migrate` sample on the source.
+    pub last: migration::MigrationSample,
 }
 
 /// Migrates `source` to a fresh destination started from `dest_spec`: the
@@ -288,6 +364,7 @@ pub async fn migrate_and_measure(
             downtime: Duration::from_millis(last.downtime_ms.unwrap_or(0)),
             mib_s,
             steady_mib_s,
+            last: last.clone(),
         },
     ))
 }
