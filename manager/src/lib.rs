@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod config;
+pub mod http;
 pub mod kube_adapter;
+pub mod metrics;
 pub mod rollout;
 
 pub use config::{ConfigError, EffectiveMigrationConfig, FieldError};
@@ -24,6 +26,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Flag(#[from] FlagError),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The `mignet` binary: thin glue over the library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,6 +35,9 @@ enum Command {
         /// Cluster service network CIDR(s); a migration range must not overlap them.
         #[arg(long, required = true)]
         service_cidr: Vec<String>,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        http_addr: std::net::SocketAddr,
         /// Re-check every HyperConverged this often even without events.
         #[arg(long, default_value_t = 300)]
         resync_seconds: u64,
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             pod_cidr,
             service_cidr,
             resync_seconds,
+            http_addr,
         } => {
             let settings = RolloutSettings {
                 namespace,
@@ -87,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
                     _ = sigterm.recv() => {}
                 }
             };
-            mignet::kube_adapter::rollout::run(client, settings, shutdown).await?;
+            let metrics = Arc::new(mignet::metrics::Metrics::default());
+            let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;
+            tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
+            mignet::kube_adapter::rollout::run(client, settings, metrics, shutdown).await?;
         }
     }
     Ok(())

@@ -501,6 +501,16 @@ async fn manager_runs_under_its_own_least_privilege_rbac() {
     assert!(!can(a, "patch", "nodes", None));
 }
 
+/// A minimal blocking HTTP/1.0 GET; returns the raw response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to manager HTTP");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// Kills the child process on drop (also on panic).
 struct ChildGuard(std::process::Child);
 
@@ -520,6 +530,12 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
     create_nad(&client, &ns.name, "my-secondary-network", SEED_NAD_CONFIG).await;
 
     let log = std::env::temp_dir().join(format!("{}-manager.log", ns.name));
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http_addr = format!("127.0.0.1:{http_port}");
     let mut child = ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_mignet"))
             .args([
@@ -532,6 +548,8 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
                 POD_CIDR,
                 "--service-cidr",
                 SERVICE_CIDR,
+                "--http-addr",
+                &http_addr,
             ])
             .env("KUBECONFIG", env().kubeconfig)
             .stderr(std::fs::File::create(&log).unwrap())

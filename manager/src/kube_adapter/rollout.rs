@@ -26,6 +26,7 @@ use super::conditions::set_condition;
 use super::{is_transient, patch_params};
 use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::config::EffectiveMigrationConfig;
+use crate::metrics::Metrics;
 use crate::rollout::{
     self, AgentDaemonSet, ClusterNetworks, ConditionSpec, NadLookup, NetworkRef, RolloutInput,
     NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
@@ -136,6 +137,7 @@ impl Backoff {
 
 struct Context {
     client: Client,
+    metrics: Arc<Metrics>,
     settings: RolloutSettings,
     backoff: Backoff,
     failures: Mutex<HashMap<ObjectRef<HyperConverged>, u32>>,
@@ -146,6 +148,7 @@ struct Context {
 pub async fn run(
     client: Client,
     settings: RolloutSettings,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RolloutError> {
     let ns = settings.namespace.clone();
@@ -175,11 +178,13 @@ pub async fn run(
         watcher::Config::default().fields(&format!("metadata.name={}", settings.agent_daemonset));
     let ctx = Arc::new(Context {
         client,
+        metrics: metrics.clone(),
         settings,
         backoff: Backoff::default(),
         failures: Mutex::new(HashMap::new()),
     });
     info!(namespace = %ns, "network rollout controller starting");
+    metrics.set_ready(true);
     controller
         // A NAD change re-checks every HCO that names it.
         .watches(nads, watcher::Config::default(), move |nad| {
@@ -212,6 +217,7 @@ pub async fn run(
             }
         })
         .await;
+    metrics.set_ready(false);
     Ok(())
 }
 
@@ -233,6 +239,7 @@ fn error_policy(hco: Arc<HyperConverged>, err: &RolloutError, ctx: Arc<Context>)
         *n = n.saturating_add(1);
         *n
     };
+    ctx.metrics.reconcile_error(err.label());
     let transient = err.is_transient();
     let delay = ctx.backoff.delay(attempt, transient);
     warn!(hco = %hco.name_any(), kind = err.label(), transient, attempt, ?delay, error = %err, "rollout error; retrying");
@@ -330,6 +337,7 @@ async fn reconcile(hco: Arc<HyperConverged>, ctx: Arc<Context>) -> Result<Action
                 name: settings.agent_daemonset.clone(),
                 source,
             })?;
+        ctx.metrics.daemonset_patched();
         info!(hco = %name, networks = ?want.networks, hash = ?want.hash, "agent DaemonSet annotations updated");
     }
 
@@ -380,12 +388,17 @@ async fn reconcile(hco: Arc<HyperConverged>, ctx: Arc<Context>) -> Result<Action
                 name: name.clone(),
                 source,
             })?;
+        ctx.metrics.status_patched();
     }
 
     ctx.failures
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&ObjectRef::from_obj(&*hco));
+    ctx.metrics
+        .reconcile_ok(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    ctx.metrics
+        .reconcile_ok(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
     debug!(hco = %name, reason = decision.condition.reason, elapsed = ?started.elapsed(), "rollout reconciled");
     // While agents roll, poll a little faster than the resync in case the
     // DaemonSet watch is behind; otherwise rely on watches plus the resync.

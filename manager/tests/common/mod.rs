@@ -248,7 +248,10 @@ impl RunningController {
             let shutdown = async {
                 let _ = rx.await;
             };
-            if let Err(e) = mignet::kube_adapter::rollout::run(client, settings, shutdown).await {
+            let metrics = std::sync::Arc::new(mignet::metrics::Metrics::default());
+            if let Err(e) =
+                mignet::kube_adapter::rollout::run(client, settings, metrics, shutdown).await
+            {
                 panic!("controller failed: {e:?}");
             }
         });

@@ -1,0 +1,135 @@
+//! Manager metrics: plain atomic counters rendered in the Prometheus text
+//! format. Labels are fixed strings (error kinds, results), never Debug text,
+//! so series cannot explode.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Error kinds the rollout controller reports (`RolloutError::label`).
+pub const ROLLOUT_ERROR_KINDS: [&str; 5] = [
+    "no_namespace",
+    "get",
+    "patch_daemonset",
+    "patch_status",
+    "crd_missing",
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ready: AtomicBool,
+    reconciles_ok: AtomicU64,
+    reconcile_errors: [AtomicU64; ROLLOUT_ERROR_KINDS.len()],
+    daemonset_patches: AtomicU64,
+    status_patches: AtomicU64,
+    reconcile_micros_sum: AtomicU64,
+}
+
+impl Metrics {
+    /// Ready = the controller has checked its CRDs and started watching.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn reconcile_ok(&self, micros: u64) {
+        self.reconciles_ok.fetch_add(1, Ordering::Relaxed);
+        self.reconcile_micros_sum
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn reconcile_error(&self, kind: &str) {
+        if let Some(i) = ROLLOUT_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.reconcile_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn daemonset_patched(&self) {
+        self.daemonset_patches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn status_patched(&self) {
+        self.status_patches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let ok = get(&self.reconciles_ok);
+        let _ = writeln!(
+            out,
+            "# HELP mignet_rollout_reconciles_total Successful network rollout reconciles.\n\
+             # TYPE mignet_rollout_reconciles_total counter\n\
+             mignet_rollout_reconciles_total {ok}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mignet_rollout_reconcile_errors_total Failed reconciles by error kind.\n\
+             # TYPE mignet_rollout_reconcile_errors_total counter"
+        );
+        for (kind, n) in ROLLOUT_ERROR_KINDS.iter().zip(&self.reconcile_errors) {
+            let _ = writeln!(
+                out,
+                "mignet_rollout_reconcile_errors_total{{kind=\"{kind}\"}} {}",
+                get(n)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mignet_rollout_daemonset_patches_total Agent DaemonSet annotation changes.\n\
+             # TYPE mignet_rollout_daemonset_patches_total counter\n\
+             mignet_rollout_daemonset_patches_total {}",
+            get(&self.daemonset_patches)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mignet_rollout_status_patches_total HyperConverged status writes.\n\
+             # TYPE mignet_rollout_status_patches_total counter\n\
+             mignet_rollout_status_patches_total {}",
+            get(&self.status_patches)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mignet_rollout_reconcile_duration_seconds Time spent in successful reconciles.\n\
+             # TYPE mignet_rollout_reconcile_duration_seconds summary\n\
+             mignet_rollout_reconcile_duration_seconds_sum {:.6}\n\
+             mignet_rollout_reconcile_duration_seconds_count {ok}",
+            get(&self.reconcile_micros_sum) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mignet_manager_ready Whether the controller is watching.\n\
+             # TYPE mignet_manager_ready gauge\n\
+             mignet_manager_ready {}",
+            u8::from(self.is_ready())
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_fixed_series() {
+        let m = Metrics::default();
+        m.reconcile_ok(1500);
+        m.reconcile_error("patch_status");
+        m.reconcile_error("not-a-kind");
+        m.daemonset_patched();
+        let text = m.render();
+        assert!(
+            text.contains("mignet_rollout_reconciles_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("mignet_rollout_reconcile_errors_total{kind=\"patch_status\"} 1\n"));
+        assert!(text.contains("mignet_rollout_reconcile_errors_total{kind=\"get\"} 0\n"));
+        assert!(!text.contains("not-a-kind"));
+        assert!(text.contains("mignet_rollout_daemonset_patches_total 1\n"));
+        assert!(text.contains("mignet_rollout_reconcile_duration_seconds_sum 0.001500\n"));
+        assert!(text.contains("mignet_manager_ready 0\n"));
+    }
+}
