@@ -568,6 +568,13 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
         child.0.try_wait().unwrap().is_none(),
         "manager exited early"
     );
+    assert!(http_get(&http_addr, "/readyz").starts_with("HTTP/1.0 200"));
+    let metrics = http_get(&http_addr, "/metrics");
+    assert!(
+        metrics.contains("mignet_rollout_daemonset_patches_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mignet_manager_ready 1\n"), "{metrics}");
 
     let pid = child.0.id().to_string();
     assert!(std::process::Command::new("kill")
