@@ -129,13 +129,53 @@ pub struct NetConf {
 // --------------------------------------------------------- pure parsing --
 
 fn decode(stdin: &[u8]) -> CniResult<RawConf> {
-    let v: serde_json::Value =
+    let mut v: serde_json::Value =
         serde_json::from_slice(stdin).map_err(|e| CniError::decode("network config", e))?;
+    normalize_keys(&mut v);
     RawConf::deserialize(&v).map_err(|e| {
         // serde does not say which key had the wrong type; find it so the
         // message names the field.
         CniError::decode(&format!("network config field \"{}\"", bad_field(&v)), e)
     })
+}
+
+/// Go's encoding/json matches keys case-insensitively (an exact match wins),
+/// so `"linkincontainer"` works with the reference plugin; accept the same.
+fn normalize_keys(v: &mut serde_json::Value) {
+    const TOP: &[&str] = &[
+        "cniVersion",
+        "master",
+        "mode",
+        "mtu",
+        "mac",
+        "linkInContainer",
+        "bcqueuelen",
+        "ipam",
+        "dns",
+        "runtimeConfig",
+        "prevResult",
+    ];
+    fn fix(m: &mut serde_json::Map<String, serde_json::Value>, known: &[&str]) {
+        for k in known {
+            if m.contains_key(*k) {
+                continue;
+            }
+            let found = m.keys().find(|mk| mk.eq_ignore_ascii_case(k)).cloned();
+            if let Some(found) = found {
+                let val = m.remove(&found).expect("key just found");
+                m.insert((*k).to_string(), val);
+            }
+        }
+    }
+    if let Some(m) = v.as_object_mut() {
+        fix(m, TOP);
+        if let Some(rc) = m.get_mut("runtimeConfig").and_then(|r| r.as_object_mut()) {
+            fix(rc, &["mac"]);
+        }
+        if let Some(ipam) = m.get_mut("ipam").and_then(|r| r.as_object_mut()) {
+            fix(ipam, &["type"]);
+        }
+    }
 }
 
 /// The first known key whose value has the wrong JSON type.
@@ -217,16 +257,11 @@ pub struct DelConf {
 }
 
 pub fn parse_del_config(stdin: &[u8]) -> CniResult<DelConf> {
-    #[derive(Deserialize)]
-    struct Lenient {
-        #[serde(default)]
-        ipam: Option<serde_json::Value>,
-    }
-    let raw: Lenient =
+    let mut v: serde_json::Value =
         serde_json::from_slice(stdin).map_err(|e| CniError::decode("network config", e))?;
-    let ipam_type = raw
-        .ipam
-        .as_ref()
+    normalize_keys(&mut v);
+    let ipam_type = v
+        .get("ipam")
         .and_then(|i| i.get("type"))
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
@@ -993,8 +1028,14 @@ pub fn cmd_status(args: &CmdArgs) -> CniResult<()> {
         #[serde(default)]
         link_in_container: Option<bool>,
     }
-    let sc: StatusConf =
+    let mut v: serde_json::Value =
         serde_json::from_slice(&args.stdin).map_err(|e| CniError::decode("network config", e))?;
+    normalize_keys(&mut v);
+    // Wrong types here are left to ADD to report; STATUS only needs the names.
+    let sc = StatusConf::deserialize(&v).unwrap_or(StatusConf {
+        master: None,
+        link_in_container: None,
+    });
     if let Some(master) = sc.master.filter(|m| !m.is_empty()) {
         if !sc.link_in_container.unwrap_or(false) {
             let mut nl = Netlink::new().map_err(|e| nl_err("failed to open netlink", e))?;
@@ -1089,6 +1130,20 @@ mod tests {
             assert_eq!(e.code, code, "{json}");
             assert!(e.msg.contains(field), "{json}: {}", e.msg);
         }
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_like_go() {
+        let c = conf(r#"{"Master":"eth1","MODE":"vepa","linkincontainer":true,"RuntimeConfig":{"MAC":"02:00:00:00:00:09"},"ipam":{"Type":"static"}}"#)
+            .unwrap();
+        assert_eq!(c.master.as_deref(), Some("eth1"));
+        assert_eq!(c.mode, Mode::Vepa);
+        assert!(c.link_in_container);
+        assert_eq!(c.runtime_mac.unwrap()[5], 9);
+        assert_eq!(c.ipam_type.as_deref(), Some("static"));
+        // An exact match wins over a case variant.
+        let c = conf(r#"{"mode":"private","Mode":"vepa"}"#).unwrap();
+        assert_eq!(c.mode, Mode::Private);
     }
 
     #[test]

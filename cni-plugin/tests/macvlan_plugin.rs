@@ -695,3 +695,73 @@ fn ipv6_with_gateway_is_usable_when_add_returns() {
     add.clone_with("DEL").run().ok();
     lab.assert_clean();
 }
+
+#[test]
+fn del_removes_the_link_even_when_ipam_del_fails() {
+    let lab = Lab::new();
+    let conf = static_ipam("1.0.0", json!({}));
+    let add = lab.macvlan("ADD", &conf);
+    add.run().ok();
+    // The IPAM named at DEL time cannot be found: its error is reported, but
+    // the link is deleted anyway (DEL is best effort and collects errors).
+    let broken = conf.replace("\"static\"", "\"no-such-ipam\"");
+    let msg = add.clone_with("DEL").with_stdin(&broken).run().err(7);
+    assert!(msg.contains("no-such-ipam"), "{msg}");
+    lab.assert_clean();
+}
+
+#[test]
+fn parallel_adds_and_dels_on_one_node() {
+    const N: usize = 12;
+    let lab = Lab::new();
+    let pods: Vec<Netns> = (0..N).map(|_| Netns::new("mgp")).collect();
+    let invs: Vec<Invocation> = pods
+        .iter()
+        .map(|p| lab.macvlan("ADD", SEED_NAD).pod(p))
+        .collect();
+    // All ADD processes at once: temporary names, renames and the shared
+    // IPAM store must not collide.
+    let children: Vec<_> = invs.iter().map(|i| (i, i.spawn())).collect();
+    let mut ips = Vec::new();
+    for (inv, mut child) in children {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(inv.stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ips.push(v["ips"][0]["address"].as_str().unwrap().to_string());
+    }
+    let mut uniq = ips.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), N, "{ips:?}");
+    for (p, ip) in pods.iter().zip(&ips) {
+        assert_eq!(p.addrs("net1"), std::slice::from_ref(ip));
+    }
+    assert_eq!(lab.node.ns.link_names(), ["eth1", "eth1p", "lo"]);
+    let dels: Vec<_> = invs.iter().map(|i| i.clone_with("DEL")).collect();
+    let children: Vec<_> = dels.iter().map(|d| (d, d.spawn())).collect();
+    for (d, mut child) in children {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(d.stdin.as_bytes())
+            .unwrap();
+        assert!(child.wait_with_output().unwrap().status.success());
+    }
+    for p in &pods {
+        assert_eq!(p.link_names(), ["lo"]);
+    }
+    lab.assert_no_allocation();
+}
