@@ -15,7 +15,8 @@
 use std::time::Duration;
 
 use mignet_dataplane::qemu::testbed::{
-    migrate_and_measure, wait_serial, GuestImage, MigrationMeasurement, NetnsPair, RunDir,
+    benchmark_cases, migrate_and_measure, wait_serial, GuestImage, MigrationMeasurement, NetnsPair,
+    RunDir,
 };
 use mignet_dataplane::qemu::{MigrationSettings, QmpClient, VmProcess};
 
@@ -56,41 +57,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let fill = env_u64("MIGNET_BENCH_FILL_MIB", 900);
     let image = GuestImage::ensure()?;
     let net = NetnsPair::new("mqb", 77)?;
-    let cases = [
-        Case {
-            label: "no multifd (1 conn)",
-            settings: MigrationSettings::default(),
-        },
-        Case {
-            label: "multifd 1 channel",
-            settings: MigrationSettings {
-                multifd_channels: Some(1),
-                ..MigrationSettings::default()
-            },
-        },
-        Case {
-            label: "multifd 4 channels",
-            settings: MigrationSettings {
-                multifd_channels: Some(4),
-                ..MigrationSettings::default()
-            },
-        },
-        Case {
-            label: "cap 64 MiB/s, no multifd",
-            settings: MigrationSettings {
-                max_bandwidth: 64 * MIB,
-                ..MigrationSettings::default()
-            },
-        },
-        Case {
-            label: "cap 64 MiB/s, multifd 4",
-            settings: MigrationSettings {
-                multifd_channels: Some(4),
-                max_bandwidth: 64 * MIB,
-                ..MigrationSettings::default()
-            },
-        },
-    ];
+    let cases: Vec<Case> = benchmark_cases()
+        .into_iter()
+        .map(|(label, settings)| Case { label, settings })
+        .collect();
 
     // Source in namespace a; each run migrates to the other namespace.
     let mut dirs = vec![RunDir::new("bench")?];

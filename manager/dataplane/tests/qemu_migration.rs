@@ -200,12 +200,13 @@ async fn cancel_leaves_source_running() {
     assert_source_survives(&p).await;
 }
 
-/// A guest dirtying 200 MiB/s of a 128 MiB working set under a 32 MiB/s cap
-/// can never converge: every pass re-sends the whole working set. The monitor
-/// must abort it for lack of progress (2 s here), not by the budget.
+/// A guest dirtying 200 MiB/s of a 192 MiB working set under a 32 MiB/s cap
+/// can never converge: every pass re-sends the whole working set (~6 s per
+/// pass). The monitor must abort it for lack of progress (3 s here) during
+/// the second pass, and not by the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_timeout_aborts_non_converging_migration() {
-    let p = pair("stall", 256, 128, 200).await;
+    let p = pair("stall", 320, 192, 200).await;
     let settings = MigrationSettings {
         multifd_channels: None,
         max_bandwidth: 32 * MIB,
@@ -218,7 +219,7 @@ async fn progress_timeout_aborts_non_converging_migration() {
         &p.src_qmp,
         &settings,
         &p.uri,
-        &limits(2, 0, 256, 30),
+        &limits(3, 0, 320, 30),
         Duration::from_millis(100),
     )
     .await

@@ -292,6 +292,45 @@ pub struct MigrationMeasurement {
     pub last: migration::MigrationSample,
 }
 
+/// The configurations every migration benchmark runs, in order, so the direct
+/// baseline and the through-the-agents numbers line up row by row.
+pub fn benchmark_cases() -> Vec<(&'static str, MigrationSettings)> {
+    const MIB: u64 = 1 << 20;
+    let d = MigrationSettings::default();
+    vec![
+        ("no multifd (1 conn)", d.clone()),
+        (
+            "multifd 1 channel",
+            MigrationSettings {
+                multifd_channels: Some(1),
+                ..d.clone()
+            },
+        ),
+        (
+            "multifd 4 channels",
+            MigrationSettings {
+                multifd_channels: Some(4),
+                ..d.clone()
+            },
+        ),
+        (
+            "cap 64 MiB/s, no multifd",
+            MigrationSettings {
+                max_bandwidth: 64 * MIB,
+                ..d.clone()
+            },
+        ),
+        (
+            "cap 64 MiB/s, multifd 4",
+            MigrationSettings {
+                multifd_channels: Some(4),
+                max_bandwidth: 64 * MIB,
+                ..d
+            },
+        ),
+    ]
+}
+
 /// Migrates `source` to a fresh destination started from `dest_spec`: the
 /// destination listens on `dest_listen_uri`, the source connects to
 /// `source_connect_uri` (the same URI for a direct migration; a proxy's
