@@ -765,3 +765,45 @@ fn parallel_adds_and_dels_on_one_node() {
     }
     lab.assert_no_allocation();
 }
+
+#[test]
+fn ipam_config_errors_and_exhaustion_leave_no_link() {
+    let lab = Lab::new();
+    let with_ipam = |ipam: &str| {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"m","type":"macvlan","master":"eth1","ipam":{ipam}}}"#
+        )
+    };
+    for (ipam, code, field) in [
+        (
+            r#"{"type":"whereabouts","range":"10.200.5.0/33"}"#,
+            7,
+            "range",
+        ),
+        (
+            r#"{"type":"whereabouts","range":"10.200.5.0/24","range_start":"10.9.0.1"}"#,
+            7,
+            "range_start",
+        ),
+    ] {
+        let msg = lab.macvlan("ADD", &with_ipam(ipam)).run().err(code);
+        assert!(msg.contains(field), "{ipam}: {msg}");
+        lab.assert_clean();
+    }
+    // A /30 has two usable addresses; the third ADD finds the range full.
+    let small = with_ipam(r#"{"type":"whereabouts","range":"10.200.9.0/30"}"#);
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("mgp")).collect();
+    let adds: Vec<Invocation> = pods
+        .iter()
+        .map(|p| lab.macvlan("ADD", &small).pod(p))
+        .collect();
+    adds[0].run().ok();
+    adds[1].run().ok();
+    let msg = adds[2].run().err(100);
+    assert!(msg.contains("10.200.9.0/30"), "{msg}");
+    assert_eq!(pods[2].link_names(), ["lo"], "the failed ADD left its link");
+    for a in &adds {
+        a.clone_with("DEL").run().ok();
+    }
+    lab.assert_clean();
+}
