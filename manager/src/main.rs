@@ -26,6 +26,9 @@ enum Command {
         /// Namespace of the HyperConverged CR, the agent DaemonSet and the migration NAD.
         #[arg(long, default_value = "mignet-system")]
         namespace: String,
+        /// Name of the HyperConverged CR holding the migration config.
+        #[arg(long, default_value = "kubevirt-hyperconverged")]
+        hyperconverged: String,
         /// Name of the node-agent DaemonSet whose pod template carries the network annotation.
         #[arg(long, default_value = "mignet-agent")]
         agent_daemonset: String,
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Manager {
             namespace,
+            hyperconverged,
             agent_daemonset,
             pod_cidr,
             service_cidr,
@@ -72,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let settings = RolloutSettings {
                 namespace,
+                hyperconverged,
                 agent_daemonset,
                 cluster: ClusterNetworks {
                     pod: parse_cidrs("--pod-cidr", &pod_cidr)?,

@@ -311,6 +311,44 @@ async fn bad_or_missing_nad_leaves_daemonset_untouched() {
         assert_eq!(template_annotations(&client, &ns.name).await, good);
     }
 
+    // A bad unrelated field is reported on its own condition, naming field
+    // and value (the CRD pattern allows a sign; our validation does not).
+    let hcos: Api<HyperConverged> = Api::namespaced(client.clone(), &ns.name);
+    hcos.patch(
+        "kubevirt-hyperconverged",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"liveMigrationConfig": {"bandwidthPerMigration": "-1Mi"}}})),
+    )
+    .await
+    .unwrap();
+    let (c, _) = wait_for("MigrationConfigValid=False", WAIT, || async {
+        let hco = hcos.get("kubevirt-hyperconverged").await.ok()?;
+        hco.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "MigrationConfigValid" && c.status == "False")
+    })
+    .await;
+    assert!(
+        c.message.contains("bandwidthPerMigration") && c.message.contains("-1Mi"),
+        "{}",
+        c.message
+    );
+
+    // A second HyperConverged in the namespace is not ours to follow.
+    let stranger = HyperConverged::new(
+        "someone-else",
+        HyperConvergedSpec {
+            live_migration_config: Some(LiveMigrationConfig {
+                network: Some("good".into()),
+                ..Default::default()
+            }),
+        },
+    );
+    hcos.create(&PostParams::default(), &stranger)
+        .await
+        .unwrap();
+
     // Creating the missing NAD is itself a trigger: the NAD watch applies it.
     create_nad(&client, &ns.name, "does-not-exist", SEED_NAD_CONFIG).await;
     wait_for("late NAD applied", WAIT, || async {
@@ -321,6 +359,11 @@ async fn bad_or_missing_nad_leaves_daemonset_untouched() {
     .await;
     let c = wait_condition_reason(&client, &ns.name, reason::ROLLING_OUT).await;
     assert!(c.message.contains("does-not-exist"), "{}", c.message);
+    let stranger = hcos.get("someone-else").await.unwrap();
+    assert_eq!(
+        stranger.status, None,
+        "only the configured HyperConverged is followed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,10 @@ pub const CONFIG_CONDITION_TYPE: &str = "MigrationConfigValid";
 pub struct RolloutSettings {
     /// Namespace of the HCO, the agent DaemonSet and bare-named NADs.
     pub namespace: String,
+    /// Name of the HyperConverged CR to follow. Only this one is watched:
+    /// two CRs naming different networks would otherwise fight over the
+    /// DaemonSet.
+    pub hyperconverged: String,
     pub agent_daemonset: String,
     pub cluster: ClusterNetworks,
     /// Periodic re-check even without events (catches NADs in other
@@ -170,7 +174,9 @@ pub async fn run(
     let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &ns);
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
 
-    let controller = Controller::new(hcos, watcher::Config::default());
+    let hco_config =
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.hyperconverged));
+    let controller = Controller::new(hcos, hco_config);
     let store = controller.store();
     let nad_store = store.clone();
     let default_ns = ns.clone();

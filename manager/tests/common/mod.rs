@@ -232,6 +232,7 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 pub fn settings(namespace: &str) -> RolloutSettings {
     RolloutSettings {
         namespace: namespace.to_owned(),
+        hyperconverged: "kubevirt-hyperconverged".into(),
         agent_daemonset: "mignet-agent".into(),
         cluster: ClusterNetworks {
             pod: vec![POD_CIDR.parse().unwrap()],
