@@ -162,6 +162,19 @@ fn seed_vm_and_vmim_pass_server_dry_run() {
         ),
         "{out}"
     );
+    // Fields our subset does not model survive (preserve-unknown-fields
+    // where the real object has far more than we read).
+    let devices = kubectl_ok(&[
+        "create",
+        "--dry-run=server",
+        "-n",
+        &ns.name,
+        "-f",
+        "examples/vm.yaml",
+        "-o",
+        "jsonpath={.spec.template.spec.domain.devices.disks[0].disk.bus}",
+    ]);
+    assert_eq!(devices, "virtio");
     // The CRD schema rejects a bandwidth that is not a quantity.
     let bad = format!(
         "apiVersion: hco.kubevirt.io/v1beta1\nkind: HyperConverged\nmetadata: {{name: x, namespace: {}}}\nspec:\n  liveMigrationConfig: {{bandwidthPerMigration: fast}}\n",
