@@ -723,6 +723,43 @@ mod tests {
     }
 
     #[test]
+    fn multipath_default_route_names_its_first_hop() {
+        use netlink_packet_route::route::RouteNextHop;
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.kind = RouteType::Unicast;
+        let mut hop = RouteNextHop::default();
+        hop.interface_index = 7;
+        hop.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+                10, 0, 0, 1,
+            ))));
+        m.attributes.push(RouteAttribute::MultiPath(vec![hop]));
+        let r = parse_route(&m).unwrap();
+        assert_eq!(r.dst.to_string(), "0.0.0.0/0");
+        assert_eq!(r.oif, Some(7));
+        assert_eq!(r.gw, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(r.table, 254);
+    }
+
+    #[test]
+    fn route_destination_and_table_attribute() {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = 64;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                "fd00::".parse().unwrap(),
+            )));
+        m.attributes.push(RouteAttribute::Table(1000));
+        m.attributes.push(RouteAttribute::Oif(3));
+        let r = parse_route(&m).unwrap();
+        assert_eq!(r.dst.to_string(), "fd00::/64");
+        assert_eq!((r.table, r.oif, r.gw), (1000, Some(3), None));
+    }
+
+    #[test]
     fn lists_loopback_in_own_namespace() {
         let mut nl = Netlink::new().unwrap();
         let lo = nl.link_by_name("lo").unwrap().expect("lo exists");
