@@ -11,8 +11,8 @@
 //! TLS and copy CPU cost shows up directly.
 //!
 //! `cargo bench -p mignet-dataplane --bench proxy_throughput`
-//! Env: `MIGNET_BENCH_GIB` (default 2) bytes per run; `MIGNET_BENCH_CAP_SECS`
-//! (default 8) seconds for the capped run.
+//! Env: `MIGNET_BENCH_GIB` (default 2) bytes per run; `MIGNET_BENCH_ROUNDS`
+//! (default 3); `MIGNET_BENCH_CAP_SECS` (default 8) seconds for the capped run.
 
 #[path = "../tests/proxy_support/mod.rs"]
 mod proxy_support;
@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -98,7 +99,14 @@ fn raw_tcp(src: &Netns, dst: &Netns, total: u64, conns: usize) -> Duration {
 }
 
 /// The proxy path; returns the elapsed time for `total` bytes.
-fn through_proxy(src: &Netns, dst: &Netns, total: u64, conns: usize, cap: Option<u64>) -> Duration {
+fn through_proxy(
+    src: &Netns,
+    dst: &Netns,
+    total: u64,
+    conns: usize,
+    cap: Option<u64>,
+    tls: bool,
+) -> Duration {
     let tmp = TempDir::new("mgbench");
     let pki = Pki::new("bench CA");
     let src_dir = pki.agent_dir(tmp.path(), "node-a");
@@ -127,13 +135,19 @@ fn through_proxy(src: &Netns, dst: &Netns, total: u64, conns: usize, cap: Option
             .build()
             .unwrap()
             .block_on(async move {
-                let _task = proxy::spawn_target(
-                    listener.into_tokio().unwrap(),
-                    dst_sock,
-                    dst_tls,
-                    Arc::new(MigrationCounters::default()),
-                    ProxyOptions::default(),
-                );
+                let listener = listener.into_tokio().unwrap();
+                let _task = if tls {
+                    Some(proxy::spawn_target(
+                        listener,
+                        dst_sock,
+                        dst_tls,
+                        Arc::new(MigrationCounters::default()),
+                        ProxyOptions::default(),
+                    ))
+                } else {
+                    tokio::spawn(plain_target(listener, dst_sock));
+                    None
+                };
                 let _ = dst_stopped.await;
             })
     });
@@ -148,17 +162,23 @@ fn through_proxy(src: &Netns, dst: &Netns, total: u64, conns: usize, cap: Option
             .build()
             .unwrap()
             .block_on(async move {
-                let _task = proxy::spawn_source(
-                    tokio::net::UnixListener::bind(&sock).unwrap(),
-                    target,
-                    src_tls,
-                    Arc::new(MigrationCounters::default()),
-                    ProxyOptions {
-                        bind_ip: Some(SRC_IP.parse().unwrap()),
-                        rate_limit: cap.map(RateLimit::new),
-                        ..Default::default()
-                    },
-                );
+                let unix = tokio::net::UnixListener::bind(&sock).unwrap();
+                let _task = if tls {
+                    Some(proxy::spawn_source(
+                        unix,
+                        target,
+                        src_tls,
+                        Arc::new(MigrationCounters::default()),
+                        ProxyOptions {
+                            bind_ip: Some(SRC_IP.parse().unwrap()),
+                            rate_limit: cap.map(RateLimit::new),
+                            ..Default::default()
+                        },
+                    ))
+                } else {
+                    tokio::spawn(plain_source(unix, target));
+                    None
+                };
                 ready_tx.send(()).unwrap();
                 let _ = src_stopped.await;
             })
@@ -192,6 +212,37 @@ fn through_proxy(src: &Netns, dst: &Netns, total: u64, conns: usize, cap: Option
     took
 }
 
+/// Reference relay without TLS: same hops, same copy loop (`proxy::relay`).
+async fn plain_source(unix: tokio::net::UnixListener, target: SocketAddr) {
+    loop {
+        let (u, _) = unix.accept().await.unwrap();
+        tokio::spawn(async move {
+            let t = tokio::net::TcpStream::connect(target).await.unwrap();
+            t.set_nodelay(true).unwrap();
+            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+            proxy::relay(u, t, &a, &b, CHUNK, None).await.unwrap();
+        });
+    }
+}
+
+async fn plain_target(tcp: tokio::net::TcpListener, qemu: PathBuf) {
+    loop {
+        let (t, _) = tcp.accept().await.unwrap();
+        t.set_nodelay(true).unwrap();
+        let qemu = qemu.clone();
+        tokio::spawn(async move {
+            let u = tokio::net::UnixStream::connect(&qemu).await.unwrap();
+            let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+            proxy::relay(t, u, &a, &b, CHUNK, None).await.unwrap();
+        });
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 fn rate(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / MIB / d.as_secs_f64()
 }
@@ -205,6 +256,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8.0);
+    let rounds: usize = std::env::var("MIGNET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let total = (gib * 1024.0 * MIB) as u64;
 
     let src = Netns::new("mgbn-s");
@@ -219,38 +274,43 @@ fn main() {
     );
 
     println!(
-        "proxy_throughput: {gib} GiB per run, veth between two namespaces, {} CPUs",
+        "proxy_throughput: {gib} GiB per run, median of {rounds} interleaved rounds, veth between two namespaces, {} CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
         "{:<34} {:>5} {:>9} {:>9} {:>12}",
-        "path", "conns", "seconds", "MiB/s", "proxy/raw"
+        "path", "conns", "seconds", "MiB/s", "vs raw TCP"
     );
+    // Rounds interleave the three paths so background load hits them alike;
+    // the table shows medians.
     for conns in [1usize, 4] {
-        let raw = raw_tcp(&src, &dst, total, conns);
-        let prx = through_proxy(&src, &dst, total, conns, None);
-        let (r, p) = (rate(total, raw), rate(total, prx));
-        println!(
-            "{:<34} {:>5} {:>9.2} {:>9.1} {:>12}",
-            "raw TCP (plaintext)",
-            conns,
-            raw.as_secs_f64(),
-            r,
-            ""
-        );
-        println!(
-            "{:<34} {:>5} {:>9.2} {:>9.1} {:>12.3}",
-            "unix->mTLS proxy->TCP->proxy->unix",
-            conns,
-            prx.as_secs_f64(),
-            p,
-            p / r
-        );
+        let (mut raw, mut plain, mut prx) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            raw.push(raw_tcp(&src, &dst, total, conns));
+            plain.push(through_proxy(&src, &dst, total, conns, None, false));
+            prx.push(through_proxy(&src, &dst, total, conns, None, true));
+        }
+        let (raw, plain, prx) = (median(raw), median(plain), median(prx));
+        let r = rate(total, raw);
+        for (name, d) in [
+            ("raw TCP (plaintext)", raw),
+            ("same relay hops, plaintext (ref.)", plain),
+            ("unix->mTLS proxy->TCP->proxy->unix", prx),
+        ] {
+            println!(
+                "{:<34} {:>5} {:>9.2} {:>9.1} {:>12.3}",
+                name,
+                conns,
+                d.as_secs_f64(),
+                rate(total, d),
+                rate(total, d) / r
+            );
+        }
     }
     let cap = 64u64 << 20;
     let capped_total = (cap as f64 * cap_secs) as u64;
     for conns in [1usize, 4] {
-        let d = through_proxy(&src, &dst, capped_total, conns, Some(cap));
+        let d = through_proxy(&src, &dst, capped_total, conns, Some(cap), true);
         let r = rate(capped_total, d);
         println!(
             "{:<34} {:>5} {:>9.2} {:>9.1} {:>11.1}%",

@@ -253,7 +253,10 @@ async fn source_connection(
     let connector = TlsConnector::from(tls.current().client.clone());
     let stream = tokio::time::timeout(
         opts.handshake_timeout,
-        connector.connect(ServerName::IpAddress(target.ip().into()), tcp),
+        connector.connect(
+            ServerName::IpAddress(target.ip().into()),
+            buffered(tcp, opts.buffer_size),
+        ),
     )
     .await
     .map_err(|_| ProxyError::HandshakeTimeout { peer: target })?
@@ -261,6 +264,13 @@ async fn source_connection(
         peer: target,
         source,
     })?;
+    // rustls takes 64 KiB of plaintext per write by default; room for two copy
+    // buffers turns one `write_all` into one vectored socket write.
+    let mut stream = stream;
+    stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(2 * opts.buffer_size));
     counters.connections.fetch_add(1, Ordering::Relaxed);
     relay(
         unix,
@@ -331,10 +341,13 @@ async fn target_connection(
     let acceptor = TlsAcceptor::from(tls.current().server.clone());
     // The handshake includes the client certificate and role check; only a
     // verified peer gets past this line.
-    let stream = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp))
-        .await
-        .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
-        .map_err(|source| refused(ProxyError::Handshake { peer, source }))?;
+    let stream = tokio::time::timeout(
+        opts.handshake_timeout,
+        acceptor.accept(buffered(tcp, opts.buffer_size)),
+    )
+    .await
+    .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
+    .map_err(|source| refused(ProxyError::Handshake { peer, source }))?;
     let unix = UnixStream::connect(&qemu).await.map_err(|source| {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         ProxyError::Backend {
@@ -342,6 +355,13 @@ async fn target_connection(
             source,
         }
     })?;
+    // rustls takes 64 KiB of plaintext per write by default; room for two copy
+    // buffers turns one `write_all` into one vectored socket write.
+    let mut stream = stream;
+    stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(2 * opts.buffer_size));
     counters.connections.fetch_add(1, Ordering::Relaxed);
     relay(
         stream,
@@ -357,6 +377,12 @@ async fn target_connection(
         counters.failed.fetch_add(1, Ordering::Relaxed);
         ProxyError::Relay { peer, source }
     })
+}
+
+/// rustls pulls ciphertext from the socket 4 KiB at a time; a buffer below it
+/// turns that into one large `recv` per `size` bytes (writes pass straight through).
+fn buffered(tcp: TcpStream, size: usize) -> tokio::io::BufReader<TcpStream> {
+    tokio::io::BufReader::with_capacity(size, tcp)
 }
 
 /// Copy both directions until both have ended; EOF on one side shuts down
@@ -392,14 +418,29 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    use futures::FutureExt;
     let mut buf = vec![0u8; buffer_size];
     let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf).await?;
+    let mut eof = false;
+    while !eof {
+        let mut n = r.read(&mut buf).await?;
         if n == 0 {
-            // Carry the half-close: TLS close_notify + FIN, or SHUT_WR on unix.
-            w.shutdown().await?;
-            return Ok(total);
+            break;
+        }
+        // A TLS reader hands out one 16 KiB record per read; gather whatever is
+        // already available (without waiting) so the other side gets one large
+        // write instead of many small ones. `read` is cancel-safe, so dropping
+        // a pending attempt loses nothing.
+        while n < buf.len() {
+            match r.read(&mut buf[n..]).now_or_never() {
+                Some(Ok(0)) => {
+                    eof = true;
+                    break;
+                }
+                Some(Ok(k)) => n += k,
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
         }
         if let Some(limit) = limit {
             limit.take(n).await;
@@ -412,6 +453,9 @@ where
         counter.fetch_add(n as u64, Ordering::Relaxed);
         total += n as u64;
     }
+    // Carry the half-close: TLS close_notify + FIN, or SHUT_WR on unix.
+    w.shutdown().await?;
+    Ok(total)
 }
 
 /// A pacing limiter: bytes are admitted on a virtual clock advancing at
