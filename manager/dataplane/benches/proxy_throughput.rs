@@ -64,10 +64,8 @@ fn read_all(r: &mut impl Read) -> u64 {
 
 /// Raw TCP: `conns` connections from src to dst, `total` bytes split among them.
 fn raw_tcp(src: &Netns, dst: &Netns, total: u64, conns: usize) -> Duration {
-    let listener = dst.run(|| {
-        let l = std::net::TcpListener::bind((DST_IP.parse::<IpAddr>().unwrap(), 0)).unwrap();
-        l
-    });
+    let listener =
+        dst.run(|| std::net::TcpListener::bind((DST_IP.parse::<IpAddr>().unwrap(), 0)).unwrap());
     let addr = listener.local_addr().unwrap();
     let readers: JoinHandle<u64> = std::thread::spawn(move || {
         let mut hs = Vec::new();

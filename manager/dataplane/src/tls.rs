@@ -567,7 +567,10 @@ impl ServerCertVerifier for RoleServerVerifier {
 /// Identity of the three files' current contents as seen by `stat` (following
 /// symlinks, so a Secret volume's `..data` swap counts as a change).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<Option<(i64, i64, u64, u64, u64)>>);
+struct Stamp(Vec<Option<FileStamp>>);
+
+/// mtime seconds, mtime nanoseconds, length, inode, device.
+type FileStamp = (i64, i64, u64, u64, u64);
 
 fn stamp(paths: &TlsPaths) -> Stamp {
     Stamp(
