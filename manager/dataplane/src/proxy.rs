@@ -458,6 +458,180 @@ where
     Ok(total)
 }
 
+/// Stream keys, as KubeVirt names them: the keys of the published port map
+/// (`targetDirectMigrationNodePorts`), never ports on the wire.
+pub const STREAM_MEMORY: u16 = 49152;
+pub const STREAM_BLOCK: u16 = 49153;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("binding the listener for stream {key}")]
+    Listen {
+        key: u16,
+        #[source]
+        source: crate::listener::ListenerError,
+    },
+    #[error("registering the listener for stream {key} with the runtime")]
+    Register {
+        key: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating QEMU's source socket {path}")]
+    SourceSocket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the target published no port for stream {key}")]
+    NoPortForStream { key: u16 },
+}
+
+/// Target side of one migration: one listener per stream on the migration IP,
+/// each relaying to its own destination-QEMU socket. Dropping it closes the
+/// listeners and every connection.
+#[derive(Debug)]
+pub struct TargetEndpoints {
+    ip: std::net::IpAddr,
+    ports: std::collections::BTreeMap<u16, u16>,
+    counters: Arc<MigrationCounters>,
+    _tasks: Vec<ProxyTask>,
+}
+
+impl TargetEndpoints {
+    /// Bind and serve `streams` (key, destination QEMU socket); must run inside
+    /// a tokio runtime whose thread is in the agent's network namespace.
+    pub fn start(
+        ip: std::net::IpAddr,
+        streams: &[(u16, PathBuf)],
+        tls: Arc<ReloadingTls>,
+        opts: ProxyOptions,
+    ) -> Result<Self, EndpointError> {
+        let counters = Arc::new(MigrationCounters::default());
+        let mut ports = std::collections::BTreeMap::new();
+        let mut tasks = Vec::new();
+        for (key, qemu) in streams {
+            let key = *key;
+            let listener = crate::listener::MigrationListener::bind(ip)
+                .map_err(|source| EndpointError::Listen { key, source })?;
+            ports.insert(listener.local_addr().port(), key);
+            let listener = listener
+                .into_tokio()
+                .map_err(|source| EndpointError::Register { key, source })?;
+            tasks.push(spawn_target(
+                listener,
+                qemu.clone(),
+                tls.clone(),
+                counters.clone(),
+                opts.clone(),
+            ));
+        }
+        Ok(TargetEndpoints {
+            ip,
+            ports,
+            counters,
+            _tasks: tasks,
+        })
+    }
+
+    /// `ip:port` of the memory stream, for `targetNodeAddress` (IPv6 in brackets).
+    pub fn target_node_address(&self) -> Option<String> {
+        self.port_of(STREAM_MEMORY)
+            .map(|port| crate::listener::format_endpoint(self.ip, port))
+    }
+
+    /// `{"<port>": key}` as KubeVirt's `targetDirectMigrationNodePorts`.
+    pub fn port_map(&self) -> std::collections::BTreeMap<String, u16> {
+        self.ports
+            .iter()
+            .map(|(port, key)| (port.to_string(), *key))
+            .collect()
+    }
+
+    pub fn port_of(&self, key: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find_map(|(port, k)| (*k == key).then_some(*port))
+    }
+
+    pub fn counters(&self) -> &Arc<MigrationCounters> {
+        &self.counters
+    }
+}
+
+/// Source side of one migration: one unix socket per stream for QEMU to
+/// connect to, each relaying to the target's port for that stream. Dropping it
+/// stops the relays and removes the socket files.
+#[derive(Debug)]
+pub struct SourceEndpoints {
+    sockets: std::collections::BTreeMap<u16, PathBuf>,
+    counters: Arc<MigrationCounters>,
+    _tasks: Vec<ProxyTask>,
+}
+
+impl SourceEndpoints {
+    /// Socket path for `key` of migration `uid` in `dir` (KubeVirt's naming).
+    pub fn socket_path(dir: &std::path::Path, uid: &str, key: u16) -> PathBuf {
+        dir.join(format!("{uid}-{key}-source.sock"))
+    }
+
+    /// Create a socket per key of `port_map` and relay to `target_ip`.
+    pub fn start(
+        dir: &std::path::Path,
+        uid: &str,
+        target_ip: std::net::IpAddr,
+        port_map: &std::collections::BTreeMap<String, u16>,
+        keys: &[u16],
+        tls: Arc<ReloadingTls>,
+        opts: ProxyOptions,
+    ) -> Result<Self, EndpointError> {
+        let counters = Arc::new(MigrationCounters::default());
+        let mut me = SourceEndpoints {
+            sockets: std::collections::BTreeMap::new(),
+            counters: counters.clone(),
+            _tasks: Vec::new(),
+        };
+        for &key in keys {
+            let port = port_map
+                .iter()
+                .find_map(|(p, k)| (*k == key).then(|| p.parse::<u16>().ok()).flatten())
+                .ok_or(EndpointError::NoPortForStream { key })?;
+            let path = Self::socket_path(dir, uid, key);
+            // A stale socket from a crashed agent would make bind fail.
+            let _ = std::fs::remove_file(&path);
+            let unix = UnixListener::bind(&path).map_err(|source| EndpointError::SourceSocket {
+                path: path.clone(),
+                source,
+            })?;
+            me.sockets.insert(key, path);
+            me._tasks.push(spawn_source(
+                unix,
+                SocketAddr::new(target_ip, port),
+                tls.clone(),
+                counters.clone(),
+                opts.clone(),
+            ));
+        }
+        Ok(me)
+    }
+
+    pub fn socket(&self, key: u16) -> Option<&PathBuf> {
+        self.sockets.get(&key)
+    }
+
+    pub fn counters(&self) -> &Arc<MigrationCounters> {
+        &self.counters
+    }
+}
+
+impl Drop for SourceEndpoints {
+    fn drop(&mut self) {
+        for path in self.sockets.values() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A pacing limiter: bytes are admitted on a virtual clock advancing at
 /// `bytes_per_sec`; up to `burst` of idle time may be banked, so a short pause
 /// does not turn into a long burst afterwards.

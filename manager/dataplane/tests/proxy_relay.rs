@@ -248,3 +248,106 @@ fn source_refuses_a_target_that_is_not_an_agent() {
         assert!(accepted.is_err(), "target QEMU saw a connection");
     });
 }
+
+#[test]
+fn endpoints_publish_a_port_map_and_keep_streams_apart() {
+    use mignet_dataplane::proxy::{SourceEndpoints, TargetEndpoints, STREAM_BLOCK, STREAM_MEMORY};
+    use tokio::io::AsyncReadExt;
+
+    let n = nodes();
+    let tmp = TempDir::new("mgpx-ep");
+    let pki = Pki::new("cluster CA");
+    let dst_dir = pki.agent_dir(tmp.path(), "node-b");
+    let src_dir = pki.agent_dir(tmp.path(), "node-a");
+    let (mem_sock, blk_sock) = (tmp.path().join("mem.sock"), tmp.path().join("blk.sock"));
+    let work = tmp.path().to_path_buf();
+
+    // Target agent: its own runtime on a thread inside the target namespace.
+    let (published_tx, published_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let target = n.dst.spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                // Each "QEMU" socket answers with its own tag, then echoes.
+                for (path, tag) in [(mem_sock.clone(), b"MEM:"), (blk_sock.clone(), b"BLK:")] {
+                    let l = UnixListener::bind(&path).unwrap();
+                    tokio::spawn(async move {
+                        loop {
+                            let (s, _) = l.accept().await.unwrap();
+                            tokio::spawn(async move {
+                                let (mut r, mut w) = s.into_split();
+                                w.write_all(tag).await.unwrap();
+                                tokio::io::copy(&mut r, &mut w).await.unwrap();
+                                w.shutdown().await.unwrap();
+                            });
+                        }
+                    });
+                }
+                let tls =
+                    ReloadingTls::load(TlsPaths::in_dir(&dst_dir), TlsSettings::default()).unwrap();
+                let ep = TargetEndpoints::start(
+                    DST_IP.parse().unwrap(),
+                    &[(STREAM_MEMORY, mem_sock), (STREAM_BLOCK, blk_sock)],
+                    tls,
+                    ProxyOptions::default(),
+                )
+                .unwrap();
+                published_tx
+                    .send((ep.target_node_address().unwrap(), ep.port_map()))
+                    .unwrap();
+                let _ = stop_rx.await;
+                ep.counters().snapshot()
+            })
+    });
+    let (address, port_map) = published_rx.recv().unwrap();
+    assert!(address.starts_with(&format!("{DST_IP}:")), "{address}");
+    let mut keys: Vec<u16> = port_map.values().copied().collect();
+    keys.sort();
+    assert_eq!(keys, vec![STREAM_MEMORY, STREAM_BLOCK], "{port_map:?}");
+    // targetNodeAddress names the memory stream's port.
+    let mem_port = port_map
+        .iter()
+        .find(|(_, k)| **k == STREAM_MEMORY)
+        .map(|(p, _)| p.clone())
+        .unwrap();
+    assert_eq!(address, format!("{DST_IP}:{mem_port}"));
+
+    let sock_paths = n.src.block_on(move || async move {
+        let tls = ReloadingTls::load(TlsPaths::in_dir(&src_dir), TlsSettings::default()).unwrap();
+        let ep = SourceEndpoints::start(
+            &work,
+            "uid-1",
+            DST_IP.parse().unwrap(),
+            &port_map,
+            &[STREAM_MEMORY, STREAM_BLOCK],
+            tls,
+            ProxyOptions::default(),
+        )
+        .unwrap();
+        for (key, tag) in [(STREAM_MEMORY, "MEM:"), (STREAM_BLOCK, "BLK:")] {
+            let path = ep.socket(key).unwrap();
+            assert_eq!(*path, SourceEndpoints::socket_path(&work, "uid-1", key));
+            let mut s = UnixStream::connect(path).await.unwrap();
+            s.write_all(b"hello").await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).await.unwrap();
+            assert_eq!(got, format!("{tag}hello"));
+        }
+        let snap = ep.counters().snapshot();
+        assert_eq!(snap.connections, 2);
+        let paths: Vec<_> = ep.socket(STREAM_MEMORY).into_iter().cloned().collect();
+        drop(ep);
+        paths
+    });
+    for p in sock_paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    stop_tx.send(()).unwrap();
+    let target_counters = target.join().unwrap();
+    assert_eq!(target_counters.connections, 2);
+    assert_eq!(target_counters.to_target, 10);
+}
