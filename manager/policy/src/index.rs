@@ -323,7 +323,8 @@ impl<'a> ClusterIndex<'a> {
             if let Some(g) = self.group_of.get(&req) {
                 return *g;
             }
-            let g = self.add_group(|n| req.satisfied_by(n));
+            let keys = req.label_keys();
+            let g = self.add_group(|n| keys.matches(n));
             self.group_of.insert(req, g);
             g
         });

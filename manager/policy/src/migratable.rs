@@ -159,20 +159,24 @@ impl HostModelRequirement {
     /// model is `m` can run `m` (the labeller lists it under both) and lab
     /// nodes are labelled with the host-model label alone.
     pub fn satisfied_by(&self, node: &NodeView) -> bool {
-        let has = |a: &str, b: &str, name: &str| {
-            [a, b].iter().any(|p| {
-                node.labels
-                    .get(&format!("{p}{name}"))
-                    .is_some_and(|v| v == "true")
-            })
-        };
-        self.models
-            .iter()
-            .all(|m| has(CPU_MODEL_MIGRATION_LABEL, HOST_MODEL_CPU_LABEL, m))
-            && self
-                .features
+        self.label_keys().matches(node)
+    }
+
+    /// The label keys to look for, built once so that testing many nodes
+    /// does not format a key per node and label.
+    pub fn label_keys(&self) -> RequiredLabels {
+        let either = |a: &str, b: &str, name: &str| [format!("{a}{name}"), format!("{b}{name}")];
+        RequiredLabels(
+            self.models
                 .iter()
-                .all(|f| has(CPU_FEATURE_LABEL, HOST_MODEL_REQUIRED_FEATURES_LABEL, f))
+                .map(|m| either(CPU_MODEL_MIGRATION_LABEL, HOST_MODEL_CPU_LABEL, m))
+                .chain(
+                    self.features
+                        .iter()
+                        .map(|f| either(CPU_FEATURE_LABEL, HOST_MODEL_REQUIRED_FEATURES_LABEL, f)),
+                )
+                .collect(),
+        )
     }
 
     /// A short human form for messages: `Skylake-Client (+2 features)`.
@@ -187,6 +191,20 @@ impl HostModelRequirement {
                 self.features.len()
             )
         }
+    }
+}
+
+/// Label keys a node must carry (value "true"), each requirement
+/// satisfied by either of two keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequiredLabels(Vec<[String; 2]>);
+
+impl RequiredLabels {
+    pub fn matches(&self, node: &NodeView) -> bool {
+        self.0.iter().all(|keys| {
+            keys.iter()
+                .any(|k| node.labels.get(k).is_some_and(|v| v == "true"))
+        })
     }
 }
 
