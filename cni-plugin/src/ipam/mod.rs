@@ -205,3 +205,48 @@ impl Plugin for Whereabouts {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-process path macvlan uses: the same CmdArgs, no binary.
+    #[test]
+    fn plugin_trait_add_check_del_in_process() {
+        let dir = std::env::temp_dir().join(format!("mignet-ipam-inproc-{}", std::process::id()));
+        struct Rm(PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _rm = Rm(dir.clone());
+        let stdin = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"macvlan","ipam":{{"type":"whereabouts","range":"10.200.5.0/24","gateway":"10.200.5.254","store_dir":"{}"}}}}"#,
+            dir.display()
+        );
+        let args = CmdArgs {
+            container_id: "c1".into(),
+            ifname: "net1".into(),
+            args: vec![
+                ("K8S_POD_NAMESPACE".into(), "ns".into()),
+                ("K8S_POD_NAME".into(), "p".into()),
+            ],
+            stdin: stdin.into_bytes(),
+            ..Default::default()
+        };
+        let out = Whereabouts.add(&args).unwrap();
+        assert_eq!(out.cni_version, "1.1.0");
+        assert_eq!(out.ips.len(), 1);
+        assert_eq!(out.ips[0].address.to_string(), "10.200.5.1/24");
+        assert_eq!(out.ips[0].gateway, Some("10.200.5.254".parse().unwrap()));
+        assert_eq!(out.ips[0].interface, None);
+        Whereabouts.check(&args).unwrap();
+        Whereabouts.status(&args).unwrap();
+        Whereabouts.del(&args).unwrap();
+        let e = Whereabouts.check(&args).unwrap_err();
+        assert_eq!(e.code, Code::Plugin(plugin_codes::CHECK_MISMATCH));
+        // GC without the list is refused; the store is untouched either way.
+        assert_eq!(Whereabouts.gc(&args).unwrap_err().code, Code::InvalidConfig);
+    }
+}
