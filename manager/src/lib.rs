@@ -10,6 +10,7 @@ pub mod http;
 pub mod kube_adapter;
 pub mod metrics;
 pub mod rollout;
+pub mod store;
 
 pub use config::{ConfigError, EffectiveMigrationConfig, FieldError};
 pub use kube_adapter::rollout::{RolloutError, RolloutSettings};
