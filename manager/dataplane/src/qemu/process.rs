@@ -262,17 +262,27 @@ impl VmProcess {
             binary: PathBuf::from(&argv[0]),
             source,
         })?;
-        let out = tokio::time::timeout(START_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| VmError::StartTimeout {
-                name: spec.name.clone(),
-                after: START_TIMEOUT,
-            })?
-            .map_err(|source| VmError::Spawn {
-                name: spec.name.clone(),
-                binary: PathBuf::from(&argv[0]),
-                source,
-            })?;
+        let out = match tokio::time::timeout(START_TIMEOUT, child.wait_with_output()).await {
+            Ok(out) => out,
+            Err(_) => {
+                // The daemonizing parent is killed with the dropped future; a
+                // daemon that already wrote its pid file would be left behind.
+                if let Ok(vm) =
+                    VmProcess::reattach(&spec.name, &spec.pid_file(), &spec.qmp_socket())
+                {
+                    drop(vm);
+                }
+                return Err(VmError::StartTimeout {
+                    name: spec.name.clone(),
+                    after: START_TIMEOUT,
+                });
+            }
+        }
+        .map_err(|source| VmError::Spawn {
+            name: spec.name.clone(),
+            binary: PathBuf::from(&argv[0]),
+            source,
+        })?;
         if !out.status.success() {
             return Err(VmError::StartFailed {
                 name: spec.name.clone(),

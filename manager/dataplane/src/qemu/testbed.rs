@@ -288,6 +288,9 @@ pub struct MigrationMeasurement {
     /// Rate over the steady middle of the migration (between the first and
     /// the last `active` sample), MiB/s: what a bandwidth cap is compared with.
     pub steady_mib_s: f64,
+    /// Wall time from `migrate` until completion was seen (sampling every
+    /// 100 ms, so up to that much more than `total_time`).
+    pub wall: Duration,
     /// The final `query-migrate` sample on the source.
     pub last: migration::MigrationSample,
 }
@@ -404,6 +407,7 @@ pub async fn migrate_and_measure(
             mib_s,
             steady_mib_s,
             last: last.clone(),
+            wall: report.elapsed,
         },
     ))
 }
