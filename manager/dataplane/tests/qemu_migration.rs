@@ -336,3 +336,49 @@ async fn setup_timeout_catches_stuck_setup() {
         .await
         .unwrap();
 }
+
+/// The destination QEMU dies mid-migration (its node or agent went away):
+/// the monitor reports the failure with QEMU's error text and the guest keeps
+/// running on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_death_fails_migration_and_source_keeps_running() {
+    let mut p = pair("dstdie", 256, 128, 0).await;
+    let settings = MigrationSettings {
+        multifd_channels: Some(2),
+        max_bandwidth: 8 * MIB,
+        downtime_limit_ms: 300,
+    };
+    migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    let src_qmp = &p.src_qmp;
+    let dst = &mut p.dst;
+    let lim = limits(60, 800, 256, 30);
+    let monitor =
+        migration::run_monitored(src_qmp, &settings, &p.uri, &lim, Duration::from_millis(100));
+    let killer = async {
+        for _ in 0..200 {
+            let s = migration::query(src_qmp, Side::Source).await.unwrap();
+            if s.status == MigrationStatus::Active
+                && s.ram.as_ref().is_some_and(|r| r.transferred > 8 * MIB)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dst.kill().unwrap();
+    };
+    let (report, ()) = tokio::join!(monitor, killer);
+    let report = report.unwrap();
+    match &report.outcome {
+        Outcome::Failed { error } => assert!(!error.is_empty()),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(report.last.status, MigrationStatus::Failed);
+    assert!(!p.dst.is_alive());
+    assert_eq!(p.src_qmp.run_state().await.unwrap(), "running");
+    let before = ticks(&p.src.serial_output()).last().copied();
+    wait_tick_after(&p.src, before, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
