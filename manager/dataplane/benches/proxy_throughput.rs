@@ -12,7 +12,8 @@
 //!
 //! `cargo bench -p mignet-dataplane --bench proxy_throughput`
 //! Env: `MIGNET_BENCH_GIB` (default 2) bytes per run; `MIGNET_BENCH_ROUNDS`
-//! (default 3); `MIGNET_BENCH_CAP_SECS` (default 8) seconds for the capped run.
+//! (default 3); `MIGNET_BENCH_CAP_SECS` (default 8) seconds for the capped run;
+//! `MIGNET_BENCH_BUF_KIB` overrides the proxy's copy buffer (default 256).
 
 #[path = "../tests/proxy_support/mod.rs"]
 mod proxy_support;
@@ -140,7 +141,7 @@ fn through_proxy(
                         dst_sock,
                         dst_tls,
                         Arc::new(MigrationCounters::default()),
-                        ProxyOptions::default(),
+                        bench_options(),
                     ))
                 } else {
                     tokio::spawn(plain_target(listener, dst_sock));
@@ -170,7 +171,7 @@ fn through_proxy(
                         ProxyOptions {
                             bind_ip: Some(SRC_IP.parse().unwrap()),
                             rate_limit: cap.map(RateLimit::new),
-                            ..Default::default()
+                            ..bench_options()
                         },
                     ))
                 } else {
@@ -234,6 +235,18 @@ async fn plain_target(tcp: tokio::net::TcpListener, qemu: PathBuf) {
             proxy::relay(t, u, &a, &b, CHUNK, None).await.unwrap();
         });
     }
+}
+
+/// Proxy options, with the copy buffer from `MIGNET_BENCH_BUF_KIB` if set.
+fn bench_options() -> ProxyOptions {
+    let mut o = ProxyOptions::default();
+    if let Some(kib) = std::env::var("MIGNET_BENCH_BUF_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        o.buffer_size = kib * 1024;
+    }
+    o
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
