@@ -8,7 +8,7 @@
 
 use super::config::IpRange;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Disjoint, non-adjacent inclusive intervals `start -> end` of `u128`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,6 +135,8 @@ impl Allocator {
 pub struct Allocation {
     /// The container ID of the attachment.
     pub id: String,
+    /// Optional in whereabouts' CRD schema, so pools it wrote may lack it.
+    #[serde(default)]
     pub ifname: String,
     /// `<namespace>/<pod>`, empty when the runtime gave no pod.
     #[serde(default)]
@@ -176,11 +178,10 @@ impl Pool {
             .map(|(&o, _)| o)
     }
 
-    /// Give `owner` an offset in `range`: the one it already holds (same pod
-    /// and ifname, or same container and ifname), else the lowest free one.
-    /// `None` means the range is exhausted; the pool is then unchanged.
-    pub fn assign(&mut self, range: &IpRange, owner: &Owner) -> Option<Assigned> {
-        let held = owner
+    /// The offset `owner` already holds: same pod and ifname (a new sandbox
+    /// of the same pod), else same container and ifname.
+    pub fn held_by(&self, owner: &Owner) -> Option<u128> {
+        owner
             .podref
             .as_deref()
             .and_then(|pod| {
@@ -189,8 +190,25 @@ impl Pool {
                     .find(|(_, a)| a.podref == pod && a.ifname == owner.ifname)
                     .map(|(&o, _)| o)
             })
-            .or_else(|| self.find(&owner.container_id, &owner.ifname));
-        if let Some(offset) = held {
+            .or_else(|| self.find(&owner.container_id, &owner.ifname))
+    }
+
+    /// Give `owner` an offset in `range`: the one it already holds (same pod
+    /// and ifname, or same container and ifname), else the lowest free one.
+    /// `None` means the range is exhausted; the pool is then unchanged.
+    pub fn assign(&mut self, range: &IpRange, owner: &Owner) -> Option<Assigned> {
+        self.assign_avoiding(range, owner, &BTreeSet::new())
+    }
+
+    /// `assign`, but a new offset is never one of `avoid` (addresses another
+    /// store has claimed, e.g. a cluster-wide reservation held by someone else).
+    pub fn assign_avoiding(
+        &mut self,
+        range: &IpRange,
+        owner: &Owner,
+        avoid: &BTreeSet<u128>,
+    ) -> Option<Assigned> {
+        if let Some(offset) = self.held_by(owner) {
             let a = self
                 .allocations
                 .get_mut(&offset)
@@ -206,7 +224,7 @@ impl Pool {
                 existing: true,
             });
         }
-        let offset = Allocator::with_used(range, self.allocations.keys().copied()).lowest_free()?;
+        let offset = self.lowest_free_avoiding(range, avoid)?;
         self.allocations.insert(
             offset,
             Allocation {
@@ -220,6 +238,15 @@ impl Pool {
             offset,
             existing: false,
         })
+    }
+
+    /// The lowest offset of `range` neither allocated here nor in `avoid`.
+    pub fn lowest_free_avoiding(&self, range: &IpRange, avoid: &BTreeSet<u128>) -> Option<u128> {
+        let mut a = Allocator::with_used(range, self.allocations.keys().copied());
+        for &o in avoid {
+            a.mark_used(o);
+        }
+        a.lowest_free()
     }
 
     /// Free what (container ID, ifname) holds; true if something was freed.

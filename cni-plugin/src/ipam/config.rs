@@ -78,6 +78,21 @@ pub struct IpamConfig {
     pub store_dir: PathBuf,
     /// `fsync` (default true): flush every pool write to disk.
     pub fsync: bool,
+    /// `kubernetes`: when present, pools live in the Kubernetes API
+    /// (whereabouts' IPPool resources) instead of the file store.
+    pub kubernetes: Option<KubeConf>,
+    /// `enable_overlapping_ranges` (default true, as in whereabouts): claim
+    /// each address cluster-wide with an OverlappingRangeIPReservation.
+    /// Only the Kubernetes store uses it.
+    pub overlapping_ranges: bool,
+}
+
+/// The `ipam.kubernetes` object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeConf {
+    /// `kubernetes.kubeconfig`; `None` means in-cluster service-account
+    /// credentials (KUBERNETES_SERVICE_HOST and the mounted token).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// One `{containerID, ifname}` entry of `cni.dev/valid-attachments`.
@@ -274,6 +289,34 @@ fn parse_ipam(m: &Map<String, Value>, default_store_dir: &Path) -> CniResult<Ipa
         }
     };
 
+    let kubernetes = match get(m, "kubernetes") {
+        None => None,
+        Some(Value::Object(k)) => {
+            let kubeconfig = opt_str(k, "kubeconfig", "ipam.kubernetes.kubeconfig")?
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
+            Some(KubeConf { kubeconfig })
+        }
+        Some(other) => {
+            return Err(CniError::invalid_field(
+                "ipam.kubernetes",
+                other,
+                "must be an object",
+            ))
+        }
+    };
+    let overlapping_ranges = match get(m, "enable_overlapping_ranges") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(CniError::invalid_field(
+                "ipam.enable_overlapping_ranges",
+                other,
+                "must be true or false",
+            ))
+        }
+    };
+
     Ok(IpamConfig {
         network_name,
         ranges,
@@ -282,6 +325,8 @@ fn parse_ipam(m: &Map<String, Value>, default_store_dir: &Path) -> CniResult<Ipa
         dns,
         store_dir,
         fsync,
+        kubernetes,
+        overlapping_ranges,
     })
 }
 

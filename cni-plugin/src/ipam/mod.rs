@@ -1,4 +1,6 @@
-//! `mignet-ipam`: a whereabouts-compatible IPAM with a local file store.
+//! `mignet-ipam`: a whereabouts-compatible IPAM with a local file store, or
+//! whereabouts' IPPool resources on the Kubernetes API when the config has
+//! `ipam.kubernetes` (module `kube`).
 //!
 //! Layout follows the reference plugins: config (pure parsing), allocator
 //! (pure decisions), store (file I/O), then the verbs below. macvlan calls
@@ -7,6 +9,8 @@
 
 pub mod allocator;
 pub mod config;
+#[cfg(feature = "k8s")]
+pub mod kube;
 pub mod store;
 
 use crate::error::{plugin_codes, CniError, CniResult, Code};
@@ -63,9 +67,23 @@ pub fn owner(args: &CmdArgs) -> Owner {
 
 /// ADD for an already parsed config (the benchmark and macvlan reuse it).
 pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
+    let offsets = if conf.ipam.kubernetes.is_some() {
+        kube_store::add(conf, owner)?
+    } else {
+        add_local(conf, owner)?
+    };
+    output(conf, offsets)
+}
+
+/// Which store a config names, for the verbs that differ.
+fn uses_kube(conf: &NetConf) -> bool {
+    conf.ipam.kubernetes.is_some()
+}
+
+fn add_local(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
     let store = store_of(conf);
     let ranges = &conf.ipam.ranges;
-    let offsets = store.transact(&pool_keys(conf), Open::Create, |pools| {
+    store.transact(&pool_keys(conf), Open::Create, |pools| {
         pools
             .iter_mut()
             .zip(ranges)
@@ -83,8 +101,12 @@ pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
                 })
             })
             .collect::<CniResult<Vec<u128>>>()
-    })?;
+    })
+}
 
+/// The ADD result for the offsets taken in each range.
+fn output(conf: &NetConf, offsets: Vec<u128>) -> CniResult<CniOutput> {
+    let ranges = &conf.ipam.ranges;
     let gateway = conf.ipam.gateway;
     let ips = ranges
         .iter()
@@ -113,6 +135,9 @@ pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
 /// DEL for an already parsed config: frees (container ID, ifname) in every
 /// pool; nothing to free is success.
 pub fn del_parsed(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
+    if uses_kube(conf) {
+        return kube_store::del(conf, container_id, ifname);
+    }
     let store = store_of(conf);
     store.transact(&pool_keys(conf), Open::Existing, |pools| {
         for p in pools {
@@ -120,6 +145,61 @@ pub fn del_parsed(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult
         }
         Ok(())
     })
+}
+
+/// Synchronous entry points to the Kubernetes store, each on a runtime of
+/// its own; without the `k8s` feature they refuse the config.
+mod kube_store {
+    use super::*;
+    #[cfg(not(feature = "k8s"))]
+    fn off() -> CniError {
+        CniError::new(
+            Code::UnsupportedField,
+            "unsupported ipam.kubernetes: this mignet-ipam was built without the k8s feature",
+        )
+    }
+
+    #[cfg(feature = "k8s")]
+    pub fn add(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
+        super::kube::block_on(super::kube::add(conf, owner))
+    }
+    #[cfg(feature = "k8s")]
+    pub fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
+        super::kube::block_on(super::kube::del(conf, container_id, ifname))
+    }
+    #[cfg(feature = "k8s")]
+    pub fn find(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<Vec<Option<u128>>> {
+        super::kube::block_on(super::kube::find(conf, container_id, ifname))
+    }
+    #[cfg(feature = "k8s")]
+    pub fn gc(conf: &NetConf, valid: &HashSet<(String, String)>) -> CniResult<()> {
+        super::kube::block_on(super::kube::gc(conf, valid)).map(|_| ())
+    }
+    #[cfg(feature = "k8s")]
+    pub fn status(conf: &NetConf) -> CniResult<()> {
+        super::kube::block_on(super::kube::status(conf))
+    }
+
+    #[cfg(not(feature = "k8s"))]
+    pub fn add(_: &NetConf, _: &Owner) -> CniResult<Vec<u128>> {
+        Err(off())
+    }
+    #[cfg(not(feature = "k8s"))]
+    pub fn del(_: &NetConf, _: &str, _: &str) -> CniResult<()> {
+        Err(off())
+    }
+    #[cfg(not(feature = "k8s"))]
+    pub fn find(_: &NetConf, _: &str, _: &str) -> CniResult<Vec<Option<u128>>> {
+        Err(off())
+    }
+    #[cfg(not(feature = "k8s"))]
+    pub fn gc(_: &NetConf, _: &HashSet<(String, String)>) -> CniResult<()> {
+        Err(off())
+    }
+    #[cfg(not(feature = "k8s"))]
+    pub fn status(_: &NetConf) -> CniResult<()> {
+        Err(off())
+    }
 }
 
 impl Plugin for Whereabouts {
@@ -135,14 +215,17 @@ impl Plugin for Whereabouts {
 
     fn check(&self, args: &CmdArgs) -> CniResult<()> {
         let conf = load(args)?;
-        let store = store_of(&conf);
         let keys = pool_keys(&conf);
-        let found = store.transact(&keys, Open::Existing, |pools| {
-            Ok(pools
-                .iter()
-                .map(|p| p.find(&args.container_id, &args.ifname))
-                .collect::<Vec<_>>())
-        })?;
+        let found = if uses_kube(&conf) {
+            kube_store::find(&conf, &args.container_id, &args.ifname)?
+        } else {
+            store_of(&conf).transact(&keys, Open::Existing, |pools| {
+                Ok(pools
+                    .iter()
+                    .map(|p| p.find(&args.container_id, &args.ifname))
+                    .collect::<Vec<_>>())
+            })?
+        };
         let mismatch = |msg: String| CniError::new(Code::Plugin(plugin_codes::CHECK_MISMATCH), msg);
         for ((range, key), off) in conf.ipam.ranges.iter().zip(&keys).zip(found) {
             let Some(off) = off else {
@@ -166,6 +249,9 @@ impl Plugin for Whereabouts {
 
     fn status(&self, args: &CmdArgs) -> CniResult<()> {
         let conf = load(args)?;
+        if uses_kube(&conf) {
+            return kube_store::status(&conf);
+        }
         let dir = &conf.ipam.store_dir;
         let unavailable = |e: &dyn std::fmt::Display| {
             CniError::new(
@@ -192,6 +278,13 @@ impl Plugin for Whereabouts {
                 "missing cni.dev/valid-attachments: GC needs the list of valid attachments",
             ));
         };
+        if uses_kube(&conf) {
+            let valid: HashSet<(String, String)> = valid
+                .iter()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            return kube_store::gc(&conf, &valid);
+        }
         let valid: HashSet<(&str, &str)> = valid
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))

@@ -1,0 +1,1102 @@
+//! The Kubernetes store: pools are whereabouts' `IPPool` resources
+//! (`whereabouts.cni.cncf.io/v1alpha1`), so pools whereabouts wrote stay
+//! readable and ours stay readable to it.
+//!
+//! Concurrency is optimistic, per pool: read the pool, decide in pure code
+//! (the same allocator as the file store), write it back with the
+//! `resourceVersion` we read. A 409 Conflict means someone wrote in between:
+//! re-read and decide again, after a jittered backoff. whereabouts instead
+//! takes one cluster-wide Lease around every operation, which serialises the
+//! whole cluster behind 0.5-1 s lease polls.
+//!
+//! Overlapping ranges (the same address in two pools) are refused
+//! cluster-wide with an `OverlappingRangeIPReservation` (ORIP) per address.
+//! Write order, and why a crash between the two writes is harmless:
+//! - ADD creates the ORIP FIRST (create is an exclusive claim), then writes
+//!   the pool entry. A crash in between leaves an ORIP without a pool entry:
+//!   the address stays blocked for everybody (no double booking), and
+//!   `reconcile` deletes reservations that no pool entry backs once they are
+//!   older than the longest ADD could take (the leak is temporary).
+//! - DEL removes the pool entry FIRST, then the ORIP: a crash in between
+//!   leaves the same harmless state.
+//!
+//! The opposite orders (pool entry first on ADD, ORIP first on DEL) would,
+//! after a crash, leave a pool entry without its reservation, and another
+//! pool that overlaps could then hand the same address out again; that is
+//! whereabouts' order (its #712 leaks the other way round).
+//!
+//! An allocation is reported only after the write that stores it returned
+//! success; a failed or exhausted ADD releases the reservation it made.
+
+use super::allocator::{Allocation, Owner, Pool};
+use super::config::{IpRange, KubeConf, NetConf};
+use super::store::PoolKey;
+use crate::error::{plugin_codes, CniError, CniResult, Code};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, CustomResource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The namespace whereabouts uses when the kubeconfig's context names none.
+pub const DEFAULT_NAMESPACE: &str = "kube-system";
+/// Optimistic write attempts per pool before giving up with code 11.
+pub const MAX_ATTEMPTS: u32 = 64;
+/// Address reservations tried per attempt before re-reading the pool.
+const MAX_CLAIM_STEPS: u32 = 256;
+/// Per-request timeouts; an ADD must finish well inside kubelet's 4 min.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// whereabouts' IPPool spec.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "whereabouts.cni.cncf.io",
+    version = "v1alpha1",
+    kind = "IPPool",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct IPPoolSpec {
+    /// The subnet in CIDR notation.
+    pub range: String,
+    /// Decimal offset from the network address -> owner. Offsets are full
+    /// 128-bit here; whereabouts reads them as signed 64-bit.
+    #[serde(default)]
+    pub allocations: BTreeMap<String, Allocation>,
+}
+
+/// whereabouts' OverlappingRangeIPReservation spec. `containerid` is in its
+/// schema but whereabouts never writes it; we do, so ownership is exact.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "whereabouts.cni.cncf.io",
+    version = "v1alpha1",
+    kind = "OverlappingRangeIPReservation",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct OverlappingRangeIPReservationSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub containerid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ifname: String,
+    #[serde(default)]
+    pub podref: String,
+}
+
+// ---------------------------------------------------------------- pure parts
+
+/// whereabouts' ORIP name: the address with ':' -> '-' (a trailing ':'
+/// gets a '0' first), prefixed by `<network_name>-` when there is one.
+pub fn orip_name(network_name: &str, ip: IpAddr) -> String {
+    let mut s = ip.to_string();
+    if s.ends_with(':') {
+        s.push('0');
+    }
+    let s = s.replace(':', "-");
+    if network_name.is_empty() {
+        s
+    } else {
+        format!("{network_name}-{s}")
+    }
+}
+
+/// A pool read from the API: the allocations we understand, plus keys that
+/// are not decimal `u128` offsets (e.g. whereabouts' negative /64 offsets,
+/// its #83). Those are kept verbatim on every write but never allocated
+/// from, so we neither lose nor reuse what another writer recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedPool {
+    pub pool: Pool,
+    pub foreign: BTreeMap<String, Allocation>,
+}
+
+/// Parse an IPPool spec for `subnet`; a pool holding another range is an
+/// error (two configs disagreeing about one pool name).
+pub fn parse_pool(name: &str, spec: &IPPoolSpec, subnet: ipnetwork::IpNetwork) -> CniResult<ParsedPool> {
+    let same = spec
+        .range
+        .parse::<ipnetwork::IpNetwork>()
+        .ok()
+        .is_some_and(|r| r.network() == subnet.network() && r.prefix() == subnet.prefix());
+    if !same {
+        return Err(CniError::new(
+            Code::Io,
+            format!(
+                "IPPool {name} holds range {:?} but {subnet} was expected",
+                spec.range
+            ),
+        ));
+    }
+    let mut out = ParsedPool::default();
+    for (k, a) in &spec.allocations {
+        match k.parse::<u128>() {
+            Ok(o) if o.to_string() == *k => {
+                out.pool.allocations.insert(o, a.clone());
+            }
+            _ => {
+                out.foreign.insert(k.clone(), a.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The spec to write back for a parsed pool.
+pub fn pool_spec(subnet: ipnetwork::IpNetwork, p: &ParsedPool) -> IPPoolSpec {
+    let mut allocations = p.foreign.clone();
+    for (o, a) in &p.pool.allocations {
+        allocations.insert(o.to_string(), a.clone());
+    }
+    IPPoolSpec {
+        range: subnet.to_string(),
+        allocations,
+    }
+}
+
+/// Whether a reservation belongs to `owner`: the same container, or (for
+/// reservations whereabouts wrote, without a container id) the same pod and
+/// interface.
+pub fn orip_owned_by(r: &OverlappingRangeIPReservationSpec, owner: &Owner) -> bool {
+    if !r.containerid.is_empty() && r.containerid == owner.container_id {
+        return true;
+    }
+    match &owner.podref {
+        Some(p) => r.podref == *p && (r.ifname.is_empty() || r.ifname == owner.ifname),
+        None => false,
+    }
+}
+
+/// What a pod object says about the attachments that name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// `<namespace>/<name>`.
+    pub podref: String,
+    /// Succeeded or Failed: its sandbox is gone, so are its addresses.
+    pub finished: bool,
+}
+
+/// One allocation the reconciler frees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub pool: String,
+    pub offset: u128,
+    pub allocation: Allocation,
+}
+
+/// The reconciler's decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcilePlan {
+    /// Pool entries whose pod is gone.
+    pub free: Vec<Orphan>,
+    /// ORIPs (name, uid, resourceVersion) that no pool entry backs and that
+    /// are older than the grace period.
+    pub delete_orips: Vec<(String, String, String)>,
+}
+
+/// A reservation as the reconciler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OripState {
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// Seconds since creation at decision time.
+    pub age_secs: i64,
+}
+
+/// A pool as the reconciler sees it: its name, subnet and allocations.
+#[derive(Debug, Clone)]
+pub struct PoolState {
+    pub name: String,
+    pub subnet: ipnetwork::IpNetwork,
+    pub allocations: BTreeMap<u128, Allocation>,
+}
+
+/// Pure reconcile decision.
+///
+/// An allocation is orphaned when its `podref` names no pod, or a pod that
+/// has finished. A pod that exists under that name keeps the address even
+/// when it is a *new* pod reusing the name (a StatefulSet replica): our ADD
+/// hands the entry of `(podref, ifname)` to the new sandbox (it only swaps
+/// the container id), so the address is the live pod's, and freeing it would
+/// be whereabouts' #176 (a duplicate address). The IPPool schema has no pod
+/// UID to tell the two apart, and it does not need one: the only cost is
+/// that a recreated pod which no longer attaches this network keeps the
+/// address until it is deleted. Entries without a podref (the runtime gave
+/// no pod) are left to CNI GC, which knows the live container ids.
+///
+/// A reservation is an orphan when no pool entry backs it (its name is not
+/// the ORIP name of any allocated address) and it is older than
+/// `grace_secs`: younger ones may belong to an ADD between its two writes.
+pub fn plan_reconcile(
+    pools: &[PoolState],
+    pods: &[PodState],
+    orips: &[OripState],
+    grace_secs: i64,
+) -> ReconcilePlan {
+    let live: HashSet<&str> = pods
+        .iter()
+        .filter(|p| !p.finished)
+        .map(|p| p.podref.as_str())
+        .collect();
+    let mut plan = ReconcilePlan::default();
+    let mut backed: HashSet<String> = HashSet::new();
+    for p in pools {
+        let net = network_name_of(&p.name, p.subnet);
+        for (&off, a) in &p.allocations {
+            let orphan = !a.podref.is_empty() && !live.contains(a.podref.as_str());
+            if orphan {
+                plan.free.push(Orphan {
+                    pool: p.name.clone(),
+                    offset: off,
+                    allocation: a.clone(),
+                });
+            } else {
+                let ip = super::config::from_u128(
+                    p.subnet.network(),
+                    super::config::ip_to_u128(p.subnet.network()) + off,
+                );
+                backed.insert(orip_name(net, ip));
+            }
+        }
+    }
+    for o in orips {
+        if !backed.contains(&o.name) && o.age_secs >= grace_secs {
+            plan.delete_orips
+                .push((o.name.clone(), o.uid.clone(), o.resource_version.clone()));
+        }
+    }
+    plan
+}
+
+/// The network_name a pool name carries: `<network_name>-<range>`.
+pub fn network_name_of(pool_name: &str, subnet: ipnetwork::IpNetwork) -> &str {
+    let suffix = PoolKey::new("", subnet).name;
+    pool_name
+        .strip_suffix(suffix.as_str())
+        .and_then(|p| p.strip_suffix('-'))
+        .unwrap_or("")
+}
+
+/// Exponential backoff with full jitter: attempt n sleeps a uniformly random
+/// time in [0, min(cap, base * 2^n)). Jitter spreads processes that lost the
+/// same race so they do not collide again in lockstep.
+#[derive(Debug)]
+pub struct Backoff {
+    state: u64,
+    attempt: u32,
+}
+
+impl Backoff {
+    const BASE_MS: u64 = 2;
+    const CAP_MS: u64 = 200;
+
+    pub fn new(seed: u64) -> Self {
+        Backoff {
+            state: seed | 1,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64*: plenty for jitter, no dependency.
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let r = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let ceiling = (Self::BASE_MS << self.attempt.min(16)).min(Self::CAP_MS) * 1000;
+        self.attempt += 1;
+        Duration::from_micros(r % ceiling.max(1))
+    }
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ ((std::process::id() as u64) << 32)
+}
+
+// ------------------------------------------------------------------ errors
+
+fn status_of(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn is_code(e: &kube::Error, code: u16) -> bool {
+    status_of(e).is_some_and(|s| s.code == code)
+}
+
+/// Map an API error to a CNI error: unreachable or overloaded API servers
+/// are transient (11), refusals and everything else are I/O (5).
+fn api_err(what: &str, e: kube::Error) -> CniError {
+    let code = match status_of(&e) {
+        Some(s) if matches!(s.code, 429 | 500 | 503 | 504) => Code::TryAgainLater,
+        Some(_) => Code::Io,
+        None => Code::TryAgainLater,
+    };
+    let hint = match status_of(&e) {
+        Some(s) if s.code == 401 => " (unauthorized: check the kubeconfig's credentials)",
+        Some(s) if s.code == 403 => {
+            " (forbidden: the CNI needs get/list/create/update/delete on ippools and overlappingrangeipreservations.whereabouts.cni.cncf.io)"
+        }
+        Some(s) if s.code == 404 && s.details.as_ref().is_some_and(|d| d.name.is_empty()) => {
+            " (are the whereabouts CRDs installed? deploy/crds/whereabouts.cni.cncf.io_*.yaml)"
+        }
+        _ => "",
+    };
+    CniError::new(code, format!("{what}{hint}")).with_details(crate::error::chain(&e))
+}
+
+fn exhausted(range: &IpRange) -> CniError {
+    CniError::new(
+        Code::Plugin(plugin_codes::RANGE_EXHAUSTED),
+        format!(
+            "range exhausted: no free address in {} {}",
+            range.field,
+            range.describe()
+        ),
+    )
+}
+
+fn contention(pool: &str, attempts: u32) -> CniError {
+    CniError::new(
+        Code::TryAgainLater,
+        format!(
+            "IPPool {pool}: still conflicting after {attempts} optimistic attempts (heavy contention); try again"
+        ),
+    )
+}
+
+// ---------------------------------------------------------------- the store
+
+/// A connected store: the client and the namespace whereabouts would use.
+#[derive(Clone)]
+pub struct KubeStore {
+    pub client: Client,
+    pub namespace: String,
+    network_name: String,
+    overlapping: bool,
+}
+
+/// Build a client for `conf`. With a kubeconfig path: that file, namespace
+/// from its current context, else kube-system (as whereabouts). Without
+/// one: in-cluster service-account credentials, namespace kube-system.
+pub async fn connect(conf: &KubeConf) -> CniResult<(Client, String)> {
+    let (mut cfg, ns) = match &conf.kubeconfig {
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                CniError::invalid_field("ipam.kubernetes.kubeconfig", path.display(), e)
+            };
+            let kc = Kubeconfig::read_from(path).map_err(|e| bad(&crate::error::chain(&e)))?;
+            let ns = kc
+                .current_context
+                .as_deref()
+                .and_then(|c| kc.contexts.iter().find(|n| n.name == c))
+                .and_then(|n| n.context.as_ref())
+                .and_then(|c| c.namespace.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(&crate::error::chain(&e)))?;
+            (cfg, ns)
+        }
+        None => {
+            let cfg = kube::Config::incluster().map_err(|e| {
+                CniError::new(
+                    Code::InvalidConfig,
+                    "ipam.kubernetes has no kubeconfig and in-cluster credentials are unavailable",
+                )
+                .with_details(crate::error::chain(&e))
+            })?;
+            (cfg, DEFAULT_NAMESPACE.to_string())
+        }
+    };
+    cfg.connect_timeout = Some(REQUEST_TIMEOUT);
+    cfg.read_timeout = Some(REQUEST_TIMEOUT);
+    cfg.write_timeout = Some(REQUEST_TIMEOUT);
+    let client = Client::try_from(cfg).map_err(|e| {
+        CniError::new(Code::InvalidConfig, "ipam.kubernetes: cannot build a client")
+            .with_details(crate::error::chain(&e))
+    })?;
+    Ok((client, ns))
+}
+
+/// Run `f` on a current-thread runtime made for this one call: only the
+/// Kubernetes path pays for a runtime; the file store stays synchronous.
+pub fn block_on<T>(f: impl std::future::Future<Output = CniResult<T>>) -> CniResult<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::io("start the async runtime", e))?;
+    rt.block_on(f)
+}
+
+/// The runtime-visible result of an ADD on one pool.
+struct Added {
+    offset: u128,
+    existing: bool,
+}
+
+impl KubeStore {
+    pub async fn open(conf: &NetConf) -> CniResult<Self> {
+        let kc = conf
+            .ipam
+            .kubernetes
+            .as_ref()
+            .expect("open is only called when ipam.kubernetes is set");
+        let (client, namespace) = connect(kc).await?;
+        Ok(KubeStore {
+            client,
+            namespace,
+            network_name: conf.ipam.network_name.clone(),
+            overlapping: conf.ipam.overlapping_ranges,
+        })
+    }
+
+    fn pools(&self) -> Api<IPPool> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn orips(&self) -> Api<OverlappingRangeIPReservation> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Read a pool; `None` when it does not exist.
+    async fn read(&self, key: &PoolKey) -> CniResult<Option<(IPPool, ParsedPool)>> {
+        let obj = self
+            .pools()
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| api_err(&format!("get IPPool {}/{}", self.namespace, key.name), e))?;
+        match obj {
+            None => Ok(None),
+            Some(o) => {
+                let p = parse_pool(&key.name, &o.spec, key.subnet)?;
+                Ok(Some((o, p)))
+            }
+        }
+    }
+
+    /// Read a pool, creating it empty when missing (as whereabouts does).
+    async fn read_or_create(&self, key: &PoolKey) -> CniResult<(IPPool, ParsedPool)> {
+        loop {
+            if let Some(x) = self.read(key).await? {
+                return Ok(x);
+            }
+            let mut fresh = IPPool::new(&key.name, pool_spec(key.subnet, &ParsedPool::default()));
+            fresh.metadata.namespace = Some(self.namespace.clone());
+            match self.pools().create(&PostParams::default(), &fresh).await {
+                Ok(o) => return Ok((o, ParsedPool::default())),
+                // Someone created it meanwhile: read theirs.
+                Err(e) if is_code(&e, 409) => continue,
+                Err(e) => {
+                    return Err(api_err(
+                        &format!("create IPPool {}/{}", self.namespace, key.name),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Write `parsed` over `obj` with `obj`'s resourceVersion as the
+    /// precondition. `Ok(false)` is a conflict: someone wrote in between.
+    async fn write(&self, key: &PoolKey, obj: &IPPool, parsed: &ParsedPool) -> CniResult<bool> {
+        let mut next = IPPool::new(&key.name, pool_spec(key.subnet, parsed));
+        next.metadata = ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            resource_version: obj.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        match self.pools().replace(&key.name, &PostParams::default(), &next).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_code(&e, 409) => Ok(false),
+            Err(e) => Err(api_err(
+                &format!("update IPPool {}/{}", self.namespace, key.name),
+                e,
+            )),
+        }
+    }
+
+    /// Claim `ip` for `owner` cluster-wide. `Ok(true)`: the reservation is
+    /// ours (just created, or left by an earlier attempt of the same owner).
+    async fn claim(&self, ip: IpAddr, owner: &Owner) -> CniResult<bool> {
+        let name = orip_name(&self.network_name, ip);
+        let mut r = OverlappingRangeIPReservation::new(
+            &name,
+            OverlappingRangeIPReservationSpec {
+                containerid: owner.container_id.clone(),
+                ifname: owner.ifname.clone(),
+                podref: owner.podref.clone().unwrap_or_default(),
+            },
+        );
+        r.metadata.namespace = Some(self.namespace.clone());
+        match self.orips().create(&PostParams::default(), &r).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_code(&e, 409) => {
+                match self.orips().get_opt(&name).await {
+                    Ok(Some(held)) => Ok(orip_owned_by(&held.spec, owner)),
+                    // Deleted meanwhile: treat as taken this round; the next
+                    // read decides again.
+                    Ok(None) => Ok(false),
+                    Err(e) => Err(api_err(
+                        &format!("get OverlappingRangeIPReservation {}/{name}", self.namespace),
+                        e,
+                    )),
+                }
+            }
+            Err(e) => Err(api_err(
+                &format!("create OverlappingRangeIPReservation {}/{name}", self.namespace),
+                e,
+            )),
+        }
+    }
+
+    /// Drop the reservation of `ip` if `owner` holds it (preconditioned on
+    /// its uid, so a reservation re-created by someone else is never hit).
+    async fn unclaim(&self, ip: IpAddr, owner: &Owner) -> CniResult<()> {
+        let name = orip_name(&self.network_name, ip);
+        let held = match self.orips().get_opt(&name).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(api_err(
+                    &format!("get OverlappingRangeIPReservation {}/{name}", self.namespace),
+                    e,
+                ))
+            }
+        };
+        if !orip_owned_by(&held.spec, owner) {
+            return Ok(());
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: held.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.orips().delete(&name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_code(&e, 404) || is_code(&e, 409) => Ok(()),
+            Err(e) => Err(api_err(
+                &format!("delete OverlappingRangeIPReservation {}/{name}", self.namespace),
+                e,
+            )),
+        }
+    }
+
+    /// ADD on one pool: the owner's existing offset, or the lowest free one,
+    /// stored before it is returned.
+    async fn add_one(&self, key: &PoolKey, range: &IpRange, owner: &Owner) -> CniResult<Added> {
+        let mut backoff = Backoff::new(seed());
+        // Offsets reserved by someone else (seen during this ADD).
+        let mut taken: BTreeSet<u128> = BTreeSet::new();
+        // The offset whose reservation we hold, if any.
+        let mut claimed: Option<u128> = None;
+        let result = async {
+            for _ in 0..MAX_ATTEMPTS {
+                let (obj, mut parsed) = self.read_or_create(key).await?;
+                if let Some(off) = parsed.pool.held_by(owner) {
+                    // A repeated ADD (or a new sandbox of the same pod).
+                    parsed.pool.assign(range, owner);
+                    if parsed.pool.dirty && !self.write(key, &obj, &parsed).await? {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                    return Ok(Added {
+                        offset: off,
+                        existing: true,
+                    });
+                }
+                // Keep our reservation if the pool still has the address free.
+                let mut pick = claimed.filter(|o| !parsed.pool.allocations.contains_key(o));
+                if pick.is_none() {
+                    if let Some(old) = claimed.take() {
+                        self.unclaim(range.ip_at(old), owner).await?;
+                    }
+                }
+                let mut steps = 0;
+                while pick.is_none() {
+                    let off = parsed
+                        .pool
+                        .lowest_free_avoiding(range, &taken)
+                        .ok_or_else(|| exhausted(range))?;
+                    if !self.overlapping || self.claim(range.ip_at(off), owner).await? {
+                        pick = Some(off);
+                    } else {
+                        taken.insert(off);
+                        steps += 1;
+                        if steps >= MAX_CLAIM_STEPS {
+                            break;
+                        }
+                    }
+                }
+                let Some(off) = pick else { continue };
+                if self.overlapping {
+                    claimed = Some(off);
+                }
+                parsed.pool.allocations.insert(
+                    off,
+                    Allocation {
+                        id: owner.container_id.clone(),
+                        ifname: owner.ifname.clone(),
+                        podref: owner.podref.clone().unwrap_or_default(),
+                    },
+                );
+                if self.write(key, &obj, &parsed).await? {
+                    claimed = None; // Committed: the reservation now backs a pool entry.
+                    return Ok(Added {
+                        offset: off,
+                        existing: false,
+                    });
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(contention(&key.name, MAX_ATTEMPTS))
+        }
+        .await;
+        if let (Err(_), Some(off)) = (&result, claimed) {
+            // Best effort; a leftover is an orphan reservation for reconcile.
+            let _ = self.unclaim(range.ip_at(off), owner).await;
+        }
+        result
+    }
+
+    /// Remove from one pool every entry `select` picks, with optimistic
+    /// retries, then drop the freed addresses' reservations. Returns the
+    /// freed entries.
+    async fn remove_where(
+        &self,
+        key: &PoolKey,
+        mut select: impl FnMut(u128, &Allocation) -> bool,
+    ) -> CniResult<Vec<(u128, Allocation)>> {
+        let mut backoff = Backoff::new(seed());
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((obj, mut parsed)) = self.read(key).await? else {
+                return Ok(Vec::new());
+            };
+            let freed: Vec<(u128, Allocation)> = parsed
+                .pool
+                .allocations
+                .iter()
+                .filter(|(&o, a)| select(o, a))
+                .map(|(&o, a)| (o, a.clone()))
+                .collect();
+            if freed.is_empty() {
+                return Ok(freed);
+            }
+            for (o, _) in &freed {
+                parsed.pool.allocations.remove(o);
+            }
+            if !self.write(key, &obj, &parsed).await? {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            // Pool entry first, reservation second (see the module docs).
+            if self.overlapping {
+                for (o, a) in &freed {
+                    let owner = Owner {
+                        container_id: a.id.clone(),
+                        ifname: a.ifname.clone(),
+                        podref: (!a.podref.is_empty()).then(|| a.podref.clone()),
+                    };
+                    let ip = super::config::from_u128(
+                        key.subnet.network(),
+                        super::config::ip_to_u128(key.subnet.network()) + o,
+                    );
+                    self.unclaim(ip, &owner).await?;
+                }
+            }
+            return Ok(freed);
+        }
+        Err(contention(&key.name, MAX_ATTEMPTS))
+    }
+}
+
+// ------------------------------------------------------------- the verbs
+
+/// ADD: one address per range. If a later range fails, the addresses this
+/// ADD newly took in earlier ranges are freed again.
+pub async fn add(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
+    let store = KubeStore::open(conf).await?;
+    let keys = super::pool_keys(conf);
+    let mut done: Vec<(usize, Added)> = Vec::new();
+    for (i, (key, range)) in keys.iter().zip(&conf.ipam.ranges).enumerate() {
+        match store.add_one(key, range, owner).await {
+            Ok(a) => done.push((i, a)),
+            Err(e) => {
+                for (j, a) in &done {
+                    if !a.existing {
+                        let off = a.offset;
+                        let _ = store
+                            .remove_where(&keys[*j], |o, x| {
+                                o == off && x.id == owner.container_id && x.ifname == owner.ifname
+                            })
+                            .await;
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(done.into_iter().map(|(_, a)| a.offset).collect())
+}
+
+/// DEL: free what (container ID, ifname) holds in every pool of the config.
+pub async fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
+    let store = KubeStore::open(conf).await?;
+    // Every pool, even after one fails (whereabouts stops at the first
+    // pool without an entry); the first error is reported.
+    let mut first_err = None;
+    for key in super::pool_keys(conf) {
+        if let Err(e) = store
+            .remove_where(&key, |_, a| a.id == container_id && a.ifname == ifname)
+            .await
+        {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// CHECK: the offset (container ID, ifname) holds in each pool, in order.
+pub async fn find(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<Vec<Option<u128>>> {
+    let store = KubeStore::open(conf).await?;
+    let mut out = Vec::new();
+    for key in super::pool_keys(conf) {
+        out.push(match store.read(&key).await? {
+            Some((_, p)) => p.pool.find(container_id, ifname),
+            None => None,
+        });
+    }
+    Ok(out)
+}
+
+/// GC: free every allocation whose (container ID, ifname) is not valid.
+pub async fn gc(conf: &NetConf, valid: &HashSet<(String, String)>) -> CniResult<usize> {
+    let store = KubeStore::open(conf).await?;
+    let mut n = 0;
+    for key in super::pool_keys(conf) {
+        n += store
+            .remove_where(&key, |_, a| !valid.contains(&(a.id.clone(), a.ifname.clone())))
+            .await?
+            .len();
+    }
+    Ok(n)
+}
+
+/// STATUS: the API answers and the IPPool resource is served.
+pub async fn status(conf: &NetConf) -> CniResult<()> {
+    let store = KubeStore::open(conf).await?;
+    store
+        .pools()
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| {
+            let mut err = api_err(&format!("list IPPools in {}", store.namespace), e);
+            err.code = Code::Unavailable;
+            err
+        })?;
+    Ok(())
+}
+
+// ------------------------------------------------------------ reconciler
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub freed: usize,
+    pub orips_deleted: usize,
+}
+
+/// Free allocations whose pod no longer exists (see `plan_reconcile`) in
+/// every IPPool of `namespace`, then delete reservations that no pool entry
+/// backs and that are older than `grace`. Meant for the manager, on a
+/// schedule; writes use the same optimistic preconditions as the CNI, so it
+/// needs no lock either. `grace` must exceed the longest ADD (the CNI gives
+/// up after its bounded retries, far below kubelet's 4 min): 5 min is safe.
+pub async fn reconcile(client: Client, namespace: &str, grace: Duration) -> CniResult<ReconcileReport> {
+    let pools_api: Api<IPPool> = Api::namespaced(client.clone(), namespace);
+    let orip_api: Api<OverlappingRangeIPReservation> = Api::namespaced(client.clone(), namespace);
+    let pods_api: Api<Pod> = Api::all(client.clone());
+
+    let pools = pools_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_err(&format!("list IPPools in {namespace}"), e))?;
+    let pods = pods_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_err("list pods", e))?;
+    let orips = orip_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_err(&format!("list OverlappingRangeIPReservations in {namespace}"), e))?;
+
+    let mut states = Vec::new();
+    let mut subnets: HashMap<String, ipnetwork::IpNetwork> = HashMap::new();
+    for p in &pools.items {
+        // A pool whose range does not parse is not ours to judge.
+        let Ok(subnet) = p.spec.range.parse::<ipnetwork::IpNetwork>() else {
+            continue;
+        };
+        let subnet = ipnetwork::IpNetwork::new(subnet.network(), subnet.prefix())
+            .expect("prefix comes from a parsed network");
+        let name = p.name_any();
+        let Ok(parsed) = parse_pool(&name, &p.spec, subnet) else {
+            continue;
+        };
+        subnets.insert(name.clone(), subnet);
+        states.push(PoolState {
+            name,
+            subnet,
+            allocations: parsed.pool.allocations,
+        });
+    }
+    let pod_states: Vec<PodState> = pods
+        .items
+        .iter()
+        .map(|p| PodState {
+            podref: format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+            finished: p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed"),
+        })
+        .collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let orip_states: Vec<OripState> = orips
+        .items
+        .iter()
+        .map(|o| OripState {
+            name: o.name_any(),
+            uid: o.metadata.uid.clone().unwrap_or_default(),
+            resource_version: o.metadata.resource_version.clone().unwrap_or_default(),
+            age_secs: o
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| now.as_second() - t.0.as_second())
+                .unwrap_or(i64::MAX),
+        })
+        .collect();
+    let plan = plan_reconcile(&states, &pod_states, &orip_states, grace.as_secs() as i64);
+
+    let mut report = ReconcileReport::default();
+    let mut by_pool: BTreeMap<&str, Vec<&Orphan>> = BTreeMap::new();
+    for o in &plan.free {
+        by_pool.entry(o.pool.as_str()).or_default().push(o);
+    }
+    for (pool, orphans) in by_pool {
+        let subnet = subnets[pool];
+        let store = KubeStore {
+            client: client.clone(),
+            namespace: namespace.to_string(),
+            network_name: network_name_of(pool, subnet).to_string(),
+            overlapping: true,
+        };
+        let key = PoolKey {
+            name: pool.to_string(),
+            subnet,
+        };
+        // Only entries still exactly as planned: a sandbox that took one
+        // over since the list (a new pod of that name) keeps it.
+        let freed = store
+            .remove_where(&key, |o, a| {
+                orphans
+                    .iter()
+                    .any(|x| x.offset == o && x.allocation == *a)
+            })
+            .await?;
+        report.freed += freed.len();
+    }
+    for (name, uid, rv) in &plan.delete_orips {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: Some(rv.clone()),
+            }),
+            ..Default::default()
+        };
+        match orip_api.delete(name, &dp).await {
+            Ok(_) => report.orips_deleted += 1,
+            Err(e) if is_code(&e, 404) || is_code(&e, 409) => {}
+            Err(e) => {
+                return Err(api_err(
+                    &format!("delete OverlappingRangeIPReservation {namespace}/{name}"),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(id: &str, pod: &str) -> Allocation {
+        Allocation {
+            id: id.into(),
+            ifname: "net1".into(),
+            podref: pod.into(),
+        }
+    }
+
+    #[test]
+    fn orip_names_follow_whereabouts() {
+        assert_eq!(orip_name("", "10.200.5.7".parse().unwrap()), "10.200.5.7");
+        assert_eq!(orip_name("net", "10.200.5.7".parse().unwrap()), "net-10.200.5.7");
+        assert_eq!(orip_name("", "fd00::".parse().unwrap()), "fd00--0");
+        assert_eq!(orip_name("", "fd00::1:2".parse().unwrap()), "fd00--1-2");
+    }
+
+    #[test]
+    fn pool_spec_roundtrip_keeps_foreign_keys_and_128_bit_offsets() {
+        let subnet: ipnetwork::IpNetwork = "fd00::/64".parse().unwrap();
+        let big = (1u128 << 64) - 2;
+        let mut spec = IPPoolSpec {
+            range: "fd00::/64".into(),
+            allocations: BTreeMap::new(),
+        };
+        spec.allocations.insert(big.to_string(), alloc("a", "ns/a"));
+        spec.allocations.insert("-5".into(), alloc("b", "ns/b"));
+        spec.allocations.insert("007".into(), alloc("c", "ns/c"));
+        let p = parse_pool("fd00---64", &spec, subnet).unwrap();
+        assert_eq!(p.pool.allocations.len(), 1);
+        assert_eq!(p.pool.allocations[&big].id, "a");
+        assert_eq!(p.foreign.len(), 2);
+        assert_eq!(pool_spec(subnet, &p), spec);
+    }
+
+    #[test]
+    fn a_pool_with_another_range_is_refused() {
+        let spec = IPPoolSpec {
+            range: "10.0.0.0/16".into(),
+            allocations: BTreeMap::new(),
+        };
+        let e = parse_pool("x", &spec, "10.0.0.0/24".parse().unwrap()).unwrap_err();
+        assert_eq!(e.code, Code::Io);
+        assert!(e.msg.contains("holds range"), "{}", e.msg);
+        // Host bits in the stored range do not matter.
+        let spec = IPPoolSpec {
+            range: "10.0.0.0/24".into(),
+            allocations: BTreeMap::new(),
+        };
+        parse_pool("x", &spec, "10.0.0.0/24".parse().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn orip_ownership() {
+        let owner = Owner {
+            container_id: "c1".into(),
+            ifname: "net1".into(),
+            podref: Some("ns/p".into()),
+        };
+        let mine = OverlappingRangeIPReservationSpec {
+            containerid: "c1".into(),
+            ifname: "net1".into(),
+            podref: "ns/p".into(),
+        };
+        assert!(orip_owned_by(&mine, &owner));
+        // whereabouts writes no container id: pod + ifname decide.
+        let wa = OverlappingRangeIPReservationSpec {
+            containerid: String::new(),
+            ifname: "net1".into(),
+            podref: "ns/p".into(),
+        };
+        assert!(orip_owned_by(&wa, &owner));
+        let other = OverlappingRangeIPReservationSpec {
+            containerid: "c2".into(),
+            ifname: "net1".into(),
+            podref: "ns/q".into(),
+        };
+        assert!(!orip_owned_by(&other, &owner));
+        let anon = Owner {
+            podref: None,
+            ..owner
+        };
+        assert!(!orip_owned_by(&wa, &anon));
+    }
+
+    #[test]
+    fn reconcile_frees_dead_pods_only_and_orphan_orips_after_grace() {
+        let subnet: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
+        let mut allocations = BTreeMap::new();
+        allocations.insert(1, alloc("c-live", "ns/live"));
+        allocations.insert(2, alloc("c-gone", "ns/gone"));
+        allocations.insert(3, alloc("c-done", "ns/done"));
+        allocations.insert(4, alloc("c-anon", ""));
+        // A new pod reusing the name "ns/reused": its ADD adopts the entry,
+        // so the reconciler must keep it whatever the container id says.
+        allocations.insert(5, alloc("c-old-sandbox", "ns/reused"));
+        let pools = vec![PoolState {
+            name: "net-10.0.0.0-24".into(),
+            subnet,
+            allocations,
+        }];
+        let pods = vec![
+            PodState {
+                podref: "ns/live".into(),
+                finished: false,
+            },
+            PodState {
+                podref: "ns/done".into(),
+                finished: true,
+            },
+            PodState {
+                podref: "ns/reused".into(),
+                finished: false,
+            },
+        ];
+        let orip = |name: &str, age| OripState {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            resource_version: "1".into(),
+            age_secs: age,
+        };
+        let orips = vec![
+            orip("net-10.0.0.1", 999),  // backed by a live entry
+            orip("net-10.0.0.2", 999),  // its entry is freed now
+            orip("net-10.0.0.9", 999),  // nothing backs it: a crashed ADD
+            orip("net-10.0.0.10", 5),   // young: maybe an ADD in flight
+            orip("net-10.0.0.5", 999),  // the reused name's, kept
+        ];
+        let plan = plan_reconcile(&pools, &pods, &orips, 60);
+        let freed: Vec<u128> = plan.free.iter().map(|o| o.offset).collect();
+        assert_eq!(freed, vec![2, 3]);
+        let del: Vec<&str> = plan.delete_orips.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(del, vec!["net-10.0.0.2", "net-10.0.0.9"]);
+    }
+
+    #[test]
+    fn network_name_from_pool_name() {
+        let s: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(network_name_of("10.0.0.0-24", s), "");
+        assert_eq!(network_name_of("my-net-10.0.0.0-24", s), "my-net");
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let mut b = Backoff::new(42);
+        let ds: Vec<Duration> = (0..40).map(|_| b.next_delay()).collect();
+        assert!(ds.iter().all(|d| *d < Duration::from_millis(Backoff::CAP_MS)));
+        assert!(ds[0] < Duration::from_millis(Backoff::BASE_MS));
+        let distinct: HashSet<Duration> = ds.iter().copied().collect();
+        assert!(distinct.len() > 30, "{ds:?}");
+    }
+}
