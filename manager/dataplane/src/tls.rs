@@ -168,8 +168,22 @@ pub struct TlsConfigs {
     pub not_after: i64,
 }
 
+/// ring's suites with AES-128-GCM ahead of AES-256-GCM: migration streams are
+/// bulk data on shared cores, and AES-128 costs fewer rounds per byte while
+/// remaining a TLS 1.3 mandatory-strength suite. Both ends use this order, and
+/// rustls servers follow the client's order, so AES-128 is what gets negotiated.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(crypto::ring::default_provider())
+    let mut p = crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        use rustls::CipherSuite::*;
+        match s.suite() {
+            TLS13_AES_128_GCM_SHA256 => 0,
+            TLS13_AES_256_GCM_SHA384 => 1,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 2,
+            _ => 3,
+        }
+    });
+    Arc::new(p)
 }
 
 fn versions(settings: &TlsSettings) -> &'static [&'static SupportedProtocolVersion] {

@@ -105,6 +105,26 @@ fn ipv6_preference_and_brackets() {
     let listener = n.node.run(move || MigrationListener::bind(v6).unwrap());
     let port = listener.local_addr().port();
     assert_eq!(listener.published(), format!("[fd00:77::2]:{port}"));
+    // Reachable over v6 from the peer; the node's v4 addresses are not listening.
+    n.peer
+        .ip(&["addr", "add", "fd00:77::1/64", "dev", "mig-peer", "nodad"]);
+    let (v6_ok, v4_refused) = n.peer.run(move || {
+        let connect = |ip: &str| {
+            TcpStream::connect_timeout(
+                &SocketAddr::new(ip.parse().unwrap(), port),
+                Duration::from_secs(3),
+            )
+        };
+        (
+            connect("fd00:77::2").map(|_| ()),
+            connect(MIG_IP).map(|_| ()),
+        )
+    });
+    v6_ok.expect("v6 migration address must answer");
+    assert_eq!(
+        v4_refused.expect_err("v4 address answered").kind(),
+        ErrorKind::ConnectionRefused
+    );
     let v4 = discover_in(&n.node, dedicated(Some(Family::V4))).unwrap();
     assert_eq!(v4, MIG_IP.parse::<IpAddr>().unwrap());
 }

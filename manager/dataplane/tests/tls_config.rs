@@ -29,6 +29,16 @@ fn valid_directory_loads_with_agent_identity() {
     let configs = load(&dir).unwrap();
     assert_eq!(configs.identity.role, "agent");
     assert_eq!(configs.identity.name, "node-a");
+    // Bulk-data suite first on both sides (the server follows the client's order).
+    for provider in [
+        configs.client.crypto_provider(),
+        configs.server.crypto_provider(),
+    ] {
+        assert_eq!(
+            provider.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+    }
 }
 
 #[test]
