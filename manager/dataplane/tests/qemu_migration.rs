@@ -177,26 +177,40 @@ async fn cancel_leaves_source_running() {
     migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
         .await
         .unwrap();
-    migration::start_source(&p.src_qmp, &settings, &p.uri)
-        .await
-        .unwrap();
-    let mut active = false;
-    for _ in 0..100 {
-        let s = migration::query(&p.src_qmp, Side::Source).await.unwrap();
-        if s.status == MigrationStatus::Active && s.ram.as_ref().is_some_and(|r| r.transferred > 0)
-        {
-            active = true;
-            break;
+    // The request arrives once the migration is really moving data (the
+    // agent's path: the VMIM was deleted mid-flight).
+    let src_qmp = &p.src_qmp;
+    let request = async {
+        for _ in 0..200 {
+            let s = migration::query(src_qmp, Side::Source).await.unwrap();
+            if s.status == MigrationStatus::Active
+                && s.ram.as_ref().is_some_and(|r| r.transferred > 0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(active, "migration never became active");
-    let started = std::time::Instant::now();
-    let last = migration::cancel(&p.src_qmp, Duration::from_secs(10))
+        panic!("migration never became active");
+    };
+    let lim = limits(60, 800, 256, 30);
+    let report = migration::run_monitored_until(
+        src_qmp,
+        &settings,
+        &p.uri,
+        &lim,
+        Duration::from_millis(100),
+        request,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert!(report.cancel_confirmed);
+    assert_eq!(report.last.status, MigrationStatus::Cancelled);
+    // And the low-level call on an idle source reports the same end state.
+    let again = migration::cancel(&p.src_qmp, Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(last.status, MigrationStatus::Cancelled);
-    eprintln!("cancel took {:?}", started.elapsed());
+    assert_eq!(again.status, MigrationStatus::Cancelled);
     assert_source_survives(&p).await;
 }
 

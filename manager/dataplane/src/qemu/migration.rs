@@ -343,6 +343,8 @@ pub enum Outcome {
     Failed {
         error: String,
     },
+    /// Cancelled on request (the VMIM was deleted): `migrate_cancel` was sent.
+    Cancelled,
 }
 
 /// What [`run_monitored`] saw.
@@ -380,6 +382,16 @@ async fn settle_completed(
     Ok(last)
 }
 
+/// Waits up to [`CANCEL_WAIT`] for a sent cancel to land; returns the last
+/// sample and whether the migration is over.
+async fn confirm_cancel(source: &QmpClient) -> Result<(MigrationSample, bool), MigrationError> {
+    match wait_over(source, CANCEL_WAIT).await {
+        Ok(last) => Ok((last, true)),
+        Err(MigrationError::NotOver { .. }) => Ok((query(source, Side::Source).await?, false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// How long [`run_monitored`] waits for QEMU to confirm a cancel.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
@@ -393,6 +405,28 @@ pub async fn run_monitored(
     limits: &MonitorConfig,
     interval: Duration,
 ) -> Result<MigrationReport, MigrationError> {
+    run_monitored_until(
+        source,
+        settings,
+        uri,
+        limits,
+        interval,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`run_monitored`], plus a cancel request: when `cancel_requested`
+/// resolves, `migrate_cancel` is sent and the outcome is
+/// [`Outcome::Cancelled`] (or `Completed` if the migration won the race).
+pub async fn run_monitored_until(
+    source: &QmpClient,
+    settings: &MigrationSettings,
+    uri: &str,
+    limits: &MonitorConfig,
+    interval: Duration,
+    cancel_requested: impl std::future::Future<Output = ()>,
+) -> Result<MigrationReport, MigrationError> {
     configure(source, Side::Source, settings).await?;
     let start = tokio::time::Instant::now();
     source
@@ -403,6 +437,7 @@ pub async fn run_monitored(
             step: "migrate",
             source: e,
         })?;
+    let mut cancel_requested = std::pin::pin!(cancel_requested);
     let mut state = MonitorState::new(Duration::ZERO);
     let mut samples = Vec::new();
     loop {
@@ -413,8 +448,25 @@ pub async fn run_monitored(
         samples.push((now, sample.clone()));
         let outcome = match decision {
             Decision::Continue => {
-                tokio::time::sleep(interval).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => continue,
+                    _ = &mut cancel_requested => {}
+                }
+                tracing::info!("migration cancel requested");
+                send_cancel(source).await?;
+                let (last, cancel_confirmed) = confirm_cancel(source).await?;
+                let outcome = if last.status == MigrationStatus::Completed {
+                    Outcome::Completed
+                } else {
+                    Outcome::Cancelled
+                };
+                return Ok(MigrationReport {
+                    outcome,
+                    samples,
+                    last,
+                    cancel_confirmed,
+                    elapsed: start.elapsed(),
+                });
             }
             Decision::Completed => {
                 let last = settle_completed(source, sample).await?;
@@ -430,13 +482,7 @@ pub async fn run_monitored(
             Decision::Abort { reason, message } => {
                 tracing::warn!(%reason, %message, "aborting migration");
                 send_cancel(source).await?;
-                let (last, cancel_confirmed) = match wait_over(source, CANCEL_WAIT).await {
-                    Ok(last) => (last, true),
-                    Err(MigrationError::NotOver { .. }) => {
-                        (query(source, Side::Source).await?, false)
-                    }
-                    Err(e) => return Err(e),
-                };
+                let (last, cancel_confirmed) = confirm_cancel(source).await?;
                 let outcome = if last.status == MigrationStatus::Completed {
                     // The migration finished before the cancel landed.
                     Outcome::Completed
