@@ -396,3 +396,56 @@ async fn destination_death_fails_migration_and_source_keeps_running() {
         .await
         .unwrap();
 }
+
+/// The same over TCP between two network namespaces joined by a veth pair,
+/// each QEMU inside its own namespace, with 4 multifd channels (5 TCP
+/// connections): completes, and the guest continues with N+1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_over_tcp_between_namespaces_with_multifd() {
+    let image = GuestImage::ensure().unwrap();
+    let net = mignet_dataplane::qemu::testbed::NetnsPair::new("mqt", 91).unwrap();
+    let sdir = RunDir::new("tcp-s").unwrap();
+    let ddir = RunDir::new("tcp-d").unwrap();
+    let mut sspec = image.vm_spec("tcp-src", sdir.path(), 256, 64, 0);
+    sspec.netns = Some(net.a.clone());
+    let mut dspec = image.vm_spec("tcp-dst", ddir.path(), 256, 64, 0);
+    dspec.netns = Some(net.b.clone());
+    dspec.incoming_defer = true;
+    let src = VmProcess::start(&sspec).await.unwrap();
+    let dst = VmProcess::start(&dspec).await.unwrap();
+    let src_qmp = QmpClient::connect(src.qmp_socket()).await.unwrap();
+    let dst_qmp = QmpClient::connect(dst.qmp_socket()).await.unwrap();
+    wait_serial(&src, "mignet: ready", BOOT).await.unwrap();
+    wait_tick_after(&src, None, BOOT).await.unwrap();
+
+    let settings = MigrationSettings {
+        multifd_channels: Some(4),
+        ..MigrationSettings::default()
+    };
+    let uri = format!("tcp:{}:4321", net.addr_b);
+    migration::prepare_destination(&dst_qmp, &settings, &uri)
+        .await
+        .unwrap();
+    let report = migration::run_monitored(
+        &src_qmp,
+        &settings,
+        &uri,
+        &limits(60, 800, 256, 30),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.last);
+    assert!(report.last.ram.as_ref().unwrap().transferred >= 64 * MIB);
+    assert_eq!(wait_state(&dst_qmp, "running").await, "running");
+    let last_src = *ticks(&src.serial_output()).last().unwrap();
+    wait_tick_after(&dst, None, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        ticks(&dst.serial_output()).first().copied(),
+        Some(last_src + 1)
+    );
+    // VM guards go first, then the run directories, then the namespaces.
+    drop((src_qmp, dst_qmp, src, dst));
+}
