@@ -19,6 +19,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cache="${MIGNET_CACHE:-$HOME/.cache/mignet}"
 out="$cache/guest"
 mkdir -p "$out"
+# Tests running in parallel may all call this on a cold cache: one builds,
+# the others wait and then find it done.
+exec 9>"$out/.lock"
+flock 9
 
 need=()
 for p in qemu-system-x86 busybox-static cpio gcc libc6-dev; do
