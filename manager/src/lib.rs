@@ -5,9 +5,11 @@
 //! lab, console, cli, policy) sit beside these.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod kube_adapter;
+pub mod lab;
 pub mod metrics;
 pub mod rollout;
 pub mod store;

@@ -50,6 +50,9 @@ enum Command {
         #[arg(long, default_value = "deploy/crds")]
         out: PathBuf,
     },
+    /// Lab mode and the CLI verbs against the lab's store.
+    #[command(flatten)]
+    Local(mignet::cli::Verb),
 }
 
 #[tokio::main]
@@ -60,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        // Synchronous: the lab and its verbs block on ip/CNI commands and
+        // files; nothing else runs on this runtime meanwhile.
+        Command::Local(verb) => mignet::cli::run(verb)?,
         Command::Crdgen { out } => {
             for p in mignet::api::crdgen::write_all(&out)? {
                 println!("{}", p.display());

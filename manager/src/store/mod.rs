@@ -23,7 +23,7 @@
 //! writes through [`Store::wait_for_change`], which watches the store-wide
 //! revision file.
 
-mod fs;
+pub(crate) mod fs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,0 +1,553 @@
+//! kubelet + Multus for the agent DaemonSet, in the lab.
+//!
+//! For each Node in the store there is one agent pod `mignet-agent-<node>`:
+//! a Pod object in the store and a network namespace `<prefix>-agent-<node>`
+//! with `eth0` on the pod network (a veth from the node, 10.244.<i>.2/24) and
+//! one interface per network in the pod's `k8s.v1.cni.cncf.io/networks`
+//! annotation, made by exec'ing the CNI plugin the NAD names (ADD on start,
+//! DEL on stop). Results go to the pod's `k8s.v1.cni.cncf.io/network-status`
+//! annotation, as Multus writes them.
+//!
+//! When the DaemonSet's pod-template annotations change, pods are replaced
+//! one node at a time (stop, start, Ready) and the roll stops at the first
+//! pod that does not come up (maxUnavailable = 1). VMs are not touched: they
+//! live in the node namespaces, not in the agent pods.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::annotation;
+use super::cni::CniCall;
+use super::state::LabState;
+use super::topology::add_namespace;
+use super::{ip, netns_exists, netns_path, plan, LabConfig, LabError};
+use super::{AGENT_DAEMONSET, LAB_NAMESPACE, NETNS_ANNOTATION};
+use crate::api::NetworkAttachmentDefinition;
+use crate::rollout::{NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION};
+use crate::store::Store;
+
+/// Multus' record of what each interface got.
+pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+/// Our record of the CNI calls to undo (config included, so DEL works after
+/// the NAD changed or went away). Written before each ADD.
+pub const ATTACHMENTS_ANNOTATION: &str = "mignet.io/cni-attachments";
+/// Name of the node end of an agent pod's veth.
+pub const AGENT_VETH: &str = "agent0";
+/// Wait this long before retrying a pod that failed to start.
+pub const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// One CNI attachment of a pod, as recorded for its DEL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentRecord {
+    /// `namespace/name` of the NAD.
+    pub network: String,
+    pub interface: String,
+    pub container_id: String,
+    pub config: String,
+}
+
+/// What an agent process needs to know about its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPod {
+    pub node: String,
+    pub pod_name: String,
+    /// Network namespace name of the pod (under /var/run/netns).
+    pub netns: String,
+    pub pod_ip: String,
+    /// (interface, addresses in CIDR form) per secondary network.
+    pub networks: Vec<(String, Vec<String>)>,
+}
+
+/// The agent process inside an agent pod. The lab calls `start` once the
+/// pod's networks are attached and `stop` before it detaches them.
+/// [`NoAgent`] runs nothing (the network plumbing alone).
+pub trait AgentRuntime: Send + Sync {
+    fn start(&self, pod: &AgentPod) -> Result<(), String>;
+    fn stop(&self, pod: &AgentPod);
+}
+
+pub struct NoAgent;
+
+impl AgentRuntime for NoAgent {
+    fn start(&self, _pod: &AgentPod) -> Result<(), String> {
+        Ok(())
+    }
+    fn stop(&self, _pod: &AgentPod) {}
+}
+
+pub fn pod_name(node: &str) -> String {
+    format!("{AGENT_DAEMONSET}-{node}")
+}
+
+type Wanted = (Option<String>, Option<String>);
+
+fn wanted_of(annotations: Option<&BTreeMap<String, String>>) -> Wanted {
+    let get = |k: &str| annotations.and_then(|a| a.get(k)).cloned();
+    (get(NETWORKS_ANNOTATION), get(NETWORK_HASH_ANNOTATION))
+}
+
+fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn attachments_of(pod: &Pod) -> Vec<AttachmentRecord> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ATTACHMENTS_ANNOTATION))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+pub struct Kubelet<'a> {
+    cfg: &'a LabConfig,
+    store: &'a Store,
+    runtime: &'a dyn AgentRuntime,
+    retry_at: HashMap<String, Instant>,
+}
+
+impl<'a> Kubelet<'a> {
+    pub fn new(cfg: &'a LabConfig, store: &'a Store, runtime: &'a dyn AgentRuntime) -> Self {
+        Self {
+            cfg,
+            store,
+            runtime,
+            retry_at: HashMap::new(),
+        }
+    }
+
+    /// One pass: bring every node's agent pod to the DaemonSet's template,
+    /// one node at a time, and publish the DaemonSet's status.
+    pub fn sync(&mut self) -> Result<(), LabError> {
+        let Some(ds) = self
+            .store
+            .get::<DaemonSet>(LAB_NAMESPACE, AGENT_DAEMONSET)?
+        else {
+            return Ok(());
+        };
+        let template = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone());
+        let want = wanted_of(template.as_ref());
+        let nodes = self.store.list::<Node>(None)?;
+        let mut result = Ok(());
+        for node in &nodes {
+            let Some(node) = node.metadata.name.as_deref() else {
+                continue;
+            };
+            let pod = self.store.get::<Pod>(LAB_NAMESPACE, &pod_name(node))?;
+            let up_to_date = pod
+                .as_ref()
+                .is_some_and(|p| wanted_of(p.metadata.annotations.as_ref()) == want);
+            let healthy = pod
+                .as_ref()
+                .is_some_and(|p| pod_is_ready(p) && netns_exists(&self.cfg.agent_ns(node)));
+            if up_to_date && healthy {
+                continue;
+            }
+            if up_to_date {
+                // Failed earlier (say the NAD was missing): retry, not in a
+                // tight loop.
+                if self.retry_at.get(node).is_some_and(|t| Instant::now() < *t) {
+                    continue;
+                }
+            }
+            if let Some(p) = &pod {
+                self.stop_pod(node, p);
+            }
+            match self.start_pod(node, &want) {
+                Ok(true) => {
+                    self.retry_at.remove(node);
+                }
+                Ok(false) => {
+                    self.retry_at
+                        .insert(node.to_owned(), Instant::now() + RETRY_AFTER);
+                    self.publish_status(&ds, &want)?;
+                    // maxUnavailable = 1: do not take down the next node
+                    // while this one is not back.
+                    break;
+                }
+                Err(e) => {
+                    self.retry_at
+                        .insert(node.to_owned(), Instant::now() + RETRY_AFTER);
+                    result = Err(e);
+                    break;
+                }
+            }
+            self.publish_status(&ds, &want)?;
+        }
+        self.publish_status(&ds, &want)?;
+        result
+    }
+
+    /// DaemonSet status as the DaemonSet controller would report it.
+    fn publish_status(&self, ds: &DaemonSet, want: &Wanted) -> Result<(), LabError> {
+        let nodes = self.store.list::<Node>(None)?;
+        let pods = self.store.list::<Pod>(Some(LAB_NAMESPACE))?;
+        let ours: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app"))
+                    .is_some_and(|a| a == AGENT_DAEMONSET)
+            })
+            .collect();
+        let updated = ours
+            .iter()
+            .filter(|p| wanted_of(p.metadata.annotations.as_ref()) == *want)
+            .count() as i32;
+        let ready = ours.iter().filter(|p| pod_is_ready(p)).count() as i32;
+        let desired = nodes.len() as i32;
+        let status = json!({
+            "currentNumberScheduled": ours.len() as i32,
+            "desiredNumberScheduled": desired,
+            "numberMisscheduled": 0,
+            "numberReady": ready,
+            "numberAvailable": ready,
+            "numberUnavailable": (desired - ready).max(0),
+            "updatedNumberScheduled": updated,
+            "observedGeneration": ds.metadata.generation.unwrap_or(0),
+        });
+        // Fresh read: the rollout may have patched the template since.
+        let Some(current) = self
+            .store
+            .get::<DaemonSet>(LAB_NAMESPACE, AGENT_DAEMONSET)?
+        else {
+            return Ok(());
+        };
+        let mut v = serde_json::to_value(&current).expect("DaemonSet serialises");
+        if v.get("status") == Some(&status) {
+            return Ok(());
+        }
+        // Observed generation must be of what we acted on, not newer.
+        v["status"] = status;
+        match self.store.update_status_value(v) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_conflict() => Ok(()), // next pass
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Start the agent pod of `node`. Ok(false): created but not Ready (the
+    /// reason is in its status).
+    fn start_pod(&self, node: &str, want: &Wanted) -> Result<bool, LabError> {
+        let index = plan::node_index(node).ok_or_else(|| {
+            LabError::Teardown(format!("node {node:?} is not a lab node (nodeN)"))
+        })?;
+        let name = pod_name(node);
+        let agent_ns = self.cfg.agent_ns(node);
+        let node_ns = self.cfg.node_ns(node);
+        let mut annotations = BTreeMap::new();
+        if let Some(n) = &want.0 {
+            annotations.insert(NETWORKS_ANNOTATION.to_owned(), n.clone());
+        }
+        if let Some(h) = &want.1 {
+            annotations.insert(NETWORK_HASH_ANNOTATION.to_owned(), h.clone());
+        }
+        annotations.insert(
+            NETNS_ANNOTATION.to_owned(),
+            netns_path(&agent_ns).display().to_string(),
+        );
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": LAB_NAMESPACE,
+                "labels": {"app": AGENT_DAEMONSET},
+                "annotations": annotations,
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "DaemonSet",
+                    "name": AGENT_DAEMONSET, "uid": "", "controller": true
+                }],
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "agent", "image": "mignet"}],
+            },
+        }))
+        .expect("static pod shape");
+        let mut pod = self.store.create(&pod)?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        info!(%node, pod = %name, networks = ?want.0, "starting agent pod");
+
+        // A namespace left by a crashed lab process is ours (the record
+        // says so): replace it.
+        if netns_exists(&agent_ns) {
+            let ours = LabState::load(&self.cfg.dir)?
+                .is_some_and(|s| s.namespaces.iter().any(|n| n == &agent_ns));
+            if !ours {
+                return Err(LabError::NamespaceExists { name: agent_ns });
+            }
+            ip(&["netns", "del", &agent_ns])?;
+        }
+        add_namespace(self.cfg, &agent_ns)?;
+        let gw = plan::pod_gateway(index).to_string();
+        let pod_ip = plan::agent_ip(index).to_string();
+        ip(&[
+            "-n", &node_ns, "link", "add", AGENT_VETH, "type", "veth", "peer", "name", "eth0",
+            "netns", &agent_ns,
+        ])?;
+        ip(&[
+            "-n",
+            &node_ns,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            AGENT_VETH,
+        ])?;
+        ip(&["-n", &node_ns, "link", "set", AGENT_VETH, "up"])?;
+        ip(&[
+            "-n",
+            &agent_ns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &agent_ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &agent_ns, "route", "add", "default", "via", &gw])?;
+
+        let mut network_status = vec![json!({
+            "name": "lab-pod-network",
+            "interface": "eth0",
+            "ips": [pod_ip],
+            "default": true,
+        })];
+        let mut networks = Vec::new();
+        let mut failure: Option<(&'static str, String)> = None;
+        let selections = match want.0.as_deref() {
+            None => Vec::new(),
+            Some(v) => match annotation::parse(v, LAB_NAMESPACE) {
+                Ok(s) => s,
+                Err(e) => {
+                    failure = Some(("InvalidNetworkAnnotation", e.to_string()));
+                    Vec::new()
+                }
+            },
+        };
+        let mut records: Vec<AttachmentRecord> = Vec::new();
+        for sel in &selections {
+            let network = format!("{}/{}", sel.namespace, sel.name);
+            let nad = self
+                .store
+                .get::<NetworkAttachmentDefinition>(&sel.namespace, &sel.name)?;
+            let Some(config) = nad.and_then(|n| n.spec.config) else {
+                failure = Some((
+                    "NetworkAttachmentNotFound",
+                    format!("NetworkAttachmentDefinition {network} not found or has no config"),
+                ));
+                break;
+            };
+            records.push(AttachmentRecord {
+                network: network.clone(),
+                interface: sel.interface.clone(),
+                container_id: uid.clone(),
+                config: config.clone(),
+            });
+            // Record before ADD: a crash during ADD still gets its DEL.
+            pod = self.set_annotation(
+                &pod,
+                ATTACHMENTS_ANNOTATION,
+                &serde_json::to_string(&records).expect("records serialise"),
+            )?;
+            let call = self.cni_call(node, &agent_ns, &name, &uid, &sel.interface, &config, &uid);
+            match call.add() {
+                Ok(att) => {
+                    info!(%node, %network, interface = %sel.interface, ips = ?att.ips, "attached");
+                    let bare: Vec<String> = att
+                        .ips
+                        .iter()
+                        .map(|a| a.split('/').next().unwrap_or(a).to_owned())
+                        .collect();
+                    let mut entry = json!({
+                        "name": network,
+                        "interface": sel.interface,
+                        "ips": bare,
+                        "dns": {},
+                    });
+                    if let Some(mac) = &att.mac {
+                        entry["mac"] = json!(mac);
+                    }
+                    network_status.push(entry);
+                    networks.push((sel.interface.clone(), att.ips));
+                }
+                Err(e) => {
+                    warn!(%node, %network, error = %e, "CNI ADD failed");
+                    failure = Some(("CNIAddFailed", format!("{network}: {e}")));
+                    break;
+                }
+            }
+        }
+        pod = self.set_annotation(
+            &pod,
+            NETWORK_STATUS_ANNOTATION,
+            &serde_json::to_string(&network_status).expect("status serialises"),
+        )?;
+        let agent = AgentPod {
+            node: node.to_owned(),
+            pod_name: name.clone(),
+            netns: agent_ns.clone(),
+            pod_ip: pod_ip.clone(),
+            networks,
+        };
+        if failure.is_none() {
+            if let Err(e) = self.runtime.start(&agent) {
+                failure = Some(("AgentStartFailed", e));
+            }
+        }
+        let host_ip = plan::node_ip(index).to_string();
+        let (phase, ready, reason, message) = match &failure {
+            None => ("Running", "True", None, None),
+            Some((r, m)) => ("Pending", "False", Some(*r), Some(m.clone())),
+        };
+        let mut v = serde_json::to_value(&pod).expect("pod serialises");
+        v["status"] = json!({
+            "phase": phase,
+            "hostIP": host_ip,
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
+            "startTime": crate::store::now_rfc3339(),
+            "conditions": [{
+                "type": "Ready",
+                "status": ready,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": crate::store::now_rfc3339(),
+            }],
+        });
+        self.store.update_status_value(v)?;
+        Ok(failure.is_none())
+    }
+
+    fn set_annotation(&self, pod: &Pod, key: &str, value: &str) -> Result<Pod, LabError> {
+        let mut p = pod.clone();
+        p.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+        Ok(self.store.update(&p)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cni_call<'c>(
+        &'c self,
+        node: &str,
+        agent_ns: &'c str,
+        pod_name: &'c str,
+        pod_uid: &'c str,
+        ifname: &'c str,
+        config: &'c str,
+        container_id: &'c str,
+    ) -> CniCallOwned<'c> {
+        CniCallOwned {
+            bin_dir: self.cfg.cni_bin_dir(),
+            ipam_dir: self.cfg.ipam_dir(),
+            node_ns: self.cfg.node_ns(node),
+            agent_ns,
+            pod_name,
+            pod_uid,
+            ifname,
+            config,
+            container_id,
+        }
+    }
+
+    /// Stop a pod: agent, CNI DEL of every recorded attachment, namespace,
+    /// object. Errors are logged and the stop goes on: a DEL that fails
+    /// must not keep the old pod (and its node) down forever.
+    pub fn stop_pod(&self, node: &str, pod: &Pod) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let agent_ns = self.cfg.agent_ns(node);
+        info!(%node, pod = %name, "stopping agent pod");
+        self.runtime.stop(&AgentPod {
+            node: node.to_owned(),
+            pod_name: name.clone(),
+            netns: agent_ns.clone(),
+            pod_ip: String::new(),
+            networks: Vec::new(),
+        });
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for rec in attachments_of(pod) {
+            let call = self.cni_call(
+                node,
+                &agent_ns,
+                &name,
+                &uid,
+                &rec.interface,
+                &rec.config,
+                &rec.container_id,
+            );
+            if let Err(e) = call.del() {
+                warn!(%node, network = %rec.network, error = %e, "CNI DEL failed");
+            }
+        }
+        if netns_exists(&agent_ns) {
+            match ip(&["netns", "del", &agent_ns]) {
+                Ok(_) => {
+                    let _ = LabState::forget_namespace(&self.cfg.dir, &agent_ns);
+                }
+                Err(e) => warn!(%node, error = %e, "removing agent namespace failed"),
+            }
+        } else {
+            let _ = LabState::forget_namespace(&self.cfg.dir, &agent_ns);
+        }
+        if let Err(e) = self.store.delete_typed::<Pod>(LAB_NAMESPACE, &name) {
+            if !e.is_not_found() {
+                warn!(pod = %name, error = %e, "deleting pod object failed");
+            }
+        }
+    }
+}
+
+/// A [`CniCall`] with owned paths.
+struct CniCallOwned<'c> {
+    bin_dir: std::path::PathBuf,
+    ipam_dir: std::path::PathBuf,
+    node_ns: String,
+    agent_ns: &'c str,
+    pod_name: &'c str,
+    pod_uid: &'c str,
+    ifname: &'c str,
+    config: &'c str,
+    container_id: &'c str,
+}
+
+impl CniCallOwned<'_> {
+    fn call(&self) -> CniCall<'_> {
+        CniCall {
+            bin_dir: &self.bin_dir,
+            ipam_store_dir: &self.ipam_dir,
+            node_ns: &self.node_ns,
+            pod_netns: self.agent_ns,
+            container_id: self.container_id,
+            ifname: self.ifname,
+            pod_namespace: LAB_NAMESPACE,
+            pod_name: self.pod_name,
+            pod_uid: self.pod_uid,
+            config: self.config,
+        }
+    }
+    fn add(&self) -> Result<super::cni::Attached, super::cni::CniCallError> {
+        self.call().add()
+    }
+    fn del(&self) -> Result<(), super::cni::CniCallError> {
+        self.call().del()
+    }
+}

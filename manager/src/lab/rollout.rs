@@ -1,0 +1,174 @@
+//! The network rollout against the lab's store: the same pure decision
+//! ([`crate::rollout::decide`]) and condition bookkeeping
+//! ([`crate::kube_adapter::conditions::set_condition`]) as the cluster
+//! controller, with the store in place of the API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use tracing::info;
+
+use super::{LabError, AGENT_DAEMONSET, HYPERCONVERGED, LAB_NAMESPACE};
+use crate::api::{HyperConverged, NetworkAttachmentDefinition};
+use crate::config::EffectiveMigrationConfig;
+use crate::kube_adapter::conditions::set_condition;
+use crate::kube_adapter::rollout::CONFIG_CONDITION_TYPE;
+use crate::rollout::{
+    self, AgentDaemonSet, ClusterNetworks, ConditionSpec, Decision, NadLookup, NetworkRef,
+    RolloutInput, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
+};
+use crate::store::Store;
+
+/// The agent DaemonSet the lab seeds at `up`: no network annotation yet.
+pub fn agent_daemonset() -> DaemonSet {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": AGENT_DAEMONSET, "namespace": LAB_NAMESPACE},
+        "spec": {
+            "selector": {"matchLabels": {"app": AGENT_DAEMONSET}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": {"app": AGENT_DAEMONSET}},
+                "spec": {"containers": [{"name": "agent", "image": "mignet"}]}
+            }
+        }
+    }))
+    .expect("static DaemonSet shape")
+}
+
+fn network_of(hco: &HyperConverged) -> Option<String> {
+    hco.spec
+        .live_migration_config
+        .as_ref()
+        .and_then(|c| c.network.as_deref())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+}
+
+fn observe(ds: &DaemonSet) -> AgentDaemonSet {
+    let status = ds.status.clone().unwrap_or_default();
+    AgentDaemonSet {
+        namespace: ds
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| LAB_NAMESPACE.to_owned()),
+        name: ds.metadata.name.clone().unwrap_or_default(),
+        template_annotations: ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default(),
+        generation: ds.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        desired: status.desired_number_scheduled,
+        updated: status.updated_number_scheduled.unwrap_or(0),
+        ready: status.number_ready,
+    }
+}
+
+/// One reconcile of the lab's HyperConverged. Returns the decision taken
+/// (None when there is no HyperConverged). A conflict (someone wrote in
+/// between) is not an error: the next pass decides again on fresh state.
+pub fn reconcile(store: &Store, cluster: &ClusterNetworks) -> Result<Option<Decision>, LabError> {
+    let Some(hco) = store.get::<HyperConverged>(LAB_NAMESPACE, HYPERCONVERGED)? else {
+        return Ok(None);
+    };
+    let network = network_of(&hco);
+    let nref = network
+        .as_deref()
+        .and_then(|n| NetworkRef::parse(n, LAB_NAMESPACE));
+    let nad = match &nref {
+        None => NadLookup::Missing,
+        Some(r) => match store.get::<NetworkAttachmentDefinition>(&r.namespace, &r.name)? {
+            Some(n) => NadLookup::Found {
+                config: n.spec.config,
+            },
+            None => NadLookup::Missing,
+        },
+    };
+    let ds = store.get::<DaemonSet>(LAB_NAMESPACE, AGENT_DAEMONSET)?;
+    let agents = ds.as_ref().map(observe);
+    let decision = rollout::decide(&RolloutInput {
+        network: network.as_deref(),
+        default_namespace: LAB_NAMESPACE,
+        nad: &nad,
+        cluster,
+        agents: agents.as_ref(),
+    });
+
+    if let (Some(want), Some(ds)) = (&decision.patch, &ds) {
+        let mut ds = ds.clone();
+        let spec = ds.spec.get_or_insert_with(Default::default);
+        let meta = spec.template.metadata.get_or_insert_with(Default::default);
+        let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+        for (key, value) in [
+            (NETWORKS_ANNOTATION, &want.networks),
+            (NETWORK_HASH_ANNOTATION, &want.hash),
+        ] {
+            match value {
+                Some(v) => annotations.insert(key.to_owned(), v.clone()),
+                None => annotations.remove(key),
+            };
+        }
+        // Conditional on the resourceVersion we read, like the cluster patch.
+        match store.update(&ds) {
+            Ok(_) => {
+                info!(networks = ?want.networks, hash = ?want.hash, "agent DaemonSet annotations updated")
+            }
+            Err(e) if e.is_conflict() => return Ok(Some(decision)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let config_condition =
+        match EffectiveMigrationConfig::from_spec(hco.spec.live_migration_config.as_ref()) {
+            Ok(_) => ConditionSpec {
+                status: true,
+                reason: "Valid",
+                message: "liveMigrationConfig is valid".into(),
+            },
+            Err(e) => ConditionSpec {
+                status: false,
+                reason: "InvalidField",
+                message: e.to_string(),
+            },
+        };
+    let now = Time(Timestamp::now());
+    let existing = hco
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = hco.metadata.generation;
+    let after_network = set_condition(
+        &existing,
+        rollout::CONDITION_TYPE,
+        &decision.condition,
+        generation,
+        now.clone(),
+    );
+    let base = after_network.clone().unwrap_or_else(|| existing.clone());
+    let after_config = set_condition(
+        &base,
+        CONFIG_CONDITION_TYPE,
+        &config_condition,
+        generation,
+        now,
+    );
+    if let Some(conditions) = after_config.or(after_network) {
+        let mut hco = hco.clone();
+        hco.status.get_or_insert_with(Default::default).conditions = conditions;
+        match store.update_status(&hco) {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(decision))
+}
