@@ -68,6 +68,8 @@ pub fn spawn(cfg: &LabConfig) -> Result<i32, LabError> {
     let child = Command::new(&exe)
         .args(["lab", "daemon"])
         .env("MIGNET_LAB_DIR", &cfg.dir)
+        // The log is a file: no terminal colour codes in it.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)

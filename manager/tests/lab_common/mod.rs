@@ -1,0 +1,172 @@
+//! Shared plumbing of the lab tests: a lab per test, with its own state
+//! directory and namespace prefix, torn down by a guard even on panic.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub prefix: String,
+}
+
+impl Lab {
+    /// A fresh, unique lab identity (nothing created yet).
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("mlt{}{tag}{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
+        check_cni_binaries();
+        Self { dir, prefix }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mignet"));
+        c.env("MIGNET_LAB_DIR", &self.dir)
+            .env("MIGNET_LAB_PREFIX", &self.prefix)
+            .env_remove("RUST_BACKTRACE");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("running mignet")
+    }
+
+    /// Run and require success; stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "mignet {args:?} failed: {}\n{}\n--- daemon log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ns(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    pub fn our_namespaces(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn state(&self) -> Option<Value> {
+        std::fs::read(self.dir.join("lab.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.state()?["processes"][0]["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Idempotent; does nothing if the test already took the lab down.
+        let _ = self.run(&["lab", "down"]);
+        for ns in self.our_namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The lab execs the real CNI binaries: they must be built. A clear
+/// failure, not a skip.
+pub fn check_cni_binaries() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_mignet"));
+    let dir = exe.parent().unwrap();
+    for bin in ["mignet-macvlan", "mignet-ipam"] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{} is missing: build the CNI plugins first with `cargo build -p mignet-cni` \
+             (`cargo test --workspace` builds them)",
+            dir.join(bin).display()
+        );
+    }
+}
+
+/// `ip -j -n NS addr show DEV` as JSON (None if the device is missing).
+pub fn addrs(ns: &str, dev: &str) -> Option<Vec<(String, String, u8)>> {
+    let out = Command::new("ip")
+        .args(["-j", "-n", ns, "addr", "show", "dev", dev])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let list = v.as_array()?.first()?.get("addr_info")?.as_array()?.clone();
+    Some(
+        list.iter()
+            .map(|a| {
+                (
+                    a["family"].as_str().unwrap_or("").to_owned(),
+                    a["local"].as_str().unwrap_or("").to_owned(),
+                    a["prefixlen"].as_u64().unwrap_or(0) as u8,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// IPv4 addresses of DEV in NS.
+pub fn ipv4(ns: &str, dev: &str) -> Option<Vec<String>> {
+    addrs(ns, dev).map(|l| {
+        l.into_iter()
+            .filter(|(f, _, _)| f == "inet")
+            .map(|(_, a, p)| format!("{a}/{p}"))
+            .collect()
+    })
+}
+
+pub fn links(ns: &str) -> Vec<Value> {
+    let out = Command::new("ip")
+        .args(["-j", "-d", "-n", ns, "link", "show"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}

@@ -1,0 +1,199 @@
+//! `mignet lab up|down|status` build and remove the lab's namespaces (root).
+
+mod lab_common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use lab_common::*;
+use mignet_cni::netns::NetNs;
+
+#[test]
+fn up_builds_the_topology_and_down_removes_everything() {
+    let lab = Lab::new("topo");
+    lab.ok(&["lab", "up", "--nodes", "3"]);
+
+    // Namespaces: switch, three nodes, three agent pods.
+    let mut want: Vec<String> = [
+        "sw",
+        "node1",
+        "node2",
+        "node3",
+        "agent-node1",
+        "agent-node2",
+        "agent-node3",
+    ]
+    .iter()
+    .map(|s| lab.ns(s))
+    .collect();
+    want.sort();
+    let mut have = lab.our_namespaces();
+    have.sort();
+    assert_eq!(have, want);
+
+    // The switch holds both bridges, each with one port per node.
+    let sw = links(&lab.ns("sw"));
+    for (bridge, suffix) in [("br-pod", "pod"), ("br-mig", "mig")] {
+        assert!(
+            sw.iter()
+                .any(|l| l["ifname"] == bridge && l["linkinfo"]["info_kind"] == "bridge"),
+            "{bridge} missing in {sw:?}"
+        );
+        for i in 1..=3 {
+            let port = format!("n{i}-{suffix}");
+            let l = sw
+                .iter()
+                .find(|l| l["ifname"] == port.as_str())
+                .unwrap_or_else(|| panic!("{port} missing"));
+            assert_eq!(l["master"], bridge, "{port}");
+            assert_eq!(l["operstate"], "UP", "{port}");
+        }
+    }
+
+    for i in 1..=3 {
+        let node = lab.ns(&format!("node{i}"));
+        assert_eq!(
+            ipv4(&node, "eth0").unwrap(),
+            vec![format!("192.168.10.{i}/24")]
+        );
+        // eth1 is the macvlan master: up, but no address of its own.
+        let eth1 = addrs(&node, "eth1").expect("eth1 exists");
+        assert!(
+            eth1.iter().all(|(f, _, _)| f == "inet6"),
+            "eth1 must carry no IPv4 address: {eth1:?}"
+        );
+        let l = links(&node);
+        let e1 = l.iter().find(|l| l["ifname"] == "eth1").unwrap();
+        assert_eq!(e1["linkinfo"]["info_kind"], "veth");
+        assert!(e1["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        // The agent pod: eth0 on the node's pod subnet, no migration0 yet.
+        let agent = lab.ns(&format!("agent-node{i}"));
+        assert_eq!(
+            ipv4(&agent, "eth0").unwrap(),
+            vec![format!("10.244.{i}.2/24")]
+        );
+        assert!(addrs(&agent, "migration0").is_none());
+    }
+
+    // The pod network routes between nodes: agent 2 reaches agent 1.
+    let a1 = NetNs::open(format!("/var/run/netns/{}", lab.ns("agent-node1"))).unwrap();
+    let a2 = NetNs::open(format!("/var/run/netns/{}", lab.ns("agent-node2"))).unwrap();
+    let listener = a1
+        .run(|| TcpListener::bind("10.244.1.2:0"))
+        .unwrap()
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        (b, peer.ip().to_string())
+    });
+    a2.run(move || {
+        let mut c = TcpStream::connect_timeout(
+            &format!("10.244.1.2:{port}").parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .expect("pod network route between nodes");
+        c.write_all(b"ping").unwrap();
+    })
+    .unwrap();
+    let (got, peer) = server.join().unwrap();
+    assert_eq!(&got, b"ping");
+    assert_eq!(peer, "10.244.2.2", "routed, not NATed");
+
+    // Store: nodes and the agent DaemonSet, visible through the CLI.
+    let nodes = lab.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(nodes, "node1 node2 node3");
+    let ready = lab.ok(&[
+        "get",
+        "ds",
+        "mignet-agent",
+        "-o",
+        "jsonpath={.status.numberReady}",
+    ]);
+    assert_eq!(ready, "3");
+    let status = lab.ok(&["lab", "status"]);
+    assert!(status.contains("running"), "{status}");
+    assert!(status.contains("mignet-agent-node3"), "{status}");
+
+    let pid = lab.daemon_pid().expect("daemon recorded");
+    assert!(pid_alive(pid));
+    lab.ok(&["lab", "down"]);
+    assert!(
+        lab.our_namespaces().is_empty(),
+        "{:?}",
+        lab.our_namespaces()
+    );
+    assert!(!lab.dir.exists(), "lab dir removed");
+    assert!(!pid_alive(pid), "daemon stopped");
+    // Idempotent.
+    lab.ok(&["lab", "down"]);
+}
+
+#[test]
+fn down_after_a_crash_cleans_up_from_the_record() {
+    let lab = Lab::new("crash");
+    lab.ok(&["lab", "up", "--nodes", "2"]);
+    let pid = lab.daemon_pid().unwrap();
+    // The lab process dies without any chance to clean up.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("daemon gone", Duration::from_secs(10), || {
+        (!pid_alive(pid)).then_some(())
+    });
+    assert_eq!(
+        lab.our_namespaces().len(),
+        5,
+        "sw, 2 nodes, 2 agents still there"
+    );
+    let out = lab.ok(&["lab", "down"]);
+    assert!(out.contains("lab down"), "{out}");
+    assert!(
+        lab.our_namespaces().is_empty(),
+        "{:?}",
+        lab.our_namespaces()
+    );
+    assert!(!lab.dir.exists());
+}
+
+#[test]
+fn a_second_up_is_refused_and_a_foreign_namespace_is_not_adopted() {
+    let lab = Lab::new("twice");
+    lab.ok(&["lab", "up", "--nodes", "1", "--no-daemon"]);
+    let again = lab.run(&["lab", "up", "--nodes", "1", "--no-daemon"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+    lab.ok(&["lab", "down"]);
+
+    // A namespace with the lab's name that the lab did not create: up
+    // fails, cleans what it made, and leaves the stranger alone.
+    let other = Lab::new("foreign");
+    let stranger = other.ns("node1");
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &stranger])
+        .status()
+        .unwrap()
+        .success());
+    let out = other.run(&["lab", "up", "--nodes", "1", "--no-daemon"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        other.our_namespaces(),
+        vec![stranger.clone()],
+        "switch removed, stranger kept"
+    );
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "del", &stranger])
+        .status()
+        .unwrap()
+        .success());
+}
