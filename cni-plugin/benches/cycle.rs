@@ -117,8 +117,11 @@ impl Variant {
         }
     }
 
-    fn cycle(&mut self, record: bool) {
+    fn cycle(&mut self, record: bool, gap: Duration) {
         let a = measure(&self.add);
+        // Optional pause between ADD and DEL (MIGNET_BENCH_GAP_MS): a DEL
+        // right after an ADD may wait longer in the kernel for RCU.
+        std::thread::sleep(gap);
         let d = measure(&self.del);
         if record {
             self.walls.push(a.wall + d.wall);
@@ -151,6 +154,12 @@ fn main() {
     // that quick.
     let quick = std::env::args().all(|a| a != "--bench");
     let iterations = if quick { 2 } else { ITERATIONS };
+    let gap = Duration::from_millis(
+        std::env::var("MIGNET_BENCH_GAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let cni = CniPath::new();
     let hl = TempDir::new("mgbenchhl");
     let mk_lab = || Lab {
@@ -158,7 +167,13 @@ fn main() {
         pod: Netns::new("mgp"),
         store: TempDir::new("mgbenchstore"),
     };
-    let (lab_ours, lab_ours_hl, lab_ref) = (mk_lab(), mk_lab(), mk_lab());
+    let (lab_ours, lab_ours_hl, lab_ref, lab_nosync) = (mk_lab(), mk_lab(), mk_lab(), mk_lab());
+    // The seed NAD with the IPAM store's flushes off: shows what durability
+    // costs (host-local, the reference's IPAM, never fsyncs).
+    let seed_nosync = SEED_NAD.replace(
+        r#""range":"10.200.5.0/24""#,
+        r#""range":"10.200.5.0/24","fsync":false"#,
+    );
     let host_local = format!(
         r#"{{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{{"type":"host-local","subnet":"10.200.5.0/24","dataDir":"{}"}}}}"#,
         hl.path.display()
@@ -185,11 +200,18 @@ fn main() {
             &lab_ref,
             &host_local,
         ),
+        Variant::new(
+            "ours: seed NAD, IPAM \"fsync\":false",
+            cni.bin("macvlan"),
+            &cni,
+            &lab_nosync,
+            &seed_nosync,
+        ),
     ];
     for i in 0..WARMUP + iterations {
         // Interleaved, so drift in machine load hits every variant alike.
         for v in variants.iter_mut() {
-            v.cycle(i >= WARMUP);
+            v.cycle(i >= WARMUP, gap);
         }
     }
 
@@ -220,7 +242,8 @@ fn main() {
         );
     }
     let reference = &variants[2];
-    for v in &variants[..2] {
+    let ours = [&variants[0], &variants[1], &variants[3]];
+    for v in ours {
         println!(
             "ratio ours/reference [{}]: cycle wall {:.3}, CPU {:.3}, ADD wall {:.3}",
             v.label,
@@ -236,7 +259,7 @@ fn main() {
     let floor = kernel_floor(&lab_ref, iterations);
     let f = ms(median(&floor));
     println!("kernel floor (RTM_NEWLINK + RTM_DELLINK only, in-process): median {f:.2} ms wall");
-    for v in &variants[..2] {
+    for v in ours {
         let ours = ms(median(&v.walls)) - f;
         let theirs = ms(median(&reference.walls)) - f;
         println!(
