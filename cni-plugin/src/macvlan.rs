@@ -568,6 +568,13 @@ pub fn cmd_add(args: &CmdArgs) -> CniResult<CniOutput> {
                 .map(netlink::format_mac)
                 .unwrap_or_default(),
             sandbox: netns_path.display().to_string(),
+            // `interfaces[].mtu` is new in 1.1.0; older results keep the
+            // reference plugin's exact shape.
+            mtu: if conf.cni_version == "1.1.0" {
+                final_link.mtu
+            } else {
+                None
+            },
             ..Default::default()
         }],
         ..Default::default()

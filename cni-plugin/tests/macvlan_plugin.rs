@@ -536,6 +536,12 @@ fn result_shape_per_version() {
                     "{v}: {res}"
                 );
                 assert!(res["ips"][0].get("version").is_none());
+                let mtu = res["interfaces"][0].get("mtu").cloned();
+                if *v == "1.1.0" {
+                    assert_eq!(mtu, Some(json!(1500)), "1.1.0 reports the MTU");
+                } else {
+                    assert_eq!(mtu, None);
+                }
                 assert_eq!(res["ips"][0]["gateway"], "10.200.5.254");
             }
         }
