@@ -231,7 +231,7 @@ fn a_missing_nad_leaves_agents_on_their_last_network() {
         || {
             let a = ipv4(&lab.ns("agent-node1"), "migration0")?;
             let b = ipv4(&lab.ns("agent-node2"), "migration0")?;
-            (!a.is_empty() && !b.is_empty()).then(|| (a, b))
+            (!a.is_empty() && !b.is_empty()).then_some((a, b))
         },
     );
     assert_ne!(ips.0, ips.1);

@@ -41,9 +41,12 @@ fn condition_status(v: &Value, type_: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Column headers and the function that fills one row.
+type Columns = (&'static [&'static str], fn(&Value) -> Vec<String>);
+
 /// kubectl-style table of `items` (all of kind `r`).
 pub fn table(r: &Resource, items: &[Value], with_namespace: bool) -> String {
-    let (headers, row): (&[&str], fn(&Value) -> Vec<String>) = match r.kind {
+    let (headers, row): Columns = match r.kind {
         // KubeVirt's printer columns.
         "VirtualMachineInstance" => (&["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"], |v| {
             vec![
