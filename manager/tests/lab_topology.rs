@@ -197,3 +197,76 @@ fn a_second_up_is_refused_and_a_foreign_namespace_is_not_adopted() {
         .unwrap()
         .success());
 }
+
+#[test]
+fn a_restarted_daemon_adopts_the_running_agents() {
+    let lab = Lab::new("restart");
+    lab.ok(&["lab", "up", "--nodes", "2"]);
+    lab.ok(&[
+        "create",
+        "-f",
+        examples().join("nad.yaml").to_str().unwrap(),
+    ]);
+    lab.ok(&[
+        "apply",
+        "-f",
+        examples().join("hyperconverged.yaml").to_str().unwrap(),
+    ]);
+    let before = wait_for("migration0 on both agents", Duration::from_secs(60), || {
+        let a = ipv4(&lab.ns("agent-node1"), "migration0")?;
+        let b = ipv4(&lab.ns("agent-node2"), "migration0")?;
+        (!a.is_empty() && !b.is_empty()).then_some((a, b))
+    });
+    let uids = |lab: &Lab| lab.ok(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"]);
+    let uids_before = uids(&lab);
+    let pid = lab.daemon_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("daemon gone", Duration::from_secs(10), || {
+        (!pid_alive(pid)).then_some(())
+    });
+
+    // A new lab process on the same state: the pods are kept as they are.
+    let mut daemon = lab
+        .cmd()
+        .args(["lab", "daemon"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let new_pid = daemon.id() as i32;
+    wait_for("new daemon recorded", Duration::from_secs(10), || {
+        lab.state()?["processes"]
+            .as_array()?
+            .iter()
+            .any(|p| p["pid"] == new_pid)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(uids(&lab), uids_before, "agent pods not restarted");
+    let after = (
+        ipv4(&lab.ns("agent-node1"), "migration0").unwrap(),
+        ipv4(&lab.ns("agent-node2"), "migration0").unwrap(),
+    );
+    assert_eq!(after, before);
+    // ... and it reconciles: unsetting the network detaches the agents.
+    lab.ok(&["edit-config", "network-"]);
+    wait_for(
+        "migration0 removed by the new daemon",
+        Duration::from_secs(60),
+        || {
+            (ipv4(&lab.ns("agent-node1"), "eth0").is_some()
+                && addrs(&lab.ns("agent-node1"), "migration0").is_none()
+                && ipv4(&lab.ns("agent-node2"), "eth0").is_some()
+                && addrs(&lab.ns("agent-node2"), "migration0").is_none())
+            .then_some(())
+        },
+    );
+    lab.ok(&["lab", "down"]);
+    let _ = daemon.wait();
+    assert!(!pid_alive(new_pid), "down stops the hand-started daemon");
+    assert!(lab.our_namespaces().is_empty());
+}

@@ -103,7 +103,13 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
         }
         LabCommand::Daemon => {
             let dir = LabConfig::dir_from_env();
-            let state = LabState::load(&dir)?.ok_or(LabError::NotUp { dir })?;
+            let state = LabState::load(&dir)?.ok_or(LabError::NotUp { dir: dir.clone() })?;
+            // Started by hand (say after a crash): record ourselves so
+            // `lab down` stops us too. `lab up` recorded the pid already.
+            let me = std::process::id() as i32;
+            if !state.processes.iter().any(|p| p.pid == me) {
+                LabState::record_process(&dir, me, "lab daemon")?;
+            }
             let stop = AtomicBool::new(false);
             daemon::run(&state.config, &NoAgent, &stop)?;
             Ok(())
