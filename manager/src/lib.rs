@@ -5,6 +5,7 @@
 //! lab, console, cli, policy) sit beside these.
 
 pub mod api;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -1,0 +1,409 @@
+//! The object backend the migration controller and the node agent run on:
+//! the same typed get/list/create/replace/delete over the real API server
+//! ([`KubeBackend`], cluster mode) or the lab's local store
+//! ([`LocalBackend`], lab mode). One controller, one agent, two modes.
+//!
+//! # The controller <-> agent protocol
+//!
+//! Everything goes through the objects, identically in both modes (no side
+//! channel), KubeVirt-style. "migrationState" is the VMI's
+//! `status.migrationState`; the VMIM's phase is `status.phase` with one
+//! `phaseTransitionTimestamps` entry per phase entered. Every write is
+//! conditional on the resourceVersion just read ([`Backend::replace`] /
+//! [`Backend::replace_status`]); a [`BackendError::Conflict`] means "someone
+//! else moved first: re-read and decide again".
+//!
+//! 1. **Admission (controller).** A new VMIM (no phase) is checked with
+//!    `mignet_policy::admit`: VMI missing, not Running, not LiveMigratable
+//!    or already migrating -> phase Failed with a `Refused` condition
+//!    (reason + message). Otherwise it becomes Pending and gets the
+//!    finalizer [`protocol::FINALIZER`] (`mignet.io/migration`).
+//! 2. **Start (controller only).** Pending VMIMs wait until the scheduler
+//!    (`mignet_policy::decide`, limits from the HyperConverged's effective
+//!    config, default 5 per cluster / 2 outbound per node) starts them; the
+//!    waiting reason is a `Pending` condition on the VMIM. On start the
+//!    controller writes migrationState {migrationUid = VMIM uid,
+//!    sourceNode, targetNode, startTimestamp, mode PreCopy, ...} and
+//!    `status.migrationMethod` on the VMI first, then moves the VMIM
+//!    Pending -> Scheduling -> Scheduled (the VMIM status also carries a
+//!    copy of the migrationState with source/target). The controller is the
+//!    only writer that moves a VMIM out of Pending.
+//! 3. **Target agent** (its node == migrationState.targetNode, the VMIM is
+//!    Scheduled, targetNodeAddress unset): VMIM -> PreparingTarget; starts
+//!    the destination QEMU (`-incoming`) and the listener on its migration
+//!    IP; writes migrationState.targetNodeAddress (`ip:port`, IPv6 in
+//!    brackets), targetNodeDomainDetected = true (and
+//!    targetDirectMigrationNodePorts); VMIM -> TargetReady.
+//! 4. **Source agent** (its node == VMI `status.nodeName`, VMIM TargetReady,
+//!    targetNodeAddress set): VMIM -> Running; migrates through its proxy;
+//!    while running it writes progress to the VMIM annotation
+//!    [`protocol::PROGRESS_ANNOTATION`] ([`protocol::Progress`] as JSON).
+//!    On success: migrationState.completed = true, endTimestamp, VMI
+//!    `status.nodeName` = targetNode (one status write), then VMIM
+//!    Succeeded. On failure: migrationState.failed = true, failureReason,
+//!    endTimestamp, VMIM Failed (the VM keeps running on the source).
+//! 5. **Cancel.** Deleting a VMIM sets deletionTimestamp; the finalizer
+//!    holds it. Pending (or final) -> the controller removes the finalizer
+//!    and the object goes. Started and not final -> the controller sets
+//!    migrationState.abortRequested = true; the source agent aborts (VM
+//!    keeps running on the source), writes abortStatus Succeeded | Failed
+//!    (+ failed = true, failureReason "aborted by user", endTimestamp) and
+//!    moves the VMIM to Failed; then the controller removes the finalizer.
+//!    If the migration is still before Running (Scheduling..TargetReady)
+//!    when abort is requested, the target agent tears down what it prepared
+//!    and the source agent (or, with no source agent action needed, the
+//!    controller) records abortStatus Succeeded.
+//! 6. **LiveMigratable.** The controller keeps the `LiveMigratable`
+//!    condition of every VMI current (`ClusterIndex::live_migratable`:
+//!    shared volumes, host-model CPU with a matching schedulable node).
+//! 7. **Drain.** A Node with the `kubevirt.io/drain` taint (cluster mode;
+//!    the lab's drain sets `spec.unschedulable` and the same taint) gets an
+//!    evacuation VMIM for each LiveMigrate VMI on it (annotation
+//!    [`protocol::EVACUATION_ANNOTATION`] = node name, so the scheduler
+//!    puts it first), throttled like any other. The VMIs that cannot leave
+//!    are reported on the Node annotation [`protocol::DRAIN_REPORT_ANNOTATION`]
+//!    ([`protocol::DrainReport`] as JSON). Uncordon -> Pending evacuations
+//!    are deleted (cancelled); started ones finish.
+//!
+//! # Change signal
+//!
+//! [`Backend::changes`] gives a [`Changes`] receiver that wakes on any
+//! change to the kinds the controller and agent watch (VMI, VMIM, Node,
+//! HyperConverged, VM). Loops are level-triggered: on a change or a periodic
+//! tick they re-list and decide from scratch; no event payload is trusted.
+
+pub mod kube;
+pub mod local;
+pub mod protocol;
+
+use std::fmt;
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::Node;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{
+    HyperConverged, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+};
+
+pub use self::kube::KubeBackend;
+pub use local::LocalBackend;
+
+/// A kind the backend can read and write. Implemented for the five kinds
+/// the migration control uses; `api` builds the kube `Api` for a scope
+/// (kube's typed constructors need the scope statically).
+pub trait Kind:
+    Clone
+    + fmt::Debug
+    + Serialize
+    + DeserializeOwned
+    + ::kube::Resource<DynamicType = ()>
+    + Send
+    + Sync
+    + 'static
+{
+    /// Whether objects of this kind live in a namespace.
+    const NAMESPACED: bool;
+    /// The kube API handle for `namespace` ("" = all namespaces, or the
+    /// cluster scope for cluster-scoped kinds).
+    fn api(client: ::kube::Client, namespace: &str) -> ::kube::Api<Self>;
+}
+
+macro_rules! namespaced_kind {
+    ($t:ty) => {
+        impl Kind for $t {
+            const NAMESPACED: bool = true;
+            fn api(client: ::kube::Client, namespace: &str) -> ::kube::Api<Self> {
+                if namespace.is_empty() {
+                    ::kube::Api::all(client)
+                } else {
+                    ::kube::Api::namespaced(client, namespace)
+                }
+            }
+        }
+    };
+}
+namespaced_kind!(VirtualMachineInstance);
+namespaced_kind!(VirtualMachineInstanceMigration);
+namespaced_kind!(VirtualMachine);
+namespaced_kind!(HyperConverged);
+
+impl Kind for Node {
+    const NAMESPACED: bool = false;
+    fn api(client: ::kube::Client, _namespace: &str) -> ::kube::Api<Self> {
+        ::kube::Api::all(client)
+    }
+}
+
+/// Which object an error is about: `Kind namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new<K: Kind>(namespace: &str, name: &str) -> Self {
+        Self {
+            kind: K::kind(&()).into_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn of<K: Kind>(obj: &K) -> Self {
+        Self::new::<K>(
+            obj.meta().namespace.as_deref().unwrap_or(""),
+            obj.meta().name.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The backend operation that failed (for messages and metric labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    List,
+    Create,
+    Replace,
+    ReplaceStatus,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::List => "list",
+            Op::Create => "create",
+            Op::Replace => "replace",
+            Op::ReplaceStatus => "replace status",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{object} not found")]
+    NotFound { object: ObjectRef },
+    #[error("{object} already exists")]
+    AlreadyExists { object: ObjectRef },
+    /// The resourceVersion precondition failed: re-read and decide again.
+    #[error("{object} was modified by someone else")]
+    Conflict { object: ObjectRef },
+    /// Retrying later can succeed (server busy, connection lost).
+    #[error("{op} {object}: transient failure")]
+    Transient {
+        op: Op,
+        object: ObjectRef,
+        #[source]
+        source: Source,
+    },
+    /// Retrying the same request will not help (invalid object, forbidden).
+    #[error("{op} {object} failed")]
+    Permanent {
+        op: Op,
+        object: ObjectRef,
+        #[source]
+        source: Source,
+    },
+}
+
+impl BackendError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, BackendError::Conflict { .. })
+    }
+    /// Worth retrying: conflicts (after a re-read) and transient failures.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Conflict { .. } | BackendError::Transient { .. }
+        )
+    }
+    /// A short fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BackendError::NotFound { .. } => "not_found",
+            BackendError::AlreadyExists { .. } => "already_exists",
+            BackendError::Conflict { .. } => "conflict",
+            BackendError::Transient { .. } => "transient",
+            BackendError::Permanent { .. } => "permanent",
+        }
+    }
+}
+
+/// Wakes a level-triggered loop when anything it watches changed.
+/// Each receiver sees every change made after it was created (or after its
+/// last `changed()`), coalesced: many writes may wake it once.
+#[derive(Clone)]
+pub struct Changes(tokio::sync::watch::Receiver<u64>);
+
+impl Changes {
+    pub fn new(rx: tokio::sync::watch::Receiver<u64>) -> Self {
+        Self(rx)
+    }
+
+    /// Wait for the next change. Returns at once if one happened since the
+    /// last call. If the backend is gone it never returns (loops also have
+    /// a tick and a shutdown signal).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Typed object access with API-server semantics (resourceVersion
+/// preconditions, status subresource, finalizers). `Clone` is cheap and
+/// clones share one connection / store and one change feed.
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// One object, `None` if it does not exist. `namespace` is ignored for
+    /// cluster-scoped kinds.
+    fn get<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<K>, BackendError>> + Send;
+
+    /// All objects of a kind in `namespace` (`None` = all namespaces).
+    fn list<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<K>, BackendError>> + Send;
+
+    /// Create; status is ignored (write it with `replace_status`).
+    fn create<K: Kind>(&self, obj: &K) -> impl Future<Output = Result<K, BackendError>> + Send;
+
+    /// Replace metadata + spec. The object's resourceVersion is a
+    /// precondition: stale -> [`BackendError::Conflict`]. Removing the last
+    /// finalizer of an object being deleted deletes it.
+    fn replace<K: Kind>(&self, obj: &K) -> impl Future<Output = Result<K, BackendError>> + Send;
+
+    /// Replace the status only, with the same precondition.
+    fn replace_status<K: Kind>(
+        &self,
+        obj: &K,
+    ) -> impl Future<Output = Result<K, BackendError>> + Send;
+
+    /// Delete: gone at once without finalizers, else deletionTimestamp set.
+    /// A missing object is [`BackendError::NotFound`].
+    fn delete<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// A receiver of the change signal.
+    fn changes(&self) -> Changes;
+}
+
+/// Add `finalizer` to the object if missing (re-reading on conflict).
+/// Returns the object as stored, or `None` if it is gone.
+pub async fn add_finalizer<B: Backend, K: Kind>(
+    backend: &B,
+    namespace: &str,
+    name: &str,
+    finalizer: &str,
+) -> Result<Option<K>, BackendError> {
+    modify(backend, namespace, name, |obj: &mut K| {
+        let f = obj.meta_mut().finalizers.get_or_insert_with(Vec::new);
+        if f.iter().any(|x| x == finalizer) {
+            return false;
+        }
+        f.push(finalizer.to_owned());
+        true
+    })
+    .await
+}
+
+/// Remove `finalizer` from the object (re-reading on conflict). An object
+/// being deleted goes away with its last finalizer; then this returns
+/// `Ok(None)`, as it does for an object already gone.
+pub async fn remove_finalizer<B: Backend, K: Kind>(
+    backend: &B,
+    namespace: &str,
+    name: &str,
+    finalizer: &str,
+) -> Result<Option<K>, BackendError> {
+    modify(backend, namespace, name, |obj: &mut K| {
+        let Some(f) = obj.meta_mut().finalizers.as_mut() else {
+            return false;
+        };
+        let before = f.len();
+        f.retain(|x| x != finalizer);
+        f.len() != before
+    })
+    .await
+}
+
+/// Read-modify-write of metadata/spec with retries on conflict. `f`
+/// returns whether it changed anything (no write otherwise). `Ok(None)`
+/// when the object does not exist (or disappeared with the write).
+pub async fn modify<B: Backend, K: Kind>(
+    backend: &B,
+    namespace: &str,
+    name: &str,
+    mut f: impl FnMut(&mut K) -> bool + Send,
+) -> Result<Option<K>, BackendError> {
+    loop {
+        let Some(mut obj) = backend.get::<K>(namespace, name).await? else {
+            return Ok(None);
+        };
+        if !f(&mut obj) {
+            return Ok(Some(obj));
+        }
+        match backend.replace(&obj).await {
+            Ok(o) => return Ok(Some(o)),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Read-modify-write of the status with retries on conflict; as [`modify`].
+pub async fn modify_status<B: Backend, K: Kind>(
+    backend: &B,
+    namespace: &str,
+    name: &str,
+    mut f: impl FnMut(&mut K) -> bool + Send,
+) -> Result<Option<K>, BackendError> {
+    loop {
+        let Some(mut obj) = backend.get::<K>(namespace, name).await? else {
+            return Ok(None);
+        };
+        if !f(&mut obj) {
+            return Ok(Some(obj));
+        }
+        match backend.replace_status(&obj).await {
+            Ok(o) => return Ok(Some(o)),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}

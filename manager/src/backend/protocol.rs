@@ -1,0 +1,74 @@
+//! Names and payloads shared by the migration controller and the node agent
+//! (see the protocol in the module docs of [`crate::backend`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Finalizer the controller puts on every admitted VMIM: a delete only
+/// marks it, so a running migration can be aborted and its outcome
+/// recorded before the object goes.
+pub const FINALIZER: &str = "mignet.io/migration";
+
+/// VMIM annotation with the live progress of a running migration, written
+/// by the source agent (JSON [`Progress`]). An annotation, not status, so
+/// it never races the phase writes on the status subresource.
+pub const PROGRESS_ANNOTATION: &str = "mignet.io/progress";
+
+/// Marks a VMIM created for a node drain; the value is the drained node.
+/// KubeVirt's own annotation key, so the policy gives it evacuation
+/// priority.
+pub const EVACUATION_ANNOTATION: &str = "kubevirt.io/evacuationMigration";
+
+/// Node annotation: what the drain could not move (JSON [`DrainReport`]),
+/// written by the controller while the node is draining, removed on
+/// uncordon.
+pub const DRAIN_REPORT_ANNOTATION: &str = "mignet.io/drain-report";
+
+/// The taint a drain puts on the node (KubeVirt's `nodeDrainTaintKey`).
+pub const DRAIN_TAINT_KEY: &str = "kubevirt.io/drain";
+
+/// VMI condition type the controller keeps current.
+pub const LIVE_MIGRATABLE: &str = "LiveMigratable";
+
+/// VMIM condition explaining why it still waits in Pending.
+pub const PENDING_CONDITION: &str = "Pending";
+
+/// VMIM condition explaining why it was refused / failed.
+pub const FAILED_CONDITION: &str = "Failed";
+
+/// Failure reason recorded when a migration was cancelled by deleting its
+/// VMIM.
+pub const ABORTED_BY_USER: &str = "migration aborted by user";
+
+/// Progress of a running migration, as the source agent last sampled it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub transferred_bytes: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
+    /// Transfer rate over the last sample interval.
+    pub bytes_per_second: u64,
+    /// When sampled (RFC 3339).
+    pub updated: String,
+}
+
+/// One VMI a drain could not (yet) evacuate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainEntry {
+    pub namespace: String,
+    pub name: String,
+    /// `Blocked`, `External` or `Stop` (per its evictionStrategy).
+    pub action: String,
+    pub reason: String,
+}
+
+/// The drain report of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainReport {
+    /// VMIs with an evacuation migration (started, pending or done).
+    pub evacuating: Vec<String>,
+    /// VMIs that block the drain or must be stopped.
+    pub blocking: Vec<DrainEntry>,
+}
