@@ -18,17 +18,28 @@ use crate::store::Store;
 /// a write by anyone (CLI verbs are other processes).
 pub fn run(cfg: &LabConfig, runtime: &dyn AgentRuntime, stop: &AtomicBool) -> Result<(), LabError> {
     let store = Store::open(cfg.store_dir())?;
+    run_with_store(cfg, &store, runtime, stop)
+}
+
+/// [`run`] on a given store handle, so in-process consumers subscribed to
+/// it see every change the loop makes, in order.
+pub fn run_with_store(
+    cfg: &LabConfig,
+    store: &Store,
+    runtime: &dyn AgentRuntime,
+    stop: &AtomicBool,
+) -> Result<(), LabError> {
     let cluster = plan::cluster_networks();
-    let mut kubelet = Kubelet::new(cfg, &store, runtime);
+    let mut kubelet = Kubelet::new(cfg, store, runtime);
     while !stop.load(Ordering::SeqCst) {
         let before = store.revision()?;
-        if let Err(e) = rollout::reconcile(&store, &cluster) {
+        if let Err(e) = rollout::reconcile(store, &cluster) {
             warn!(error = %e, "rollout reconcile failed");
         }
         if let Err(e) = kubelet.sync() {
             warn!(error = %e, "agent pod sync failed");
         }
-        if let Err(e) = rollout::reconcile(&store, &cluster) {
+        if let Err(e) = rollout::reconcile(store, &cluster) {
             warn!(error = %e, "rollout reconcile failed");
         }
         let after = store.revision()?;

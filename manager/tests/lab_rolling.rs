@@ -1,0 +1,184 @@
+//! The lab's control loop in-process, watched through the store's event
+//! channel: a network change restarts the agent pods one node at a time
+//! (never two down at once), and the agent runtime hook sees each pod's
+//! migration address (root).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mignet::cli::{run_on, Verb};
+use mignet::lab::kubelet::{AgentPod, AgentRuntime};
+use mignet::lab::{daemon, lifecycle, LabConfig, LAB_NAMESPACE};
+use mignet::store::{EventType, Store};
+use serde_json::Value;
+use tokio::sync::broadcast::error::TryRecvError;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(&'static str, AgentPod)>>);
+
+impl AgentRuntime for Recorder {
+    fn start(&self, pod: &AgentPod) -> Result<(), String> {
+        self.0.lock().unwrap().push(("start", pod.clone()));
+        Ok(())
+    }
+    fn stop(&self, pod: &AgentPod) {
+        self.0.lock().unwrap().push(("stop", pod.clone()));
+    }
+}
+
+/// Stops the loop, then removes the lab, even on panic.
+struct Running {
+    cfg: LabConfig,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let r = lifecycle::destroy(&self.cfg.dir);
+        if !std::thread::panicking() {
+            let r = r.unwrap();
+            assert!(r.errors.is_empty(), "{:?}", r.errors);
+        }
+    }
+}
+
+fn config() -> LabConfig {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let prefix = format!(
+        "mlr{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    LabConfig {
+        dir: std::env::temp_dir().join(format!("{prefix}-lab")),
+        prefix,
+        nodes: 3,
+    }
+}
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn pod_ready(v: &Value) -> bool {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+#[test]
+fn network_change_rolls_agents_one_node_at_a_time() {
+    let cfg = config();
+    lifecycle::create(&cfg).expect("lab up (are the CNI plugins built? cargo build -p mignet-cni)");
+    let store = Arc::new(Store::open(cfg.store_dir()).unwrap());
+    let recorder = Arc::new(Recorder::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (cfg, store, recorder, stop) =
+            (cfg.clone(), store.clone(), recorder.clone(), stop.clone());
+        std::thread::spawn(move || daemon::run_with_store(&cfg, &store, &*recorder, &stop).unwrap())
+    };
+    let _running = Running {
+        cfg: cfg.clone(),
+        stop,
+        thread: Some(thread),
+    };
+    assert!(lifecycle::wait_for_agents(&cfg, Duration::from_secs(60)).unwrap());
+    let mut rx = store.subscribe();
+    recorder.0.lock().unwrap().clear();
+
+    for f in ["nad.yaml", "hyperconverged.yaml"] {
+        run_on(
+            &store,
+            Verb::Apply {
+                files: vec![examples().join(f)],
+                namespace: LAB_NAMESPACE.into(),
+            },
+        )
+        .unwrap();
+    }
+
+    // Follow every Pod change until all three are back, Ready, on the network.
+    let mut down: BTreeSet<String> = BTreeSet::new();
+    let mut max_down = 0;
+    let mut restart_order: Vec<String> = Vec::new();
+    let mut ready_on_network: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_on_network.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "rollout did not finish; order so far {restart_order:?}"
+        );
+        let ev = match rx.try_recv() {
+            Ok(ev) => ev,
+            Err(TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => panic!("event stream: {e:?}"),
+        };
+        if ev.key.kind != "Pod" {
+            continue;
+        }
+        let node = ev.key.name.trim_start_matches("mignet-agent-").to_owned();
+        match ev.type_ {
+            EventType::Deleted => {
+                down.insert(node.clone());
+                restart_order.push(node);
+            }
+            EventType::Added => {
+                down.insert(node);
+            }
+            EventType::Modified if pod_ready(&ev.object) => {
+                down.remove(&node);
+                let networks = ev
+                    .object
+                    .pointer("/metadata/annotations/k8s.v1.cni.cncf.io~1networks")
+                    .and_then(Value::as_str);
+                if networks == Some("my-secondary-network@migration0") {
+                    ready_on_network.insert(node);
+                }
+            }
+            EventType::Modified => {}
+        }
+        max_down = max_down.max(down.len());
+    }
+    assert_eq!(max_down, 1, "maxUnavailable = 1");
+    assert_eq!(restart_order, vec!["node1", "node2", "node3"]);
+
+    // The runtime hook: stopped, then started with the pod's migration0
+    // address, per node in the same order.
+    let calls = recorder.0.lock().unwrap().clone();
+    let seq: Vec<(&str, String)> = calls.iter().map(|(w, p)| (*w, p.node.clone())).collect();
+    let want: Vec<(&str, String)> = ["node1", "node2", "node3"]
+        .iter()
+        .flat_map(|n| [("stop", n.to_string()), ("start", n.to_string())])
+        .collect();
+    assert_eq!(seq, want);
+    let mut ips = BTreeSet::new();
+    for (what, pod) in calls.iter().filter(|(w, _)| *w == "start") {
+        assert_eq!(*what, "start");
+        assert_eq!(pod.netns, format!("{}-agent-{}", cfg.prefix, pod.node));
+        assert_eq!(pod.networks.len(), 1, "{pod:?}");
+        let (iface, addrs) = &pod.networks[0];
+        assert_eq!(iface, "migration0");
+        assert!(
+            addrs[0].starts_with("10.200.5.") && addrs[0].ends_with("/24"),
+            "{addrs:?}"
+        );
+        ips.insert(addrs[0].clone());
+    }
+    assert_eq!(ips.len(), 3, "distinct addresses");
+}
