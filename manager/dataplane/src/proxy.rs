@@ -679,6 +679,41 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    #[tokio::test]
+    async fn relay_carries_half_close_and_counts_both_ways() {
+        use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+        // qemu_side <-> [a | relay | b] <-> peer_side, small pipes to force many rounds.
+        let (mut qemu_side, a) = duplex(1024);
+        let (b, mut peer_side) = duplex(1024);
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let relay = relay(a, b, &up, &down, 4096, None);
+        let ends = async {
+            let (mut peer_r, mut peer_w) = tokio::io::split(&mut peer_side);
+            let (mut qemu_r, mut qemu_w) = tokio::io::split(&mut qemu_side);
+            let send = async {
+                qemu_w.write_all(&payload).await.unwrap();
+                qemu_w.shutdown().await.unwrap();
+            };
+            let receive = async {
+                let mut got = Vec::new();
+                peer_r.read_to_end(&mut got).await.unwrap();
+                assert_eq!(got, payload, "forward stream");
+                // The reverse direction still works after the forward half-close.
+                peer_w.write_all(b"done").await.unwrap();
+                peer_w.shutdown().await.unwrap();
+            };
+            tokio::join!(send, receive);
+            let mut back = Vec::new();
+            qemu_r.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"done");
+        };
+        let (copied, ()) = tokio::join!(relay, ends);
+        assert_eq!(copied.unwrap(), (100_000, 4));
+        assert_eq!(up.load(Ordering::Relaxed), 100_000);
+        assert_eq!(down.load(Ordering::Relaxed), 4);
+    }
+
     #[test]
     fn rate_limit_paces_on_a_virtual_clock() {
         let l = RateLimit::new(1000);
