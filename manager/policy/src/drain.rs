@@ -17,7 +17,7 @@
 //! When a node is no longer marked (uncordoned), Pending evacuations from
 //! it are cancelled; started ones run to completion.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use crate::index::ClusterIndex;
 use crate::migratable::{Migratability, NotMigratable};

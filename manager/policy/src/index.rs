@@ -7,7 +7,13 @@
 //! so a decision never scans pending × nodes × VMIs.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// foldhash instead of std's SipHash: hashing 50,000 VMI keys was half of
+// an index build. It is seeded per process like std's RandomState, so
+// colliding VMI names cannot be prepared offline, though it is not a
+// cryptographic hash (foldhash documents "minimal" DoS resistance).
+use foldhash::{HashMap, HashMapExt};
 
 use crate::migratable::{
     check_volumes, cpu_mode_not_migratable, HostModelRequirement, Migratability, NotMigratable,
@@ -61,7 +67,7 @@ pub struct ClusterIndex<'a> {
     /// Groups each node (by rank) belongs to, to update on reservation.
     node_groups: Vec<Vec<usize>>,
     /// Source node rank -> its host-model group (`None`: no host-model label).
-    source_group: HashMap<u32, Option<usize>>,
+    source_group: Vec<Option<Option<usize>>>,
 }
 
 impl<'a> ClusterIndex<'a> {
@@ -135,7 +141,7 @@ impl<'a> ClusterIndex<'a> {
             active,
             groups: Vec::new(),
             group_of: HashMap::new(),
-            source_group: HashMap::new(),
+            source_group: vec![None; snap.nodes.len()],
         };
         idx.add_group(|_| true);
         idx
@@ -316,8 +322,8 @@ impl<'a> ClusterIndex<'a> {
     /// while building all of them up front would cost nodes² in the worst
     /// case.
     fn source_group(&mut self, source: u32) -> Option<usize> {
-        if let Some(g) = self.source_group.get(&source) {
-            return *g;
+        if let Some(g) = self.source_group[source as usize] {
+            return g;
         }
         let g = HostModelRequirement::of_source(self.nodes[source as usize]).map(|req| {
             if let Some(g) = self.group_of.get(&req) {
@@ -328,20 +334,22 @@ impl<'a> ClusterIndex<'a> {
             self.group_of.insert(req, g);
             g
         });
-        self.source_group.insert(source, g);
+        self.source_group[source as usize] = Some(g);
         g
     }
 
     fn add_group(&mut self, member: impl Fn(&NodeView) -> bool) -> usize {
         let g = self.groups.len();
-        let mut set = Group::new();
+        let mut members = Vec::new();
         for (r, n) in self.nodes.iter().enumerate() {
             if self.schedulable[r] && member(n) {
-                set.insert((Reverse(self.free[r]), r as u32));
+                members.push((Reverse(self.free[r]), r as u32));
                 self.node_groups[r].push(g);
             }
         }
-        self.groups.push(set);
+        // Collecting sorts once and bulk-loads the tree, cheaper than
+        // thousands of single inserts.
+        self.groups.push(members.into_iter().collect());
         g
     }
 }

@@ -10,7 +10,7 @@
 //! counts include them, and no new start happens while a count is at or
 //! above its limit.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::admission::Refusal;
 use crate::index::{ClusterIndex, NoTarget};
