@@ -4,8 +4,10 @@
 //! and adapters that do the I/O (`kube_adapter`). Future modules (agent,
 //! lab, console, cli, policy) sit beside these.
 
+pub mod agent;
 pub mod api;
 pub mod backend;
+pub mod control;
 pub mod cli;
 pub mod config;
 pub mod http;

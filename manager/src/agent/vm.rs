@@ -1,0 +1,398 @@
+//! The VMs of one node: QEMU processes started from a VMI's spec, one run
+//! directory each (pid file, QMP socket, serial log, `vm.json`) under the
+//! agent's state directory.
+//!
+//! QEMU daemonizes (see `mignet_dataplane::qemu::process`), so the VMs are not
+//! children of the agent: dropping the runner, or the agent crashing, leaves
+//! them running, and a new runner on the same state directory finds them again
+//! ([`VmRunner::reattach_all`]) without touching them (QMP is reconnected,
+//! nothing is sent to the guest).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mignet_dataplane::qemu::{QmpClient, VmProcess, VmSpec};
+use serde::{Deserialize, Serialize};
+
+use super::AgentError;
+
+/// Name of the file that records what a run directory holds.
+const RECORD_FILE: &str = "vm.json";
+
+/// Kernel and initramfs every VM boots (the lab's guest image).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestBoot {
+    pub qemu_binary: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Kernel command line before the VM's own arguments.
+    pub base_cmdline: String,
+    /// CPU model used for `host-model` / unset (TCG has no host model).
+    pub default_cpu_model: String,
+}
+
+impl GuestBoot {
+    pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
+        GuestBoot {
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            base_cmdline: "console=ttyS0 quiet panic=-1".into(),
+            default_cpu_model: "qemu64".into(),
+        }
+    }
+}
+
+/// What to run, derived from a VMI spec (no Kubernetes types here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRequest {
+    /// `namespace/name` of the VMI.
+    pub key: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    /// `None`, `host-model` or `host-passthrough` take the boot default.
+    pub cpu_model: Option<String>,
+    /// Appended to the kernel command line (the test guest's workload knobs).
+    #[serde(default)]
+    pub kernel_args: String,
+}
+
+impl VmRequest {
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+/// A VM the runner manages.
+#[derive(Debug, Clone)]
+pub struct VmInfo {
+    pub request: VmRequest,
+    pub pid: i32,
+    pub run_dir: PathBuf,
+    pub qmp: Arc<QmpClient>,
+}
+
+impl VmInfo {
+    pub fn serial_log(&self) -> PathBuf {
+        self.run_dir.join("serial.log")
+    }
+
+    pub fn serial_output(&self) -> String {
+        std::fs::read(self.serial_log())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+struct Managed {
+    info: VmInfo,
+    /// `None` only transiently; the guard is detached on drop.
+    process: Option<VmProcess>,
+}
+
+/// The node's VMs. Dropping it detaches every VM (they keep running).
+pub struct VmRunner {
+    vms_dir: PathBuf,
+    boot: GuestBoot,
+    vms: Mutex<BTreeMap<String, Managed>>,
+}
+
+impl std::fmt::Debug for VmRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmRunner")
+            .field("vms_dir", &self.vms_dir)
+            .field("vms", &self.keys())
+            .finish()
+    }
+}
+
+/// `namespace/name` to a file-name-safe, short directory stem.
+fn dir_stem(key: &str) -> String {
+    let s: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    s
+}
+
+impl VmRunner {
+    /// VMs live under `<state_dir>/vms/`.
+    pub fn new(state_dir: &Path, boot: GuestBoot) -> Result<Self, AgentError> {
+        let vms_dir = state_dir.join("vms");
+        std::fs::create_dir_all(&vms_dir).map_err(|source| AgentError::StateDir {
+            path: vms_dir.clone(),
+            source,
+        })?;
+        Ok(VmRunner {
+            vms_dir,
+            boot,
+            vms: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn boot(&self) -> &GuestBoot {
+        &self.boot
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Managed>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    pub fn get(&self, key: &str) -> Option<VmInfo> {
+        self.lock().get(key).map(|m| m.info.clone())
+    }
+
+    /// A fresh run directory for `key` (a source start or an incoming
+    /// migration each get their own, so a destination never reuses the
+    /// directory of a VM that left this node earlier).
+    pub fn new_run_dir(&self, key: &str, tag: &str) -> PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        self.vms_dir.join(format!("{}-{tag}{n}", dir_stem(key)))
+    }
+
+    /// The QEMU spec for `req` in `run_dir`.
+    pub fn spec(&self, req: &VmRequest, run_dir: &Path, incoming: bool) -> VmSpec {
+        let mut spec = VmSpec::new(&req.key, run_dir, &self.boot.kernel, &self.boot.initrd);
+        spec.qemu_binary = self.boot.qemu_binary.clone();
+        spec.memory_mib = req.memory_mib;
+        spec.vcpus = req.vcpus.max(1);
+        spec.cpu_model = match req.cpu_model.as_deref() {
+            None | Some("") | Some("host-model") | Some("host-passthrough") => {
+                self.boot.default_cpu_model.clone()
+            }
+            Some(m) => m.to_string(),
+        };
+        spec.cmdline = if req.kernel_args.is_empty() {
+            self.boot.base_cmdline.clone()
+        } else {
+            format!("{} {}", self.boot.base_cmdline, req.kernel_args)
+        };
+        spec.incoming_defer = incoming;
+        spec
+    }
+
+    /// Start `req` as a new VM; an already managed VM of that key is an error.
+    pub async fn start(&self, req: &VmRequest) -> Result<VmInfo, AgentError> {
+        if self.lock().contains_key(&req.key) {
+            return Err(AgentError::VmExists {
+                key: req.key.clone(),
+            });
+        }
+        let run_dir = self.new_run_dir(&req.key, "s");
+        let spec = self.spec(req, &run_dir, false);
+        let process = VmProcess::start(&spec)
+            .await
+            .map_err(|source| AgentError::Vm {
+                key: req.key.clone(),
+                source,
+            })?;
+        self.adopt(req.clone(), process).await
+    }
+
+    /// Take over a running QEMU (a started VM, or a destination whose incoming
+    /// migration completed): record it, connect QMP, manage it.
+    pub async fn adopt(&self, req: VmRequest, process: VmProcess) -> Result<VmInfo, AgentError> {
+        let run_dir = process
+            .qmp_socket()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        write_record(&run_dir, &req)?;
+        let qmp = QmpClient::connect_retry(process.qmp_socket(), Duration::from_secs(10))
+            .await
+            .map_err(|source| AgentError::Qmp {
+                key: req.key.clone(),
+                source,
+            })?;
+        let info = VmInfo {
+            request: req.clone(),
+            pid: process.pid(),
+            run_dir,
+            qmp: Arc::new(qmp),
+        };
+        self.insert(info.clone(), process);
+        Ok(info)
+    }
+
+    /// Adopt a process whose QMP session the caller already holds (QEMU's QMP
+    /// monitor serves one client at a time).
+    pub fn adopt_with_qmp(
+        &self,
+        req: VmRequest,
+        process: VmProcess,
+        qmp: Arc<QmpClient>,
+    ) -> Result<VmInfo, AgentError> {
+        let run_dir = process
+            .qmp_socket()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        write_record(&run_dir, &req)?;
+        let info = VmInfo {
+            request: req,
+            pid: process.pid(),
+            run_dir,
+            qmp,
+        };
+        self.insert(info.clone(), process);
+        Ok(info)
+    }
+
+    fn insert(&self, info: VmInfo, process: VmProcess) {
+        let key = info.request.key.clone();
+        let old = self.lock().insert(
+            key,
+            Managed {
+                info,
+                process: Some(process),
+            },
+        );
+        if let Some(mut old) = old {
+            // A replaced entry would otherwise be detached on drop and leak.
+            if let Some(mut p) = old.process.take() {
+                let _ = p.kill();
+            }
+        }
+    }
+
+    /// Find the VMs a previous agent left in the state directory. Directories
+    /// whose QEMU is gone are removed. Returns the keys now managed.
+    pub async fn reattach_all(&self) -> Result<Vec<String>, AgentError> {
+        let entries = std::fs::read_dir(&self.vms_dir).map_err(|source| AgentError::StateDir {
+            path: self.vms_dir.clone(),
+            source,
+        })?;
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some(req) = read_record(&dir) else {
+                // No record: an incoming migration that never completed, or
+                // a half-written start. Its QEMU (if any) is not ours to keep.
+                kill_leftover(&dir);
+                continue;
+            };
+            if self.lock().contains_key(&req.key) {
+                continue;
+            }
+            match VmProcess::reattach(&req.key, &dir.join("qemu.pid"), &dir.join("qmp.sock")) {
+                Ok(process) => match self.adopt(req.clone(), process).await {
+                    Ok(_) => found.push(req.key),
+                    Err(e) => {
+                        tracing::warn!(vm = %req.key, error = %e, "reattached VM has no usable QMP")
+                    }
+                },
+                Err(e) => {
+                    tracing::info!(vm = %req.key, dir = %dir.display(), error = %e, "VM gone; removing its directory");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stop a VM (SIGTERM, then SIGKILL) and remove its directory.
+    pub fn stop(&self, key: &str) -> Result<bool, AgentError> {
+        let Some(mut m) = self.lock().remove(key) else {
+            return Ok(false);
+        };
+        if let Some(mut p) = m.process.take() {
+            p.kill().map_err(|source| AgentError::Vm {
+                key: key.to_string(),
+                source,
+            })?;
+        }
+        let _ = std::fs::remove_dir_all(&m.info.run_dir);
+        Ok(true)
+    }
+
+    /// Whether the VM's QEMU is still alive.
+    pub fn is_alive(&self, key: &str) -> bool {
+        self.lock()
+            .get(key)
+            .and_then(|m| m.process.as_ref())
+            .is_some_and(VmProcess::is_alive)
+    }
+}
+
+impl Drop for VmRunner {
+    fn drop(&mut self) {
+        // VMs outlive the agent: let go of every guard without killing.
+        let vms = std::mem::take(&mut *self.lock());
+        for (_, mut m) in vms {
+            if let Some(p) = m.process.take() {
+                p.detach();
+            }
+        }
+    }
+}
+
+fn write_record(dir: &Path, req: &VmRequest) -> Result<(), AgentError> {
+    let path = dir.join(RECORD_FILE);
+    let bytes = serde_json::to_vec_pretty(req).unwrap_or_default();
+    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| AgentError::StateDir { path, source })
+}
+
+fn read_record(dir: &Path) -> Option<VmRequest> {
+    let bytes = std::fs::read(dir.join(RECORD_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn kill_leftover(dir: &Path) {
+    if let Ok(p) = VmProcess::reattach("leftover", &dir.join("qemu.pid"), &dir.join("qmp.sock")) {
+        drop(p); // kills it
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_maps_cpu_model_memory_and_args() {
+        let tmp = std::env::temp_dir().join(format!("mgvm-unit-{}", std::process::id()));
+        let r = VmRunner::new(&tmp, GuestBoot::new("/k", "/i")).unwrap();
+        let mut req = VmRequest {
+            key: "default/vm1".into(),
+            memory_mib: 512,
+            vcpus: 2,
+            cpu_model: Some("host-model".into()),
+            kernel_args: "mignet.fill_mib=8".into(),
+        };
+        let dir = r.new_run_dir(&req.key, "s");
+        assert!(dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("default_vm1-s"));
+        let s = r.spec(&req, &dir, true);
+        assert_eq!(
+            (s.memory_mib, s.vcpus, s.cpu_model.as_str()),
+            (512, 2, "qemu64")
+        );
+        assert!(s.incoming_defer);
+        assert!(s.cmdline.ends_with("mignet.fill_mib=8"));
+        req.cpu_model = Some("Haswell".into());
+        assert_eq!(r.spec(&req, &dir, false).cpu_model, "Haswell");
+        drop(r);
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+}
