@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod control;
 pub mod backend;
 pub mod control;
 pub mod cli;

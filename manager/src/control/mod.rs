@@ -1,0 +1,852 @@
+//! The migration controller: one level-triggered loop that reads the
+//! HyperConverged config, Nodes, VMIs and VMIMs through a [`Backend`],
+//! builds the policy's views, asks `mignet_policy` what to do and writes
+//! the answers back with conditional writes. The same code runs in cluster
+//! mode ([`crate::backend::KubeBackend`], `mignet manager`) and in lab mode
+//! ([`crate::backend::LocalBackend`]); the protocol it speaks with the node
+//! agents is described in [`crate::backend`].
+//!
+//! # Why the limits hold
+//!
+//! Only this controller moves a VMIM out of Pending (agents only move
+//! migrations it started, forward toward a final phase). A pass lists
+//! everything, decides, and writes; the next pass lists again after those
+//! writes returned, so its counts include its own starts. Between a list
+//! and the writes that follow, other writers (agents, users) can only
+//! finish or cancel active migrations, never start one, so a stale view
+//! over-counts active migrations and errs on the safe side. Each start is
+//! a write conditional on the VMIM's resourceVersion from the same list, so
+//! a VMIM is started at most once. Run one controller per cluster (one
+//! manager replica, one lab daemon): two controllers listing at the same
+//! time could each fill the free slots.
+
+pub mod views;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff;
+use kube::ResourceExt;
+use mignet_policy as policy;
+use policy::{ClusterIndex, DrainAction, Limits, ObjectKey, Snapshot};
+
+use crate::api::{
+    HyperConverged, MigrationMethod, MigrationMode, MigrationPhase, PhaseTransitionTimestamp,
+    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
+    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus, VmiCondition,
+};
+use crate::backend::protocol::{
+    self, DrainReport, DRAIN_REPORT_ANNOTATION, EVACUATION_ANNOTATION, FINALIZER,
+};
+use crate::backend::{self as be, Backend, BackendError};
+use crate::config::EffectiveMigrationConfig;
+
+/// What the controller looks at and how often it re-checks without a
+/// change.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Only VMIs, VMIMs and HyperConvergeds in this namespace (`None` = all).
+    pub namespace: Option<String>,
+    /// Only Nodes carrying this label (key, value); `None` = all nodes.
+    /// Lets several controllers share an API server in tests.
+    pub node_selector: Option<(String, String)>,
+    /// Re-list and decide at least this often.
+    pub resync: Duration,
+    /// The cluster-wide default eviction strategy (KubeVirt's
+    /// `evictionStrategy` in the KubeVirt CR); `None` = unset.
+    pub default_eviction_strategy: Option<policy::EvictionStrategy>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            node_selector: None,
+            resync: Duration::from_secs(5),
+            default_eviction_strategy: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("listing {what}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: BackendError,
+    },
+    #[error("writing {what} {key}")]
+    Write {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: BackendError,
+    },
+}
+
+impl ControlError {
+    fn source_err(&self) -> &BackendError {
+        match self {
+            ControlError::List { source, .. } | ControlError::Write { source, .. } => source,
+        }
+    }
+    pub fn is_transient(&self) -> bool {
+        self.source_err().is_retryable()
+    }
+}
+
+/// What one pass did (counts, for logs, tests and metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub admitted: u32,
+    pub refused: u32,
+    pub started: u32,
+    pub waiting: u32,
+    pub finalizers_removed: u32,
+    pub aborts_requested: u32,
+    pub conditions_written: u32,
+    pub evacuations_created: u32,
+    pub evacuations_cancelled: u32,
+    pub drain_reports_written: u32,
+    /// Writes that lost a race (stale resourceVersion); the next pass
+    /// redoes them, soon.
+    pub conflicts: u32,
+}
+
+/// Run the controller until `shutdown` resolves. Transient failures
+/// (conflicts, an unreachable server) are retried with a capped backoff;
+/// so are permanent ones (a CRD not installed yet), logged as errors.
+pub async fn run<B: Backend>(
+    backend: B,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
+    let mut changes = backend.changes();
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let now = jiff::Timestamp::now();
+        let wait = match reconcile_once(&backend, &settings, now).await {
+            Ok(pass) => {
+                backoff = Duration::from_millis(100);
+                tracing::debug!(?pass, "migration control pass");
+                if pass.conflicts > 0 {
+                    Duration::from_millis(50)
+                } else {
+                    settings.resync
+                }
+            }
+            Err(e) => {
+                if e.is_transient() {
+                    tracing::warn!(error = %e, source = %e.source_err(), "migration control pass failed; retrying");
+                } else {
+                    tracing::error!(error = %e, source = %e.source_err(), "migration control pass failed; retrying");
+                }
+                let b = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                b
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = changes.changed() => {
+                // Let a burst of writes (an agent's status + phase) land
+                // before re-listing.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The objects one pass works on, updated in place as writes return.
+struct World {
+    limits: Limits,
+    nodes: Vec<Node>,
+    vmis: HashMap<ObjectKey, VirtualMachineInstance>,
+    vmims: Vec<VirtualMachineInstanceMigration>,
+}
+
+async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, ControlError> {
+    let ns = settings.namespace.as_deref();
+    let list_err = |what| move |source| ControlError::List { what, source };
+    let mut hcos: Vec<HyperConverged> =
+        backend.list(ns).await.map_err(list_err("HyperConverged"))?;
+    hcos.sort_by_key(|h| (h.namespace(), h.name_any()));
+    let cfg = match hcos.first() {
+        None => EffectiveMigrationConfig::default(),
+        Some(h) => EffectiveMigrationConfig::from_spec(h.spec.live_migration_config.as_ref())
+            .unwrap_or_else(|e| {
+                // The rollout controller reports the invalid field on the
+                // CR; migrations keep KubeVirt's defaults meanwhile.
+                tracing::warn!(error = %e, "invalid liveMigrationConfig; using default limits");
+                EffectiveMigrationConfig::default()
+            }),
+    };
+    let limits = Limits {
+        parallel_migrations_per_cluster: cfg.parallel_migrations_per_cluster,
+        parallel_outbound_migrations_per_node: cfg.parallel_outbound_migrations_per_node,
+    };
+    let mut nodes: Vec<Node> = backend.list(None).await.map_err(list_err("Node"))?;
+    if let Some((k, v)) = &settings.node_selector {
+        nodes.retain(|n| n.labels().get(k) == Some(v));
+    }
+    let vmis: Vec<VirtualMachineInstance> = backend
+        .list(ns)
+        .await
+        .map_err(list_err("VirtualMachineInstance"))?;
+    let vmims: Vec<VirtualMachineInstanceMigration> = backend
+        .list(ns)
+        .await
+        .map_err(list_err("VirtualMachineInstanceMigration"))?;
+    Ok(World {
+        limits,
+        nodes,
+        vmis: vmis.into_iter().map(|v| (views::vmi_key(&v), v)).collect(),
+        vmims,
+    })
+}
+
+/// Outcome of a conditional write: a lost race counts and is left to the
+/// next pass; anything else is an error of the pass.
+fn settle<T>(
+    r: Result<T, BackendError>,
+    pass: &mut Pass,
+    what: &'static str,
+    key: &dyn std::fmt::Display,
+) -> Result<Option<T>, ControlError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_conflict() || e.is_not_found() => {
+            pass.conflicts += u32::from(e.is_conflict());
+            Ok(None)
+        }
+        Err(source) => Err(ControlError::Write {
+            what,
+            key: key.to_string(),
+            source,
+        }),
+    }
+}
+
+fn time(now: jiff::Timestamp) -> Time {
+    // Kubernetes timestamps have whole seconds on the wire; keep ours
+    // equal to what a re-read returns.
+    Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// Enter `phase`: set it and append its transition timestamp.
+pub fn enter_phase(m: &mut VirtualMachineInstanceMigration, phase: MigrationPhase, now: Time) {
+    let st = m.status.get_or_insert_with(Default::default);
+    st.phase = Some(phase);
+    st.phase_transition_timestamps
+        .push(PhaseTransitionTimestamp {
+            phase,
+            phase_transition_timestamp: now,
+        });
+}
+
+fn set_condition(conds: &mut Vec<VmiCondition>, c: VmiCondition) -> bool {
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) if x.status == c.status && x.reason == c.reason && x.message == c.message => false,
+        Some(x) => {
+            let transition = if x.status == c.status {
+                x.last_transition_time.clone()
+            } else {
+                c.last_transition_time.clone()
+            };
+            *x = VmiCondition {
+                last_transition_time: transition,
+                ..c
+            };
+            true
+        }
+        None => {
+            conds.push(c);
+            true
+        }
+    }
+}
+
+fn has_finalizer(m: &VirtualMachineInstanceMigration) -> bool {
+    m.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// One full pass: observe, decide, write. `now` is the time written into
+/// timestamps and passed to the policy.
+pub async fn reconcile_once<B: Backend>(
+    backend: &B,
+    settings: &Settings,
+    now: jiff::Timestamp,
+) -> Result<Pass, ControlError> {
+    let mut w = observe(backend, settings).await?;
+    let mut pass = Pass::default();
+    let t = time(now);
+
+    cancel_deleted(backend, &mut w, &mut pass).await?;
+    admit_new(backend, &mut w, &mut pass, &t).await?;
+    advance_scheduling(backend, &mut w, &mut pass, &t).await?;
+    schedule(backend, &mut w, &mut pass, now, &t).await?;
+    live_migratable(backend, &mut w, &mut pass, &t).await?;
+    drain(backend, settings, &mut w, &mut pass, now).await?;
+    Ok(pass)
+}
+
+// ------------------------------------------------------------ cancel
+
+/// VMIMs being deleted: release the ones with nothing to abort, ask the
+/// source agent to abort the others, release those once the abort settled.
+async fn cancel_deleted<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    pass: &mut Pass,
+) -> Result<(), ControlError> {
+    for m in &w.vmims {
+        if m.metadata.deletion_timestamp.is_none() || !has_finalizer(m) {
+            continue;
+        }
+        let key = views::vmim_key(m);
+        let phase = m.status.as_ref().and_then(|s| s.phase);
+        let started = phase.is_some_and(|p| !matches!(p, MigrationPhase::Pending))
+            && !phase
+                .is_some_and(|p| matches!(p, MigrationPhase::Succeeded | MigrationPhase::Failed));
+        let uid = m.uid().unwrap_or_default();
+        let vmi_key = views::vmim_vmi_key(m);
+        let state = w
+            .vmis
+            .get(&vmi_key)
+            .and_then(|v| v.status.as_ref())
+            .and_then(|s| s.migration_state.as_ref())
+            .filter(|s| s.migration_uid.as_deref() == Some(uid.as_str()));
+        let release =
+            !started || state.is_none() || state.is_some_and(|s| s.abort_status.is_some());
+        if release {
+            let r = be::remove_finalizer::<B, VirtualMachineInstanceMigration>(
+                backend,
+                &key.namespace,
+                &key.name,
+                FINALIZER,
+            )
+            .await;
+            if settle(r, pass, "VMIM finalizer", &key)?.is_some() {
+                pass.finalizers_removed += 1;
+            }
+            continue;
+        }
+        if state.is_some_and(|s| s.abort_requested == Some(true)) {
+            continue; // waiting for the source agent
+        }
+        let mut vmi = w.vmis[&vmi_key].clone();
+        if let Some(s) = vmi.status.as_mut().and_then(|s| s.migration_state.as_mut()) {
+            s.abort_requested = Some(true);
+        }
+        if let Some(v) = settle(
+            backend.replace_status(&vmi).await,
+            pass,
+            "VMI abortRequested",
+            &vmi_key,
+        )? {
+            pass.aborts_requested += 1;
+            w.vmis.insert(vmi_key, v);
+        }
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------- admission
+
+/// VMIMs without a phase: Pending (with the finalizer) or Failed with the
+/// reason, as KubeVirt's admitter would have answered.
+async fn admit_new<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<(), ControlError> {
+    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
+    let mig_views: Vec<_> = w.vmims.iter().filter_map(views::migration_view).collect();
+    let mut index = ClusterIndex::build(Snapshot {
+        nodes: &node_views,
+        vmis: &vmi_views,
+        migrations: &mig_views,
+    });
+    // Two new VMIMs for one VMI in the same pass: the oldest wins.
+    let mut fresh: Vec<usize> = (0..w.vmims.len())
+        .filter(|&i| {
+            let m = &w.vmims[i];
+            m.status.as_ref().and_then(|s| s.phase).is_none()
+                && m.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+    fresh.sort_by_key(|&i| {
+        let m = &w.vmims[i];
+        (
+            m.metadata.creation_timestamp.clone().map(|t| t.0),
+            m.name_any(),
+        )
+    });
+    let mut claimed: HashMap<ObjectKey, ObjectKey> = HashMap::new();
+    for i in fresh {
+        let key = views::vmim_key(&w.vmims[i]);
+        let vmi_key = views::vmim_vmi_key(&w.vmims[i]);
+        let verdict = match claimed.get(&vmi_key) {
+            Some(other) => Err(policy::Refusal::AlreadyMigrating {
+                vmi: vmi_key.clone(),
+                migration: other.clone(),
+            }),
+            None => policy::admit(&mut index, &key, &vmi_key),
+        };
+        match verdict {
+            Ok(_method) => {
+                claimed.insert(vmi_key, key.clone());
+                // Finalizer first: once Pending, a delete must find it.
+                let r = be::add_finalizer::<B, VirtualMachineInstanceMigration>(
+                    backend,
+                    &key.namespace,
+                    &key.name,
+                    FINALIZER,
+                )
+                .await;
+                let Some(Some(mut m)) = settle(r, pass, "VMIM finalizer", &key)? else {
+                    continue;
+                };
+                enter_phase(&mut m, MigrationPhase::Pending, t.clone());
+                if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)?
+                {
+                    pass.admitted += 1;
+                    w.vmims[i] = m;
+                }
+            }
+            Err(refusal) => {
+                let mut m = w.vmims[i].clone();
+                fail(&mut m, refusal.reason(), &refusal.to_string(), t);
+                if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)?
+                {
+                    pass.refused += 1;
+                    w.vmims[i] = m;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str, t: &Time) {
+    enter_phase(m, MigrationPhase::Failed, t.clone());
+    let st = m.status.get_or_insert_with(Default::default);
+    set_condition(
+        &mut st.conditions,
+        VmiCondition {
+            type_: protocol::FAILED_CONDITION.into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_transition_time: Some(t.clone()),
+            ..Default::default()
+        },
+    );
+    st.conditions
+        .retain(|c| c.type_ != protocol::PENDING_CONDITION);
+}
+
+// -------------------------------------------------------- scheduling
+
+/// Pending migrations the policy starts, refuses or keeps waiting.
+async fn schedule<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    pass: &mut Pass,
+    now: jiff::Timestamp,
+    t: &Time,
+) -> Result<(), ControlError> {
+    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
+    // A Pending VMIM being deleted is about to go: not a candidate.
+    let mig_views: Vec<_> = w
+        .vmims
+        .iter()
+        .filter(|m| {
+            m.metadata.deletion_timestamp.is_none()
+                || m.status.as_ref().and_then(|s| s.phase) != Some(MigrationPhase::Pending)
+        })
+        .filter_map(views::migration_view)
+        .collect();
+    let decision = policy::decide(
+        Snapshot {
+            nodes: &node_views,
+            vmis: &vmi_views,
+            migrations: &mig_views,
+        },
+        w.limits,
+        policy::Timestamp::from_unix_millis(now.as_millisecond()),
+    );
+    let pos: HashMap<ObjectKey, usize> = w
+        .vmims
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (views::vmim_key(m), i))
+        .collect();
+
+    for start in decision.start {
+        let Some(&i) = pos.get(&start.migration) else {
+            continue;
+        };
+        // The slot-taking write, conditional on the VMIM as listed: a VMIM
+        // is started once, and only from Pending.
+        let mut m = w.vmims[i].clone();
+        enter_phase(&mut m, MigrationPhase::Scheduling, t.clone());
+        let st = m.status.get_or_insert_with(Default::default);
+        st.conditions
+            .retain(|c| c.type_ != protocol::PENDING_CONDITION);
+        st.migration_state = Some(VirtualMachineInstanceMigrationState {
+            migration_uid: m.metadata.uid.clone(),
+            source_node: Some(start.source_node.clone()),
+            target_node: Some(start.target_node.clone()),
+            start_timestamp: Some(t.clone()),
+            mode: Some(MigrationMode::PreCopy),
+            ..Default::default()
+        });
+        let Some(m) = settle(
+            backend.replace_status(&m).await,
+            pass,
+            "VMIM phase",
+            &start.migration,
+        )?
+        else {
+            continue;
+        };
+        pass.started += 1;
+        w.vmims[i] = m;
+        hand_off(backend, w, i, pass, t).await?;
+    }
+
+    for r in decision.refuse {
+        let Some(&i) = pos.get(&r.migration) else {
+            continue;
+        };
+        let mut m = w.vmims[i].clone();
+        fail(&mut m, r.refusal.reason(), &r.refusal.to_string(), t);
+        if let Some(m) = settle(
+            backend.replace_status(&m).await,
+            pass,
+            "VMIM phase",
+            &r.migration,
+        )? {
+            pass.refused += 1;
+            w.vmims[i] = m;
+        }
+    }
+
+    for wt in decision.waiting {
+        pass.waiting += 1;
+        let Some(&i) = pos.get(&wt.migration) else {
+            continue;
+        };
+        let mut m = w.vmims[i].clone();
+        let st = m.status.get_or_insert_with(Default::default);
+        let changed = set_condition(
+            &mut st.conditions,
+            VmiCondition {
+                type_: protocol::PENDING_CONDITION.into(),
+                status: "True".into(),
+                reason: Some(wt.reason.reason().into()),
+                message: Some(wt.reason.to_string()),
+                last_transition_time: Some(t.clone()),
+                ..Default::default()
+            },
+        );
+        if changed {
+            if let Some(m) = settle(
+                backend.replace_status(&m).await,
+                pass,
+                "VMIM condition",
+                &wt.migration,
+            )? {
+                w.vmims[i] = m;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// VMIMs in Scheduling (just started, or left there by a crash or a lost
+/// race): record the migration on the VMI, then Scheduled for the target
+/// agent.
+async fn advance_scheduling<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<(), ControlError> {
+    for i in 0..w.vmims.len() {
+        let m = &w.vmims[i];
+        if m.status.as_ref().and_then(|s| s.phase) == Some(MigrationPhase::Scheduling) {
+            hand_off(backend, w, i, pass, t).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn hand_off<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    i: usize,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<(), ControlError> {
+    let m = &w.vmims[i];
+    let key = views::vmim_key(m);
+    let vmi_key = views::vmim_vmi_key(m);
+    let Some(state) = m.status.as_ref().and_then(|s| s.migration_state.clone()) else {
+        return Ok(());
+    };
+    let Some(vmi) = w.vmis.get(&vmi_key) else {
+        // The VMI went away after the start.
+        let mut m = m.clone();
+        fail(
+            &mut m,
+            "VMINotFound",
+            &format!("VMI {vmi_key} does not exist"),
+            t,
+        );
+        if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)? {
+            w.vmims[i] = m;
+        }
+        return Ok(());
+    };
+    let recorded = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_ref())
+        .is_some_and(|s| s.migration_uid == state.migration_uid);
+    if !recorded {
+        let method = match policy::migratable::check_volumes(&views::vmi_view(vmi)) {
+            Ok(policy::MigrationMethod::BlockMigration) => MigrationMethod::BlockMigration,
+            _ => MigrationMethod::LiveMigration,
+        };
+        let mut vmi = vmi.clone();
+        let st = vmi.status.get_or_insert_with(Default::default);
+        st.migration_state = Some(state);
+        st.migration_method = Some(method);
+        let Some(v) = settle(
+            backend.replace_status(&vmi).await,
+            pass,
+            "VMI migrationState",
+            &vmi_key,
+        )?
+        else {
+            return Ok(());
+        };
+        w.vmis.insert(vmi_key, v);
+    }
+    let mut m = w.vmims[i].clone();
+    enter_phase(&mut m, MigrationPhase::Scheduled, t.clone());
+    if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)? {
+        w.vmims[i] = m;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------- LiveMigratable
+
+async fn live_migratable<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<(), ControlError> {
+    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
+    let mig_views: Vec<_> = w.vmims.iter().filter_map(views::migration_view).collect();
+    let mut index = ClusterIndex::build(Snapshot {
+        nodes: &node_views,
+        vmis: &vmi_views,
+        migrations: &mig_views,
+    });
+    let mut writes = Vec::new();
+    for view in &vmi_views {
+        if view.phase != policy::VmiPhase::Running || view.node.is_none() {
+            continue;
+        }
+        let c = index.live_migratable(view).condition();
+        let vmi = &w.vmis[&view.key];
+        let mut next = vmi.clone();
+        let st = next.status.get_or_insert_with(Default::default);
+        let changed = set_condition(
+            &mut st.conditions,
+            VmiCondition {
+                type_: c.type_.into(),
+                status: c.status.into(),
+                reason: c.reason.map(Into::into),
+                message: c.message,
+                last_transition_time: Some(t.clone()),
+                ..Default::default()
+            },
+        );
+        if changed {
+            writes.push((view.key.clone(), next));
+        }
+    }
+    drop(index);
+    for (key, vmi) in writes {
+        if let Some(v) = settle(
+            backend.replace_status(&vmi).await,
+            pass,
+            "VMI condition",
+            &key,
+        )? {
+            pass.conditions_written += 1;
+            w.vmis.insert(key, v);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------- drain
+
+async fn drain<B: Backend>(
+    backend: &B,
+    settings: &Settings,
+    w: &mut World,
+    pass: &mut Pass,
+    now: jiff::Timestamp,
+) -> Result<(), ControlError> {
+    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
+    let mig_views: Vec<_> = w.vmims.iter().filter_map(views::migration_view).collect();
+    let mut index = ClusterIndex::build(Snapshot {
+        nodes: &node_views,
+        vmis: &vmi_views,
+        migrations: &mig_views,
+    });
+    let plan = policy::plan_evacuations(&mut index, settings.default_eviction_strategy);
+    drop(index);
+    // VMIMs not admitted yet are not in the policy's view; never create a
+    // second evacuation next to one.
+    let open: HashSet<ObjectKey> = w
+        .vmims
+        .iter()
+        .filter(|m| {
+            m.metadata.deletion_timestamp.is_none()
+                && !m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                    matches!(p, MigrationPhase::Succeeded | MigrationPhase::Failed)
+                })
+        })
+        .map(views::vmim_vmi_key)
+        .collect();
+
+    let mut reports: HashMap<String, DrainReport> = node_views
+        .iter()
+        .filter(|n| n.draining())
+        .map(|n| (n.name.clone(), DrainReport::default()))
+        .collect();
+    for e in &plan.entries {
+        let report = reports.entry(e.node.clone()).or_default();
+        let (action, reason) = match &e.action {
+            DrainAction::Evacuate => {
+                report.evacuating.push(e.vmi.name.clone());
+                if !open.contains(&e.vmi) {
+                    create_evacuation(backend, &e.vmi, &e.node, pass, now).await?;
+                }
+                continue;
+            }
+            DrainAction::AlreadyMigrating { .. } => {
+                report.evacuating.push(e.vmi.name.clone());
+                continue;
+            }
+            DrainAction::Blocked(r) => ("Blocked", r.to_string()),
+            DrainAction::External => (
+                "External",
+                "evictionStrategy External: left to an external controller".to_owned(),
+            ),
+            DrainAction::Stop => ("Stop", "the VMI is stopped by the drain".to_owned()),
+        };
+        report.blocking.push(protocol::DrainEntry {
+            namespace: e.vmi.namespace.clone(),
+            name: e.vmi.name.clone(),
+            action: action.to_owned(),
+            reason,
+        });
+    }
+    for key in &plan.cancel {
+        let r = backend
+            .delete::<VirtualMachineInstanceMigration>(&key.namespace, &key.name)
+            .await;
+        if settle(r, pass, "VMIM (cancel evacuation)", key)?.is_some() {
+            pass.evacuations_cancelled += 1;
+        }
+    }
+    // Drain reports: written on draining nodes, removed from the others.
+    for node in &w.nodes {
+        let name = node.name_any();
+        let want = match reports.get(&name) {
+            Some(r) => Some(serde_json::to_string(r).unwrap_or_default()),
+            None => None,
+        };
+        let have = node.annotations().get(DRAIN_REPORT_ANNOTATION);
+        if have == want.as_ref() {
+            continue;
+        }
+        let want = want.clone();
+        let r = be::modify::<B, Node>(backend, "", &name, move |n| {
+            let a = n.annotations_mut();
+            match &want {
+                Some(v) if a.get(DRAIN_REPORT_ANNOTATION) != Some(v) => {
+                    a.insert(DRAIN_REPORT_ANNOTATION.into(), v.clone());
+                    true
+                }
+                None => a.remove(DRAIN_REPORT_ANNOTATION).is_some(),
+                _ => false,
+            }
+        })
+        .await;
+        if settle(r, pass, "Node drain report", &name)?.is_some() {
+            pass.drain_reports_written += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn create_evacuation<B: Backend>(
+    backend: &B,
+    vmi: &ObjectKey,
+    node: &str,
+    pass: &mut Pass,
+    now: jiff::Timestamp,
+) -> Result<(), ControlError> {
+    // Deterministic within a second, so a retried pass does not create two;
+    // a later evacuation of the same VMI (after a failed one) gets a new
+    // name.
+    let mut prefix = format!("{}-evacuation", vmi.name);
+    prefix.truncate(230);
+    let name = format!("{prefix}-{}", now.as_second());
+    let m = VirtualMachineInstanceMigration {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(vmi.namespace.clone()),
+            annotations: Some([(EVACUATION_ANNOTATION.to_owned(), node.to_owned())].into()),
+            ..Default::default()
+        },
+        spec: VirtualMachineInstanceMigrationSpec {
+            vmi_name: vmi.name.clone(),
+        },
+        status: None::<VirtualMachineInstanceMigrationStatus>,
+    };
+    match backend.create(&m).await {
+        Ok(_) => {
+            pass.evacuations_created += 1;
+            Ok(())
+        }
+        Err(BackendError::AlreadyExists { .. }) => Ok(()),
+        Err(source) => Err(ControlError::Write {
+            what: "evacuation VMIM",
+            key: format!("{}/{name}", vmi.namespace),
+            source,
+        }),
+    }
+}
