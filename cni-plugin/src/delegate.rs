@@ -144,6 +144,10 @@ pub fn exec(name: &str, cmd: Command, args: &CmdArgs) -> CniResult<Vec<u8>> {
         .wait_with_output()
         .map_err(|e| CniError::io(format!("failed to wait for ipam plugin {name}"), e))?;
     if out.status.success() {
+        // Its log lines are ours to pass on; the runtime shows plugin stderr.
+        if !out.stderr.is_empty() {
+            let _ = std::io::stderr().write_all(&out.stderr);
+        }
         return Ok(out.stdout);
     }
     Err(delegate_error(
