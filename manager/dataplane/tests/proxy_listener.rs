@@ -207,3 +207,43 @@ fn addressless_or_down_migration0_is_not_ready_with_reason() {
         "10.77.9.2".parse::<IpAddr>().unwrap()
     );
 }
+
+#[test]
+fn migration_connections_get_keepalive_user_timeout_and_nodelay() {
+    use mignet_dataplane::proxy::{tune_socket, ProxyOptions};
+    let n = node();
+    let opts = ProxyOptions::default();
+    let o = opts.clone();
+    let got = n.node.block_on(move || async move {
+        let listener = MigrationListener::bind(MIG_IP.parse().unwrap())
+            .unwrap()
+            .into_tokio()
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (server, _) = server.unwrap();
+        let _client = client.unwrap();
+        tune_socket(&server, &o).unwrap();
+        let s = socket2::SockRef::from(&server);
+        (
+            s.tcp_nodelay().unwrap(),
+            s.keepalive().unwrap(),
+            s.tcp_keepalive_time().unwrap(),
+            s.tcp_keepalive_interval().unwrap(),
+            s.tcp_keepalive_retries().unwrap(),
+            s.tcp_user_timeout().unwrap(),
+        )
+    });
+    assert_eq!(
+        got,
+        (
+            true,
+            true,
+            opts.keepalive_idle,
+            opts.keepalive_interval,
+            opts.keepalive_retries,
+            Some(opts.user_timeout)
+        )
+    );
+}
