@@ -13,12 +13,15 @@
 //!   per-node limits, and why the others wait.
 //! - [`drain`]: what a drained node does with each VMI, and which pending
 //!   evacuations an uncordon cancels.
+//! - [`cancel`]: the steps of cancelling a deleted VMIM (finalizer, abort
+//!   request, abort status) and the evacuation retry backoff.
 //!
 //! No I/O and no clock: the adapters pass [`model`] views and `now`. The
 //! in-flight abort decision (progress / completion timeouts) lives with the
 //! monitor in `mignet-dataplane`.
 
 pub mod admission;
+pub mod cancel;
 pub mod drain;
 pub mod index;
 pub mod lifecycle;
@@ -27,6 +30,7 @@ pub mod model;
 pub mod scheduler;
 
 pub use admission::{admit, Refusal};
+pub use cancel::{evacuation_not_before, on_delete, AbortStatus, CancelStep};
 pub use drain::{plan_evacuations, BlockReason, DrainAction, DrainEntry, EvacuationPlan};
 pub use index::{ClusterIndex, NoTarget};
 pub use lifecycle::{step, Event, FailureReason, IllegalTransition, Lifecycle, Phase};
