@@ -235,4 +235,24 @@ fn a_missing_nad_leaves_agents_on_their_last_network() {
         },
     );
     assert_ne!(ips.0, ips.1);
+
+    // Editing the NAD itself (same name, new range) changes the config hash:
+    // the agents restart onto the new range.
+    let edited = std::env::temp_dir().join(format!("{}-nad-edited.yaml", lab.prefix));
+    let seed = std::fs::read_to_string(examples().join("nad.yaml")).unwrap();
+    std::fs::write(&edited, seed.replace("10.200.5.0/24", "10.200.7.0/24")).unwrap();
+    let out = lab.ok(&["apply", "-f", edited.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&edited);
+    assert!(out.ends_with("configured\n"), "{out}");
+    wait_for(
+        "agents on the edited range",
+        Duration::from_secs(60),
+        || {
+            let a = ipv4(&lab.ns("agent-node1"), "migration0")?;
+            let b = ipv4(&lab.ns("agent-node2"), "migration0")?;
+            (a.iter().any(|x| x.starts_with("10.200.7."))
+                && b.iter().any(|x| x.starts_with("10.200.7.")))
+            .then_some(())
+        },
+    );
 }

@@ -204,7 +204,7 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         fs::create_dir_all(&root.join("objects"))?;
-        let (events, _) = broadcast::channel(1024);
+        let events = channel_for(&root);
         Ok(Self {
             root,
             events,
@@ -216,7 +216,8 @@ impl Store {
         &self.root
     }
 
-    /// Receive every change this process makes from now on.
+    /// Receive every change made from now on through any handle on this
+    /// store in this process.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -512,6 +513,23 @@ impl Store {
             object: obj.clone(),
         });
     }
+}
+
+/// One event channel per store directory and process, so every handle on
+/// the same store (the lab loop's, an in-process agent's, a CLI verb run
+/// in-process) sees every change made through any of them.
+fn channel_for(root: &Path) -> broadcast::Sender<Event> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CHANNELS: OnceLock<Mutex<HashMap<PathBuf, broadcast::Sender<Event>>>> = OnceLock::new();
+    let key = root.canonicalize().unwrap_or_else(|_| root.to_owned());
+    CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| broadcast::channel(1024).0)
+        .clone()
 }
 
 /// Types the store can hold: any serde Kubernetes resource with a static kind.

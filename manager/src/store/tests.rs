@@ -276,3 +276,21 @@ fn a_leftover_temp_file_is_not_an_object() {
         1
     );
 }
+
+#[test]
+fn every_handle_on_a_store_shares_one_event_stream() {
+    let d = temp();
+    let a = Store::open(&d.0).unwrap();
+    let b = Store::open(d.0.join(".").join("")).unwrap();
+    let mut rx = a.subscribe();
+    b.create_value(vmim("m1")).unwrap();
+    let e = rx.try_recv().expect("a's subscriber sees b's write");
+    assert_eq!(e.key.name, "m1");
+    // Another store's writes are not mixed in.
+    let other = temp();
+    Store::open(&other.0)
+        .unwrap()
+        .create_value(vmim("m2"))
+        .unwrap();
+    assert!(rx.try_recv().is_err());
+}
