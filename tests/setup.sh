@@ -26,8 +26,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Go-built test tooling (cached under ${MIGNET_CACHE:-~/.cache/mignet}).
-for s in "$here/k8s/build.sh" "$here/tools/build-cnitool.sh" "$here/guest/build.sh"; do
+# Go-built test tooling (cached under ${MIGNET_CACHE:-~/.cache/mignet}) and the
+# guest image. `--lab` prepares only what the lab demo needs (no Kubernetes build).
+steps=("$here/guest/build.sh")
+if [ "${1:-}" != "--lab" ]; then
+    steps+=("$here/k8s/build.sh" "$here/tools/build-cnitool.sh")
+fi
+for s in "${steps[@]}"; do
     if [ -x "$s" ] || [ -f "$s" ]; then
         echo "setup: $s"
         bash "$s"
