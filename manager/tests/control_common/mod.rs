@@ -1,0 +1,968 @@
+//! Shared by the migration-control tests (real apiserver and local store):
+//! object builders and a simulated node agent.
+//!
+//! The simulated agent is for these tests only: it plays the target and
+//! source agents of the protocol in `mignet::backend` (no QEMU, no network)
+//! with a configurable migration duration, so the controller can be driven
+//! end to end through the objects. The real agent is `mignet::agent`.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff;
+use kube::ResourceExt;
+use mignet::api::{
+    Cpu, DomainSpec, EvictionStrategy, Memory, MigrationAbortStatus, MigrationPhase,
+    PersistentVolumeClaimInfo, PersistentVolumeClaimVolumeSource, VirtualMachineInstance,
+    VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
+    VirtualMachineInstanceSpec, VirtualMachineInstanceStatus, VmiPhase, Volume, VolumeStatus,
+};
+use mignet::backend::protocol::{self, Progress, ABORTED_BY_USER, DRAIN_TAINT_KEY};
+use mignet::backend::{Backend, BackendError};
+use mignet::control::enter_phase;
+
+pub const TEST_LABEL: &str = "mignet.io/test";
+
+pub fn now() -> Time {
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap())
+}
+
+// ------------------------------------------------------------ builders
+
+/// A Node labelled for this test, with room for 64 GiB and an optional
+/// host CPU model label.
+pub fn node(name: &str, test: &str, host_model: Option<&str>) -> Node {
+    let mut labels = BTreeMap::from([(TEST_LABEL.to_owned(), test.to_owned())]);
+    if let Some(m) = host_model {
+        labels.insert(
+            format!("host-model-cpu.node.kubevirt.io/{m}"),
+            "true".to_owned(),
+        );
+    }
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("64Gi".to_owned()),
+            )])),
+            ..Default::default()
+        }),
+    }
+}
+
+pub async fn create_node<B: Backend>(b: &B, n: &Node) {
+    let created = b.create(n).await.expect("create Node");
+    let mut with_status = created.clone();
+    with_status.status = n.status.clone();
+    b.replace_status(&with_status).await.expect("Node status");
+}
+
+/// Mark a node for drain: cordon + the `kubevirt.io/drain` taint.
+pub async fn drain_node<B: Backend>(b: &B, name: &str, on: bool) {
+    mignet::backend::modify::<B, Node>(b, "", name, |n| {
+        let spec = n.spec.get_or_insert_with(Default::default);
+        spec.unschedulable = on.then_some(true);
+        let mut taints = spec.taints.take().unwrap_or_default();
+        taints.retain(|t| t.key != DRAIN_TAINT_KEY);
+        if on {
+            taints.push(Taint {
+                key: DRAIN_TAINT_KEY.to_owned(),
+                effect: "NoSchedule".to_owned(),
+                value: Some("draining".to_owned()),
+                time_added: None,
+            });
+        }
+        spec.taints = (!taints.is_empty()).then_some(taints);
+        true
+    })
+    .await
+    .expect("drain node")
+    .expect("node exists");
+}
+
+#[derive(Clone, Debug)]
+pub struct VmiOpts {
+    /// `None` = a named model ("Westmere"), so host-model rules do not
+    /// apply; `Some("host-model")` for host-model.
+    pub cpu_model: Option<&'static str>,
+    pub eviction: Option<EvictionStrategy>,
+    /// A ReadWriteOnce claim: not live-migratable.
+    pub rwo_disk: bool,
+}
+
+impl Default for VmiOpts {
+    fn default() -> Self {
+        Self {
+            cpu_model: Some("Westmere"),
+            eviction: None,
+            rwo_disk: false,
+        }
+    }
+}
+
+/// Create a VMI and make it Running on `node`, with a shared (RWX) disk.
+pub async fn create_running_vmi<B: Backend>(
+    b: &B,
+    ns: &str,
+    name: &str,
+    node: &str,
+    opts: VmiOpts,
+) -> VirtualMachineInstance {
+    let mut vmi = VirtualMachineInstance::new(
+        name,
+        VirtualMachineInstanceSpec {
+            domain: DomainSpec {
+                cpu: Some(Cpu {
+                    model: opts.cpu_model.map(str::to_owned),
+                    ..Default::default()
+                }),
+                memory: Some(Memory {
+                    guest: Some("1Gi".into()),
+                }),
+                resources: None,
+            },
+            eviction_strategy: opts.eviction,
+            volumes: vec![Volume {
+                name: "root".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: format!("{name}-root"),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }],
+        },
+    );
+    vmi.metadata.namespace = Some(ns.to_owned());
+    let created = b.create(&vmi).await.expect("create VMI");
+    let mut running = created.clone();
+    running.status = Some(VirtualMachineInstanceStatus {
+        node_name: Some(node.to_owned()),
+        phase: Some(VmiPhase::Running),
+        volume_status: vec![VolumeStatus {
+            name: "root".into(),
+            persistent_volume_claim_info: Some(PersistentVolumeClaimInfo {
+                claim_name: Some(format!("{name}-root")),
+                access_modes: vec![if opts.rwo_disk {
+                    "ReadWriteOnce".into()
+                } else {
+                    "ReadWriteMany".into()
+                }],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    });
+    b.replace_status(&running).await.expect("VMI status")
+}
+
+pub async fn create_vmim<B: Backend>(
+    b: &B,
+    ns: &str,
+    name: &str,
+    vmi: &str,
+) -> VirtualMachineInstanceMigration {
+    let mut m = VirtualMachineInstanceMigration::new(
+        name,
+        VirtualMachineInstanceMigrationSpec {
+            vmi_name: vmi.to_owned(),
+        },
+    );
+    m.metadata.namespace = Some(ns.to_owned());
+    b.create(&m).await.expect("create VMIM")
+}
+
+pub fn phase_of(m: &VirtualMachineInstanceMigration) -> Option<MigrationPhase> {
+    m.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ------------------------------------------------------ simulated agent
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub namespace: String,
+    /// The nodes this simulated agent serves (all of a test's nodes).
+    pub nodes: Vec<String>,
+    /// How long a migration stays Running before it completes.
+    pub duration: Duration,
+}
+
+/// The address the simulated target agent publishes for `node`: its
+/// migration-network IP (10.200.5.x) and the first listener port.
+pub fn sim_address(nodes: &[String], node: &str) -> String {
+    let i = nodes.iter().position(|n| n == node).unwrap_or(0);
+    format!("10.200.5.{}:49152", 10 + i)
+}
+
+/// Run the simulated agents until the task is aborted.
+pub async fn run_sim_agent<B: Backend>(b: B, cfg: SimConfig) {
+    let mut changes = b.changes();
+    let mut running_since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        if let Err(e) = sim_pass(&b, &cfg, &mut running_since).await {
+            // Lost races are normal (the controller writes the same
+            // objects); the next pass re-reads.
+            if !e.is_retryable() && !e.is_not_found() {
+                panic!("simulated agent: {e}");
+            }
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+        }
+    }
+}
+
+async fn sim_pass<B: Backend>(
+    b: &B,
+    cfg: &SimConfig,
+    running_since: &mut HashMap<String, Instant>,
+) -> Result<(), BackendError> {
+    let ns = cfg.namespace.as_str();
+    let vmims: Vec<VirtualMachineInstanceMigration> = b.list(Some(ns)).await?;
+    for m in vmims {
+        let Some(phase) = phase_of(&m) else { continue };
+        if matches!(
+            phase,
+            MigrationPhase::Pending | MigrationPhase::Succeeded | MigrationPhase::Failed
+        ) {
+            continue;
+        }
+        let uid = m.uid().unwrap_or_default();
+        let Some(vmi) = b
+            .get::<VirtualMachineInstance>(ns, &m.spec.vmi_name)
+            .await?
+        else {
+            continue;
+        };
+        let vst = vmi.status.clone().unwrap_or_default();
+        let Some(state) = vst
+            .migration_state
+            .clone()
+            .filter(|s| s.migration_uid.as_deref() == Some(uid.as_str()))
+        else {
+            continue;
+        };
+        let target = state.target_node.clone().unwrap_or_default();
+        let source = vst.node_name.clone().unwrap_or_default();
+
+        // Source agent: abort on request, whatever the phase; the VM stays
+        // on the source.
+        if state.abort_requested == Some(true) && state.abort_status.is_none() {
+            if !cfg.nodes.contains(&source) {
+                continue;
+            }
+            let mut v = vmi.clone();
+            let s = v
+                .status
+                .as_mut()
+                .and_then(|s| s.migration_state.as_mut())
+                .unwrap();
+            s.abort_status = Some(MigrationAbortStatus::Succeeded);
+            s.failed = Some(true);
+            s.failure_reason = Some(ABORTED_BY_USER.to_owned());
+            s.end_timestamp = Some(now());
+            b.replace_status(&v).await?;
+            let mut m = m.clone();
+            enter_phase(&mut m, MigrationPhase::Failed, now());
+            b.replace_status(&m).await?;
+            running_since.remove(&uid);
+            continue;
+        }
+
+        match phase {
+            // Target agent: prepare, publish the address.
+            MigrationPhase::Scheduled | MigrationPhase::PreparingTarget
+                if cfg.nodes.contains(&target) && state.target_node_address.is_none() =>
+            {
+                let mut m = m.clone();
+                if phase == MigrationPhase::Scheduled {
+                    enter_phase(&mut m, MigrationPhase::PreparingTarget, now());
+                    m = b.replace_status(&m).await?;
+                }
+                let mut v = vmi.clone();
+                let s = v
+                    .status
+                    .as_mut()
+                    .and_then(|s| s.migration_state.as_mut())
+                    .unwrap();
+                s.target_node_address = Some(sim_address(&cfg.nodes, &target));
+                s.target_node_domain_detected = Some(true);
+                s.target_direct_migration_node_ports =
+                    BTreeMap::from([("49152".to_owned(), 0), ("49153".to_owned(), 49152)]);
+                b.replace_status(&v).await?;
+                enter_phase(&mut m, MigrationPhase::TargetReady, now());
+                b.replace_status(&m).await?;
+            }
+            // Source agent: start sending.
+            MigrationPhase::TargetReady
+                if cfg.nodes.contains(&source) && state.target_node_address.is_some() =>
+            {
+                let mut m = m.clone();
+                enter_phase(&mut m, MigrationPhase::Running, now());
+                let m = b.replace_status(&m).await?;
+                running_since.insert(uid.clone(), Instant::now());
+                write_progress(b, &m, 0).await?;
+            }
+            // Completed on the VMI but the phase write was lost: finish it.
+            MigrationPhase::Running if state.completed == Some(true) => {
+                let mut m = m.clone();
+                enter_phase(&mut m, MigrationPhase::Succeeded, now());
+                b.replace_status(&m).await?;
+                running_since.remove(&uid);
+            }
+            // Source agent: complete after the configured duration.
+            MigrationPhase::Running if cfg.nodes.contains(&source) => {
+                let since = *running_since
+                    .entry(uid.clone())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() < cfg.duration {
+                    continue;
+                }
+                write_progress(b, &m, 1 << 30).await?;
+                let mut v = vmi.clone();
+                let st = v.status.as_mut().unwrap();
+                st.node_name = Some(target.clone());
+                let s = st.migration_state.as_mut().unwrap();
+                s.completed = Some(true);
+                s.end_timestamp = Some(now());
+                b.replace_status(&v).await?;
+                let mut m = b
+                    .get::<VirtualMachineInstanceMigration>(ns, &m.name_any())
+                    .await?
+                    .unwrap_or(m);
+                enter_phase(&mut m, MigrationPhase::Succeeded, now());
+                b.replace_status(&m).await?;
+                running_since.remove(&uid);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn write_progress<B: Backend>(
+    b: &B,
+    m: &VirtualMachineInstanceMigration,
+    transferred: u64,
+) -> Result<(), BackendError> {
+    let total = 1u64 << 30;
+    let p = Progress {
+        transferred_bytes: transferred,
+        remaining_bytes: total - transferred,
+        total_bytes: total,
+        bytes_per_second: 1 << 28,
+        updated: jiff::Timestamp::now().to_string(),
+    };
+    let v = serde_json::to_string(&p).unwrap();
+    mignet::backend::modify::<B, VirtualMachineInstanceMigration>(
+        b,
+        &m.namespace().unwrap_or_default(),
+        &m.name_any(),
+        move |m| {
+            m.annotations_mut()
+                .insert(protocol::PROGRESS_ANNOTATION.to_owned(), v.clone());
+            true
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------ harness
+
+/// Aborts a spawned task on drop (controller, simulated agent, observer),
+/// also when the test panics.
+pub struct Task(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
+    mignet::control::Settings {
+        namespace: Some(ns.to_owned()),
+        node_selector: Some((TEST_LABEL.to_owned(), test.to_owned())),
+        resync: Duration::from_millis(500),
+        default_eviction_strategy: None,
+    }
+}
+
+pub fn spawn_controller<B: Backend>(b: &B, ns: &str, test: &str) -> Task {
+    let (b, s) = (b.clone(), settings(ns, test));
+    Task(tokio::spawn(async move {
+        mignet::control::run(b, s, std::future::pending())
+            .await
+            .expect("controller");
+    }))
+}
+
+pub fn spawn_sim<B: Backend>(b: &B, ns: &str, nodes: &[String], duration: Duration) -> Task {
+    let cfg = SimConfig {
+        namespace: ns.to_owned(),
+        nodes: nodes.to_vec(),
+        duration,
+    };
+    Task(tokio::spawn(run_sim_agent(b.clone(), cfg)))
+}
+
+pub async fn create_hco<B: Backend>(b: &B, ns: &str, cluster: i64, per_node: i64) {
+    use mignet::api::{HyperConverged, HyperConvergedSpec, LiveMigrationConfig};
+    let mut h = HyperConverged::new(
+        "kubevirt-hyperconverged",
+        HyperConvergedSpec {
+            live_migration_config: Some(LiveMigrationConfig {
+                parallel_migrations_per_cluster: Some(cluster),
+                parallel_outbound_migrations_per_node: Some(per_node),
+                ..Default::default()
+            }),
+        },
+    );
+    h.metadata.namespace = Some(ns.to_owned());
+    b.create(&h).await.expect("create HCO");
+}
+
+/// Highest numbers of active migrations (Scheduling..Running) seen in the
+/// cluster and from one source node, observed by listing VMIMs through the
+/// backend (the API, in cluster mode) every few milliseconds. A limit
+/// breach would last at least one simulated migration, far longer than the
+/// polling period.
+#[derive(Debug, Default, Clone)]
+pub struct Maxima {
+    pub cluster: usize,
+    pub per_node: usize,
+    pub samples: usize,
+}
+
+pub fn spawn_observer<B: Backend>(
+    b: &B,
+    ns: &str,
+) -> (Task, std::sync::Arc<std::sync::Mutex<Maxima>>) {
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Maxima::default()));
+    let (b, ns, o) = (b.clone(), ns.to_owned(), out.clone());
+    let t = tokio::spawn(async move {
+        loop {
+            if let Ok(ms) = b.list::<VirtualMachineInstanceMigration>(Some(&ns)).await {
+                let active: Vec<_> = ms
+                    .iter()
+                    .filter(|m| {
+                        matches!(
+                            phase_of(m),
+                            Some(
+                                MigrationPhase::Scheduling
+                                    | MigrationPhase::Scheduled
+                                    | MigrationPhase::PreparingTarget
+                                    | MigrationPhase::TargetReady
+                                    | MigrationPhase::Running
+                            )
+                        )
+                    })
+                    .collect();
+                let mut per: HashMap<String, usize> = HashMap::new();
+                for m in &active {
+                    let src = m
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.migration_state.as_ref())
+                        .and_then(|s| s.source_node.clone())
+                        .unwrap_or_default();
+                    *per.entry(src).or_default() += 1;
+                }
+                let mut g = o.lock().unwrap();
+                g.cluster = g.cluster.max(active.len());
+                g.per_node = g.per_node.max(per.values().copied().max().unwrap_or(0));
+                g.samples += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    (Task(t), out)
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn get_vmim<B: Backend>(
+    b: &B,
+    ns: &str,
+    name: &str,
+) -> Option<VirtualMachineInstanceMigration> {
+    b.get::<VirtualMachineInstanceMigration>(ns, name)
+        .await
+        .expect("get VMIM")
+}
+
+async fn get_vmi<B: Backend>(b: &B, ns: &str, name: &str) -> VirtualMachineInstance {
+    b.get::<VirtualMachineInstance>(ns, name)
+        .await
+        .expect("get VMI")
+        .expect("VMI exists")
+}
+
+/// Wait until the VMIM reaches `phase`; returns it.
+pub async fn wait_phase<B: Backend>(
+    b: &B,
+    ns: &str,
+    name: &str,
+    phase: MigrationPhase,
+) -> VirtualMachineInstanceMigration {
+    eventually(LONG, &format!("VMIM {name} {phase:?}"), || async {
+        get_vmim(b, ns, name)
+            .await
+            .filter(|m| phase_of(m) == Some(phase))
+    })
+    .await
+}
+
+fn condition<'c>(
+    conds: &'c [mignet::api::VmiCondition],
+    type_: &str,
+) -> Option<&'c mignet::api::VmiCondition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+// ---------------------------------------------------------- scenarios
+//
+// Each scenario gets a backend, its own namespace and a unique test id
+// (used for node names and the node label); the caller cleans up.
+
+pub fn node_names(test: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{test}-n{i}")).collect()
+}
+
+/// 12 VMIMs over 4 nodes under limits 5/2: never more than 5 active in
+/// the cluster or 2 from one node (observed through the API), the slots
+/// are used, and every migration succeeds with the full status.
+pub async fn scenario_limits<B: Backend>(b: &B, ns: &str, test: &str) -> Maxima {
+    let nodes = node_names(test, 4);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_hco(b, ns, 5, 2).await;
+    for i in 0..12 {
+        let src = &nodes[i % 4];
+        create_running_vmi(b, ns, &format!("vm{i}"), src, VmiOpts::default()).await;
+    }
+    let (_obs, maxima) = spawn_observer(b, ns);
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, Duration::from_millis(400));
+    for i in 0..12 {
+        create_vmim(b, ns, &format!("mig{i}"), &format!("vm{i}")).await;
+    }
+    for i in 0..12 {
+        let m = wait_phase(b, ns, &format!("mig{i}"), MigrationPhase::Succeeded).await;
+        let st = m.status.clone().unwrap();
+        let phases: Vec<_> = st
+            .phase_transition_timestamps
+            .iter()
+            .map(|p| p.phase)
+            .collect();
+        assert_eq!(
+            phases,
+            vec![
+                MigrationPhase::Pending,
+                MigrationPhase::Scheduling,
+                MigrationPhase::Scheduled,
+                MigrationPhase::PreparingTarget,
+                MigrationPhase::TargetReady,
+                MigrationPhase::Running,
+                MigrationPhase::Succeeded
+            ],
+            "mig{i} phases"
+        );
+        let ts: Vec<_> = st
+            .phase_transition_timestamps
+            .iter()
+            .map(|p| p.phase_transition_timestamp.0)
+            .collect();
+        assert!(
+            ts.windows(2).all(|w| w[0] <= w[1]),
+            "mig{i} timestamps in order"
+        );
+        let vmi = get_vmi(b, ns, &format!("vm{i}")).await;
+        let vst = vmi.status.unwrap();
+        let ms = vst.migration_state.unwrap();
+        let src = &nodes[i % 4];
+        assert_eq!(ms.migration_uid, m.metadata.uid, "vm{i} migrationUid");
+        assert_eq!(ms.source_node.as_deref(), Some(src.as_str()));
+        let target = ms.target_node.clone().unwrap();
+        assert_ne!(&target, src, "vm{i} target differs from source");
+        assert!(nodes.contains(&target));
+        assert_eq!(
+            vst.node_name.as_deref(),
+            Some(target.as_str()),
+            "vm{i} moved"
+        );
+        assert_eq!(ms.completed, Some(true));
+        assert!(ms.start_timestamp.is_some() && ms.end_timestamp.is_some());
+        assert_eq!(
+            ms.target_node_address.as_deref(),
+            Some(sim_address(&nodes, &target).as_str())
+        );
+        assert_eq!(ms.target_node_domain_detected, Some(true));
+        assert_eq!(ms.mode, Some(mignet::api::MigrationMode::PreCopy));
+        assert_eq!(
+            vst.migration_method,
+            Some(mignet::api::MigrationMethod::LiveMigration)
+        );
+        let progress: Progress = serde_json::from_str(
+            m.annotations()
+                .get(protocol::PROGRESS_ANNOTATION)
+                .expect("progress annotation"),
+        )
+        .unwrap();
+        assert_eq!(progress.remaining_bytes, 0);
+    }
+    let m = maxima.lock().unwrap().clone();
+    assert!(m.samples > 20, "observer sampled {} times", m.samples);
+    assert!(m.cluster <= 5, "cluster limit exceeded: {m:?}");
+    assert!(m.per_node <= 2, "per-node limit exceeded: {m:?}");
+    // The limits are reached, not just respected (the test would pass
+    // vacuously with one migration at a time).
+    assert_eq!(m.cluster, 5, "{m:?}");
+    assert_eq!(m.per_node, 2, "{m:?}");
+    m
+}
+
+/// Deleting a running VMIM aborts it: abortStatus Succeeded, the VMI
+/// stays on its source, the VMIM goes once the abort is recorded.
+pub async fn scenario_cancel_running<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 2);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_running_vmi(b, ns, "vm", &nodes[0], VmiOpts::default()).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, LONG * 10);
+    create_vmim(b, ns, "mig", "vm").await;
+    let m = wait_phase(b, ns, "mig", MigrationPhase::Running).await;
+    assert!(
+        m.finalizers().iter().any(|f| f == protocol::FINALIZER),
+        "finalizer holds the VMIM"
+    );
+    b.delete::<VirtualMachineInstanceMigration>(ns, "mig")
+        .await
+        .expect("delete VMIM");
+    eventually(LONG, "cancelled VMIM gone", || async {
+        get_vmim(b, ns, "mig").await.is_none().then_some(())
+    })
+    .await;
+    let vmi = get_vmi(b, ns, "vm").await;
+    let st = vmi.status.unwrap();
+    let ms = st.migration_state.unwrap();
+    assert_eq!(ms.migration_uid, m.metadata.uid);
+    assert_eq!(ms.abort_requested, Some(true));
+    assert_eq!(ms.abort_status, Some(MigrationAbortStatus::Succeeded));
+    assert_eq!(ms.failed, Some(true));
+    assert_eq!(ms.completed, None);
+    assert_eq!(
+        st.node_name.as_deref(),
+        Some(nodes[0].as_str()),
+        "VM stays on the source"
+    );
+}
+
+/// Deleting a VMIM that is still Pending (no target: a single node) just
+/// removes it; nothing is written to the VMI.
+pub async fn scenario_cancel_pending<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 1);
+    create_node(b, &node(&nodes[0], test, None)).await;
+    create_running_vmi(b, ns, "vm", &nodes[0], VmiOpts::default()).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, LONG);
+    create_vmim(b, ns, "mig", "vm").await;
+    let m = eventually(LONG, "Pending with a wait reason", || async {
+        get_vmim(b, ns, "mig").await.filter(|m| {
+            phase_of(m) == Some(MigrationPhase::Pending)
+                && m.status
+                    .as_ref()
+                    .and_then(|s| condition(&s.conditions, protocol::PENDING_CONDITION))
+                    .is_some()
+        })
+    })
+    .await;
+    let c = condition(
+        &m.status.as_ref().unwrap().conditions,
+        protocol::PENDING_CONDITION,
+    )
+    .unwrap()
+    .clone();
+    assert_eq!(c.reason.as_deref(), Some("NoTarget"), "{c:?}");
+    assert!(m.finalizers().iter().any(|f| f == protocol::FINALIZER));
+    b.delete::<VirtualMachineInstanceMigration>(ns, "mig")
+        .await
+        .expect("delete VMIM");
+    eventually(LONG, "pending VMIM gone", || async {
+        get_vmim(b, ns, "mig").await.is_none().then_some(())
+    })
+    .await;
+    let vmi = get_vmi(b, ns, "vm").await;
+    assert!(vmi.status.unwrap().migration_state.is_none());
+}
+
+/// Refusals at admission: a VMI that is not running, and a second VMIM
+/// for a VMI that is already migrating.
+pub async fn scenario_refusals<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 2);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_running_vmi(b, ns, "vm", &nodes[0], VmiOpts::default()).await;
+    let mut stopped = VirtualMachineInstance::new("stopped", Default::default());
+    stopped.metadata.namespace = Some(ns.to_owned());
+    b.create(&stopped).await.expect("create VMI");
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, LONG * 10);
+    create_vmim(b, ns, "mig-stopped", "stopped").await;
+    create_vmim(b, ns, "mig-first", "vm").await;
+    wait_phase(b, ns, "mig-first", MigrationPhase::Running).await;
+    create_vmim(b, ns, "mig-second", "vm").await;
+    for (name, reason) in [
+        ("mig-stopped", "VMINotRunning"),
+        ("mig-second", "MigrationInFlight"),
+    ] {
+        let m = wait_phase(b, ns, name, MigrationPhase::Failed).await;
+        let c = condition(
+            &m.status.as_ref().unwrap().conditions,
+            protocol::FAILED_CONDITION,
+        )
+        .cloned()
+        .unwrap_or_else(|| panic!("{name}: no Failed condition"));
+        assert_eq!(c.reason.as_deref(), Some(reason), "{name}: {c:?}");
+    }
+    // The first one is untouched by the refused duplicate.
+    let first = get_vmim(b, ns, "mig-first").await.unwrap();
+    assert_eq!(phase_of(&first), Some(MigrationPhase::Running));
+}
+
+/// A drained node: its LiveMigrate VMIs get evacuation VMIMs (throttled:
+/// outbound limit 1, so one waits), a RWO-disk LiveMigrate VMI is
+/// reported blocking, a `None` VMI is reported as stopped; uncordon
+/// cancels the Pending evacuation and the started one finishes.
+pub async fn scenario_drain<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 3);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_hco(b, ns, 5, 1).await;
+    let live = VmiOpts {
+        eviction: Some(EvictionStrategy::LiveMigrate),
+        ..Default::default()
+    };
+    create_running_vmi(b, ns, "a", &nodes[0], live.clone()).await;
+    create_running_vmi(b, ns, "b", &nodes[0], live.clone()).await;
+    create_running_vmi(
+        b,
+        ns,
+        "rwo",
+        &nodes[0],
+        VmiOpts {
+            rwo_disk: true,
+            ..live.clone()
+        },
+    )
+    .await;
+    create_running_vmi(
+        b,
+        ns,
+        "plain",
+        &nodes[0],
+        VmiOpts {
+            eviction: Some(EvictionStrategy::None),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_running_vmi(b, ns, "elsewhere", &nodes[1], live.clone()).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, Duration::from_secs(3));
+    drain_node(b, &nodes[0], true).await;
+
+    // Two evacuations, one running (limit 1 per node), one waiting.
+    let (running, pending) = eventually(LONG, "one evacuation Running, one Pending", || async {
+        let ms = b
+            .list::<VirtualMachineInstanceMigration>(Some(ns))
+            .await
+            .unwrap();
+        if ms.len() != 2 {
+            return None;
+        }
+        let r = ms
+            .iter()
+            .find(|m| phase_of(m) == Some(MigrationPhase::Running))?;
+        let p = ms
+            .iter()
+            .find(|m| phase_of(m) == Some(MigrationPhase::Pending))?;
+        Some((r.clone(), p.clone()))
+    })
+    .await;
+    for m in [&running, &pending] {
+        assert_eq!(
+            m.annotations().get(protocol::EVACUATION_ANNOTATION),
+            Some(&nodes[0]),
+            "evacuation marked"
+        );
+    }
+    let mut vmis: Vec<_> = [&running, &pending]
+        .iter()
+        .map(|m| m.spec.vmi_name.clone())
+        .collect();
+    vmis.sort();
+    assert_eq!(vmis, vec!["a", "b"]);
+    let report: protocol::DrainReport = eventually(LONG, "drain report", || async {
+        let n = b.get::<Node>("", &nodes[0]).await.unwrap().unwrap();
+        n.annotations()
+            .get(protocol::DRAIN_REPORT_ANNOTATION)
+            .map(|s| serde_json::from_str(s).unwrap())
+    })
+    .await;
+    let mut evac = report.evacuating.clone();
+    evac.sort();
+    assert_eq!(evac, vec!["a", "b"], "{report:?}");
+    let rwo = report
+        .blocking
+        .iter()
+        .find(|e| e.name == "rwo")
+        .expect("rwo reported");
+    assert_eq!(rwo.action, "Blocked");
+    assert!(rwo.reason.contains("DisksNotLiveMigratable"), "{rwo:?}");
+    let plain = report
+        .blocking
+        .iter()
+        .find(|e| e.name == "plain")
+        .expect("plain reported");
+    assert_eq!(plain.action, "Stop");
+    assert!(!report.blocking.iter().any(|e| e.name == "elsewhere"));
+
+    // Uncordon: the Pending evacuation is cancelled, the running one ends.
+    drain_node(b, &nodes[0], false).await;
+    let pname = pending.name_any();
+    eventually(LONG, "pending evacuation cancelled", || async {
+        get_vmim(b, ns, &pname).await.is_none().then_some(())
+    })
+    .await;
+    let done = wait_phase(b, ns, &running.name_any(), MigrationPhase::Succeeded).await;
+    let moved = get_vmi(b, ns, &done.spec.vmi_name).await;
+    assert_ne!(
+        moved.status.unwrap().node_name.as_deref(),
+        Some(nodes[0].as_str())
+    );
+    let stayed = get_vmi(b, ns, &pending.spec.vmi_name).await;
+    assert_eq!(
+        stayed.status.unwrap().node_name.as_deref(),
+        Some(nodes[0].as_str())
+    );
+    eventually(LONG, "drain report removed", || async {
+        let n = b.get::<Node>("", &nodes[0]).await.unwrap().unwrap();
+        (!n.annotations()
+            .contains_key(protocol::DRAIN_REPORT_ANNOTATION))
+        .then_some(())
+    })
+    .await;
+}
+
+/// A host-model VMI whose model no other node advertises: LiveMigratable
+/// False with the reason, its VMIM refused with it; once another node
+/// advertises the model the condition turns True.
+pub async fn scenario_host_model<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 2);
+    create_node(b, &node(&nodes[0], test, Some("Skylake-Client-IBRS"))).await;
+    create_node(b, &node(&nodes[1], test, Some("Haswell-noTSX"))).await;
+    create_running_vmi(
+        b,
+        ns,
+        "hm",
+        &nodes[0],
+        VmiOpts {
+            cpu_model: Some("host-model"),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_running_vmi(b, ns, "named", &nodes[0], VmiOpts::default()).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let c = eventually(LONG, "LiveMigratable on hm", || async {
+        let v = get_vmi(b, ns, "hm").await;
+        condition(&v.status?.conditions, protocol::LIVE_MIGRATABLE).cloned()
+    })
+    .await;
+    assert_eq!(c.status, "False", "{c:?}");
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("NoSuitableNodesForHostModelMigration"),
+        "{c:?}"
+    );
+    assert!(
+        c.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("Skylake-Client-IBRS"),
+        "{c:?}"
+    );
+    let named = eventually(LONG, "LiveMigratable on named", || async {
+        let v = get_vmi(b, ns, "named").await;
+        condition(&v.status?.conditions, protocol::LIVE_MIGRATABLE).cloned()
+    })
+    .await;
+    assert_eq!(
+        named.status, "True",
+        "a named model is not host-bound: {named:?}"
+    );
+
+    create_vmim(b, ns, "mig", "hm").await;
+    let m = wait_phase(b, ns, "mig", MigrationPhase::Failed).await;
+    let f = condition(
+        &m.status.as_ref().unwrap().conditions,
+        protocol::FAILED_CONDITION,
+    )
+    .cloned()
+    .unwrap();
+    assert_eq!(
+        f.reason.as_deref(),
+        Some("NoSuitableNodesForHostModelMigration")
+    );
+
+    mignet::backend::modify::<B, Node>(b, "", &nodes[1], |n| {
+        n.labels_mut().insert(
+            "host-model-cpu.node.kubevirt.io/Skylake-Client-IBRS".into(),
+            "true".into(),
+        );
+        true
+    })
+    .await
+    .unwrap();
+    eventually(LONG, "LiveMigratable True after labelling", || async {
+        let v = get_vmi(b, ns, "hm").await;
+        condition(&v.status?.conditions, protocol::LIVE_MIGRATABLE)
+            .filter(|c| c.status == "True")
+            .map(|_| ())
+    })
+    .await;
+}

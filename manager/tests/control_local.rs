@@ -1,0 +1,81 @@
+//! The migration controller on the lab's local store (LocalBackend), with
+//! the simulated agents: the same scenarios as on the real apiserver
+//! (`control_k8s.rs`), at unit speed and without root.
+//!
+//! Run: `cargo test -p mignet --test control_local`
+
+mod control_common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use control_common::*;
+use mignet::backend::LocalBackend;
+use mignet::store::Store;
+
+/// A store in a fresh temporary directory, removed on drop.
+struct TempStore {
+    dir: std::path::PathBuf,
+    backend: LocalBackend,
+}
+
+impl TempStore {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mignet-control-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let store = Arc::new(Store::open(&dir).expect("open store"));
+        Self {
+            dir,
+            backend: LocalBackend::new(store),
+        }
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const NS: &str = "lab";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_5_2_hold_and_all_succeed() {
+    let s = TempStore::new("limits");
+    let m = scenario_limits(&s.backend, NS, "limits").await;
+    println!("observed maxima: {m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_migration_aborts_it() {
+    let s = TempStore::new("cancel");
+    scenario_cancel_running(&s.backend, NS, "cancel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pending_migration_removes_it() {
+    let s = TempStore::new("pending");
+    scenario_cancel_pending(&s.backend, NS, "pending").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_stopped_and_duplicate() {
+    let s = TempStore::new("refuse");
+    scenario_refusals(&s.backend, NS, "refuse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evacuates_reports_and_uncordon_cancels() {
+    let s = TempStore::new("drain");
+    scenario_drain(&s.backend, NS, "drain").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_model_without_matching_node_is_not_migratable() {
+    let s = TempStore::new("hostmodel");
+    scenario_host_model(&s.backend, NS, "hostmodel").await;
+}
