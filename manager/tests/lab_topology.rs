@@ -270,3 +270,19 @@ fn a_restarted_daemon_adopts_the_running_agents() {
     assert!(!pid_alive(new_pid), "down stops the hand-started daemon");
     assert!(lab.our_namespaces().is_empty());
 }
+
+#[test]
+fn missing_cni_plugins_fail_up_clearly_and_leave_nothing() {
+    let lab = Lab::new("nocni");
+    let out = lab
+        .cmd()
+        .env("MIGNET_CNI_BIN_DIR", "/nonexistent-cni-dir")
+        .args(["lab", "up", "--nodes", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo build -p mignet-cni"), "{err}");
+    assert!(lab.our_namespaces().is_empty());
+    assert!(!lab.dir.exists());
+}
