@@ -272,13 +272,15 @@ impl<'a> ClusterIndex<'a> {
             .iter()
             .map(|(_, r)| *r)
             .find(|r| Some(*r) != source);
-        let source_node = vmi.node.clone().unwrap_or_default();
+        let source_node = || vmi.node.clone().unwrap_or_default();
         let Some(best) = best else {
             return Err(if group == ALL_SCHEDULABLE {
-                NoTarget::NoOtherSchedulableNode { source_node }
+                NoTarget::NoOtherSchedulableNode {
+                    source_node: source_node(),
+                }
             } else {
                 NoTarget::NoNodeWithHostModel {
-                    source_node,
+                    source_node: source_node(),
                     model: self.group_requirement(group),
                 }
             });

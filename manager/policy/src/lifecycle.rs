@@ -57,6 +57,12 @@ impl Phase {
         )
     }
 
+    /// Read `status.phase` back; unknown strings (e.g. the decentralized
+    /// `WaitingForSync`, which mignet does not use) give `None`.
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     /// KubeVirt's spelling, as written to `status.phase`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -318,6 +324,16 @@ mod tests {
             .apply(Event::SlotGranted, Timestamp(9_000))
             .unwrap();
         assert_eq!(l.entered(Phase::Scheduling), Some(Timestamp(10_000)));
+    }
+
+    #[test]
+    fn phase_strings_round_trip() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert_eq!(Phase::parse("WaitingForSync"), None);
+        assert_eq!(Phase::parse("running"), None);
     }
 
     #[test]

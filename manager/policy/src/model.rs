@@ -118,6 +118,20 @@ pub enum VmiPhase {
 }
 
 impl VmiPhase {
+    /// `status.phase` as written by KubeVirt; an empty or unknown value is
+    /// `Unknown`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "Pending" => Self::Pending,
+            "Scheduling" => Self::Scheduling,
+            "Scheduled" => Self::Scheduled,
+            "Running" => Self::Running,
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+
     /// A VMI in a final phase holds no resources on its node.
     pub fn is_final(self) -> bool {
         matches!(self, VmiPhase::Succeeded | VmiPhase::Failed)
@@ -152,6 +166,19 @@ pub enum EvictionStrategy {
     LiveMigrate,
     LiveMigrateIfPossible,
     External,
+}
+
+impl EvictionStrategy {
+    /// `spec.evictionStrategy` spelling; unknown values give `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "None" => Some(Self::None),
+            "LiveMigrate" => Some(Self::LiveMigrate),
+            "LiveMigrateIfPossible" => Some(Self::LiveMigrateIfPossible),
+            "External" => Some(Self::External),
+            _ => Option::None,
+        }
+    }
 }
 
 /// A persistent volume's access mode (from the claim's status).
@@ -276,5 +303,58 @@ impl Default for Limits {
             parallel_migrations_per_cluster: 5,
             parallel_outbound_migrations_per_node: 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing_the_api_spellings() {
+        assert_eq!(VmiPhase::parse("Running"), VmiPhase::Running);
+        assert_eq!(VmiPhase::parse(""), VmiPhase::Unknown);
+        assert_eq!(
+            EvictionStrategy::parse("LiveMigrate"),
+            Some(EvictionStrategy::LiveMigrate)
+        );
+        assert_eq!(
+            EvictionStrategy::parse("LiveMigrateIfPossible"),
+            Some(EvictionStrategy::LiveMigrateIfPossible)
+        );
+        assert_eq!(
+            EvictionStrategy::parse("None"),
+            Some(EvictionStrategy::None)
+        );
+        assert_eq!(EvictionStrategy::parse("Evict"), None);
+        assert_eq!(
+            AccessMode::parse("ReadWriteMany"),
+            Some(AccessMode::ReadWriteMany)
+        );
+        assert_eq!(AccessMode::parse("RWX"), None);
+    }
+
+    #[test]
+    fn schedulable_and_draining() {
+        let mut n = NodeView::default();
+        assert!(n.schedulable() && !n.draining());
+        n.taints.push(Taint {
+            key: "other".into(),
+            effect: TaintEffect::PreferNoSchedule,
+        });
+        assert!(n.schedulable());
+        n.taints.push(Taint {
+            key: DRAIN_TAINT_KEY.into(),
+            effect: TaintEffect::PreferNoSchedule,
+        });
+        assert!(
+            n.draining() && !n.schedulable(),
+            "the drain key counts with any effect"
+        );
+        let cordoned = NodeView {
+            unschedulable: true,
+            ..Default::default()
+        };
+        assert!(!cordoned.schedulable() && !cordoned.draining());
     }
 }
