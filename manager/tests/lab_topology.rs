@@ -118,6 +118,29 @@ fn up_builds_the_topology_and_down_removes_everything() {
     assert!(status.contains("running"), "{status}");
     assert!(status.contains("mignet-agent-node3"), "{status}");
 
+    // The record lists every link the lab made, in lab namespaces only.
+    let state = lab.state().unwrap();
+    let recorded: Vec<(String, String)> = serde_json::from_value(state["links"].clone()).unwrap();
+    assert!(recorded.contains(&(lab.ns("sw"), "br-mig".into())));
+    assert!(recorded.contains(&(lab.ns("node2"), "eth1".into())));
+    assert!(recorded.contains(&(lab.ns("node3"), "agent0".into())));
+    assert!(recorded.iter().all(|(ns, _)| ns.starts_with(&lab.prefix)));
+    // Nothing of the lab's shows up in the root namespace.
+    let root: Vec<String> = root_links();
+    for name in [
+        "br-pod",
+        "br-mig",
+        "n1-pod",
+        "n1-mig",
+        "agent0",
+        "migration0",
+    ] {
+        assert!(
+            !root.iter().any(|l| l == name),
+            "{name} in the root namespace"
+        );
+    }
+
     let pid = lab.daemon_pid().expect("daemon recorded");
     assert!(pid_alive(pid));
     lab.ok(&["lab", "down"]);
@@ -285,4 +308,18 @@ fn missing_cni_plugins_fail_up_clearly_and_leave_nothing() {
     assert!(err.contains("cargo build -p mignet-cni"), "{err}");
     assert!(lab.our_namespaces().is_empty());
     assert!(!lab.dir.exists());
+}
+
+fn root_links() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -298,6 +298,7 @@ impl<'a> Kubelet<'a> {
         add_namespace(self.cfg, &agent_ns)?;
         let gw = plan::pod_gateway(index).to_string();
         let pod_ip = plan::agent_ip(index).to_string();
+        LabState::record_link(&self.cfg.dir, &node_ns, AGENT_VETH)?;
         ip(&[
             "-n", &node_ns, "link", "add", AGENT_VETH, "type", "veth", "peer", "name", "eth0",
             "netns", &agent_ns,

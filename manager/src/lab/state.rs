@@ -26,6 +26,11 @@ pub struct LabState {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub processes: Vec<ProcessRecord>,
+    /// Links, as `(namespace, name)`. They all live in lab namespaces and
+    /// go with them; the record lets `down` remove one whose namespace
+    /// could not be removed, and says what the lab made.
+    #[serde(default)]
+    pub links: Vec<(String, String)>,
 }
 
 impl LabState {
@@ -54,6 +59,7 @@ impl LabState {
             config: config.clone(),
             namespaces: Vec::new(),
             processes: Vec::new(),
+            links: Vec::new(),
         }
         .save()
     }
@@ -85,6 +91,15 @@ impl LabState {
 
     pub fn forget_namespace(dir: &Path, ns: &str) -> Result<(), LabError> {
         Self::update(dir, |s| s.namespaces.retain(|n| n != ns))
+    }
+
+    pub fn record_link(dir: &Path, namespace: &str, name: &str) -> Result<(), LabError> {
+        Self::update(dir, |s| {
+            let l = (namespace.to_owned(), name.to_owned());
+            if !s.links.contains(&l) {
+                s.links.push(l);
+            }
+        })
     }
 
     pub fn record_process(dir: &Path, pid: i32, what: &str) -> Result<(), LabError> {

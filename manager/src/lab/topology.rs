@@ -41,6 +41,7 @@ pub fn up(cfg: &LabConfig) -> Result<(), LabError> {
     let sw = cfg.switch_ns();
     add_namespace(cfg, &sw)?;
     for br in [POD_BRIDGE, MIGRATION_BRIDGE] {
+        LabState::record_link(&cfg.dir, &sw, br)?;
         ip(&["-n", &sw, "link", "add", br, "type", "bridge"])?;
         ip(&["-n", &sw, "link", "set", br, "up"])?;
     }
@@ -52,6 +53,8 @@ pub fn up(cfg: &LabConfig) -> Result<(), LabError> {
             (format!("n{i}-pod"), POD_BRIDGE, NODE_POD_NIC),
             (format!("n{i}-mig"), MIGRATION_BRIDGE, NODE_MIGRATION_NIC),
         ] {
+            LabState::record_link(&cfg.dir, &sw, &port)?;
+            LabState::record_link(&cfg.dir, &ns, nic)?;
             ip(&[
                 "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", nic, "netns", &ns,
             ])?;
@@ -122,6 +125,16 @@ pub fn down(dir: &std::path::Path) -> Result<DownReport, LabError> {
         match ip(&["netns", "del", ns]) {
             Ok(_) => report.namespaces_removed.push(ns.clone()),
             Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    // Links whose namespace is still there (its removal failed above).
+    for (ns, link) in state.links.iter().rev() {
+        if netns_exists(ns) {
+            if let Err(e) = ip(&["-n", ns, "link", "del", link]) {
+                if !e.to_string().contains("Cannot find device") {
+                    report.errors.push(e.to_string());
+                }
+            }
         }
     }
     if !report.errors.is_empty() {
