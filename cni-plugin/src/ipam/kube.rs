@@ -43,8 +43,12 @@ use std::time::Duration;
 
 /// The namespace whereabouts uses when the kubeconfig's context names none.
 pub const DEFAULT_NAMESPACE: &str = "kube-system";
-/// Optimistic write attempts per pool before giving up with code 11.
-pub const MAX_ATTEMPTS: u32 = 64;
+/// Optimistic write attempts per pool before giving up with code 11 ...
+pub const MAX_ATTEMPTS: u32 = 500;
+/// ... or this much time, whichever comes first: far below kubelet's 4 min
+/// sandbox timeout and whereabouts' own 2 min ADD limit. Under n-way
+/// contention a writer waits for about n others, one round trip each.
+pub const ADD_BUDGET: Duration = Duration::from_secs(60);
 /// Address reservations tried per attempt before re-reading the pool.
 const MAX_CLAIM_STEPS: u32 = 256;
 /// Per-request timeouts; an ADD must finish well inside kubelet's 4 min.
@@ -281,9 +285,14 @@ pub fn network_name_of(pool_name: &str, subnet: ipnetwork::IpNetwork) -> &str {
         .unwrap_or("")
 }
 
-/// Exponential backoff with full jitter: attempt n sleeps a uniformly random
-/// time in [0, min(cap, base * 2^n)). Jitter spreads processes that lost the
-/// same race so they do not collide again in lockstep.
+/// Binary exponential backoff with full jitter, in slots of one write's
+/// round trip (as Ethernet does): after the n-th conflict, wait a random
+/// number of slots in [0, 2^n), n capped at `MAX_EXP`. With k writers on one
+/// pool the window grows to about k slots within log2(k) conflicts, so
+/// roughly one writer tries per slot and few writes are wasted. A fixed
+/// millisecond backoff cannot do that: a conflicting write costs the API
+/// server a full decode, validation and encode of the pool, so writers
+/// retrying faster than the server completes writes only add load.
 #[derive(Debug)]
 pub struct Backoff {
     state: u64,
@@ -291,8 +300,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    const BASE_MS: u64 = 2;
-    const CAP_MS: u64 = 200;
+    /// At most 2^6 = 64 slots.
+    pub const MAX_EXP: u32 = 6;
+    /// Slot bounds: a write measured faster or slower than this is clamped.
+    pub const MIN_SLOT: Duration = Duration::from_millis(2);
+    pub const MAX_SLOT: Duration = Duration::from_millis(500);
 
     pub fn new(seed: u64) -> Self {
         Backoff {
@@ -301,16 +313,22 @@ impl Backoff {
         }
     }
 
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
+    fn random(&mut self) -> u64 {
         // xorshift64*: plenty for jitter, no dependency.
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
         self.state ^= self.state >> 27;
-        let r = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let ceiling = (Self::BASE_MS << self.attempt.min(16)).min(Self::CAP_MS) * 1000;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// The delay after the next conflict, given the last write's round trip.
+    pub fn next_delay(&mut self, slot: Duration) -> Duration {
         self.attempt += 1;
-        Duration::from_micros(r % ceiling.max(1))
+        let slot = slot.clamp(Self::MIN_SLOT, Self::MAX_SLOT);
+        let window = 1u64 << self.attempt.min(Self::MAX_EXP);
+        // Uniform in [0, window) slots, at microsecond resolution.
+        let span = slot.as_micros() as u64 * window;
+        Duration::from_micros(self.random() % span.max(1))
     }
 }
 
@@ -367,11 +385,12 @@ fn exhausted(range: &IpRange) -> CniError {
     )
 }
 
-fn contention(pool: &str, attempts: u32) -> CniError {
+fn contention(pool: &str, attempts: u32, spent: Duration) -> CniError {
     CniError::new(
         Code::TryAgainLater,
         format!(
-            "IPPool {pool}: still conflicting after {attempts} optimistic attempts (heavy contention); try again"
+            "IPPool {pool}: still conflicting after {attempts} optimistic attempts in {:.1}s (heavy contention); try again",
+            spent.as_secs_f64()
         ),
     )
 }
@@ -385,6 +404,8 @@ pub struct KubeStore {
     pub namespace: String,
     network_name: String,
     overlapping: bool,
+    /// The round trip of the last pool write: the backoff's slot.
+    slot: std::cell::Cell<Duration>,
 }
 
 /// Build a client for `conf`. With a kubeconfig path: that file, namespace
@@ -460,6 +481,7 @@ impl KubeStore {
             namespace,
             network_name: conf.ipam.network_name.clone(),
             overlapping: conf.ipam.overlapping_ranges,
+            slot: Default::default(),
         })
     }
 
@@ -512,6 +534,13 @@ impl KubeStore {
     /// Write `parsed` over `obj` with `obj`'s resourceVersion as the
     /// precondition. `Ok(false)` is a conflict: someone wrote in between.
     async fn write(&self, key: &PoolKey, obj: &IPPool, parsed: &ParsedPool) -> CniResult<bool> {
+        let t = std::time::Instant::now();
+        let r = self.write_inner(key, obj, parsed).await;
+        self.slot.set(t.elapsed());
+        r
+    }
+
+    async fn write_inner(&self, key: &PoolKey, obj: &IPPool, parsed: &ParsedPool) -> CniResult<bool> {
         let mut next = IPPool::new(&key.name, pool_spec(key.subnet, parsed));
         next.metadata = ObjectMeta {
             name: Some(key.name.clone()),
@@ -605,14 +634,17 @@ impl KubeStore {
         let mut taken: BTreeSet<u128> = BTreeSet::new();
         // The offset whose reservation we hold, if any.
         let mut claimed: Option<u128> = None;
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
         let result = async {
-            for _ in 0..MAX_ATTEMPTS {
+            while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
+                attempts += 1;
                 let (obj, mut parsed) = self.read_or_create(key).await?;
                 if let Some(off) = parsed.pool.held_by(owner) {
                     // A repeated ADD (or a new sandbox of the same pod).
                     parsed.pool.assign(range, owner);
                     if parsed.pool.dirty && !self.write(key, &obj, &parsed).await? {
-                        tokio::time::sleep(backoff.next_delay()).await;
+                        tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                         continue;
                     }
                     return Ok(Added {
@@ -620,51 +652,76 @@ impl KubeStore {
                         existing: true,
                     });
                 }
-                // Keep our reservation if the pool still has the address free.
-                let mut pick = claimed.filter(|o| !parsed.pool.allocations.contains_key(o));
-                if pick.is_none() {
-                    if let Some(old) = claimed.take() {
-                        self.unclaim(range.ip_at(old), owner).await?;
+                // With a reservation for an address the fresh read still has
+                // free, write at once: the window between our read and our
+                // write is one round trip, which keeps conflicts rare.
+                if let Some(off) = claimed.filter(|o| !parsed.pool.allocations.contains_key(o)) {
+                    parsed.pool.allocations.insert(
+                        off,
+                        Allocation {
+                            id: owner.container_id.clone(),
+                            ifname: owner.ifname.clone(),
+                            podref: owner.podref.clone().unwrap_or_default(),
+                        },
+                    );
+                    if self.write(key, &obj, &parsed).await? {
+                        claimed = None; // Committed: the reservation backs a pool entry.
+                        return Ok(Added {
+                            offset: off,
+                            existing: false,
+                        });
                     }
+                    tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+                    continue;
                 }
+                if let Some(old) = claimed.take() {
+                    // A writer that does not reserve (overlapping ranges off,
+                    // or an old whereabouts) took our address in the pool.
+                    self.unclaim(range.ip_at(old), owner).await?;
+                }
+                // Pick the lowest free address and reserve it (ORIP first);
+                // then loop to re-read and write with a fresh resourceVersion.
                 let mut steps = 0;
-                while pick.is_none() {
+                loop {
                     let off = parsed
                         .pool
                         .lowest_free_avoiding(range, &taken)
                         .ok_or_else(|| exhausted(range))?;
-                    if !self.overlapping || self.claim(range.ip_at(off), owner).await? {
-                        pick = Some(off);
-                    } else {
-                        taken.insert(off);
-                        steps += 1;
-                        if steps >= MAX_CLAIM_STEPS {
-                            break;
+                    if !self.overlapping {
+                        // No reservation: the pool's precondition alone
+                        // decides; write from this read.
+                        parsed.pool.allocations.insert(
+                            off,
+                            Allocation {
+                                id: owner.container_id.clone(),
+                                ifname: owner.ifname.clone(),
+                                podref: owner.podref.clone().unwrap_or_default(),
+                            },
+                        );
+                        if self.write(key, &obj, &parsed).await? {
+                            return Ok(Added {
+                                offset: off,
+                                existing: false,
+                            });
                         }
+                        tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+                        break;
+                    }
+                    if self.claim(range.ip_at(off), owner).await? {
+                        claimed = Some(off);
+                        break;
+                    }
+                    taken.insert(off);
+                    steps += 1;
+                    if steps >= MAX_CLAIM_STEPS {
+                        break;
                     }
                 }
-                let Some(off) = pick else { continue };
-                if self.overlapping {
-                    claimed = Some(off);
+                if started.elapsed() > ADD_BUDGET {
+                    break;
                 }
-                parsed.pool.allocations.insert(
-                    off,
-                    Allocation {
-                        id: owner.container_id.clone(),
-                        ifname: owner.ifname.clone(),
-                        podref: owner.podref.clone().unwrap_or_default(),
-                    },
-                );
-                if self.write(key, &obj, &parsed).await? {
-                    claimed = None; // Committed: the reservation now backs a pool entry.
-                    return Ok(Added {
-                        offset: off,
-                        existing: false,
-                    });
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
             }
-            Err(contention(&key.name, MAX_ATTEMPTS))
+            Err(contention(&key.name, attempts, started.elapsed()))
         }
         .await;
         if let (Err(_), Some(off)) = (&result, claimed) {
@@ -683,7 +740,10 @@ impl KubeStore {
         mut select: impl FnMut(u128, &Allocation) -> bool,
     ) -> CniResult<Vec<(u128, Allocation)>> {
         let mut backoff = Backoff::new(seed());
-        for _ in 0..MAX_ATTEMPTS {
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
+        while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
+            attempts += 1;
             let Some((obj, mut parsed)) = self.read(key).await? else {
                 return Ok(Vec::new());
             };
@@ -701,7 +761,7 @@ impl KubeStore {
                 parsed.pool.allocations.remove(o);
             }
             if !self.write(key, &obj, &parsed).await? {
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                 continue;
             }
             // Pool entry first, reservation second (see the module docs).
@@ -721,7 +781,7 @@ impl KubeStore {
             }
             return Ok(freed);
         }
-        Err(contention(&key.name, MAX_ATTEMPTS))
+        Err(contention(&key.name, attempts, started.elapsed()))
     }
 }
 
@@ -907,6 +967,7 @@ pub async fn reconcile(client: Client, namespace: &str, grace: Duration) -> CniR
             namespace: namespace.to_string(),
             network_name: network_name_of(pool, subnet).to_string(),
             overlapping: true,
+            slot: Default::default(),
         };
         let key = PoolKey {
             name: pool.to_string(),
@@ -1091,12 +1152,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_bounded_and_jittered() {
+    fn backoff_window_doubles_per_conflict_in_slots_and_is_capped() {
+        let slot = Duration::from_millis(40);
         let mut b = Backoff::new(42);
-        let ds: Vec<Duration> = (0..40).map(|_| b.next_delay()).collect();
-        assert!(ds.iter().all(|d| *d < Duration::from_millis(Backoff::CAP_MS)));
-        assert!(ds[0] < Duration::from_millis(Backoff::BASE_MS));
+        let ds: Vec<Duration> = (0..40).map(|_| b.next_delay(slot)).collect();
+        assert!(ds[0] < slot * 2);
+        assert!(ds[1] < slot * 4);
+        let cap = slot * (1 << Backoff::MAX_EXP);
+        assert!(ds.iter().all(|d| *d < cap), "{ds:?}");
+        // Jittered, and the late window is really used.
         let distinct: HashSet<Duration> = ds.iter().copied().collect();
         assert!(distinct.len() > 30, "{ds:?}");
+        assert!(ds[10..].iter().any(|d| *d > cap / 2), "{ds:?}");
+        // Slots are clamped.
+        let mut b = Backoff::new(7);
+        assert!(b.next_delay(Duration::from_secs(60)) < Backoff::MAX_SLOT * 2);
     }
 }
