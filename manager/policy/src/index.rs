@@ -57,7 +57,9 @@ pub struct ClusterIndex<'a> {
     free: Vec<i64>,
     schedulable: Vec<bool>,
     vmis: HashMap<&'a ObjectKey, &'a VmiView>,
-    /// Non-final migrations (Pending included) per VMI, in input order.
+    /// Non-final migrations (Pending included) per VMI, by key, so that
+    /// answers do not depend on input order even in inconsistent states
+    /// (two open migrations of one VMI).
     open_by_vmi: HashMap<&'a ObjectKey, Vec<&'a MigrationView>>,
     /// Active (Scheduling..=Running) migrations per source node name.
     outbound: HashMap<&'a str, u32>,
@@ -128,6 +130,12 @@ impl<'a> ClusterIndex<'a> {
             }
         }
 
+        for list in open_by_vmi.values_mut() {
+            if list.len() > 1 {
+                list.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+        }
+
         let mut idx = Self {
             snap,
             node_groups: vec![Vec::new(); nodes.len()],
@@ -159,7 +167,7 @@ impl<'a> ClusterIndex<'a> {
         self.vmis.get(key).copied()
     }
 
-    /// Non-final migrations of a VMI (Pending included).
+    /// Non-final migrations of a VMI (Pending included), in key order.
     pub fn open_migrations_of(&self, vmi: &ObjectKey) -> &[&'a MigrationView] {
         self.open_by_vmi.get(vmi).map_or(&[], Vec::as_slice)
     }
