@@ -4,13 +4,14 @@
 //!   ([`vm::VmRunner`]), the migration IP and readiness, the target side
 //!   ([`target`]: destination QEMU + mTLS listener on the migration IP) and
 //!   the source side ([`source`]: proxy + QEMU `migrate` + monitor).
-//! - [`run`](crate::agent::run) (in `control.rs`, once the backend exists)
-//!   drives the core from the VMI/VMIM objects.
+//! - [`run`] (`control.rs`) drives the core from the VMI/VMIM objects over
+//!   a [`crate::backend::Backend`] (kube or the lab's local store).
 //!
 //! Sockets are created in the agent pod's network namespace through
 //! [`dataplane_rt::DataPlaneRuntime`]; VMs are daemonized QEMUs that outlive
 //! the agent.
 
+pub mod control;
 pub mod dataplane_rt;
 pub mod params;
 pub mod source;
@@ -28,6 +29,7 @@ use mignet_dataplane::migration_ip::{
 use mignet_dataplane::proxy::{EndpointError, ProxyOptions};
 use mignet_dataplane::tls::{ReloadingTls, TlsError, TlsPaths, TlsSettings, WatcherGuard};
 
+pub use control::{run, run_with_core};
 pub use dataplane_rt::DataPlaneRuntime;
 pub use params::MigrationParams;
 pub use source::{Progress, SourceResult, TargetAddress};

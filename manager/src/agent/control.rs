@@ -1,0 +1,851 @@
+//! The agent loop: drives [`AgentCore`] from the VMI / VMIM objects, following
+//! the controller <-> agent protocol documented in [`crate::backend`].
+//!
+//! Level-triggered like the controller: on every change (or a tick) list the
+//! VMIs and VMIMs and decide from scratch what this node must do:
+//! - run the VMIs whose `status.nodeName` is this node (start QEMU when not
+//!   running yet), stop VMs whose VMI is gone or has left;
+//! - target side (migrationState.targetNode == us, VMIM Scheduled, no
+//!   address yet): PreparingTarget, prepare, publish targetNodeAddress,
+//!   TargetReady; keep the destination until the stream ends;
+//! - source side (VMI on us, VMIM TargetReady, address set): Running,
+//!   migrate, progress annotation, then completed / failed (+ nodeName =
+//!   target on success, one status write) and Succeeded / Failed;
+//! - abortRequested: the source cancels (or, not started yet, records the
+//!   abort); the target tears down what it prepared.
+//!
+//! Long work (prepare + wait, migrate) runs in tasks owned by the loop; a
+//! finished task's migration is remembered so a stale read cannot start it
+//! twice.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff;
+use kube::ResourceExt;
+use tokio::task::JoinHandle;
+
+use super::params::MigrationParams;
+use super::source::{Progress, TargetAddress};
+use super::target::IncomingResult;
+use super::vm::VmRequest;
+use super::{error_chain, AgentCore, AgentError, AgentSettings};
+use crate::api::{
+    HyperConverged, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
+    VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState, VmiPhase,
+};
+use crate::backend::{modify, modify_status, protocol, Backend, BackendError};
+use crate::config::EffectiveMigrationConfig;
+use crate::control::enter_phase;
+
+/// VMI annotation with extra kernel arguments for the lab's test guest
+/// (its memory workload); ignored by anything but the lab image.
+pub const GUEST_ARGS_ANNOTATION: &str = "mignet.io/guest-kernel-args";
+
+/// How often the loop re-reads without a change signal.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Errors of the loop itself (per-migration failures are recorded in the
+/// objects, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("starting the agent")]
+    Start(#[source] AgentError),
+}
+
+/// Aborts its task when dropped.
+struct Owned(JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct SourceTask {
+    key: String,
+    task: Owned,
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+struct TargetTask {
+    key: String,
+    task: Owned,
+}
+
+#[derive(Default)]
+struct LoopState {
+    sources: HashMap<String, SourceTask>,
+    targets: HashMap<String, TargetTask>,
+    /// Migrations whose task has finished (uids).
+    done: HashSet<String>,
+}
+
+impl LoopState {
+    fn reap(&mut self) {
+        let finished: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|(_, t)| t.task.0.is_finished())
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in finished {
+            self.sources.remove(&u);
+            self.done.insert(u);
+        }
+        let finished: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.task.0.is_finished())
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in finished {
+            self.targets.remove(&u);
+            self.done.insert(u);
+        }
+    }
+
+    fn busy(&self, key: &str) -> bool {
+        self.sources.values().any(|t| t.key == key) || self.targets.values().any(|t| t.key == key)
+    }
+}
+
+/// Run the agent for `settings.node_name` until `shutdown` resolves.
+pub async fn run<B: Backend>(
+    backend: B,
+    settings: AgentSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LoopError> {
+    let core = Arc::new(AgentCore::start(settings).await.map_err(LoopError::Start)?);
+    run_with_core(backend, core, shutdown).await;
+    Ok(())
+}
+
+/// [`run`] with an agent core the caller made (and may inspect).
+pub async fn run_with_core<B: Backend>(
+    backend: B,
+    core: Arc<AgentCore>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut state = LoopState::default();
+    let mut changes = backend.changes();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        state.reap();
+        if let Err(e) = pass(&backend, &core, &mut state).await {
+            if e.is_retryable() {
+                tracing::debug!(error = %e, "agent pass lost a race; retrying");
+            } else {
+                tracing::warn!(error = %error_chain(&e), "agent pass failed");
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+    // Dropping the tasks cuts in-flight streams: a source migration fails
+    // (its VM keeps running), a prepared destination is killed.
+    tracing::info!(node = %core.node_name(), "agent stopping");
+}
+
+fn key_of(vmi: &VirtualMachineInstance) -> String {
+    format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any())
+}
+
+fn now() -> Time {
+    let t = jiff::Timestamp::now();
+    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+/// The VM to run for a VMI spec (pure).
+pub fn vm_request(vmi: &VirtualMachineInstance) -> VmRequest {
+    let d = &vmi.spec.domain;
+    let memory = d
+        .memory
+        .as_ref()
+        .and_then(|m| m.guest.as_ref())
+        .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
+        .and_then(|q| crate::config::parse_quantity("memory", q).ok())
+        .unwrap_or(256 << 20);
+    let cpu = d.cpu.as_ref();
+    let vcpus = cpu.map_or(1, |c| {
+        c.cores.unwrap_or(1) * c.sockets.unwrap_or(1) * c.threads.unwrap_or(1)
+    });
+    VmRequest {
+        key: key_of(vmi),
+        memory_mib: (memory >> 20).max(16),
+        vcpus: vcpus.max(1),
+        cpu_model: cpu.and_then(|c| c.model.clone()),
+        kernel_args: vmi
+            .annotations()
+            .get(GUEST_ARGS_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+async fn effective_config<B: Backend>(backend: &B) -> EffectiveMigrationConfig {
+    let hcos: Vec<HyperConverged> = backend.list(None).await.unwrap_or_default();
+    hcos.first()
+        .and_then(|h| {
+            EffectiveMigrationConfig::from_spec(h.spec.live_migration_config.as_ref()).ok()
+        })
+        .unwrap_or_default()
+}
+
+fn phase_of(m: &VirtualMachineInstanceMigration) -> Option<MigrationPhase> {
+    m.status.as_ref().and_then(|s| s.phase)
+}
+
+fn state_for<'a>(
+    vmi: &'a VirtualMachineInstance,
+    uid: &str,
+) -> Option<&'a VirtualMachineInstanceMigrationState> {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_ref())
+        .filter(|s| s.migration_uid.as_deref() == Some(uid))
+}
+
+async fn pass<B: Backend>(
+    backend: &B,
+    core: &Arc<AgentCore>,
+    state: &mut LoopState,
+) -> Result<(), BackendError> {
+    let me = core.node_name().to_string();
+    let vmis: Vec<VirtualMachineInstance> = backend.list(None).await?;
+    let vmims: Vec<VirtualMachineInstanceMigration> = backend.list(None).await?;
+
+    // VM lifecycle.
+    for vmi in &vmis {
+        let st = vmi.status.clone().unwrap_or_default();
+        let key = key_of(vmi);
+        let here = st.node_name.as_deref() == Some(me.as_str())
+            && matches!(st.phase, Some(VmiPhase::Scheduled | VmiPhase::Running))
+            && vmi.metadata.deletion_timestamp.is_none();
+        if !here || core.vms.get(&key).is_some() || state.busy(&key) {
+            continue;
+        }
+        match core.vms.start(&vm_request(vmi)).await {
+            Ok(info) => {
+                tracing::info!(vm = %key, pid = info.pid, "VM started");
+                if st.phase == Some(VmiPhase::Scheduled) {
+                    modify_status(
+                        backend,
+                        &vmi.namespace().unwrap_or_default(),
+                        &vmi.name_any(),
+                        |v: &mut VirtualMachineInstance| {
+                            let s = v.status.get_or_insert_with(Default::default);
+                            let change = s.phase != Some(VmiPhase::Running);
+                            s.phase = Some(VmiPhase::Running);
+                            change
+                        },
+                    )
+                    .await?;
+                }
+            }
+            Err(e) => tracing::warn!(vm = %key, error = %error_chain(&e), "cannot start VM"),
+        }
+    }
+    for key in core.vms.keys() {
+        if state.busy(&key) {
+            continue;
+        }
+        let vmi = vmis.iter().find(|v| key_of(v) == key);
+        let keep = vmi.is_some_and(|v| {
+            let st = v.status.clone().unwrap_or_default();
+            let ms = st.migration_state.unwrap_or_default();
+            st.node_name.as_deref() == Some(me.as_str())
+                // Received here, the source has not written nodeName yet.
+                || (ms.target_node.as_deref() == Some(me.as_str()) && ms.failed != Some(true))
+        });
+        if !keep {
+            tracing::info!(vm = %key, "VMI gone or moved away; stopping its VM");
+            if let Err(e) = core.vms.stop(&key) {
+                tracing::warn!(vm = %key, error = %error_chain(&e), "cannot stop VM");
+            }
+        }
+    }
+
+    let cfg = effective_config(backend).await;
+    let params = MigrationParams::from_config(&cfg, core.settings.multifd_channels);
+    for m in &vmims {
+        let Some(phase) = phase_of(m) else { continue };
+        let uid = m.uid().unwrap_or_default();
+        if matches!(phase, MigrationPhase::Succeeded | MigrationPhase::Failed) {
+            // Over: a prepared destination that never received is torn down.
+            state.targets.remove(&uid);
+            continue;
+        }
+        if phase == MigrationPhase::Pending || state.done.contains(&uid) {
+            continue;
+        }
+        let ns = m.namespace().unwrap_or_default();
+        let Some(vmi) = vmis.iter().find(|v| {
+            v.namespace().as_deref() == Some(ns.as_str()) && v.name_any() == m.spec.vmi_name
+        }) else {
+            continue;
+        };
+        let Some(ms) = state_for(vmi, &uid) else {
+            continue;
+        };
+        let is_target = ms.target_node.as_deref() == Some(me.as_str());
+        let is_source =
+            vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str());
+
+        if ms.abort_requested == Some(true) && ms.abort_status.is_none() {
+            if is_target && phase < MigrationPhase::Running {
+                state.targets.remove(&uid);
+            }
+            if is_source {
+                if let Some(t) = state.sources.get_mut(&uid) {
+                    if let Some(c) = t.cancel.take() {
+                        tracing::info!(migration = %uid, "abort requested; cancelling");
+                        let _ = c.send(());
+                    }
+                } else if phase < MigrationPhase::Running {
+                    record_end(backend, m, &uid, End::AbortedBeforeStart).await?;
+                    state.done.insert(uid.clone());
+                }
+            }
+            continue;
+        }
+
+        match phase {
+            MigrationPhase::Scheduled | MigrationPhase::PreparingTarget
+                if is_target
+                    && ms.target_node_address.is_none()
+                    && !state.targets.contains_key(&uid) =>
+            {
+                if phase == MigrationPhase::Scheduled
+                    && !advance(
+                        backend,
+                        m,
+                        MigrationPhase::Scheduled,
+                        MigrationPhase::PreparingTarget,
+                    )
+                    .await?
+                {
+                    continue;
+                }
+                let task = tokio::spawn(target_task(
+                    backend.clone(),
+                    core.clone(),
+                    m.clone(),
+                    vm_request(vmi),
+                    params.clone(),
+                ));
+                state.targets.insert(
+                    uid.clone(),
+                    TargetTask {
+                        key: key_of(vmi),
+                        task: Owned(task),
+                    },
+                );
+            }
+            MigrationPhase::TargetReady
+                if is_source
+                    && ms.target_node_address.is_some()
+                    && !state.sources.contains_key(&uid) =>
+            {
+                if core.vms.get(&key_of(vmi)).is_none() {
+                    record_end(
+                        backend,
+                        m,
+                        &uid,
+                        End::Failed(format!("VM {} is not running on {me}", key_of(vmi))),
+                    )
+                    .await?;
+                    state.done.insert(uid.clone());
+                    continue;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(source_task(
+                    backend.clone(),
+                    core.clone(),
+                    m.clone(),
+                    ms.clone(),
+                    key_of(vmi),
+                    params.clone(),
+                    rx,
+                ));
+                state.sources.insert(
+                    uid.clone(),
+                    SourceTask {
+                        key: key_of(vmi),
+                        task: Owned(task),
+                        cancel: Some(tx),
+                    },
+                );
+            }
+            // Ours, in flight, but no task: this agent restarted mid-way.
+            MigrationPhase::Running if is_source && !state.sources.contains_key(&uid) => {
+                recover_orphan_source(backend, core, m, &uid, &key_of(vmi)).await?;
+                state.done.insert(uid.clone());
+            }
+            MigrationPhase::PreparingTarget | MigrationPhase::TargetReady
+                if is_target && !state.targets.contains_key(&uid) =>
+            {
+                // The prepared destination died with the previous agent.
+                record_end(
+                    backend,
+                    m,
+                    &uid,
+                    End::Failed(format!(
+                        "target agent on {me} restarted before the migration started"
+                    )),
+                )
+                .await?;
+                state.done.insert(uid.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Move the VMIM from `from` to `to`; false if it is no longer in `from`.
+async fn advance<B: Backend>(
+    backend: &B,
+    m: &VirtualMachineInstanceMigration,
+    from: MigrationPhase,
+    to: MigrationPhase,
+) -> Result<bool, BackendError> {
+    let mut moved = false;
+    modify_status(
+        backend,
+        &m.namespace().unwrap_or_default(),
+        &m.name_any(),
+        |m: &mut VirtualMachineInstanceMigration| {
+            moved = phase_of(m) == Some(from);
+            if moved {
+                enter_phase(m, to, now());
+            }
+            moved
+        },
+    )
+    .await?;
+    Ok(moved)
+}
+
+/// Write the migrationState of migration `uid` on the VMI (skipped when the
+/// VMI now records another migration).
+async fn update_state<B: Backend>(
+    backend: &B,
+    m: &VirtualMachineInstanceMigration,
+    uid: &str,
+    f: impl Fn(&mut crate::api::VirtualMachineInstanceStatus) + Send + Sync,
+) -> Result<bool, BackendError> {
+    let mut done = false;
+    let ns = m.namespace().unwrap_or_default();
+    modify_status(
+        backend,
+        &ns,
+        &m.spec.vmi_name,
+        |v: &mut VirtualMachineInstance| {
+            let Some(st) = v.status.as_mut() else {
+                return false;
+            };
+            if st
+                .migration_state
+                .as_ref()
+                .and_then(|s| s.migration_uid.as_deref())
+                != Some(uid)
+            {
+                return false;
+            }
+            f(st);
+            done = true;
+            true
+        },
+    )
+    .await?;
+    Ok(done)
+}
+
+#[derive(Clone)]
+enum End {
+    Completed {
+        target: String,
+    },
+    Failed(String),
+    /// Cancelled on request; `confirmed` = the VM is back to running.
+    Aborted {
+        confirmed: bool,
+    },
+    AbortedBeforeStart,
+}
+
+/// Record how migration `uid` ended: the VMI's migrationState first (one
+/// write, with nodeName on success), then the VMIM's final phase.
+async fn record_end<B: Backend>(
+    backend: &B,
+    m: &VirtualMachineInstanceMigration,
+    uid: &str,
+    end: End,
+) -> Result<(), BackendError> {
+    let t = now();
+    update_state(backend, m, uid, |st| {
+        let ms = st.migration_state.get_or_insert_with(Default::default);
+        ms.end_timestamp = Some(t.clone());
+        match &end {
+            End::Completed { target } => {
+                ms.completed = Some(true);
+                st.node_name = Some(target.clone());
+            }
+            End::Failed(reason) => {
+                ms.failed = Some(true);
+                ms.failure_reason = Some(reason.clone());
+            }
+            End::Aborted { confirmed } => {
+                ms.failed = Some(true);
+                ms.failure_reason = Some(protocol::ABORTED_BY_USER.to_string());
+                ms.abort_status = Some(if *confirmed {
+                    MigrationAbortStatus::Succeeded
+                } else {
+                    MigrationAbortStatus::Failed
+                });
+            }
+            End::AbortedBeforeStart => {
+                ms.failed = Some(true);
+                ms.failure_reason = Some(protocol::ABORTED_BY_USER.to_string());
+                ms.abort_status = Some(MigrationAbortStatus::Succeeded);
+            }
+        }
+    })
+    .await?;
+    let final_phase = match end {
+        End::Completed { .. } => MigrationPhase::Succeeded,
+        _ => MigrationPhase::Failed,
+    };
+    modify_status(
+        backend,
+        &m.namespace().unwrap_or_default(),
+        &m.name_any(),
+        |m: &mut VirtualMachineInstanceMigration| {
+            if matches!(
+                phase_of(m),
+                Some(MigrationPhase::Succeeded | MigrationPhase::Failed)
+            ) {
+                return false;
+            }
+            enter_phase(m, final_phase, now());
+            true
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Retry a write a few times on transient errors; conflicts are handled by
+/// `modify*` already.
+async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    for attempt in 0..10u32 {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            }
+            Err(e) => {
+                tracing::warn!(what, error = %error_chain(&e), "status write failed");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+async fn target_task<B: Backend>(
+    backend: B,
+    core: Arc<AgentCore>,
+    m: VirtualMachineInstanceMigration,
+    req: VmRequest,
+    params: MigrationParams,
+) {
+    let uid = m.uid().unwrap_or_default();
+    let prepared = match core.prepare_target(&req, &uid, &params).await {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = format!("preparing the target: {}", error_chain(&e));
+            tracing::warn!(migration = %uid, %reason);
+            retrying("target failure", || {
+                record_end(&backend, &m, &uid, End::Failed(reason.clone()))
+            })
+            .await;
+            return;
+        }
+    };
+    let (address, ports) = (prepared.address.clone(), prepared.port_map.clone());
+    let published = retrying("targetNodeAddress", || {
+        let (address, ports) = (address.clone(), ports.clone());
+        update_state(&backend, &m, &uid, move |st| {
+            let ms = st.migration_state.get_or_insert_with(Default::default);
+            ms.target_node_address = Some(address.clone());
+            ms.target_node_domain_detected = Some(true);
+            ms.target_direct_migration_node_ports = ports
+                .iter()
+                .map(|(p, k)| (p.clone(), i32::from(*k)))
+                .collect();
+        })
+    })
+    .await;
+    if published != Some(true) {
+        return; // the migration is gone; dropping `prepared` cleans up
+    }
+    retrying("TargetReady", || {
+        advance(
+            &backend,
+            &m,
+            MigrationPhase::PreparingTarget,
+            MigrationPhase::TargetReady,
+        )
+    })
+    .await;
+    // Bounded by the completion budget (the source aborts by then) plus margin.
+    let budget = params
+        .monitor(req.memory_bytes())
+        .completion_budget()
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    match prepared
+        .wait_incoming(budget + Duration::from_secs(120))
+        .await
+    {
+        IncomingResult::Running => match prepared.commit(&core) {
+            Ok(info) => tracing::info!(vm = %req.key, pid = info.pid, "VM received"),
+            Err(e) => {
+                tracing::warn!(vm = %req.key, error = %error_chain(&e), "cannot adopt received VM")
+            }
+        },
+        IncomingResult::Failed { reason } => {
+            // The source records the outcome; it knows why.
+            tracing::info!(vm = %req.key, %reason, "incoming migration did not complete");
+        }
+    }
+}
+
+async fn source_task<B: Backend>(
+    backend: B,
+    core: Arc<AgentCore>,
+    m: VirtualMachineInstanceMigration,
+    ms: VirtualMachineInstanceMigrationState,
+    key: String,
+    params: MigrationParams,
+    cancel: tokio::sync::oneshot::Receiver<()>,
+) {
+    let uid = m.uid().unwrap_or_default();
+    let target_node = ms.target_node.clone().unwrap_or_default();
+    let ports = ms
+        .target_direct_migration_node_ports
+        .iter()
+        .filter_map(|(p, k)| u16::try_from(*k).ok().map(|k| (p.clone(), k)))
+        .collect();
+    let target = match TargetAddress::parse(ms.target_node_address.as_deref().unwrap_or(""), &ports)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            retrying("source failure", || {
+                record_end(&backend, &m, &uid, End::Failed(error_chain(&e)))
+            })
+            .await;
+            return;
+        }
+    };
+    if retrying("Running", || {
+        advance(
+            &backend,
+            &m,
+            MigrationPhase::TargetReady,
+            MigrationPhase::Running,
+        )
+    })
+    .await
+        != Some(true)
+    {
+        return;
+    }
+    let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
+    let publish = |p: Progress| {
+        ptx.send_replace(p);
+    };
+    let writer = async {
+        let mut last: Option<Progress> = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if prx.has_changed().unwrap_or(false) {
+                let p = *prx.borrow_and_update();
+                write_progress(&backend, &m, &p, last.as_ref()).await;
+                last = Some(p);
+            }
+        }
+    };
+    let cancel = async {
+        // A dropped sender (the loop went away) is not a cancel request.
+        if cancel.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = core.migrate(&key, &uid, &target, &params, cancel, &publish) => r,
+        _ = writer => unreachable!("the progress writer never ends"),
+    };
+    let end = match result {
+        Ok(r) if r.completed() => {
+            write_progress(&backend, &m, &progress_of(&r), None).await;
+            End::Completed {
+                target: target_node.clone(),
+            }
+        }
+        Ok(r) => match r.outcome {
+            mignet_dataplane::qemu::migration::Outcome::Cancelled => End::Aborted {
+                confirmed: r.cancel_confirmed,
+            },
+            _ => End::Failed(r.failure_reason().unwrap_or_default()),
+        },
+        Err(e) => End::Failed(error_chain(&e)),
+    };
+    let completed = matches!(end, End::Completed { .. });
+    retrying("migration end", || {
+        record_end(&backend, &m, &uid, end.clone())
+    })
+    .await;
+    if completed {
+        // The guest runs on the target; the paused source is of no use.
+        if let Err(e) = core.vms.stop(&key) {
+            tracing::warn!(vm = %key, error = %error_chain(&e), "cannot stop migrated source VM");
+        }
+    }
+}
+
+fn progress_of(r: &super::SourceResult) -> Progress {
+    Progress {
+        elapsed: r.elapsed,
+        bytes: r.bytes,
+        transferred: r.transferred,
+        remaining: 0,
+        total: r.transferred,
+    }
+}
+
+async fn write_progress<B: Backend>(
+    backend: &B,
+    m: &VirtualMachineInstanceMigration,
+    p: &Progress,
+    last: Option<&Progress>,
+) {
+    let rate = match last {
+        Some(l) if p.elapsed > l.elapsed => {
+            (p.transferred.saturating_sub(l.transferred) as f64
+                / (p.elapsed - l.elapsed).as_secs_f64()) as u64
+        }
+        _ if !p.elapsed.is_zero() => (p.transferred as f64 / p.elapsed.as_secs_f64()) as u64,
+        _ => 0,
+    };
+    let value = serde_json::to_string(&protocol::Progress {
+        transferred_bytes: p.transferred,
+        remaining_bytes: p.remaining,
+        total_bytes: p.total,
+        bytes_per_second: rate,
+        updated: jiff::Timestamp::now().to_string(),
+    })
+    .unwrap_or_default();
+    let r = modify(
+        backend,
+        &m.namespace().unwrap_or_default(),
+        &m.name_any(),
+        |m: &mut VirtualMachineInstanceMigration| {
+            m.annotations_mut()
+                .insert(protocol::PROGRESS_ANNOTATION.to_string(), value.clone());
+            true
+        },
+    )
+    .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "progress annotation not written");
+    }
+}
+
+/// A migration this node was sending when the previous agent died: its
+/// proxy died too, so QEMU's stream is broken. Cancel whatever is left and
+/// record the failure; if QEMU had completed it, record the success.
+async fn recover_orphan_source<B: Backend>(
+    backend: &B,
+    core: &AgentCore,
+    m: &VirtualMachineInstanceMigration,
+    uid: &str,
+    key: &str,
+) -> Result<(), BackendError> {
+    use mignet_dataplane::qemu::migration::{self, MigrationStatus, Side};
+    let target = backend
+        .get::<VirtualMachineInstance>(&m.namespace().unwrap_or_default(), &m.spec.vmi_name)
+        .await?
+        .and_then(|v| v.status.and_then(|s| s.migration_state))
+        .and_then(|s| s.target_node)
+        .unwrap_or_default();
+    let status = match core.vms.get(key) {
+        Some(vm) => match migration::query(&vm.qmp, Side::Source).await {
+            Ok(s) if s.status == MigrationStatus::Completed => Some(MigrationStatus::Completed),
+            Ok(s) if !s.status.is_terminal() => {
+                let _ = migration::cancel(&vm.qmp, Duration::from_secs(5)).await;
+                Some(s.status)
+            }
+            Ok(s) => Some(s.status),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let end = if status == Some(MigrationStatus::Completed) {
+        End::Completed { target }
+    } else {
+        End::Failed("source agent restarted during the migration".into())
+    };
+    let completed = matches!(end, End::Completed { .. });
+    record_end(backend, m, uid, end).await?;
+    if completed {
+        let _ = core.vms.stop(key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Cpu, DomainSpec, Memory, VirtualMachineInstanceSpec};
+
+    #[test]
+    fn vm_request_from_vmi_spec() {
+        let mut vmi = VirtualMachineInstance::new(
+            "vm1",
+            VirtualMachineInstanceSpec {
+                domain: DomainSpec {
+                    cpu: Some(Cpu {
+                        model: Some("host-model".into()),
+                        cores: Some(2),
+                        ..Default::default()
+                    }),
+                    memory: Some(Memory {
+                        guest: Some("1Gi".into()),
+                    }),
+                    resources: None,
+                },
+                ..Default::default()
+            },
+        );
+        vmi.metadata.namespace = Some("default".into());
+        vmi.annotations_mut()
+            .insert(GUEST_ARGS_ANNOTATION.into(), "mignet.fill_mib=8".into());
+        let r = vm_request(&vmi);
+        assert_eq!(r.key, "default/vm1");
+        assert_eq!((r.memory_mib, r.vcpus), (1024, 2));
+        assert_eq!(r.cpu_model.as_deref(), Some("host-model"));
+        assert_eq!(r.kernel_args, "mignet.fill_mib=8");
+    }
+}
