@@ -7,7 +7,9 @@
 //!   escapes for keys with dots, `{@}` / `{$}` for the current / root object;
 //! - `{"text"}` quoted literals with `\n`, `\t`, `\"`, `\\` escapes;
 //! - `{range <path>}...{end}`: the body once per result, with `.` paths in
-//!   the body relative to that result.
+//!   the body relative to that result;
+//! - filters `[?(@.type=="Ready")]`, `[?(@.x!='y')]` and `[?(@.x)]`
+//!   (existence) over a list.
 //!
 //! Output follows client-go's `JSONPath.PrintResults` as kubectl runs it
 //! (`AllowMissingKeys(true)`): a missing key, or an index past the end,
@@ -29,6 +31,12 @@ enum Step {
     Field(String),
     Index(i64),
     Wildcard,
+    /// Keep list elements where `path` exists (op None) or compares
+    /// (true: ==, false: !=).
+    Filter {
+        path: Vec<Step>,
+        op: Option<(bool, Value)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +213,12 @@ fn parse_path(s: &str) -> Result<Path, String> {
                 steps.push(Step::Field(name));
             }
         } else if let Some(r) = rest.strip_prefix('[') {
+            if let Some(f) = r.strip_prefix("?(") {
+                let end = f.find(")]").ok_or("unclosed filter [?(...)]")?;
+                steps.push(parse_filter(f[..end].trim())?);
+                rest = &f[end + 2..];
+                continue;
+            }
             let close = if r.starts_with('\'') || r.starts_with('"') {
                 let q = &r[..1];
                 let qend = r[1..].find(q).ok_or("unterminated quoted key")? + 1;
@@ -218,10 +232,8 @@ fn parse_path(s: &str) -> Result<Path, String> {
                 let inner = r[..close].trim();
                 if inner == "*" {
                     steps.push(Step::Wildcard);
-                } else if inner.contains(':') || inner.contains(',') || inner.starts_with('?') {
-                    return Err(format!(
-                        "[{inner}]: slices, unions and filters are not supported"
-                    ));
+                } else if inner.contains(':') || inner.contains(',') {
+                    return Err(format!("[{inner}]: slices and unions are not supported"));
                 } else {
                     let i: i64 = inner.parse().map_err(|_| format!("bad index [{inner}]"))?;
                     steps.push(Step::Index(i));
@@ -240,6 +252,42 @@ fn parse_path(s: &str) -> Result<Path, String> {
     })
 }
 
+/// `@.a.b == "x"`, `@.a != 'x'`, `@.n == 3`, `@.flag == true`, `@.a`.
+fn parse_filter(expr: &str) -> Result<Step, String> {
+    let (lhs, op) = match (expr.find("=="), expr.find("!=")) {
+        (Some(i), _) => (&expr[..i], Some((true, &expr[i + 2..]))),
+        (None, Some(i)) => (&expr[..i], Some((false, &expr[i + 2..]))),
+        (None, None) if expr.contains(['<', '>', '&', '|']) => {
+            return Err(format!(
+                "filter {expr:?}: only ==, != and existence are supported"
+            ))
+        }
+        (None, None) => (expr, None),
+    };
+    let lhs = lhs.trim();
+    if !lhs.starts_with('@') {
+        return Err(format!("filter {expr:?} must start with @"));
+    }
+    let path = match parse_path(lhs)? {
+        Path::Current(steps) => steps,
+        Path::Root(_) => unreachable!("starts with @"),
+    };
+    let op = match op {
+        None => None,
+        Some((eq, lit)) => {
+            let lit = lit.trim();
+            let value = if lit.starts_with('"') || lit.starts_with('\'') {
+                Value::String(unquote(lit)?)
+            } else {
+                serde_json::from_str::<Value>(lit)
+                    .map_err(|_| format!("filter {expr:?}: bad literal {lit:?}"))?
+            };
+            Some((eq, value))
+        }
+    };
+    Ok(Step::Filter { path, op })
+}
+
 fn eval<'v>(path: &Path, current: &'v Value, root: &'v Value) -> Vec<&'v Value> {
     let (mut set, steps) = match path {
         Path::Current(s) => (vec![current], s),
@@ -255,6 +303,18 @@ fn eval<'v>(path: &Path, current: &'v Value, root: &'v Value) -> Vec<&'v Value> 
                         let idx = if *i < 0 { a.len() as i64 + i } else { *i };
                         if idx >= 0 {
                             next.extend(a.get(idx as usize));
+                        }
+                    }
+                }
+                Step::Filter { path, op } => {
+                    for item in v.as_array().into_iter().flatten() {
+                        let found = eval(&Path::Current(path.clone()), item, root);
+                        let keep = match op {
+                            None => !found.is_empty(),
+                            Some((eq, lit)) => found.iter().any(|f| (*f == lit) == *eq),
+                        };
+                        if keep {
+                            next.push(item);
                         }
                     }
                 }
@@ -392,6 +452,24 @@ mod tests {
     }
 
     #[test]
+    fn filters() {
+        let v = vmi();
+        assert_eq!(
+            render(r#"{.status.conditions[?(@.type=="Ready")].status}"#, &v),
+            "False"
+        );
+        assert_eq!(
+            render("{.status.conditions[?(@.type != 'Ready')].type}", &v),
+            "LiveMigratable"
+        );
+        assert_eq!(render("{.status.conditions[?(@.reason)].type}", &v), "");
+        let list = json!({"items": [{"n": 1, "ok": true}, {"n": 2}]});
+        assert_eq!(render("{.items[?(@.n==2)].n}", &list), "2");
+        assert_eq!(render("{.items[?(@.ok==true)].n}", &list), "1");
+        assert_eq!(render("{.items[?(@.ok)].n}", &list), "1");
+    }
+
+    #[test]
     fn bad_templates_are_errors() {
         for t in [
             "{.a",
@@ -401,6 +479,9 @@ mod tests {
             "{..a}",
             "{.a[1:2]}",
             "{.a[x]}",
+            "{.a[?(@.x<3)]}",
+            "{.a[?(.x==1)]}",
+            "{.a[?(@.x==1]}",
         ] {
             assert!(Template::parse(t).is_err(), "{t}");
         }
