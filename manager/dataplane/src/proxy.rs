@@ -139,6 +139,10 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    #[error("stream header from {peer}: {reason}")]
+    Header { peer: SocketAddr, reason: String },
+    #[error("connection #{seq} from {peer}: earlier connections of this migration never arrived")]
+    OrderTimeout { peer: SocketAddr, seq: u32 },
     #[error("relaying migration data with {peer}")]
     Relay {
         peer: SocketAddr,
@@ -161,6 +165,68 @@ pub fn tune_socket(tcp: &TcpStream, opts: &ProxyOptions) -> io::Result<()> {
     )?;
     sock.set_tcp_user_timeout(Some(opts.user_timeout))?;
     Ok(())
+}
+
+/// First bytes inside every TLS connection: magic + the connection's index in
+/// the order QEMU opened them.
+///
+/// Why: QEMU before 8.0 takes the *first* connection it accepts as the main
+/// channel and the rest as multifd channels. Each connection crosses its own
+/// TLS handshake, and handshakes finish in any order, so without this the
+/// target could hand QEMU a multifd channel first and the migration fails
+/// ("Broken pipe" on the source). The target connects to QEMU strictly in
+/// index order.
+pub const STREAM_MAGIC: [u8; 4] = *b"MGN1";
+
+/// The header for connection `seq`.
+pub fn stream_header(seq: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&STREAM_MAGIC);
+    h[4..].copy_from_slice(&seq.to_be_bytes());
+    h
+}
+
+/// Pure parse of a header; the reason on error.
+pub fn parse_stream_header(h: &[u8; 8]) -> Result<u32, String> {
+    if h[..4] != STREAM_MAGIC {
+        return Err(format!("bad magic {:02x?}", &h[..4]));
+    }
+    Ok(u32::from_be_bytes([h[4], h[5], h[6], h[7]]))
+}
+
+/// Admits connections to QEMU in index order (one per target listener).
+#[derive(Debug)]
+struct ConnectOrder {
+    next: tokio::sync::watch::Sender<u32>,
+}
+
+impl ConnectOrder {
+    fn new() -> Self {
+        ConnectOrder {
+            next: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Wait until every earlier index has been handed to QEMU.
+    async fn wait_turn(&self, seq: u32) -> Result<(), ()> {
+        let mut rx = self.next.subscribe();
+        let next = match rx.wait_for(|next| *next >= seq).await {
+            Ok(next) => *next,
+            Err(_) => return Err(()),
+        };
+        // Past our index: a second connection claiming an index already served.
+        if next == seq {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Let the next index go, whether or not this one reached QEMU (a failed
+    /// connect fails the migration anyway; later ones must not hang).
+    fn done(&self, seq: u32) {
+        self.next.send_modify(|next| *next = (*next).max(seq + 1));
+    }
 }
 
 /// A running proxy side; dropping it stops accepting and aborts every connection.
@@ -196,13 +262,17 @@ pub fn spawn_source(
     let c = counters.clone();
     let accept = tokio::spawn(async move {
         let mut conns = JoinSet::new();
+        // QEMU's connect order, as the unix accept queue gives it to us.
+        let mut next_seq = 0u32;
         loop {
             tokio::select! {
                 accepted = qemu.accept() => match accepted {
                     Ok((unix, _)) => {
                         let (tls, c, opts) = (tls.clone(), c.clone(), opts.clone());
+                        let seq = next_seq;
+                        next_seq = next_seq.wrapping_add(1);
                         conns.spawn(async move {
-                            if let Err(e) = source_connection(unix, target, &tls, &c, &opts).await {
+                            if let Err(e) = source_connection(unix, seq, target, &tls, &c, &opts).await {
                                 c.failed.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "migration connection failed");
                             }
@@ -223,6 +293,7 @@ pub fn spawn_source(
 
 async fn source_connection(
     unix: UnixStream,
+    seq: u32,
     target: SocketAddr,
     tls: &ReloadingTls,
     counters: &MigrationCounters,
@@ -271,6 +342,14 @@ async fn source_connection(
         .get_mut()
         .1
         .set_buffer_limit(Some(2 * opts.buffer_size));
+    let header = async {
+        stream.write_all(&stream_header(seq)).await?;
+        stream.flush().await
+    };
+    header.await.map_err(|source| ProxyError::Relay {
+        peer: target,
+        source,
+    })?;
     counters.connections.fetch_add(1, Ordering::Relaxed);
     relay(
         unix,
@@ -298,15 +377,16 @@ pub fn spawn_target(
     opts: ProxyOptions,
 ) -> ProxyTask {
     let c = counters.clone();
+    let order = Arc::new(ConnectOrder::new());
     let accept = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let (tls, c, opts, qemu) = (tls.clone(), c.clone(), opts.clone(), qemu.clone());
+                        let (tls, c, opts, qemu, order) = (tls.clone(), c.clone(), opts.clone(), qemu.clone(), order.clone());
                         conns.spawn(async move {
-                            if let Err(e) = target_connection(tcp, peer, qemu, &tls, &c, &opts).await {
+                            if let Err(e) = target_connection(tcp, peer, qemu, &tls, &order, &c, &opts).await {
                                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "migration connection refused or failed");
                             }
                         });
@@ -329,6 +409,7 @@ async fn target_connection(
     peer: SocketAddr,
     qemu: PathBuf,
     tls: &ReloadingTls,
+    order: &ConnectOrder,
     counters: &MigrationCounters,
     opts: &ProxyOptions,
 ) -> Result<(), ProxyError> {
@@ -348,16 +429,43 @@ async fn target_connection(
     .await
     .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
     .map_err(|source| refused(ProxyError::Handshake { peer, source }))?;
-    let unix = UnixStream::connect(&qemu).await.map_err(|source| {
+    let mut stream = stream;
+    let mut header = [0u8; 8];
+    tokio::time::timeout(opts.handshake_timeout, stream.read_exact(&mut header))
+        .await
+        .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
+        .map_err(|e| {
+            refused(ProxyError::Header {
+                peer,
+                reason: e.to_string(),
+            })
+        })?;
+    let seq = parse_stream_header(&header)
+        .map_err(|reason| refused(ProxyError::Header { peer, reason }))?;
+    let fail = |e| {
         counters.failed.fetch_add(1, Ordering::Relaxed);
-        ProxyError::Backend {
+        e
+    };
+    match tokio::time::timeout(opts.connect_timeout, order.wait_turn(seq)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(())) => {
+            return Err(fail(ProxyError::Header {
+                peer,
+                reason: format!("connection #{seq} already served"),
+            }))
+        }
+        Err(_) => return Err(fail(ProxyError::OrderTimeout { peer, seq })),
+    }
+    let unix = UnixStream::connect(&qemu).await;
+    order.done(seq);
+    let unix = unix.map_err(|source| {
+        fail(ProxyError::Backend {
             path: qemu.clone(),
             source,
-        }
+        })
     })?;
     // rustls takes 64 KiB of plaintext per write by default; room for two copy
     // buffers turns one `write_all` into one vectored socket write.
-    let mut stream = stream;
     stream
         .get_mut()
         .1

@@ -74,7 +74,11 @@ fn start_target(dir: &Path, sock: PathBuf, settings: TlsSettings) -> Target {
 
 /// Handshake, send a line, half-close, read the echo. `Err` with the reason on
 /// any failure (client-side handshake error, alert on read, empty echo).
-async fn attempt(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<ProtocolVersion, String> {
+async fn attempt(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    seq: u32,
+) -> Result<ProtocolVersion, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut s = TlsConnector::from(config)
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
@@ -84,6 +88,7 @@ async fn attempt(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Protocol
     // In TLS 1.3 the client finishes first; a refusal of its certificate shows
     // up as an alert on the first read.
     let io = async {
+        s.write_all(&proxy::stream_header(seq)).await?;
         s.write_all(b"migrate\n").await?;
         s.shutdown().await?;
         let mut got = Vec::new();
@@ -131,18 +136,18 @@ fn only_agents_of_the_cluster_ca_reach_qemu() {
         wait_refused(&t, 1).await;
 
         let any = Arc::new(TrustAnything::default());
-        let no_cert = attempt(t.addr, test_client(None, TLS13, any.clone())).await;
+        let no_cert = attempt(t.addr, test_client(None, TLS13, any.clone()), 0).await;
         assert!(no_cert.is_err(), "client without certificate got through");
         wait_refused(&t, 2).await;
 
         let foreign = Pki::new("foreign CA").issue(Role::Agent, "node-x");
-        let r = attempt(t.addr, test_client(Some(&foreign), TLS13, any.clone())).await;
+        let r = attempt(t.addr, test_client(Some(&foreign), TLS13, any.clone()), 0).await;
         assert!(r.is_err(), "foreign-CA agent got through");
         wait_refused(&t, 3).await;
 
         for role in [Role::Manager, Role::Console] {
             let wrong = pki.issue(role, "someone");
-            let r = attempt(t.addr, test_client(Some(&wrong), TLS13, any.clone())).await;
+            let r = attempt(t.addr, test_client(Some(&wrong), TLS13, any.clone()), 0).await;
             assert!(r.is_err(), "{role} certificate got through");
         }
         wait_refused(&t, 5).await;
@@ -156,7 +161,7 @@ fn only_agents_of_the_cluster_ca_reach_qemu() {
 
         // And the control: a cluster agent does get through, over TLS 1.3.
         let good = pki.issue(Role::Agent, "node-a");
-        let v = attempt(t.addr, test_client(Some(&good), TLS13, any.clone()))
+        let v = attempt(t.addr, test_client(Some(&good), TLS13, any.clone()), 0)
             .await
             .unwrap();
         assert_eq!(v, ProtocolVersion::TLSv1_3);
@@ -205,6 +210,7 @@ fn tls12_refused_by_default_and_accepted_when_allowed() {
         let r = attempt(
             strict.addr,
             test_client(Some(&client_cert), TLS12, any.clone()),
+            0,
         )
         .await;
         assert!(r.is_err(), "TLS 1.2 accepted by default");
@@ -222,15 +228,18 @@ fn tls12_refused_by_default_and_accepted_when_allowed() {
         let v = attempt(
             lenient.addr,
             test_client(Some(&client_cert), TLS12, any.clone()),
+            0,
         )
         .await
         .unwrap();
         assert_eq!(v, ProtocolVersion::TLSv1_2);
         // Role checks still apply under 1.2.
         let wrong = pki.issue(Role::Manager, "m");
-        assert!(attempt(lenient.addr, test_client(Some(&wrong), TLS12, any))
-            .await
-            .is_err());
+        assert!(
+            attempt(lenient.addr, test_client(Some(&wrong), TLS12, any), 1)
+                .await
+                .is_err()
+        );
         assert_eq!(lenient.backend_accepts.load(Ordering::SeqCst), 1);
     });
 }
@@ -247,9 +256,13 @@ fn rotated_certificates_apply_to_new_handshakes_without_restart() {
         let any = Arc::new(TrustAnything::default());
 
         let old_client = old.issue(Role::Agent, "node-a");
-        attempt(t.addr, test_client(Some(&old_client), TLS13, any.clone()))
-            .await
-            .unwrap();
+        attempt(
+            t.addr,
+            test_client(Some(&old_client), TLS13, any.clone()),
+            0,
+        )
+        .await
+        .unwrap();
 
         // A live connection opened before the rotation keeps working after it.
         let tcp = TcpStream::connect(t.addr).await.unwrap();
@@ -257,6 +270,7 @@ fn rotated_certificates_apply_to_new_handshakes_without_restart() {
             .connect(ServerName::IpAddress(t.addr.ip().into()), tcp)
             .await
             .unwrap();
+        live.write_all(&proxy::stream_header(1)).await.unwrap();
         live.write_all(b"ping").await.unwrap();
         let mut four = [0u8; 4];
         live.read_exact(&mut four).await.unwrap();
@@ -279,18 +293,26 @@ fn rotated_certificates_apply_to_new_handshakes_without_restart() {
         // The old CA's agents are now refused ...
         let refused_before = t.task.counters().refused.load(Ordering::SeqCst);
         assert!(
-            attempt(t.addr, test_client(Some(&old_client), TLS13, any.clone()))
-                .await
-                .is_err(),
+            attempt(
+                t.addr,
+                test_client(Some(&old_client), TLS13, any.clone()),
+                2
+            )
+            .await
+            .is_err(),
             "old CA still accepted after rotation"
         );
         wait_refused(&t, refused_before + 1).await;
 
         // ... the new CA's are accepted, and the server presents the new certificate.
         let new_client = new.issue(Role::Agent, "node-a");
-        attempt(t.addr, test_client(Some(&new_client), TLS13, any.clone()))
-            .await
-            .unwrap();
+        attempt(
+            t.addr,
+            test_client(Some(&new_client), TLS13, any.clone()),
+            2,
+        )
+        .await
+        .unwrap();
         let seen = any.seen.lock().unwrap().last().cloned().unwrap();
         let expected = proxy_support::chain_and_key(&new_leaf).0.remove(0);
         assert_eq!(seen, expected, "server still presents the old certificate");
@@ -300,4 +322,73 @@ fn rotated_certificates_apply_to_new_handshakes_without_restart() {
         assert_eq!(&four, b"pong");
         assert_eq!(t.backend_accepts.load(Ordering::SeqCst), 3);
     });
+}
+
+/// QEMU < 8.0 takes the first connection as its main channel: connections must
+/// reach it in the order the source accepted them from QEMU, whatever order
+/// their TLS handshakes finish in.
+#[test]
+fn target_hands_connections_to_qemu_in_source_order() {
+    let ns = Netns::new("mgtls-");
+    ns.block_on(|| async {
+        let tmp = TempDir::new("mgtls-hs");
+        let pki = Pki::new("cluster CA");
+        let dir = pki.agent_dir(tmp.path(), "node-b");
+        let sock = tmp.path().join("qemu.sock");
+        let tls = ReloadingTls::load(TlsPaths::in_dir(&dir), TlsSettings::default()).unwrap();
+        // Backend records the first byte of each connection in accept order.
+        let backend = UnixListener::bind(&sock).unwrap();
+        let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut keep = Vec::new();
+            loop {
+                let (mut s, _) = backend.accept().await.unwrap();
+                let mut tag = [0u8; 1];
+                s.read_exact(&mut tag).await.unwrap();
+                order_tx.send(tag[0]).unwrap();
+                keep.push(s);
+            }
+        });
+        let listener = MigrationListener::bind(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
+        let addr = listener.local_addr();
+        let _task = proxy::spawn_target(
+            listener.into_tokio().unwrap(),
+            sock,
+            tls,
+            Arc::new(MigrationCounters::default()),
+            ProxyOptions::default(),
+        );
+        let cert = pki.issue(Role::Agent, "node-a");
+        let any = Arc::new(TrustAnything::default());
+        // Handshakes complete in the order 2, 1, 0.
+        let mut streams = Vec::new();
+        for seq in [2u32, 1, 0] {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut s = TlsConnector::from(test_client(Some(&cert), TLS13, any.clone()))
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await
+                .unwrap();
+            s.write_all(&proxy::stream_header(seq)).await.unwrap();
+            s.write_all(&[seq as u8]).await.unwrap();
+            s.flush().await.unwrap();
+            streams.push(s);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let tag = tokio::time::timeout(Duration::from_secs(5), order_rx.recv())
+                .await
+                .expect("backend saw fewer than 3 connections")
+                .unwrap();
+            seen.push(tag);
+        }
+        assert_eq!(seen, vec![0, 1, 2]);
+        drop(streams);
+    });
+}
+
+#[test]
+fn stream_header_round_trips_and_rejects_foreign_magic() {
+    assert_eq!(proxy::parse_stream_header(&proxy::stream_header(7)), Ok(7));
+    assert!(proxy::parse_stream_header(b"QEVM\0\0\0\x03").is_err());
 }
