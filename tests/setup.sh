@@ -15,7 +15,7 @@ fi
 # tests and the benchmark anchor), QEMU + busybox-static + cpio (guests), openssl
 # (test-bed certificates), procps/psmisc (process checks), jq.
 pkgs=(iproute2 containernetworking-plugins qemu-system-x86 qemu-utils busybox-static cpio
-      openssl procps psmisc jq curl ca-certificates gcc libc6-dev)
+      openssl procps psmisc jq curl ca-certificates gcc libc6-dev chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
