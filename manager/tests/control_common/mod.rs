@@ -65,7 +65,14 @@ pub async fn create_node<B: Backend>(b: &B, n: &Node) {
     let created = b.create(n).await.expect("create Node");
     let mut with_status = created.clone();
     with_status.status = n.status.clone();
-    b.replace_status(&with_status).await.expect("Node status");
+    let mut ready = b.replace_status(&with_status).await.expect("Node status");
+    // The apiserver's TaintNodesByCondition admission gives a new Node the
+    // `node.kubernetes.io/not-ready:NoSchedule` taint; with no kubelet and
+    // no node lifecycle controller here, play their part and lift it.
+    if let Some(t) = ready.spec.as_mut().and_then(|s| s.taints.as_mut()) {
+        t.retain(|t| !t.key.starts_with("node.kubernetes.io/"));
+        b.replace(&ready).await.expect("Node untaint");
+    }
 }
 
 /// Mark a node for drain: cordon + the `kubevirt.io/drain` taint.
@@ -230,6 +237,9 @@ pub async fn run_sim_agent<B: Backend>(b: B, cfg: SimConfig) {
             // objects); the next pass re-reads.
             if !e.is_retryable() && !e.is_not_found() {
                 panic!("simulated agent: {e}");
+            }
+            if !e.is_conflict() {
+                eprintln!("simulated agent: {e}: {:?}", std::error::Error::source(&e));
             }
         }
         tokio::select! {
@@ -417,6 +427,11 @@ pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
 }
 
 pub fn spawn_controller<B: Backend>(b: &B, ns: &str, test: &str) -> Task {
+    // RUST_LOG=mignet=debug shows the controller's passes.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let (b, s) = (b.clone(), settings(ns, test));
     Task(tokio::spawn(async move {
         mignet::control::run(b, s, std::future::pending())

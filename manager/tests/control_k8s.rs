@@ -1,0 +1,197 @@
+//! The migration controller on the real kube-apiserver (KubeBackend), with
+//! simulated node agents (no QEMU here; the real agent migrates in lab
+//! mode). Each test has its own namespace and its own uniquely named,
+//! labelled Nodes (deleted on drop).
+//!
+//! Run: `tests/k8s/run.sh cargo test -p mignet --test control_k8s -- --nocapture`
+
+mod common;
+mod control_common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::{client, ensure_crds, kubectl, kubectl_ok, TestNamespace};
+use control_common::*;
+use futures::StreamExt;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use mignet::api::{MigrationPhase, VirtualMachineInstanceMigration};
+use mignet::backend::KubeBackend;
+
+/// A test's namespace, backend and Nodes; the Nodes (cluster-scoped) are
+/// deleted on drop, also on panic.
+struct Bed {
+    ns: TestNamespace,
+    backend: KubeBackend,
+}
+
+impl Bed {
+    async fn new(prefix: &str) -> Self {
+        ensure_crds();
+        let ns = TestNamespace::new(prefix);
+        let backend = KubeBackend::new(client().await, Some(&ns.name));
+        Self { ns, backend }
+    }
+
+    fn ns(&self) -> &str {
+        &self.ns.name
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "nodes",
+            "-l",
+            &format!("{TEST_LABEL}={}", self.ns.name),
+            "--wait=false",
+        ]);
+    }
+}
+
+/// Exact counts from the watch stream: every VMIM state the API server
+/// served, applied in order; the highest number of active migrations
+/// (Scheduling..Running) in the namespace and per source node.
+fn spawn_watch_counter(api: Api<VirtualMachineInstanceMigration>) -> (Task, Arc<Mutex<Maxima>>) {
+    let out = Arc::new(Mutex::new(Maxima::default()));
+    let o = out.clone();
+    let t = tokio::spawn(async move {
+        let mut seen: BTreeMap<String, (bool, String)> = BTreeMap::new();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            match ev {
+                watcher::Event::Apply(m) | watcher::Event::InitApply(m) => {
+                    let active = matches!(
+                        phase_of(&m),
+                        Some(
+                            MigrationPhase::Scheduling
+                                | MigrationPhase::Scheduled
+                                | MigrationPhase::PreparingTarget
+                                | MigrationPhase::TargetReady
+                                | MigrationPhase::Running
+                        )
+                    );
+                    let src = m
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.migration_state.as_ref())
+                        .and_then(|s| s.source_node.clone())
+                        .unwrap_or_default();
+                    seen.insert(m.name_any(), (active, src));
+                }
+                watcher::Event::Delete(m) => {
+                    seen.remove(&m.name_any());
+                }
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+            let active: Vec<_> = seen.values().filter(|(a, _)| *a).collect();
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            for (_, s) in &active {
+                *per.entry(s.as_str()).or_default() += 1;
+            }
+            let mut g = o.lock().unwrap();
+            g.cluster = g.cluster.max(active.len());
+            g.per_node = g.per_node.max(per.values().copied().max().unwrap_or(0));
+            g.samples += 1;
+        }
+    });
+    (Task(t), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_migrations_under_5_2_never_exceed_and_all_succeed() {
+    let bed = Bed::new("ctl-limits").await;
+    let api: Api<VirtualMachineInstanceMigration> =
+        Api::namespaced(bed.backend.client().clone(), bed.ns());
+    let (_w, watched) = spawn_watch_counter(api);
+    let polled = scenario_limits(&bed.backend, bed.ns(), bed.ns()).await;
+    let watched = watched.lock().unwrap().clone();
+    println!("| observer | max active in cluster | max outbound per node | samples |");
+    println!("|---|---|---|---|");
+    println!(
+        "| list poll | {} | {} | {} |",
+        polled.cluster, polled.per_node, polled.samples
+    );
+    println!(
+        "| watch stream | {} | {} | {} |",
+        watched.cluster, watched.per_node, watched.samples
+    );
+    assert!(
+        watched.cluster <= 5,
+        "cluster limit exceeded (watch): {watched:?}"
+    );
+    assert!(
+        watched.per_node <= 2,
+        "node limit exceeded (watch): {watched:?}"
+    );
+    assert_eq!(watched.cluster, 5, "{watched:?}");
+
+    // What a user (and the console) reads: kubectl jsonpath on the VMI.
+    let nodes = node_names(bed.ns(), 4);
+    for i in [0, 7] {
+        let vmi = format!("vm{i}");
+        let target = kubectl_ok(&[
+            "get",
+            "vmi",
+            &vmi,
+            "-n",
+            bed.ns(),
+            "-o",
+            "jsonpath={.status.migrationState.targetNode}",
+        ]);
+        let addr = kubectl_ok(&[
+            "get",
+            "vmi",
+            &vmi,
+            "-n",
+            bed.ns(),
+            "-o",
+            "jsonpath={.status.migrationState.targetNodeAddress}",
+        ]);
+        assert_eq!(addr, sim_address(&nodes, &target), "{vmi} on {target}");
+        assert!(addr.starts_with("10.200.5."), "{addr}");
+        let node = kubectl_ok(&[
+            "get",
+            "vmi",
+            &vmi,
+            "-n",
+            bed.ns(),
+            "-o",
+            "jsonpath={.status.nodeName}",
+        ]);
+        assert_eq!(node, target);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_migration_aborts_it() {
+    let bed = Bed::new("ctl-cancel").await;
+    scenario_cancel_running(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pending_migration_removes_it() {
+    let bed = Bed::new("ctl-pending").await;
+    scenario_cancel_pending(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_stopped_and_duplicate() {
+    let bed = Bed::new("ctl-refuse").await;
+    scenario_refusals(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evacuates_reports_and_uncordon_cancels() {
+    let bed = Bed::new("ctl-drain").await;
+    scenario_drain(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_model_without_matching_node_is_not_migratable() {
+    let bed = Bed::new("ctl-hostmodel").await;
+    scenario_host_model(&bed.backend, bed.ns(), bed.ns()).await;
+}
