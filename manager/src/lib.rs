@@ -11,6 +11,7 @@ pub mod backend;
 pub mod control;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod kube_adapter;
 pub mod lab;

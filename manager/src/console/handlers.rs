@@ -1,0 +1,575 @@
+//! HTTP edge of the console: routes, the authentication extractor, CSRF
+//! and Origin checks, and the JSON API the pages poll. Decisions about
+//! what to show live in [`super::view`].
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use super::auth::{constant_time_eq, User};
+use super::{log_backend_error, view, App};
+use crate::api::{
+    MigrationPhase, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceMigrationSpec, VmiPhase,
+};
+use crate::backend::{protocol, Backend, BackendError};
+
+const COOKIE: &str = "mignet_session";
+const CSRF_HEADER: &str = "x-csrf-token";
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const LOGIN_HTML: &str = include_str!("assets/login.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// The prefix `virtctl migrate` uses (`generateName`); the suffix is made
+/// here so the local store, which has no generateName, gets the same.
+pub const VMIM_PREFIX: &str = "kubevirt-migrate-vm-";
+
+pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
+    Router::new()
+        .route("/login", get(login_page).post(login::<B>))
+        .route("/", get(index::<B>))
+        .route("/vms/{ns}/{name}", get(index::<B>))
+        .route("/assets/app.js", get(asset_js::<B>))
+        .route("/assets/app.css", get(asset_css::<B>))
+        .route("/api/session", get(session::<B>))
+        .route("/api/logout", post(logout::<B>))
+        .route("/api/vms", get(list_vms::<B>))
+        .route("/api/vms/{ns}/{name}", get(vm_details::<B>))
+        .route("/api/vms/{ns}/{name}/migrate", post(migrate::<B>))
+        .route("/api/vms/{ns}/{name}/cancel", post(cancel::<B>))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+/// No framing, no inline script, nothing cached (pages carry user data).
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+// ------------------------------------------------------------ errors
+
+/// An API failure: the status and a sentence the page shows as is.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        log_backend_error("API request", &e);
+        let status = match &e {
+            BackendError::NotFound { .. } => StatusCode::NOT_FOUND,
+            BackendError::AlreadyExists { .. } | BackendError::Conflict { .. } => {
+                StatusCode::CONFLICT
+            }
+            BackendError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BackendError::Permanent { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut message = e.to_string();
+        if let Some(src) = std::error::Error::source(&e) {
+            message = format!("{message}: {src}");
+        }
+        ApiError::new(status, message)
+    }
+}
+
+// ------------------------------------------------------ authentication
+
+/// The authenticated caller of a request.
+pub struct Authed {
+    pub user: User,
+    /// `Some((session id, csrf token))` when authenticated by the cookie:
+    /// then state-changing requests need the CSRF checks.
+    session: Option<(String, String)>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
+}
+
+impl<B: Backend> FromRequestParts<Arc<App<B>>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App<B>>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer(&parts.headers) {
+            return match app.auth.authenticate(token).await {
+                Ok(Some(user)) => Ok(Authed {
+                    user,
+                    session: None,
+                }),
+                Ok(None) => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized: the bearer token is not valid",
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "console: authentication");
+                    Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("could not check the token: {e}"),
+                    ))
+                }
+            };
+        }
+        if let Some(id) = session_cookie(&parts.headers) {
+            if let Some(s) = app.sessions.get(id) {
+                return Ok(Authed {
+                    user: s.user,
+                    session: Some((id.to_owned(), s.csrf)),
+                });
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: log in or send an Authorization: Bearer token",
+        ))
+    }
+}
+
+/// The request's `Origin` is this console (same scheme-less host:port).
+fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "Forbidden: missing Origin header"))?;
+    let ok = !host.is_empty()
+        && (origin == format!("http://{host}") || origin == format!("https://{host}"));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden: cross-origin request",
+        ))
+    }
+}
+
+impl Authed {
+    /// CSRF protection for state-changing requests of cookie sessions.
+    fn check_csrf(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some((_, csrf)) = &self.session else {
+            return Ok(());
+        };
+        same_origin(headers)?;
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if constant_time_eq(sent.as_bytes(), csrf.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden: missing or wrong CSRF token (reload the page)",
+            ))
+        }
+    }
+
+    fn require_admin(&self, action: &str, ns: &str, name: &str) -> Result<(), ApiError> {
+        if self.user.admin {
+            return Ok(());
+        }
+        tracing::info!(user = %self.user.name, %action, vm = %format!("{ns}/{name}"), "console: refused (not an administrator)");
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden: {} is not an administrator; only administrators may {action} virtual machines.",
+                self.user.name
+            ),
+        ))
+    }
+}
+
+// ------------------------------------------------------------- pages
+
+fn html(body: impl Into<String>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+async fn login_page() -> Response {
+    html(LOGIN_HTML.replace("<!--ERROR-->", ""))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // Login CSRF: a foreign page must not log the browser in as someone else.
+    if headers.contains_key(header::ORIGIN) {
+        if let Err(e) = same_origin(&headers) {
+            return e.into_response();
+        }
+    }
+    let refused = |status: StatusCode, text: &str| {
+        let page = LOGIN_HTML.replace(
+            "<!--ERROR-->",
+            &format!(r#"<p id="login-error" role="alert">{text}</p>"#),
+        );
+        (status, html(page)).into_response()
+    };
+    let user = match app.auth.authenticate(form.token.trim()).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            tracing::info!("console: login refused (invalid token)");
+            return refused(StatusCode::UNAUTHORIZED, "Invalid token.");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "console: login");
+            return refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Could not check the token; see the console's log.",
+            );
+        }
+    };
+    let name = user.name.clone();
+    let id = match app.sessions.create(user) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "console: session");
+            return refused(StatusCode::INTERNAL_SERVER_ERROR, "Could not create a session.");
+        }
+    };
+    tracing::info!(user = %name, "console: login");
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        super::SESSION_TTL.as_secs()
+    );
+    (
+        [(header::SET_COOKIE, cookie)],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+async fn index<B: Backend>(auth: Result<Authed, ApiError>) -> Response {
+    match auth {
+        Ok(_) => html(INDEX_HTML),
+        Err(_) => Redirect::to("/login").into_response(),
+    }
+}
+
+async fn asset_js<B: Backend>(_: Authed) -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS).into_response()
+}
+
+async fn asset_css<B: Backend>(_: Authed) -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
+}
+
+// --------------------------------------------------------------- API
+
+async fn session<B: Backend>(a: Authed) -> Response {
+    Json(serde_json::json!({
+        "user": a.user.name,
+        "admin": a.user.admin,
+        "csrf": a.session.as_ref().map(|(_, c)| c.as_str()),
+    }))
+    .into_response()
+}
+
+async fn logout<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    a: Authed,
+) -> Result<Response, ApiError> {
+    a.check_csrf(&headers)?;
+    if let Some((id, _)) = &a.session {
+        app.sessions.remove(id);
+    }
+    tracing::info!(user = %a.user.name, "console: logout");
+    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    Ok(([(header::SET_COOKIE, expired)], StatusCode::NO_CONTENT).into_response())
+}
+
+async fn list_vms<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    _: Authed,
+) -> Result<Response, ApiError> {
+    let b = &app.backend;
+    let vms: Vec<VirtualMachine> = b.list(None).await?;
+    let vmis: Vec<VirtualMachineInstance> = b.list(None).await?;
+    let vmims: Vec<VirtualMachineInstanceMigration> = b.list(None).await?;
+    Ok(Json(view::rows(&vms, &vmis, &vmims)).into_response())
+}
+
+async fn vm_details<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    _: Authed,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let b = &app.backend;
+    let vmi: Option<VirtualMachineInstance> = b.get(&ns, &name).await?;
+    let vm: Option<VirtualMachine> = b.get(&ns, &name).await?;
+    let vmims: Vec<VirtualMachineInstanceMigration> = b.list(Some(&ns)).await?;
+    let history = view::current_migration(&vmims, &ns, &name)
+        .and_then(|m| m.uid())
+        .map(|uid| app.history_of(&uid))
+        .unwrap_or_default();
+    view::details(vmi.as_ref(), vm.as_ref(), &vmims, history)
+        .map(|d| Json(d).into_response())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("VirtualMachine {ns}/{name} not found"),
+            )
+        })
+}
+
+fn active_migrations<'a>(
+    vmims: &'a [VirtualMachineInstanceMigration],
+    name: &str,
+) -> impl Iterator<Item = &'a VirtualMachineInstanceMigration> {
+    let name = name.to_owned();
+    vmims.iter().filter(move |m| {
+        m.spec.vmi_name == name && !view::is_final(m.status.as_ref().and_then(|s| s.phase))
+    })
+}
+
+/// Five characters from the Kubernetes name-suffix alphabet.
+fn name_suffix() -> Result<String, ApiError> {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let hex = super::auth::random_hex()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(hex
+        .as_bytes()
+        .chunks(2)
+        .take(5)
+        .map(|c| {
+            let v = u8::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(0);
+            ALPHABET[v as usize % ALPHABET.len()] as char
+        })
+        .collect())
+}
+
+async fn migrate<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    a: Authed,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    a.check_csrf(&headers)?;
+    a.require_admin("migrate", &ns, &name)?;
+    let b = &app.backend;
+    let vmi: Option<VirtualMachineInstance> = b.get(&ns, &name).await?;
+    let Some(vmi) = vmi else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{ns}/{name} cannot be migrated: the VM is not running (no VirtualMachineInstance)."),
+        ));
+    };
+    let st = vmi.status.clone().unwrap_or_default();
+    if st.phase != Some(VmiPhase::Running) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{ns}/{name} cannot be migrated: the VM is {}, not Running.",
+                st.phase.map_or("not started".to_owned(), |p| format!("{p:?}"))
+            ),
+        ));
+    }
+    if let Some(c) = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == protocol::LIVE_MIGRATABLE && c.status != "True")
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{ns}/{name} is not live-migratable: {}{}",
+                c.reason.as_deref().unwrap_or("no reason given"),
+                c.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    let vmims: Vec<VirtualMachineInstanceMigration> = b.list(Some(&ns)).await?;
+    if let Some(m) = active_migrations(&vmims, &name).next() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{ns}/{name} is already migrating ({}, phase {}).",
+                m.name_any(),
+                view::migration_view(m).phase
+            ),
+        ));
+    }
+    // The object `virtctl migrate` creates: generateName + spec.vmiName.
+    for _ in 0..5 {
+        let mut m = VirtualMachineInstanceMigration::new(
+            &format!("{VMIM_PREFIX}{}", name_suffix()?),
+            VirtualMachineInstanceMigrationSpec {
+                vmi_name: name.clone(),
+            },
+        );
+        m.metadata.namespace = Some(ns.clone());
+        match b.create(&m).await {
+            Ok(created) => {
+                let vmim = created.name_any();
+                tracing::info!(user = %a.user.name, vm = %format!("{ns}/{name}"), %vmim, "console: migrate");
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(serde_json::json!({
+                        "name": vmim,
+                        "message": format!("Migration {vmim} of {ns}/{name} created."),
+                    })),
+                )
+                    .into_response());
+            }
+            Err(BackendError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "could not find a free migration name; try again",
+    ))
+}
+
+async fn cancel<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    a: Authed,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    a.check_csrf(&headers)?;
+    a.require_admin("cancel migrations of", &ns, &name)?;
+    let b = &app.backend;
+    let vmims: Vec<VirtualMachineInstanceMigration> = b.list(Some(&ns)).await?;
+    let active: Vec<String> = active_migrations(&vmims, &name)
+        .map(|m| m.name_any())
+        .collect();
+    if active.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{ns}/{name} has no migration in progress."),
+        ));
+    }
+    for m in &active {
+        match b.delete::<VirtualMachineInstanceMigration>(&ns, m).await {
+            Ok(()) | Err(BackendError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(user = %a.user.name, vm = %format!("{ns}/{name}"), vmim = %m, "console: cancel migration");
+    }
+    let phase = vmims
+        .iter()
+        .find(|m| m.name_any() == active[0])
+        .and_then(|m| m.status.as_ref().and_then(|s| s.phase));
+    let message = if phase.is_some_and(|p| p > MigrationPhase::Pending) {
+        format!("Cancelling migration {}: the VM stays on its node.", active[0])
+    } else {
+        format!("Migration {} cancelled before it started.", active[0])
+    };
+    Ok(Json(serde_json::json!({ "message": message })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_cookie_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        h.insert(header::COOKIE, "a=1; mignet_session=xyz; b=2".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(session_cookie(&h), Some("xyz"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn origin_must_match_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "127.0.0.1:8443".parse().unwrap());
+        assert!(same_origin(&h).is_err(), "missing Origin");
+        h.insert(header::ORIGIN, "http://127.0.0.1:8443".parse().unwrap());
+        assert!(same_origin(&h).is_ok());
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(same_origin(&h).is_err());
+    }
+
+    #[test]
+    fn suffix_alphabet() {
+        let s = name_suffix().unwrap();
+        assert_eq!(s.len(), 5);
+        assert!(s.bytes().all(|c| b"bcdfghjklmnpqrstvwxz2456789".contains(&c)));
+    }
+}
