@@ -245,8 +245,8 @@ impl<'a> Kubelet<'a> {
     /// Start the agent pod of `node`. Ok(false): created but not Ready (the
     /// reason is in its status).
     fn start_pod(&self, node: &str, want: &Wanted) -> Result<bool, LabError> {
-        let index = plan::node_index(node).ok_or_else(|| {
-            LabError::Teardown(format!("node {node:?} is not a lab node (nodeN)"))
+        let index = plan::node_index(node).ok_or_else(|| LabError::UnknownNode {
+            node: node.to_owned(),
         })?;
         let name = pod_name(node);
         let agent_ns = self.cfg.agent_ns(node);

@@ -225,6 +225,8 @@ pub enum LabError {
     Cni(#[from] cni::CniCallError),
     #[error("entering network namespace")]
     Netns(#[from] mignet_cni::netns::NetnsError),
+    #[error("node {node:?} is not a lab node (expected node1..node250)")]
+    UnknownNode { node: String },
     #[error("{0}")]
     Teardown(String),
 }
