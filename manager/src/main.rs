@@ -44,6 +44,12 @@ enum Command {
         /// Re-check every HyperConverged this often even without events.
         #[arg(long, default_value_t = 300)]
         resync_seconds: u64,
+        /// Also run the migration controller (VMIM admission, limits, cancel, drain).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        migrations: bool,
+        /// Namespace whose VMIs/VMIMs the migration controller handles (default: all).
+        #[arg(long)]
+        migrations_namespace: Option<String>,
     },
     /// Write the CRD YAML files.
     Crdgen {
@@ -79,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
             service_cidr,
             resync_seconds,
             http_addr,
+            migrations,
+            migrations_namespace,
         } => {
             let settings = RolloutSettings {
                 namespace,
@@ -97,16 +105,38 @@ async fn main() -> anyhow::Result<()> {
             let mut sigterm =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("installing the SIGTERM handler")?;
-            let shutdown = async move {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = sigterm.recv() => {}
                 }
+                let _ = stop_tx.send(true);
+            });
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
             };
+            let shutdown = stopped(stop_rx.clone());
+            let migration_controller = migrations.then(|| {
+                let backend = mignet::backend::KubeBackend::new(
+                    client.clone(),
+                    migrations_namespace.as_deref(),
+                );
+                let settings = mignet::control::Settings {
+                    namespace: migrations_namespace.clone(),
+                    ..Default::default()
+                };
+                tokio::spawn(mignet::control::run(backend, settings, stopped(stop_rx.clone())))
+            });
             let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;
             tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
             mignet::kube_adapter::rollout::run(client, settings, metrics, shutdown).await?;
+            if let Some(task) = migration_controller {
+                task.await
+                    .context("migration controller task")?
+                    .context("migration controller")?;
+            }
         }
     }
     Ok(())

@@ -215,3 +215,125 @@ pub fn migration_view(m: &VirtualMachineInstanceMigration) -> Option<MigrationVi
         not_before: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        PersistentVolumeClaimInfo, PersistentVolumeClaimVolumeSource, VirtualMachineInstanceSpec,
+        VirtualMachineInstanceStatus, Volume, VolumeStatus,
+    };
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus, Taint as KTaint};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    #[test]
+    fn node_view_reads_taints_cordon_and_memory() {
+        let mut n = Node::default();
+        n.metadata.name = Some("n1".into());
+        n.spec = Some(NodeSpec {
+            unschedulable: Some(true),
+            taints: Some(vec![
+                KTaint {
+                    key: "kubevirt.io/drain".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                },
+                KTaint {
+                    key: "x".into(),
+                    effect: "Bogus".into(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        });
+        n.status = Some(NodeStatus {
+            allocatable: Some([("memory".into(), Quantity("2Gi".into()))].into()),
+            ..Default::default()
+        });
+        let v = node_view(&n);
+        assert!(v.unschedulable && v.draining());
+        assert_eq!(v.taints.len(), 1, "unknown effects are dropped");
+        assert_eq!(v.allocatable_memory, 2 << 30);
+        n.status = None;
+        assert_eq!(node_view(&n).allocatable_memory, UNREPORTED_NODE_MEMORY);
+    }
+
+    #[test]
+    fn vmi_view_takes_access_modes_from_volume_status() {
+        let mut vmi = VirtualMachineInstance::new(
+            "vm",
+            VirtualMachineInstanceSpec {
+                volumes: vec![
+                    Volume {
+                        name: "root".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: "pvc".into(),
+                            read_only: None,
+                        }),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: "cloudinit".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+        );
+        vmi.metadata.namespace = Some("ns".into());
+        vmi.status = Some(VirtualMachineInstanceStatus {
+            phase: Some(VmiPhase::Running),
+            node_name: Some("n1".into()),
+            volume_status: vec![VolumeStatus {
+                name: "root".into(),
+                persistent_volume_claim_info: Some(PersistentVolumeClaimInfo {
+                    access_modes: vec!["ReadWriteMany".into()],
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        });
+        let v = vmi_view(&vmi);
+        assert_eq!(v.key, ObjectKey::new("ns", "vm"));
+        assert_eq!(v.phase, policy::VmiPhase::Running);
+        assert_eq!(v.cpu, CpuModel::HostModel, "unset model is host-model");
+        assert_eq!(
+            v.volumes[0].source,
+            VolumeSource::Claim {
+                claim_name: "pvc".into(),
+                access_modes: vec![AccessMode::ReadWriteMany]
+            }
+        );
+        assert_eq!(v.volumes[1].source, VolumeSource::Config);
+        // No volume status yet: the claim counts as not shared.
+        vmi.status.as_mut().unwrap().volume_status.clear();
+        assert!(matches!(
+            &vmi_view(&vmi).volumes[0].source,
+            VolumeSource::Claim { access_modes, .. } if access_modes.is_empty()
+        ));
+    }
+
+    #[test]
+    fn migration_view_only_for_admitted_and_marks_evacuations() {
+        use crate::api::{
+            VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationStatus,
+        };
+        let mut m = VirtualMachineInstanceMigration::new(
+            "mig",
+            VirtualMachineInstanceMigrationSpec {
+                vmi_name: "vm".into(),
+            },
+        );
+        m.metadata.namespace = Some("ns".into());
+        assert!(migration_view(&m).is_none(), "not admitted yet");
+        m.status = Some(VirtualMachineInstanceMigrationStatus {
+            phase: Some(MigrationPhase::Pending),
+            ..Default::default()
+        });
+        let v = migration_view(&m).unwrap();
+        assert_eq!((v.phase, v.origin), (Phase::Pending, Origin::User));
+        assert_eq!(v.vmi, ObjectKey::new("ns", "vm"));
+        m.metadata.annotations = Some([(EVACUATION_ANNOTATION.into(), "n1".into())].into());
+        assert_eq!(migration_view(&m).unwrap().origin, Origin::Evacuation);
+    }
+}
