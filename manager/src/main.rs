@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             migrations,
             migrations_namespace,
         } => {
+            let hco_namespace = namespace.clone();
             let settings = RolloutSettings {
                 namespace,
                 hyperconverged,
@@ -124,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 );
                 let settings = mignet::control::Settings {
                     namespace: migrations_namespace.clone(),
+                    hco_namespace: Some(hco_namespace.clone()),
                     ..Default::default()
                 };
                 tokio::spawn(mignet::control::run(backend, settings, stopped(stop_rx.clone())))

@@ -48,8 +48,11 @@ use crate::config::EffectiveMigrationConfig;
 /// change.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Only VMIs, VMIMs and HyperConvergeds in this namespace (`None` = all).
+    /// Only VMIs and VMIMs in this namespace (`None` = all).
     pub namespace: Option<String>,
+    /// Where the HyperConverged CR lives (`None` = as `namespace`); the
+    /// first one by name gives the limits, none at all = KubeVirt's defaults.
+    pub hco_namespace: Option<String>,
     /// Only Nodes carrying this label (key, value); `None` = all nodes.
     /// Lets several controllers share an API server in tests.
     pub node_selector: Option<(String, String)>,
@@ -64,6 +67,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             namespace: None,
+            hco_namespace: None,
             node_selector: None,
             resync: Duration::from_secs(5),
             default_eviction_strategy: None,
@@ -174,8 +178,11 @@ struct World {
 async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, ControlError> {
     let ns = settings.namespace.as_deref();
     let list_err = |what| move |source| ControlError::List { what, source };
-    let mut hcos: Vec<HyperConverged> =
-        backend.list(ns).await.map_err(list_err("HyperConverged"))?;
+    let hco_ns = settings.hco_namespace.as_deref().or(ns);
+    let mut hcos: Vec<HyperConverged> = backend
+        .list(hco_ns)
+        .await
+        .map_err(list_err("HyperConverged"))?;
     hcos.sort_by_key(|h| (h.namespace(), h.name_any()));
     let cfg = match hcos.first() {
         None => EffectiveMigrationConfig::default(),

@@ -420,6 +420,7 @@ impl Drop for Task {
 pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
     mignet::control::Settings {
         namespace: Some(ns.to_owned()),
+        hco_namespace: None,
         node_selector: Some((TEST_LABEL.to_owned(), test.to_owned())),
         resync: Duration::from_millis(500),
         default_eviction_strategy: None,
