@@ -195,3 +195,9 @@ async fn host_model_without_matching_node_is_not_migratable() {
     let bed = Bed::new("ctl-hostmodel").await;
     scenario_host_model(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordon_plus_evacuation_node_name_evacuates() {
+    let bed = Bed::new("ctl-evac").await;
+    scenario_evacuation_node_name(&bed.backend, bed.ns(), bed.ns()).await;
+}

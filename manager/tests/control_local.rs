@@ -79,3 +79,9 @@ async fn host_model_without_matching_node_is_not_migratable() {
     let s = TempStore::new("hostmodel");
     scenario_host_model(&s.backend, NS, "hostmodel").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_drain_via_evacuation_node_name() {
+    let s = TempStore::new("evac");
+    scenario_evacuation_node_name(&s.backend, NS, "evac").await;
+}

@@ -81,14 +81,14 @@ pub enum ControlError {
     List {
         what: &'static str,
         #[source]
-        source: BackendError,
+        source: Box<BackendError>,
     },
     #[error("writing {what} {key}")]
     Write {
         what: &'static str,
         key: String,
         #[source]
-        source: BackendError,
+        source: Box<BackendError>,
     },
 }
 
@@ -175,9 +175,42 @@ struct World {
     vmims: Vec<VirtualMachineInstanceMigration>,
 }
 
+impl World {
+    /// Node views, with the drain marker also on cordoned nodes that a
+    /// VMI is being evicted from (`status.evacuationNodeName`, what
+    /// KubeVirt's eviction webhook sets on `kubectl drain` and what
+    /// `mignet lab drain` sets), as KubeVirt's evacuation controller reacts
+    /// to either.
+    fn node_views(&self) -> Vec<policy::NodeView> {
+        let evicting: HashSet<&str> = self
+            .vmis
+            .values()
+            .filter_map(|v| v.status.as_ref()?.evacuation_node_name.as_deref())
+            .collect();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut v = views::node_view(n);
+                if v.unschedulable && !v.draining() && evicting.contains(v.name.as_str()) {
+                    v.taints.push(policy::Taint {
+                        key: protocol::DRAIN_TAINT_KEY.to_owned(),
+                        effect: policy::TaintEffect::NoSchedule,
+                    });
+                }
+                v
+            })
+            .collect()
+    }
+}
+
 async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, ControlError> {
     let ns = settings.namespace.as_deref();
-    let list_err = |what| move |source| ControlError::List { what, source };
+    let list_err = |what| {
+        move |source| ControlError::List {
+            what,
+            source: Box::new(source),
+        }
+    };
     let hco_ns = settings.hco_namespace.as_deref().or(ns);
     let mut hcos: Vec<HyperConverged> = backend
         .list(hco_ns)
@@ -235,7 +268,7 @@ fn settle<T>(
         Err(source) => Err(ControlError::Write {
             what,
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -374,7 +407,7 @@ async fn admit_new<B: Backend>(
     pass: &mut Pass,
     t: &Time,
 ) -> Result<(), ControlError> {
-    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let node_views = w.node_views();
     let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
     let mig_views: Vec<_> = w.vmims.iter().filter_map(views::migration_view).collect();
     let mut index = ClusterIndex::build(Snapshot {
@@ -471,7 +504,7 @@ async fn schedule<B: Backend>(
     now: jiff::Timestamp,
     t: &Time,
 ) -> Result<(), ControlError> {
-    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let node_views = w.node_views();
     let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
     // A Pending VMIM being deleted is about to go: not a candidate.
     let mig_views: Vec<_> = w
@@ -667,7 +700,7 @@ async fn live_migratable<B: Backend>(
     pass: &mut Pass,
     t: &Time,
 ) -> Result<(), ControlError> {
-    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let node_views = w.node_views();
     let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
     let mig_views: Vec<_> = w.vmims.iter().filter_map(views::migration_view).collect();
     let mut index = ClusterIndex::build(Snapshot {
@@ -723,7 +756,7 @@ async fn drain<B: Backend>(
     pass: &mut Pass,
     now: jiff::Timestamp,
 ) -> Result<(), ControlError> {
-    let node_views: Vec<_> = w.nodes.iter().map(views::node_view).collect();
+    let node_views = w.node_views();
     let vmi_views: Vec<_> = w.vmis.values().map(views::vmi_view).collect();
     let mig_views: Vec<_> = w.vmims.iter().filter_map(views::migration_view).collect();
     let mut index = ClusterIndex::build(Snapshot {
@@ -791,10 +824,9 @@ async fn drain<B: Backend>(
     // Drain reports: written on draining nodes, removed from the others.
     for node in &w.nodes {
         let name = node.name_any();
-        let want = match reports.get(&name) {
-            Some(r) => Some(serde_json::to_string(r).unwrap_or_default()),
-            None => None,
-        };
+        let want = reports
+            .get(&name)
+            .map(|r| serde_json::to_string(r).unwrap_or_default());
         let have = node.annotations().get(DRAIN_REPORT_ANNOTATION);
         if have == want.as_ref() {
             continue;
@@ -853,7 +885,7 @@ async fn create_evacuation<B: Backend>(
         Err(source) => Err(ControlError::Write {
             what: "evacuation VMIM",
             key: format!("{}/{name}", vmi.namespace),
-            source,
+            source: Box::new(source),
         }),
     }
 }

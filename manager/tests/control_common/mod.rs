@@ -982,3 +982,58 @@ pub async fn scenario_host_model<B: Backend>(b: &B, ns: &str, test: &str) {
     })
     .await;
 }
+
+/// Lab-style drain (`mignet lab drain`): the node is cordoned and its
+/// LiveMigrate VMIs get `status.evacuationNodeName`, without the taint. A
+/// plain cordon moves nothing; the evacuation mark does.
+pub async fn scenario_evacuation_node_name<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 2);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    let live = VmiOpts {
+        eviction: Some(EvictionStrategy::LiveMigrate),
+        ..Default::default()
+    };
+    create_running_vmi(b, ns, "vm", &nodes[0], live).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, Duration::from_millis(200));
+    mignet::backend::modify::<B, Node>(b, "", &nodes[0], |n| {
+        n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        true
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ms = b
+        .list::<VirtualMachineInstanceMigration>(Some(ns))
+        .await
+        .unwrap();
+    assert!(ms.is_empty(), "a cordon alone evacuates nothing: {ms:?}");
+    mignet::backend::modify_status::<B, VirtualMachineInstance>(b, ns, "vm", |v| {
+        v.status
+            .get_or_insert_with(Default::default)
+            .evacuation_node_name = Some(nodes[0].clone());
+        true
+    })
+    .await
+    .unwrap();
+    let m = eventually(LONG, "evacuation VMIM", || async {
+        let ms = b
+            .list::<VirtualMachineInstanceMigration>(Some(ns))
+            .await
+            .unwrap();
+        ms.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        m.annotations().get(protocol::EVACUATION_ANNOTATION),
+        Some(&nodes[0])
+    );
+    wait_phase(b, ns, &m.name_any(), MigrationPhase::Succeeded).await;
+    let vmi = get_vmi(b, ns, "vm").await;
+    assert_eq!(
+        vmi.status.unwrap().node_name.as_deref(),
+        Some(nodes[1].as_str())
+    );
+}
