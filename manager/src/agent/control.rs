@@ -148,8 +148,18 @@ pub async fn run_with_core<B: Backend>(
             _ = tokio::time::sleep(RESYNC) => {}
         }
     }
-    // Dropping the tasks cuts in-flight streams: a source migration fails
-    // (its VM keeps running), a prepared destination is killed.
+    // In-flight migrations get the grace period to end on their own (they
+    // record their outcome themselves); then dropping the tasks cuts the
+    // streams: a source migration fails (its VM keeps running), a prepared
+    // destination is killed.
+    let grace = core.settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    while !(state.sources.values().all(|t| t.task.0.is_finished())
+        && state.targets.values().all(|t| t.task.0.is_finished()))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tracing::info!(node = %core.node_name(), "agent stopping");
 }
 
@@ -277,9 +287,14 @@ async fn pass<B: Backend>(
     for m in &vmims {
         let Some(phase) = phase_of(m) else { continue };
         let uid = m.uid().unwrap_or_default();
-        if matches!(phase, MigrationPhase::Succeeded | MigrationPhase::Failed) {
+        if phase == MigrationPhase::Failed {
             // Over: a prepared destination that never received is torn down.
             state.targets.remove(&uid);
+            continue;
+        }
+        if phase == MigrationPhase::Succeeded {
+            // The target task adopts the VM once it sees it running, which
+            // may be a moment after the source recorded success: let it.
             continue;
         }
         if phase == MigrationPhase::Pending || state.done.contains(&uid) {

@@ -111,6 +111,8 @@ pub struct AgentSettings {
     pub boot: GuestBoot,
     /// Multifd channels per migration (`None`: one connection).
     pub multifd_channels: Option<u8>,
+    /// On shutdown, in-flight migrations get this long to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl AgentSettings {

@@ -292,6 +292,7 @@ pub fn agent_settings(
         state_dir: root.join(format!("st-{}", node.name)),
         boot: boot.clone(),
         multifd_channels: multifd,
+        shutdown_grace: std::time::Duration::ZERO,
     }
 }
 
