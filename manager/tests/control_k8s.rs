@@ -201,3 +201,9 @@ async fn cordon_plus_evacuation_node_name_evacuates() {
     let bed = Bed::new("ctl-evac").await;
     scenario_evacuation_node_name(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_backend_keeps_the_contract() {
+    let bed = Bed::new("ctl-contract").await;
+    scenario_backend_semantics(&bed.backend, bed.ns(), bed.ns()).await;
+}

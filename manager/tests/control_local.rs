@@ -85,3 +85,9 @@ async fn lab_drain_via_evacuation_node_name() {
     let s = TempStore::new("evac");
     scenario_evacuation_node_name(&s.backend, NS, "evac").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_backend_keeps_the_contract() {
+    let s = TempStore::new("contract");
+    scenario_backend_semantics(&s.backend, NS, "contract").await;
+}

@@ -142,6 +142,11 @@ impl Backend for KubeBackend {
     }
 
     async fn create<K: Kind>(&self, obj: &K) -> Result<K, BackendError> {
+        // The API server refuses a create carrying a resourceVersion; the
+        // local store ignores it. Same behaviour in both: drop it.
+        let mut obj = obj.clone();
+        obj.meta_mut().resource_version = None;
+        let obj = &obj;
         K::api(self.client.clone(), &ns_of(obj))
             .create(&post_params(), obj)
             .await
