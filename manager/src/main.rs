@@ -51,6 +51,8 @@ enum Command {
         #[arg(long)]
         migrations_namespace: Option<String>,
     },
+    /// Run the node agent: migration IP, mTLS listeners, proxy, QEMU driver.
+    Agent(AgentArgs),
     /// Write the CRD YAML files.
     Crdgen {
         #[arg(long, default_value = "deploy/crds")]
@@ -59,6 +61,115 @@ enum Command {
     /// Lab mode and the CLI verbs against the lab's store.
     #[command(flatten)]
     Local(mignet::cli::Verb),
+}
+
+/// Flags of `mignet agent` (deploy/base/agent.yaml passes the first five).
+#[derive(clap::Args)]
+struct AgentArgs {
+    #[arg(long)]
+    node_name: String,
+    /// The agent pod's IP: the migration IP when no migration network is set.
+    #[arg(long)]
+    pod_ip: std::net::IpAddr,
+    /// Interface the migration network is attached as.
+    #[arg(long, default_value = "migration0")]
+    migration_interface: String,
+    /// The migration NAD (`name` or `namespace/name`); unset = pod network.
+    /// With it set, a missing or addressless interface makes the agent not
+    /// ready. Falls back to `$MIGNET_MIGRATION_NETWORK`.
+    #[arg(long)]
+    migration_network: Option<String>,
+    /// ca.crt, tls.crt, tls.key (re-read when they change).
+    #[arg(long, default_value = "/etc/mignet/certs")]
+    cert_dir: PathBuf,
+    #[arg(long)]
+    allow_tls12: bool,
+    /// VM run directories and migration sockets, kept across restarts.
+    #[arg(long, default_value = "/var/run/mignet")]
+    state_dir: PathBuf,
+    /// Network namespace for the agent's sockets (lab); default: our own.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Guest kernel and initramfs for the VMs this agent runs (lab image).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Multifd channels per migration; 0 = one connection.
+    #[arg(long, default_value_t = 4)]
+    multifd_channels: u8,
+    /// Namespace to watch (default: all).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Address of /healthz, /readyz (migration IP found) and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    http_addr: std::net::SocketAddr,
+    /// In-flight migrations get this long to end after SIGTERM.
+    #[arg(long, default_value_t = 315)]
+    graceful_shutdown_seconds: u64,
+}
+
+async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    use mignet::agent::{AgentCore, AgentSettings, GuestBoot, Readiness};
+    let guest = mignet_dataplane::qemu::testbed::GuestImage::cache_dir();
+    let boot = GuestBoot::new(
+        a.kernel.unwrap_or_else(|| guest.join("vmlinuz")),
+        a.initrd.unwrap_or_else(|| guest.join("initramfs.img")),
+    );
+    let settings = AgentSettings {
+        node_name: a.node_name,
+        pod_ip: a.pod_ip,
+        migration_network: a
+            .migration_network
+            .or_else(|| std::env::var("MIGNET_MIGRATION_NETWORK").ok())
+            .filter(|n| !n.is_empty()),
+        migration_interface: a.migration_interface,
+        prefer_family: None,
+        netns: a.netns,
+        cert_dir: a.cert_dir,
+        allow_tls12: a.allow_tls12,
+        state_dir: a.state_dir,
+        boot,
+        multifd_channels: (a.multifd_channels > 0).then_some(a.multifd_channels),
+        shutdown_grace: Duration::from_secs(a.graceful_shutdown_seconds),
+    };
+    let core = Arc::new(AgentCore::start(settings).await?);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let backend = mignet::backend::KubeBackend::new(client, a.namespace.as_deref());
+    let metrics = Arc::new(mignet::metrics::Metrics::default());
+    let (bound, _http) = mignet::http::serve(a.http_addr, metrics.clone()).await?;
+    tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
+    // Readiness = the migration IP can be found (never the pod IP in
+    // disguise when a migration network is configured).
+    let probe = core.clone();
+    let _ready = tokio::spawn(async move {
+        let mut last: Option<Readiness> = None;
+        loop {
+            let r = probe.readiness().await;
+            if last.as_ref() != Some(&r) {
+                match &r {
+                    Readiness::Ready(ip) => tracing::info!(ip = %ip.ip, "ready"),
+                    Readiness::NotReady(why) => tracing::warn!(%why, "not ready"),
+                }
+                metrics.set_ready(matches!(r, Readiness::Ready(_)));
+                last = Some(r);
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+        tracing::info!("stopping: waiting for in-flight migrations");
+    };
+    mignet::agent::run_with_core(backend, core, shutdown).await;
+    Ok(())
 }
 
 #[tokio::main]
@@ -72,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         // Synchronous: the lab and its verbs block on ip/CNI commands and
         // files; nothing else runs on this runtime meanwhile.
         Command::Local(verb) => mignet::cli::run(verb)?,
+        Command::Agent(args) => run_agent(args).await?,
         Command::Crdgen { out } => {
             for p in mignet::api::crdgen::write_all(&out)? {
                 println!("{}", p.display());
