@@ -240,6 +240,18 @@ fn a_restarted_daemon_adopts_the_running_agents() {
         let b = ipv4(&lab.ns("agent-node2"), "migration0")?;
         (!a.is_empty() && !b.is_empty()).then_some((a, b))
     });
+    // Killed only once the rollout is complete: a pod killed half-started
+    // is (rightly) restarted by the next daemon.
+    wait_for("rollout complete", Duration::from_secs(60), || {
+        let reason = lab.ok(&[
+            "get",
+            "hco",
+            "kubevirt-hyperconverged",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="MigrationNetworkReady")].reason}"#,
+        ]);
+        (reason == "RolledOut").then_some(())
+    });
     let uids = |lab: &Lab| lab.ok(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"]);
     let uids_before = uids(&lab);
     let pid = lab.daemon_pid().unwrap();
