@@ -240,6 +240,19 @@ impl Pool {
         })
     }
 
+    /// The `n`-th (0 = lowest) offset of `range` neither allocated here nor
+    /// in `avoid`; `None` when there are not that many free.
+    pub fn nth_free_avoiding(&self, range: &IpRange, avoid: &BTreeSet<u128>, n: usize) -> Option<u128> {
+        let mut a = Allocator::with_used(range, self.allocations.keys().copied());
+        for &o in avoid {
+            a.mark_used(o);
+        }
+        for _ in 0..n {
+            a.allocate()?;
+        }
+        a.lowest_free()
+    }
+
     /// The lowest offset of `range` neither allocated here nor in `avoid`.
     pub fn lowest_free_avoiding(&self, range: &IpRange, avoid: &BTreeSet<u128>) -> Option<u128> {
         let mut a = Allocator::with_used(range, self.allocations.keys().copied());

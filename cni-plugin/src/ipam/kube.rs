@@ -300,11 +300,13 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// At most 2^6 = 64 slots.
-    pub const MAX_EXP: u32 = 6;
+    /// At most 2^5 = 32 slots.
+    pub const MAX_EXP: u32 = 5;
     /// Slot bounds: a write measured faster or slower than this is clamped.
+    /// Under load a round trip is mostly queueing behind the other writers,
+    /// not the server's cost of one write, so long slots are cut short.
     pub const MIN_SLOT: Duration = Duration::from_millis(2);
-    pub const MAX_SLOT: Duration = Duration::from_millis(500);
+    pub const MAX_SLOT: Duration = Duration::from_millis(40);
 
     pub fn new(seed: u64) -> Self {
         Backoff {
@@ -313,7 +315,7 @@ impl Backoff {
         }
     }
 
-    fn random(&mut self) -> u64 {
+    pub fn random(&mut self) -> u64 {
         // xorshift64*: plenty for jitter, no dependency.
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
@@ -462,6 +464,43 @@ pub fn block_on<T>(f: impl std::future::Future<Output = CniResult<T>>) -> CniRes
     rt.block_on(f)
 }
 
+/// Label on our reservations naming their pool (pending-claim lookup).
+pub const POOL_LABEL: &str = "ipam.mignet.io/ippool";
+/// Label a DEL puts on its reservation before taking its entry out: a
+/// release pending in that pool (value: the pool label).
+pub const RELEASE_LABEL: &str = "ipam.mignet.io/release";
+/// Annotation on our reservations: the offset in that pool.
+pub const OFFSET_ANNOTATION: &str = "ipam.mignet.io/offset";
+
+/// The label value for a pool name, if it fits a label (63 characters);
+/// longer pool names get no label and so no combining, only plain commits.
+pub fn pool_label(pool: &str) -> Option<String> {
+    (pool.len() <= 63
+        && pool
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && pool.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && pool.ends_with(|c: char| c.is_ascii_alphanumeric()))
+    .then(|| pool.to_string())
+}
+
+/// Waits for a combining committer before writing oneself.
+const MAX_WAITS: u32 = 4;
+
+/// Whether a pool entry (or a pending claim as one) is `owner`'s.
+fn entry_owned_by(a: &Allocation, owner: &Owner) -> bool {
+    a.ifname == owner.ifname
+        && (a.id == owner.container_id || owner.podref.as_deref().is_some_and(|p| a.podref == p))
+}
+
+fn new_entry(owner: &Owner) -> Allocation {
+    Allocation {
+        id: owner.container_id.clone(),
+        ifname: owner.ifname.clone(),
+        podref: owner.podref.clone().unwrap_or_default(),
+    }
+}
+
 /// The runtime-visible result of an ADD on one pool.
 struct Added {
     offset: u128,
@@ -560,7 +599,7 @@ impl KubeStore {
 
     /// Claim `ip` for `owner` cluster-wide. `Ok(true)`: the reservation is
     /// ours (just created, or left by an earlier attempt of the same owner).
-    async fn claim(&self, ip: IpAddr, owner: &Owner) -> CniResult<bool> {
+    async fn claim(&self, key: &PoolKey, ip: IpAddr, offset: u128, owner: &Owner) -> CniResult<bool> {
         let name = orip_name(&self.network_name, ip);
         let mut r = OverlappingRangeIPReservation::new(
             &name,
@@ -571,20 +610,18 @@ impl KubeStore {
             },
         );
         r.metadata.namespace = Some(self.namespace.clone());
+        // Label and offset make it findable as a pending claim of its pool.
+        if let Some(label) = pool_label(&key.name) {
+            r.metadata.labels = Some([(POOL_LABEL.to_string(), label)].into());
+            r.metadata.annotations =
+                Some([(OFFSET_ANNOTATION.to_string(), offset.to_string())].into());
+        }
         match self.orips().create(&PostParams::default(), &r).await {
             Ok(_) => Ok(true),
-            Err(e) if is_code(&e, 409) => {
-                match self.orips().get_opt(&name).await {
-                    Ok(Some(held)) => Ok(orip_owned_by(&held.spec, owner)),
-                    // Deleted meanwhile: treat as taken this round; the next
-                    // read decides again.
-                    Ok(None) => Ok(false),
-                    Err(e) => Err(api_err(
-                        &format!("get OverlappingRangeIPReservation {}/{name}", self.namespace),
-                        e,
-                    )),
-                }
-            }
+            // Taken. Our own leftover reservations (from an earlier attempt
+            // of this owner) are adopted from the pending list before we
+            // get here, so a collision is always someone else's claim.
+            Err(e) if is_code(&e, 409) => Ok(false),
             Err(e) => Err(api_err(
                 &format!("create OverlappingRangeIPReservation {}/{name}", self.namespace),
                 e,
@@ -626,8 +663,73 @@ impl KubeStore {
         }
     }
 
+    /// Reservations of `key`'s pool made by our ADDs whose address the pool
+    /// does not hold yet: ADDs between their two writes. Only reservations
+    /// we labelled count; whereabouts creates its reservation after its pool
+    /// write, so it never has one pending.
+    async fn pending_claims(
+        &self,
+        key: &PoolKey,
+        range: &IpRange,
+        pool: &Pool,
+    ) -> CniResult<Vec<(u128, Allocation)>> {
+        let Some(label) = pool_label(&key.name) else {
+            return Ok(Vec::new());
+        };
+        let list = self
+            .orips()
+            .list(&ListParams::default().labels(&format!("{POOL_LABEL}={label}")))
+            .await
+            .map_err(|e| {
+                api_err(
+                    &format!("list OverlappingRangeIPReservations in {}", self.namespace),
+                    e,
+                )
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            // A releasing reservation's entry is on its way out: never put
+            // it back.
+            .filter(|r| !r.labels().contains_key(RELEASE_LABEL))
+            .filter_map(|r| {
+                let off: u128 = r.annotations().get(OFFSET_ANNOTATION)?.parse().ok()?;
+                // The name must be the reservation of exactly that address,
+                // inside this range, and the pool must not hold it yet.
+                let valid = off >= range.first
+                    && off <= range.last
+                    && r.name_any() == orip_name(&self.network_name, range.ip_at(off))
+                    && !pool.allocations.contains_key(&off)
+                    && !r.spec.containerid.is_empty();
+                valid.then(|| {
+                    (
+                        off,
+                        Allocation {
+                            id: r.spec.containerid,
+                            ifname: r.spec.ifname,
+                            podref: r.spec.podref,
+                        },
+                    )
+                })
+            })
+            .collect())
+    }
+
     /// ADD on one pool: the owner's existing offset, or the lowest free one,
     /// stored before it is returned.
+    ///
+    /// With overlapping ranges on (the default), an ADD first reserves its
+    /// address (an ORIP, an exclusive create), then commits it to the pool
+    /// with a resourceVersion precondition. A commit also writes the
+    /// entries of every other pending reservation of the pool (combining):
+    /// under contention one successful write commits the whole queue, and
+    /// the writers that lost the race find their entry on the next read
+    /// instead of writing again. This is safe because each entry comes from
+    /// an exclusive reservation, the write is still preconditioned on the
+    /// version read, and nobody reports an address before a stored pool
+    /// version holds it. An entry committed for an ADD that then died is an
+    /// ordinary orphan (as if it died after its own write): DEL, GC or
+    /// reconcile frees it.
     async fn add_one(&self, key: &PoolKey, range: &IpRange, owner: &Owner) -> CniResult<Added> {
         let mut backoff = Backoff::new(seed());
         // Offsets reserved by someone else (seen during this ADD).
@@ -636,36 +738,67 @@ impl KubeStore {
         let mut claimed: Option<u128> = None;
         let started = std::time::Instant::now();
         let mut attempts = 0;
+        // A read (and its pending claims) to reuse instead of reading
+        // again, right after a claim.
+        let mut carry: Option<(IPPool, ParsedPool)> = None;
+        let mut carried_pending: Option<Vec<(u128, Allocation)>> = None;
+        let mut collisions: u32 = 0;
+        let mut waits: u32 = 0;
         let result = async {
             while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
                 attempts += 1;
-                let (obj, mut parsed) = self.read_or_create(key).await?;
+                let (obj, mut parsed) = match carry.take() {
+                    Some(x) => x,
+                    None => self.read_or_create(key).await?,
+                };
                 if let Some(off) = parsed.pool.held_by(owner) {
-                    // A repeated ADD (or a new sandbox of the same pod).
+                    // Committed (by us or by a combining writer), or a
+                    // repeated ADD / a new sandbox of the same pod.
+                    let ours = claimed == Some(off);
                     parsed.pool.assign(range, owner);
                     if parsed.pool.dirty && !self.write(key, &obj, &parsed).await? {
                         tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                         continue;
                     }
+                    if !ours {
+                        if let Some(old) = claimed.take() {
+                            // We already held another address here.
+                            self.unclaim(range.ip_at(old), owner).await?;
+                        }
+                    }
+                    claimed = None;
                     return Ok(Added {
                         offset: off,
-                        existing: true,
+                        existing: !ours,
                     });
                 }
-                // With a reservation for an address the fresh read still has
-                // free, write at once: the window between our read and our
-                // write is one round trip, which keeps conflicts rare.
                 if let Some(off) = claimed.filter(|o| !parsed.pool.allocations.contains_key(o)) {
-                    parsed.pool.allocations.insert(
-                        off,
-                        Allocation {
-                            id: owner.container_id.clone(),
-                            ifname: owner.ifname.clone(),
-                            podref: owner.podref.clone().unwrap_or_default(),
-                        },
-                    );
+                    // Commit ours and every other pending reservation.
+                    let pending = match carried_pending.take() {
+                        Some(p) => p,
+                        None => self.pending_claims(key, range, &parsed.pool).await?,
+                    };
+                    // One committer per queue: the claim with the lowest
+                    // offset writes, the others wait a slot and re-read
+                    // (usually finding their entry committed). Everybody
+                    // writing at once would make all but one write fail,
+                    // and a failed write costs the server as much as a
+                    // good one. A waiter that is still pending after a few
+                    // waits (the committer died) writes itself.
+                    let committer = pending.iter().all(|(o, _)| *o >= off);
+                    if !committer && waits < MAX_WAITS {
+                        waits += 1;
+                        tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+                        continue;
+                    }
+                    for (o, a) in pending {
+                        if o != off {
+                            parsed.pool.allocations.insert(o, a);
+                        }
+                    }
+                    parsed.pool.allocations.insert(off, new_entry(owner));
                     if self.write(key, &obj, &parsed).await? {
-                        claimed = None; // Committed: the reservation backs a pool entry.
+                        claimed = None; // The reservation now backs a pool entry.
                         return Ok(Added {
                             offset: off,
                             existing: false,
@@ -676,28 +809,50 @@ impl KubeStore {
                 }
                 if let Some(old) = claimed.take() {
                     // A writer that does not reserve (overlapping ranges off,
-                    // or an old whereabouts) took our address in the pool.
+                    // or whereabouts) took our address in the pool.
                     self.unclaim(range.ip_at(old), owner).await?;
                 }
-                // Pick the lowest free address and reserve it (ORIP first);
-                // then loop to re-read and write with a fresh resourceVersion.
+                // Pick the lowest free address and reserve it (ORIP first).
+                // Addresses other ADDs have reserved but not committed yet
+                // are skipped up front instead of colliding one by one.
+                let pending = if self.overlapping {
+                    let p = self.pending_claims(key, range, &parsed.pool).await?;
+                    if let Some((o, _)) = p.iter().find(|(_, a)| entry_owned_by(a, owner)) {
+                        // A reservation an earlier, interrupted attempt of
+                        // this owner made: it is ours, commit it.
+                        claimed = Some(*o);
+                        carry = Some((obj, parsed));
+                        carried_pending = Some(p);
+                        continue;
+                    }
+                    taken.extend(p.iter().map(|(o, _)| *o));
+                    Some(p)
+                } else {
+                    None
+                };
                 let mut steps = 0;
                 loop {
-                    let off = parsed
-                        .pool
-                        .lowest_free_avoiding(range, &taken)
-                        .ok_or_else(|| exhausted(range))?;
+                    // Without contention: the lowest free address. After a
+                    // collision, a random one of the lowest 2^collisions
+                    // free ones: ADDs that read the same pool at the same
+                    // moment would otherwise all collide on the same next
+                    // address, n^2/2 collisions for n writers.
+                    // Pending claims mean others are picking right now too:
+                    // start with a window as wide as that queue.
+                    let queue = pending.as_ref().map_or(0, |p| p.len());
+                    let window = (queue + 1).next_power_of_two().max(1usize << collisions.min(6));
+                    let nth = (backoff.random() as usize) % window;
+                    let off = match parsed.pool.nth_free_avoiding(range, &taken, nth) {
+                        Some(o) => o,
+                        None => parsed
+                            .pool
+                            .lowest_free_avoiding(range, &taken)
+                            .ok_or_else(|| exhausted(range))?,
+                    };
                     if !self.overlapping {
                         // No reservation: the pool's precondition alone
                         // decides; write from this read.
-                        parsed.pool.allocations.insert(
-                            off,
-                            Allocation {
-                                id: owner.container_id.clone(),
-                                ifname: owner.ifname.clone(),
-                                podref: owner.podref.clone().unwrap_or_default(),
-                            },
-                        );
+                        parsed.pool.allocations.insert(off, new_entry(owner));
                         if self.write(key, &obj, &parsed).await? {
                             return Ok(Added {
                                 offset: off,
@@ -707,28 +862,207 @@ impl KubeStore {
                         tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                         break;
                     }
-                    if self.claim(range.ip_at(off), owner).await? {
+                    if self.claim(key, range.ip_at(off), off, owner).await? {
                         claimed = Some(off);
+                        // Commit from this same read: without contention
+                        // its version is still current.
+                        carry = Some((obj, parsed));
+                        carried_pending = pending;
                         break;
                     }
                     taken.insert(off);
+                    collisions += 1;
                     steps += 1;
                     if steps >= MAX_CLAIM_STEPS {
                         break;
                     }
-                }
-                if started.elapsed() > ADD_BUDGET {
-                    break;
                 }
             }
             Err(contention(&key.name, attempts, started.elapsed()))
         }
         .await;
         if let (Err(_), Some(off)) = (&result, claimed) {
-            // Best effort; a leftover is an orphan reservation for reconcile.
+            // A combining writer may have committed our reservation: take
+            // the entry out first, then the reservation (DEL's order).
+            // Best effort; leftovers are orphans for GC and reconcile.
+            let _ = self
+                .remove_where(key, |o, a| {
+                    o == off && a.id == owner.container_id && a.ifname == owner.ifname
+                })
+                .await;
             let _ = self.unclaim(range.ip_at(off), owner).await;
         }
         result
+    }
+
+    /// Our reservations of `key`'s pool whose DEL is in progress:
+    /// (offset, container id, ifname).
+    async fn pending_releases(
+        &self,
+        label: &str,
+        range_of: &PoolKey,
+    ) -> CniResult<Vec<(u128, String, String)>> {
+        let list = self
+            .orips()
+            .list(&ListParams::default().labels(&format!("{RELEASE_LABEL}={label}")))
+            .await
+            .map_err(|e| {
+                api_err(
+                    &format!("list OverlappingRangeIPReservations in {}", self.namespace),
+                    e,
+                )
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|r| {
+                let off: u128 = r.annotations().get(OFFSET_ANNOTATION)?.parse().ok()?;
+                let ip = super::config::from_u128(
+                    range_of.subnet.network(),
+                    super::config::ip_to_u128(range_of.subnet.network()).checked_add(off)?,
+                );
+                (range_of.subnet.contains(ip)
+                    && r.name_any() == orip_name(&self.network_name, ip)
+                    && !r.spec.containerid.is_empty())
+                .then(|| (off, r.spec.containerid, r.spec.ifname))
+            })
+            .collect())
+    }
+
+    /// Mark our reservation of `ip` as being released; false when it is
+    /// not ours (or not there), so the caller takes the plain path.
+    async fn mark_release(&self, label: &str, ip: IpAddr, owner: &Owner) -> CniResult<bool> {
+        let name = orip_name(&self.network_name, ip);
+        let Some(held) = self.orips().get_opt(&name).await.map_err(|e| {
+            api_err(
+                &format!("get OverlappingRangeIPReservation {}/{name}", self.namespace),
+                e,
+            )
+        })?
+        else {
+            return Ok(false);
+        };
+        if held.spec.containerid != owner.container_id
+            || held.spec.ifname != owner.ifname
+            || !held.annotations().contains_key(OFFSET_ANNOTATION)
+        {
+            return Ok(false);
+        }
+        // resourceVersion in a merge patch is a precondition.
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": held.metadata.resource_version,
+                "labels": { RELEASE_LABEL: label },
+            }
+        });
+        match self
+            .orips()
+            .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_code(&e, 409) || is_code(&e, 404) => Ok(false),
+            Err(e) => Err(api_err(
+                &format!("label OverlappingRangeIPReservation {}/{name}", self.namespace),
+                e,
+            )),
+        }
+    }
+
+    /// DEL on one pool: take out what (container ID, ifname) holds.
+    ///
+    /// The mirror of ADD's combining: a DEL labels its reservation
+    /// "releasing" first, then commits; a commit also takes out the entries
+    /// of every other releasing reservation of the pool (only entries whose
+    /// container and ifname match that reservation, so only entries whose
+    /// own DEL is running). Each DEL deletes its reservation only after a
+    /// stored pool version lacks its entry: pool entry first, reservation
+    /// second, as always. Entries without such a reservation (overlapping
+    /// ranges off, whereabouts' entries) take the plain path.
+    async fn release(&self, key: &PoolKey, container_id: &str, ifname: &str) -> CniResult<()> {
+        let plain = |o: u128, a: &Allocation| {
+            let _ = o;
+            a.id == container_id && a.ifname == ifname
+        };
+        let label = match pool_label(&key.name) {
+            Some(l) if self.overlapping => l,
+            _ => return self.remove_where(key, plain).await.map(|_| ()),
+        };
+        let Some((obj, parsed)) = self.read(key).await? else {
+            return Ok(());
+        };
+        let mine: Vec<u128> = parsed
+            .pool
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.id == container_id && a.ifname == ifname)
+            .map(|(&o, _)| o)
+            .collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let owner = Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+            podref: None,
+        };
+        let ip_of = |o: u128| {
+            super::config::from_u128(
+                key.subnet.network(),
+                super::config::ip_to_u128(key.subnet.network()) + o,
+            )
+        };
+        for &o in &mine {
+            if !self.mark_release(&label, ip_of(o), &owner).await? {
+                return self.remove_where(key, plain).await.map(|_| ());
+            }
+        }
+        let mut backoff = Backoff::new(seed());
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
+        let mut carry = Some((obj, parsed));
+        loop {
+            if attempts >= MAX_ATTEMPTS || started.elapsed() >= ADD_BUDGET {
+                return Err(contention(&key.name, attempts, started.elapsed()));
+            }
+            attempts += 1;
+            let (obj, mut parsed) = match carry.take() {
+                Some(x) => x,
+                None => match self.read(key).await? {
+                    Some(x) => x,
+                    None => break,
+                },
+            };
+            let still: Vec<u128> = mine
+                .iter()
+                .copied()
+                .filter(|o| parsed.pool.allocations.get(o).is_some_and(|a| plain(*o, a)))
+                .collect();
+            if still.is_empty() {
+                break; // Committed, by us or by a combining writer.
+            }
+            for (o, cid, ifn) in self.pending_releases(&label, key).await? {
+                if parsed
+                    .pool
+                    .allocations
+                    .get(&o)
+                    .is_some_and(|a| a.id == cid && a.ifname == ifn)
+                {
+                    parsed.pool.allocations.remove(&o);
+                }
+            }
+            for o in &still {
+                parsed.pool.allocations.remove(o);
+            }
+            if self.write(key, &obj, &parsed).await? {
+                break;
+            }
+            tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+        }
+        for &o in &mine {
+            self.unclaim(ip_of(o), &owner).await?;
+        }
+        Ok(())
     }
 
     /// Remove from one pool every entry `select` picks, with optimistic
@@ -821,9 +1155,7 @@ pub async fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<
     // pool without an entry); the first error is reported.
     let mut first_err = None;
     for key in super::pool_keys(conf) {
-        if let Err(e) = store
-            .remove_where(&key, |_, a| a.id == container_id && a.ifname == ifname)
-            .await
+        if let Err(e) = store.release(&key, container_id, ifname).await
         {
             first_err.get_or_insert(e);
         }
