@@ -13,6 +13,7 @@
 
 pub mod control;
 pub mod dataplane_rt;
+pub mod lab;
 pub mod params;
 pub mod source;
 pub mod target;

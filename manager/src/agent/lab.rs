@@ -1,0 +1,169 @@
+//! The agent in lab mode: the lab's kubelet emulation calls
+//! [`InProcessAgents`] (its `AgentRuntime` hook) when an agent pod is up or
+//! about to go, and one agent per node runs in this process on the local
+//! backend, its sockets inside the agent pod's namespace.
+//!
+//! Per node the agent keeps its state directory across pod restarts (a
+//! network rollout replaces the pod), so a new agent reattaches the node's
+//! running VMs. Certificates: one lab CA, an agent certificate per node,
+//! generated on first use (rcgen) under `<dir>/pki`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
+
+use super::{AgentSettings, GuestBoot};
+use crate::backend::Backend;
+use crate::lab::kubelet::{AgentPod, AgentRuntime};
+
+/// Runs one agent per agent pod on a tokio runtime owned by the caller.
+pub struct InProcessAgents<B: Backend> {
+    runtime: tokio::runtime::Handle,
+    backend: B,
+    /// `<dir>/pki`, `<dir>/agents/<node>`.
+    dir: PathBuf,
+    boot: GuestBoot,
+    multifd_channels: Option<u8>,
+    running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl<B: Backend> InProcessAgents<B> {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        backend: B,
+        dir: PathBuf,
+        boot: GuestBoot,
+        multifd_channels: Option<u8>,
+    ) -> Self {
+        InProcessAgents {
+            runtime,
+            backend,
+            dir,
+            boot,
+            multifd_channels,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lab CA (created once, kept in `<dir>/pki`).
+    fn ca(&self) -> Result<ClusterCa, String> {
+        let pki = self.dir.join("pki");
+        let (cert, key) = (pki.join("ca.crt"), pki.join("ca.key"));
+        if let (Ok(c), Ok(k)) = (
+            std::fs::read_to_string(&cert),
+            std::fs::read_to_string(&key),
+        ) {
+            return ClusterCa::from_pem(&c, &k).map_err(|e| e.to_string());
+        }
+        let ca = ClusterCa::generate("mignet lab CA", Validity::days_from_now(3650))
+            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&pki).map_err(|e| format!("{}: {e}", pki.display()))?;
+        certs::write_atomic(&key, ca.key_pem().as_bytes(), 0o600).map_err(|e| e.to_string())?;
+        certs::write_atomic(&cert, ca.cert_pem().as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        Ok(ca)
+    }
+
+    /// The settings of `pod`'s agent; its certificate is issued if missing.
+    pub fn settings_for(&self, pod: &AgentPod) -> Result<AgentSettings, String> {
+        let node_dir = self.dir.join("agents").join(&pod.node);
+        let cert_dir = node_dir.join("certs");
+        if !cert_dir.join(certs::CERT_FILE).exists() {
+            let ca = self.ca()?;
+            let leaf = ca
+                .issue(Role::Agent, &pod.node, Validity::days_from_now(365))
+                .map_err(|e| e.to_string())?;
+            certs::write_tls_dir(&cert_dir, ca.cert_pem(), &leaf).map_err(|e| e.to_string())?;
+        }
+        let pod_ip: IpAddr = pod
+            .pod_ip
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| {
+                format!(
+                    "agent pod {} has no usable IP {:?}",
+                    pod.pod_name, pod.pod_ip
+                )
+            })?;
+        // The pod asked for a migration network iff Multus attached one as
+        // migration0 (the DaemonSet annotation `<nad>@migration0`).
+        let migration = pod
+            .networks
+            .iter()
+            .find(|(ifname, _)| ifname == mignet_dataplane::migration_ip::MIGRATION_INTERFACE);
+        Ok(AgentSettings {
+            node_name: pod.node.clone(),
+            pod_ip,
+            migration_network: migration.map(|_| "migration-network".to_string()),
+            migration_interface: super::default_interface(),
+            prefer_family: None,
+            netns: Some(pod.netns.clone()),
+            cert_dir,
+            allow_tls12: false,
+            state_dir: node_dir.join("state"),
+            boot: self.boot.clone(),
+            multifd_channels: self.multifd_channels,
+            shutdown_grace: Duration::from_secs(30),
+        })
+    }
+
+    pub fn is_running(&self, node: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl<B: Backend> AgentRuntime for InProcessAgents<B> {
+    fn start(&self, pod: &AgentPod) -> Result<(), String> {
+        let settings = self.settings_for(pod)?;
+        let backend = self.backend.clone();
+        let node = pod.node.clone();
+        let task = self.runtime.spawn(async move {
+            if let Err(e) = super::run(backend, settings, std::future::pending()).await {
+                tracing::warn!(%node, error = %super::error_chain(&e), "agent failed");
+            }
+        });
+        let old = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod.node.clone(), task);
+        if let Some(old) = old {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    fn stop(&self, pod: &AgentPod) {
+        // The VMs outlive their agent; the next agent of this node reattaches.
+        if let Some(t) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pod.node)
+        {
+            t.abort();
+        }
+    }
+}
+
+impl<B: Backend> Drop for InProcessAgents<B> {
+    fn drop(&mut self) {
+        for (_, t) in self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            t.abort();
+        }
+    }
+}
