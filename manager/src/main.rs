@@ -53,6 +53,8 @@ enum Command {
     },
     /// Run the node agent: migration IP, mTLS listeners, proxy, QEMU driver.
     Agent(AgentArgs),
+    /// Serve the web console (VM list, Migrate / Cancel Migration, progress).
+    Console(ConsoleArgs),
     /// Write the CRD YAML files.
     Crdgen {
         #[arg(long, default_value = "deploy/crds")]
@@ -107,6 +109,53 @@ struct AgentArgs {
     /// In-flight migrations get this long to end after SIGTERM.
     #[arg(long, default_value_t = 315)]
     graceful_shutdown_seconds: u64,
+}
+
+/// Flags of `mignet console` (see manager/src/console/README.md).
+#[derive(clap::Args)]
+struct ConsoleArgs {
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+    /// Lab mode: `token,user[,group...]` lines; group `admins` or
+    /// `system:masters` = administrator. Without it: Kubernetes tokens
+    /// (TokenReview + SubjectAccessReview).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Lab mode: the lab's directory (its store); without it the cluster
+    /// from the kubeconfig / in-cluster config.
+    #[arg(long)]
+    lab_dir: Option<PathBuf>,
+}
+
+async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
+    use mignet::console::{Authenticator, KubeAuthenticator, TokenFile};
+    let auth: Arc<dyn Authenticator> = match &a.tokens {
+        Some(p) => Arc::new(TokenFile::load(p)?),
+        None => Arc::new(KubeAuthenticator::new(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (no --tokens file given)")?,
+        )),
+    };
+    let console = match &a.lab_dir {
+        Some(dir) => {
+            let store = Arc::new(mignet::lab::open_store(dir)?);
+            let backend = mignet::backend::LocalBackend::new(store);
+            mignet::console::serve(a.listen, backend, auth).await?
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let backend = mignet::backend::KubeBackend::new(client, None);
+            mignet::console::serve(a.listen, backend, auth).await?
+        }
+    };
+    tracing::info!(addr = %console.addr, "console: serving on http://{}/", console.addr);
+    tokio::select! {
+        _ = console.wait() => anyhow::bail!("the console server stopped"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
 
 async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
@@ -184,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         // files; nothing else runs on this runtime meanwhile.
         Command::Local(verb) => mignet::cli::run(verb)?,
         Command::Agent(args) => run_agent(args).await?,
+        Command::Console(args) => run_console(args).await?,
         Command::Crdgen { out } => {
             for p in mignet::api::crdgen::write_all(&out)? {
                 println!("{}", p.display());

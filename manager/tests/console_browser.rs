@@ -25,20 +25,37 @@ const ROW: &str = r#"tr[data-vm="lab/vm"]"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_migrates_from_the_list() {
     let lab = Lab::start("list", Duration::from_secs(4)).await;
+    // A second, idle VM on the other node, so the list has more than one row.
+    control_common::create_running_vmi(
+        &lab.backend,
+        NS,
+        "web",
+        &lab.nodes[1],
+        control_common::VmiOpts::default(),
+    )
+    .await;
     let br = Browser::start().await;
     br.login(&lab.base, ADMIN_TOKEN).await;
-    br.wait_text("#whoami", |t| t == "alice (administrator)").await;
-    br.wait_text(&format!("{ROW} .status"), |t| t == "Running").await;
-    br.wait_text(&format!("{ROW} .node"), |t| t == lab.nodes[0]).await;
+    br.wait_text("#whoami", |t| t == "alice (administrator)")
+        .await;
+    br.wait_text(&format!("{ROW} .status"), |t| t == "Running")
+        .await;
+    br.wait_text(&format!("{ROW} .node"), |t| t == lab.nodes[0])
+        .await;
+    br.wait_text(r#"tr[data-vm="lab/web"] .status"#, |t| t == "Running")
+        .await;
 
     br.click(&format!("{ROW} .kebab")).await;
     br.click(&format!("{ROW} [data-action=migrate]")).await;
     let msg = br.wait_text("#message", |t| t.contains("created")).await;
     assert!(msg.contains("kubevirt-migrate-vm-"), "{msg}");
-    br.wait_text(&format!("{ROW} .status"), |t| t == "Migrating").await;
+    br.wait_text(&format!("{ROW} .status"), |t| t == "Migrating")
+        .await;
     // Wait for a progress sample so the screenshot shows the bar.
     let progress = br
-        .wait_text(&format!("{ROW} .mig-text"), |t| t.starts_with("Running:") && t.contains("of 1.0 GiB"))
+        .wait_text(&format!("{ROW} .mig-text"), |t| {
+            t.starts_with("Running:") && t.contains("of 1.0 GiB")
+        })
         .await;
     println!("list during the migration: {progress}");
     let png = br.client.screenshot().await.expect("screenshot");
@@ -47,10 +64,18 @@ async fn admin_migrates_from_the_list() {
     println!("screenshot: {}", path.display());
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
 
-    br.wait_text(&format!("{ROW} .status"), |t| t == "Running").await;
-    br.wait_text(&format!("{ROW} .node"), |t| t == lab.nodes[1]).await;
-    br.wait_text(&format!("{ROW} .mig-text"), |t| t.ends_with(": Succeeded")).await;
+    br.wait_text(&format!("{ROW} .status"), |t| t == "Running")
+        .await;
+    br.wait_text(&format!("{ROW} .node"), |t| t == lab.nodes[1])
+        .await;
+    br.wait_text(&format!("{ROW} .mig-text"), |t| t.ends_with(": Succeeded"))
+        .await;
     assert_eq!(lab.vmi_node("vm").await, lab.nodes[1]);
+    assert_eq!(
+        lab.vmi_node("web").await,
+        lab.nodes[1],
+        "the other VM untouched"
+    );
 
     // Exactly the VMIM `virtctl migrate` makes.
     let ms = lab.vmims().await;
@@ -63,9 +88,16 @@ async fn admin_migrates_from_the_list() {
     // The details page (through the link) with the migrationState.
     br.click(&format!("{ROW} a.vm-link")).await;
     br.wait_text("#vm-name", |t| t == "vm").await;
-    br.wait_text("#migration-state [data-field=completed]", |t| t == "true").await;
-    br.wait_text("#migration-state [data-field=sourceNode]", |t| t == lab.nodes[0]).await;
-    br.wait_text("#migration-state [data-field=targetNode]", |t| t == lab.nodes[1]).await;
+    br.wait_text("#migration-state [data-field=completed]", |t| t == "true")
+        .await;
+    br.wait_text("#migration-state [data-field=sourceNode]", |t| {
+        t == lab.nodes[0]
+    })
+    .await;
+    br.wait_text("#migration-state [data-field=targetNode]", |t| {
+        t == lab.nodes[1]
+    })
+    .await;
     br.wait_text("#migration-state [data-field=migrationUid]", |t| {
         Some(t) == ms[0].uid().as_deref()
     })
@@ -112,24 +144,43 @@ async fn admin_cancels_a_slow_migration_from_details() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // SVG y grows downwards: more bytes = smaller y.
-    assert!(points.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 >= w[1].1), "{points:?}");
-    assert!(points.first().unwrap().1 > points.last().unwrap().1, "{points:?}");
+    assert!(
+        points
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 >= w[1].1),
+        "{points:?}"
+    );
+    assert!(
+        points.first().unwrap().1 > points.last().unwrap().1,
+        "{points:?}"
+    );
     assert!(br.attr("#chart polyline.rate", "points").await.is_some());
     let png = br.client.screenshot().await.unwrap();
     std::fs::write(artifacts_dir().join("details-migrating.png"), png).unwrap();
 
     br.click("#actions-toggle").await;
     br.click(".actions [data-action=cancel]").await;
-    br.wait_text("#message", |t| t.contains("Cancelling migration")).await;
-    br.wait_text("#migration-state [data-field=abortStatus]", |t| t == "Succeeded").await;
-    br.wait_text("#migration-state [data-field=failureReason]", |t| t.contains("aborted")).await;
+    br.wait_text("#message", |t| t.contains("Cancelling migration"))
+        .await;
+    br.wait_text("#migration-state [data-field=abortStatus]", |t| {
+        t == "Succeeded"
+    })
+    .await;
+    br.wait_text("#migration-state [data-field=failureReason]", |t| {
+        t.contains("aborted")
+    })
+    .await;
     br.wait_text("#vm-status", |t| t == "Running").await;
     br.wait_text("#vm-node", |t| t == lab.nodes[0]).await;
     control_common::eventually(TIMEOUT, "cancelled VMIM gone", || async {
         lab.vmims().await.is_empty().then_some(())
     })
     .await;
-    assert_eq!(lab.vmi_node("vm").await, lab.nodes[0], "VM stays on its node");
+    assert_eq!(
+        lab.vmi_node("vm").await,
+        lab.nodes[0],
+        "VM stays on its node"
+    );
     br.finish().await;
 }
 
@@ -141,30 +192,43 @@ async fn non_admin_sees_the_actions_and_is_refused() {
     let br = Browser::start().await;
     br.login(&lab.base, VIEWER_TOKEN).await;
     br.wait_text("#whoami", |t| t == "bob").await;
-    br.wait_text(&format!("{ROW} .status"), |t| t == "Running").await;
+    br.wait_text(&format!("{ROW} .status"), |t| t == "Running")
+        .await;
     br.click(&format!("{ROW} .kebab")).await;
     let item = br
         .client
         .find(Locator::Css(&format!("{ROW} [data-action=migrate]")))
         .await
         .unwrap();
-    assert!(item.is_displayed().await.unwrap(), "Migrate visible to everyone");
+    assert!(
+        item.is_displayed().await.unwrap(),
+        "Migrate visible to everyone"
+    );
     assert_eq!(item.text().await.unwrap(), "Migrate");
     item.click().await.unwrap();
     let msg = br
-        .wait_text("#message", |t| t.contains("only administrators may migrate"))
+        .wait_text("#message", |t| {
+            t.contains("only administrators may migrate")
+        })
         .await;
-    assert!(msg.starts_with("Forbidden: bob is not an administrator"), "{msg}");
+    assert!(
+        msg.starts_with("Forbidden: bob is not an administrator"),
+        "{msg}"
+    );
     assert_eq!(br.attr("#message", "class").await.as_deref(), Some("error"));
     // Give a wrongly created VMIM time to show up.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(lab.vmims().await.is_empty(), "no VMIM after a refused Migrate");
+    assert!(
+        lab.vmims().await.is_empty(),
+        "no VMIM after a refused Migrate"
+    );
 
     // A migration an administrator started: bob sees Migrating and may
     // not cancel it.
     create_vmim(&lab.backend, NS, "admin-mig", "vm").await;
     wait_phase(&lab.backend, NS, "admin-mig", MigrationPhase::Running).await;
-    br.wait_text(&format!("{ROW} .status"), |t| t == "Migrating").await;
+    br.wait_text(&format!("{ROW} .status"), |t| t == "Migrating")
+        .await;
     br.click(&format!("{ROW} .kebab")).await;
     br.click(&format!("{ROW} [data-action=cancel]")).await;
     br.wait_text("#message", |t| {

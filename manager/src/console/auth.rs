@@ -59,7 +59,8 @@ pub enum AuthError {
     Random(#[source] std::io::Error),
 }
 
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<User>, AuthError>> + Send + 'a>>;
+pub type AuthFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<User>, AuthError>> + Send + 'a>>;
 
 /// Checks a bearer token: `Ok(None)` = not a valid token (401), `Err` =
 /// could not tell (500, e.g. the API server is unreachable).
@@ -323,8 +324,14 @@ mod tests {
 
     #[test]
     fn token_file_errors_name_the_line_not_the_token() {
-        assert_eq!(TokenFile::parse("short,alice").err(), Some((1, "token missing or shorter than 8 characters")));
-        assert_eq!(TokenFile::parse("\nlongenough1").err(), Some((2, "user name missing")));
+        assert_eq!(
+            TokenFile::parse("short,alice").err(),
+            Some((1, "token missing or shorter than 8 characters"))
+        );
+        assert_eq!(
+            TokenFile::parse("\nlongenough1").err(),
+            Some((2, "user name missing"))
+        );
         assert_eq!(
             TokenFile::parse("longenough1,a\nlongenough1,b").err(),
             Some((2, "token used twice"))

@@ -66,7 +66,10 @@ async fn security_headers(mut res: Response) -> Response {
     );
     // Not `no-referrer`: with it Chromium sends `Origin: null` even on
     // same-origin form posts, which the Origin check must refuse.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
@@ -303,7 +306,10 @@ async fn login<B: Backend>(
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "console: session");
-            return refused(StatusCode::INTERNAL_SERVER_ERROR, "Could not create a session.");
+            return refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Could not create a session.",
+            );
         }
     };
     tracing::info!(user = %name, "console: login");
@@ -311,11 +317,7 @@ async fn login<B: Backend>(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         super::SESSION_TTL.as_secs()
     );
-    (
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to("/"),
-    )
-        .into_response()
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
 async fn index<B: Backend>(auth: Result<Authed, ApiError>) -> Response {
@@ -326,7 +328,11 @@ async fn index<B: Backend>(auth: Result<Authed, ApiError>) -> Response {
 }
 
 async fn asset_js<B: Backend>(_: Authed) -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+        .into_response()
 }
 
 async fn asset_css<B: Backend>(_: Authed) -> Response {
@@ -440,7 +446,8 @@ async fn migrate<B: Backend>(
             StatusCode::CONFLICT,
             format!(
                 "{ns}/{name} cannot be migrated: the VM is {}, not Running.",
-                st.phase.map_or("not started".to_owned(), |p| format!("{p:?}"))
+                st.phase
+                    .map_or("not started".to_owned(), |p| format!("{p:?}"))
             ),
         ));
     }
@@ -535,7 +542,10 @@ async fn cancel<B: Backend>(
         .find(|m| m.name_any() == active[0])
         .and_then(|m| m.status.as_ref().and_then(|s| s.phase));
     let message = if phase.is_some_and(|p| p > MigrationPhase::Pending) {
-        format!("Cancelling migration {}: the VM stays on its node.", active[0])
+        format!(
+            "Cancelling migration {}: the VM stays on its node.",
+            active[0]
+        )
     } else {
         format!("Migration {} cancelled before it started.", active[0])
     };
@@ -550,7 +560,10 @@ mod tests {
     fn bearer_and_cookie_parsing() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        h.insert(header::COOKIE, "a=1; mignet_session=xyz; b=2".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "a=1; mignet_session=xyz; b=2".parse().unwrap(),
+        );
         assert_eq!(bearer(&h), Some("abc"));
         assert_eq!(session_cookie(&h), Some("xyz"));
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
@@ -572,6 +585,8 @@ mod tests {
     fn suffix_alphabet() {
         let s = name_suffix().unwrap();
         assert_eq!(s.len(), 5);
-        assert!(s.bytes().all(|c| b"bcdfghjklmnpqrstvwxz2456789".contains(&c)));
+        assert!(s
+            .bytes()
+            .all(|c| b"bcdfghjklmnpqrstvwxz2456789".contains(&c)));
     }
 }

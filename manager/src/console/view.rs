@@ -158,16 +158,11 @@ pub fn is_migrating(vmi: &VirtualMachineInstance, migration: Option<&MigrationVi
         .as_ref()
         .and_then(|s| s.migration_state.as_ref())
         .is_some_and(|ms| {
-            ms.start_timestamp.is_some()
-                && ms.completed != Some(true)
-                && ms.failed != Some(true)
+            ms.start_timestamp.is_some() && ms.completed != Some(true) && ms.failed != Some(true)
         })
 }
 
-pub fn vmi_row(
-    vmi: &VirtualMachineInstance,
-    vmims: &[VirtualMachineInstanceMigration],
-) -> VmRow {
+pub fn vmi_row(vmi: &VirtualMachineInstance, vmims: &[VirtualMachineInstanceMigration]) -> VmRow {
     let ns = vmi.namespace().unwrap_or_default();
     let name = vmi.name_any();
     let migration = current_migration(vmims, &ns, &name).map(migration_view);
@@ -287,7 +282,11 @@ mod tests {
         v
     }
 
-    fn vmim(name: &str, phase: Option<MigrationPhase>, conds: Vec<VmiCondition>) -> VirtualMachineInstanceMigration {
+    fn vmim(
+        name: &str,
+        phase: Option<MigrationPhase>,
+        conds: Vec<VmiCondition>,
+    ) -> VirtualMachineInstanceMigration {
         let mut m = VirtualMachineInstanceMigration::new(
             name,
             VirtualMachineInstanceMigrationSpec {
@@ -350,7 +349,10 @@ mod tests {
         );
         let r = vmi_row(&vmi("n1", None), &[pending]);
         let m = r.migration.unwrap();
-        assert_eq!(m.waiting.as_deref(), Some("ClusterLimitReached: 5 migrations running"));
+        assert_eq!(
+            m.waiting.as_deref(),
+            Some("ClusterLimitReached: 5 migrations running")
+        );
         assert_eq!(m.phase, "Pending");
         let lm = r.live_migratable.unwrap();
         assert!(!lm.ok);
@@ -379,7 +381,10 @@ mod tests {
         let a = vmim("a", Some(MigrationPhase::Running), vec![]);
         let b = vmim("b", Some(MigrationPhase::Failed), vec![]);
         let all = [a, b];
-        assert_eq!(current_migration(&all, "lab", "vm").unwrap().name_any(), "a");
+        assert_eq!(
+            current_migration(&all, "lab", "vm").unwrap().name_any(),
+            "a"
+        );
         assert!(current_migration(&all, "other", "vm").is_none());
     }
 

@@ -88,7 +88,9 @@ impl Lab {
         let tokens = dir.0.join("tokens.csv");
         std::fs::write(
             &tokens,
-            format!("# token,user,groups\n{ADMIN_TOKEN},alice,admins\n{VIEWER_TOKEN},bob,viewers\n"),
+            format!(
+                "# token,user,groups\n{ADMIN_TOKEN},alice,admins\n{VIEWER_TOKEN},bob,viewers\n"
+            ),
         )
         .unwrap();
         let auth = Arc::new(TokenFile::load(&tokens).expect("tokens file"));

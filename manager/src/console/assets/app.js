@@ -171,7 +171,7 @@
     const menu = actionMenu(ns, name);
     const toggleBtn = h('button', { type: 'button', class: 'actions-toggle', id: 'actions-toggle', text: 'Actions ▾' });
     toggleBtn.addEventListener('click', function () { toggle(menu); });
-    const chart = svg('svg', { class: 'chart', id: 'chart', viewBox: '0 0 600 240', preserveAspectRatio: 'none' });
+    const chart = svg('svg', { class: 'chart', id: 'chart', viewBox: '0 0 600 240' });
     root.replaceChildren(
       h('div', { class: 'actions' }, toggleBtn, menu),
       h('h1', {}, 'VirtualMachine ', h('span', { id: 'vm-name', text: name })),
@@ -235,7 +235,7 @@
   function drawChart(el, hist) {
     el.style.display = hist.length ? '' : 'none';
     if (!hist.length) { el.replaceChildren(); return; }
-    const W = 600, H = 240, L = 60, R = 60, T = 10, B = 24;
+    const W = 600, H = 240, L = 64, R = 84, T = 10, B = 24;
     const t0 = hist[0].t, t1 = Math.max(hist[hist.length - 1].t, t0 + 1000);
     const total = Math.max(1, ...hist.map(function (s) { return s.totalBytes; }), ...hist.map(function (s) { return s.transferredBytes; }));
     const maxRate = Math.max(1, ...hist.map(function (s) { return s.bytesPerSecond; }));
