@@ -36,11 +36,11 @@ pub const VMIM_PREFIX: &str = "kubevirt-migrate-vm-";
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     Router::new()
         .route("/login", get(login_page).post(login::<B>))
-        .route("/", get(index::<B>))
-        .route("/vms/{ns}/{name}", get(index::<B>))
-        .route("/assets/app.js", get(asset_js::<B>))
-        .route("/assets/app.css", get(asset_css::<B>))
-        .route("/api/session", get(session::<B>))
+        .route("/", get(index))
+        .route("/vms/{ns}/{name}", get(index))
+        .route("/assets/app.js", get(asset_js))
+        .route("/assets/app.css", get(asset_css))
+        .route("/api/session", get(session))
         .route("/api/logout", post(logout::<B>))
         .route("/api/vms", get(list_vms::<B>))
         .route("/api/vms/{ns}/{name}", get(vm_details::<B>))
@@ -320,14 +320,14 @@ async fn login<B: Backend>(
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
-async fn index<B: Backend>(auth: Result<Authed, ApiError>) -> Response {
+async fn index(auth: Result<Authed, ApiError>) -> Response {
     match auth {
         Ok(_) => html(INDEX_HTML),
         Err(_) => Redirect::to("/login").into_response(),
     }
 }
 
-async fn asset_js<B: Backend>(_: Authed) -> Response {
+async fn asset_js(_: Authed) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         APP_JS,
@@ -335,13 +335,13 @@ async fn asset_js<B: Backend>(_: Authed) -> Response {
         .into_response()
 }
 
-async fn asset_css<B: Backend>(_: Authed) -> Response {
+async fn asset_css(_: Authed) -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
 }
 
 // --------------------------------------------------------------- API
 
-async fn session<B: Backend>(a: Authed) -> Response {
+async fn session(a: Authed) -> Response {
     Json(serde_json::json!({
         "user": a.user.name,
         "admin": a.user.admin,
