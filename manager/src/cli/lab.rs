@@ -173,7 +173,7 @@ fn drain(node: &str, cordon: bool) -> Result<String, CliError> {
 /// mistakes the partial story for the whole one.
 fn demo(nodes: u32, keep: bool) -> Result<(), CliError> {
     let cfg = LabConfig::from_env(nodes);
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let root = examples_dir();
     let step = |s: &str| println!("\n==> {s}");
     step(&format!(
         "creating the lab: {nodes} nodes in network namespaces"
@@ -255,4 +255,18 @@ fn demo(nodes: u32, keep: bool) -> Result<(), CliError> {
         println!("lab down");
     }
     result
+}
+
+/// The seed's YAML: `$MIGNET_EXAMPLES_DIR`, else the checkout this binary
+/// was built from, else `./examples`.
+fn examples_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("MIGNET_EXAMPLES_DIR").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    if built.join("nad.yaml").is_file() {
+        built
+    } else {
+        std::path::PathBuf::from("examples")
+    }
 }
