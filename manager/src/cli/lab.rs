@@ -111,7 +111,7 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
                 LabState::record_process(&dir, me, "lab daemon")?;
             }
             let stop = AtomicBool::new(false);
-            daemon::run(&state.config, &NoAgent, &stop)?;
+            daemon::run_full(&state.config, &stop)?;
             Ok(())
         }
         LabCommand::Drain { node } => {

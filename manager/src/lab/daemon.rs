@@ -1,15 +1,25 @@
-//! The lab's control loop (rollout + kubelet), run either by the background
-//! `mignet lab daemon` process or in-process by `mignet lab demo`.
+//! The lab's control loop, run either by the background `mignet lab daemon`
+//! process or in-process by `mignet lab demo`: the network rollout, the
+//! kubelet+Multus emulation, the scheduler stand-in ([`super::scheduler`]),
+//! and (with [`run_full`]) the migration controller and one real agent per
+//! agent pod, both on a tokio runtime owned by this loop.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tracing::warn;
+
+use crate::agent::lab::InProcessAgents;
+use crate::agent::GuestBoot;
+use crate::backend::LocalBackend;
+use crate::control;
 
 use super::kubelet::{AgentRuntime, Kubelet};
 use super::state::LabState;
-use super::{plan, rollout, LabConfig, LabError};
+use super::{plan, rollout, scheduler, LabConfig, LabError, LAB_NAMESPACE};
 use crate::store::Store;
 
 /// Run until `stop` is set. Each pass reconciles the rollout, then the agent
@@ -42,6 +52,9 @@ pub fn run_with_store(
         if let Err(e) = rollout::reconcile(store, &cluster) {
             warn!(error = %e, "rollout reconcile failed");
         }
+        if let Err(e) = scheduler::schedule(store) {
+            warn!(error = %e, "scheduling VMIs failed");
+        }
         let after = store.revision()?;
         if after != before {
             continue;
@@ -50,6 +63,70 @@ pub fn run_with_store(
         store.wait_for_change(after, Duration::from_millis(500))?;
     }
     Ok(())
+}
+
+/// The guest image the lab's VMs boot: `tests/guest/build.sh`'s cache, built
+/// on first use when this binary runs from its checkout.
+pub fn guest_boot() -> Result<GuestBoot, LabError> {
+    use mignet_dataplane::qemu::testbed::GuestImage;
+    let dir = GuestImage::cache_dir();
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.img"));
+    if kernel.is_file() && initrd.is_file() {
+        return Ok(GuestBoot::new(kernel, initrd));
+    }
+    let image = GuestImage::ensure().map_err(|e| {
+        LabError::Teardown(format!(
+            "guest image missing in {} and building it failed ({e}); run tests/setup.sh --lab",
+            dir.display()
+        ))
+    })?;
+    Ok(GuestBoot::new(image.kernel, image.initrd))
+}
+
+/// The whole lab control plane: [`run_with_store`] with the migration
+/// controller and the real node agents ([`InProcessAgents`]) on a tokio
+/// runtime of its own. Runs until `stop` is set; then the agents are
+/// aborted (their VMs keep running until their VMIs are deleted or the lab
+/// is torn down) and the controller stops.
+pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
+    let boot = guest_boot()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("lab-rt")
+        .build()
+        .map_err(|source| LabError::Io {
+            op: "starting the tokio runtime for",
+            path: cfg.dir.clone(),
+            source,
+        })?;
+    let store = Arc::new(Store::open(cfg.store_dir())?);
+    // LocalBackend spawns its change feed: it must be built inside the runtime.
+    let backend = {
+        let _enter = rt.enter();
+        LocalBackend::new(store.clone())
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let settings = control::Settings {
+        namespace: None,
+        hco_namespace: Some(LAB_NAMESPACE.to_owned()),
+        resync: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let controller = rt.spawn(control::run(backend.clone(), settings, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let agents = InProcessAgents::new(rt.handle().clone(), backend, cfg.dir.clone(), boot, Some(2));
+    let result = run_with_store(cfg, &store, &agents, stop);
+    drop(agents);
+    let _ = stop_tx.send(true);
+    match rt.block_on(controller) {
+        Ok(Err(e)) => warn!(error = %e, "migration controller stopped with an error"),
+        Err(e) => warn!(error = %e, "migration controller task failed"),
+        Ok(Ok(())) => {}
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 /// Start `mignet lab daemon` in the background (own process group, so a

@@ -98,6 +98,85 @@ pub fn wait_for_agents(cfg: &LabConfig, timeout: Duration) -> Result<bool, LabEr
     }
 }
 
+/// Remove the lab: everything in the record (the daemon first, so no agent
+/// restarts a VM), then the VMs (QEMU processes outlive their agents by
+/// design, so a crashed lab can leave them) and the agents' state and PKI.
 pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
-    topology::down(dir)
+    let mut report = topology::down(dir)?;
+    let vm_errors = stop_vms(dir);
+    let agents = dir.join("agents");
+    if vm_errors.is_empty() && agents.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&agents) {
+            report
+                .errors
+                .push(format!("removing {}: {e}", agents.display()));
+        }
+    }
+    report.errors.extend(vm_errors);
+    Ok(report)
+}
+
+/// Pids of processes whose command line names a path under `<dir>/agents/`
+/// (the QEMU of a lab VM: its QMP socket and serial log live there). Matched
+/// on our own directory, never on a process name.
+pub fn vm_processes(dir: &std::path::Path) -> Vec<i32> {
+    let needle = dir.join("agents").display().to_string() + "/";
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// TERM, then KILL after 3 s, every lab VM; returns what could not be stopped.
+fn stop_vms(dir: &std::path::Path) -> Vec<String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pids = vm_processes(dir);
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !vm_processes(dir).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in vm_processes(dir) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    vm_processes(dir)
+        .into_iter()
+        .map(|pid| format!("VM process {pid} survived SIGKILL"))
+        .collect()
+}
+
+/// What of the lab in `cfg` is still on the machine: namespaces with its
+/// prefix, its VM processes, its record. Empty after a clean `down`.
+pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{}-", cfg.prefix)) {
+                out.push(format!("netns {name}"));
+            }
+        }
+    }
+    for pid in vm_processes(&cfg.dir) {
+        out.push(format!("VM process {pid}"));
+    }
+    for p in [cfg.state_file(), cfg.store_dir()] {
+        if p.exists() {
+            out.push(format!("file {}", p.display()));
+        }
+    }
+    out
 }

@@ -9,7 +9,9 @@
 //! - [`kubelet`]: kubelet + Multus for the agent DaemonSet: one agent pod
 //!   (a namespace) per node, secondary networks attached by exec'ing the CNI
 //!   binaries the NAD names, rolled one node at a time on change.
-//! - [`daemon`]: the loop that runs the two above until stopped.
+//! - [`scheduler`]: places new VMIs on the least-loaded schedulable node.
+//! - [`daemon`]: the loop that runs the above (and, in full, the migration
+//!   controller and the node agents) until stopped.
 //! - [`state`]: the record of everything created, read by `lab down`.
 //!
 //! See `README.md` in this directory for the process model.
@@ -20,6 +22,7 @@ pub mod daemon;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod rollout;
+pub mod scheduler;
 pub mod state;
 pub mod status;
 pub mod topology;
