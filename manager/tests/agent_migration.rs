@@ -347,3 +347,66 @@ async fn cancel_and_a_dying_target_agent_leave_the_source_running() {
     assert!(core2.vms.is_alive(key));
     core2.vms.stop(key).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_limits_abort_and_the_source_keeps_running() {
+    let topo = Topology::new("mgam", 2, true);
+    let (n1, n2) = (topo.nodes[0].clone(), topo.nodes[1].clone());
+    let pki = Pki::new("cluster CA");
+    let boot = guest_boot();
+    let core1 = AgentCore::start(agent_settings(&topo, &n1, &pki, &boot, None))
+        .await
+        .unwrap();
+    let core2 = AgentCore::start(agent_settings(&topo, &n2, &pki, &boot, None))
+        .await
+        .unwrap();
+    let key = "default/vm-dirty";
+    // 64 MiB rewritten at 32 MiB/s against a 4 MiB/s cap: never converges.
+    let vm = core1.vms.start(&request(key, 256, 64, 32)).await.unwrap();
+    wait_tick_after(|| vm.serial_output(), None, BOOT).await;
+
+    // progressTimeout (short for the test), completion budget off.
+    let mut p = params(None, 4 * MIB);
+    p.progress_timeout = Duration::from_secs(4);
+    p.completion_timeout_per_gib = Duration::ZERO;
+    let prepared = core2
+        .prepare_target(&vm.request, "uid-p", &p)
+        .await
+        .unwrap();
+    let target = TargetAddress::parse(&prepared.address, &prepared.port_map).unwrap();
+    let r = core1
+        .migrate(key, "uid-p", &target, &p, std::future::pending(), &|_| {})
+        .await
+        .unwrap();
+    assert!(
+        r.failure_reason().unwrap().starts_with("ProgressTimeout"),
+        "{r:?}"
+    );
+    assert!(r.cancel_confirmed, "{r:?}");
+    assert_eq!(vm.qmp.run_state().await.unwrap(), "running");
+    drop(prepared);
+
+    // Completion budget: 256 MiB at 40 s/GiB = 10 s, progress check off.
+    let mut p = params(None, 4 * MIB);
+    p.progress_timeout = Duration::ZERO;
+    p.completion_timeout_per_gib = Duration::from_secs(40);
+    let prepared = core2
+        .prepare_target(&vm.request, "uid-b", &p)
+        .await
+        .unwrap();
+    let target = TargetAddress::parse(&prepared.address, &prepared.port_map).unwrap();
+    let r = core1
+        .migrate(key, "uid-b", &target, &p, std::future::pending(), &|_| {})
+        .await
+        .unwrap();
+    assert!(
+        r.failure_reason().unwrap().starts_with("CompletionTimeout"),
+        "{r:?}"
+    );
+    assert!(r.elapsed >= Duration::from_secs(10), "{r:?}");
+    assert_eq!(vm.qmp.run_state().await.unwrap(), "running");
+    let t = *ticks(&vm.serial_output()).last().unwrap();
+    wait_tick_after(|| vm.serial_output(), Some(t), Duration::from_secs(20)).await;
+    drop(prepared);
+    core1.vms.stop(key).unwrap();
+}

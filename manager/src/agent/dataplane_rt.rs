@@ -5,12 +5,12 @@
 //! the data path runs on the caller's runtime. In lab mode several agents run
 //! in one process, each for an agent-pod namespace: a socket belongs to the
 //! namespace of the thread that created it (listeners, outgoing connections,
-//! the netlink socket that finds `migration0`), so each agent gets a dedicated
-//! thread that enters its namespace once and drives a current-thread tokio
-//! runtime. Everything namespace-bound is spawned onto that runtime; nothing
-//! else ever runs on the thread, and it exits when the agent is dropped
-//! (which also drops every proxy task still on it). We never `setns` on a
-//! pooled tokio worker.
+//! the netlink socket that finds `migration0`), so each agent gets a tokio
+//! runtime of its own whose threads enter the namespace when they are born,
+//! before any task runs on them. Everything namespace-bound is spawned onto that runtime; nothing
+//! else ever runs on its threads, and they exit when the agent is dropped
+//! (which also drops every proxy task still on them). No thread of a
+//! runtime shared with other work ever changes namespace.
 
 use std::future::Future;
 use std::os::fd::AsFd;
@@ -23,8 +23,8 @@ use super::AgentError;
 pub struct DataPlaneRuntime {
     handle: tokio::runtime::Handle,
     netns: Option<PathBuf>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Our own runtime (lab mode); `None` when borrowing the caller's.
+    owned: Option<tokio::runtime::Runtime>,
 }
 
 /// `/var/run/netns/<name>` for a bare name; a path is taken as is.
@@ -36,73 +36,57 @@ pub fn netns_path(netns: &str) -> PathBuf {
     }
 }
 
+/// Worker threads of a namespaced data-plane runtime: TLS for several
+/// multifd channels is the agent's main CPU cost, and one thread per agent
+/// halved throughput against the direct path in the benchmark.
+const WORKERS: usize = 2;
+
+fn enter(path: &std::path::Path) -> std::io::Result<()> {
+    let fd = std::fs::File::open(path)?;
+    nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+}
+
 impl DataPlaneRuntime {
     /// The calling runtime, in the process's own namespace (cluster mode).
     pub fn current() -> Self {
         DataPlaneRuntime {
             handle: tokio::runtime::Handle::current(),
             netns: None,
-            stop: None,
-            thread: None,
+            owned: None,
         }
     }
 
-    /// A dedicated thread inside `netns` (a name under /var/run/netns or a path).
+    /// A runtime of our own whose every thread (workers and blocking pool)
+    /// enters `netns` as its first act, before any task can run on it. These
+    /// threads exist only for this namespace and die with the runtime, so no
+    /// thread shared with other work ever changes namespace.
     pub fn in_netns(netns: &str) -> Result<Self, AgentError> {
         let path = netns_path(netns);
-        // Open here so a missing namespace is an error of this call, not a
-        // panic on the thread.
-        let fd = std::fs::File::open(&path).map_err(|source| AgentError::Netns {
-            netns: path.clone(),
-            source,
-        })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        // Check here so a missing namespace is an error of this call rather
+        // than a panic on a worker.
+        enter_check(&path)?;
         let thread_path = path.clone();
-        let thread = std::thread::Builder::new()
-            .name("mignet-dataplane".into())
-            .spawn(move || {
-                let entered = nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| std::io::Error::from_raw_os_error(e as i32));
-                drop(fd);
-                let rt = entered.and_then(|()| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                });
-                match rt {
-                    Ok(rt) => {
-                        let _ = tx.send(Ok(rt.handle().clone()));
-                        // Drives every task spawned through the handle until
-                        // the agent goes; dropping `rt` then cancels them all.
-                        rt.block_on(async {
-                            let _ = stop_rx.await;
-                        });
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKERS)
+            .thread_name("mignet-dataplane")
+            .on_thread_start(move || {
+                if let Err(e) = enter(&thread_path) {
+                    // Carrying on would put migration sockets in the wrong
+                    // namespace (possibly the pod network): never.
+                    panic!("entering {}: {e}", thread_path.display());
                 }
             })
-            .map_err(|source| AgentError::Netns {
-                netns: thread_path.clone(),
-                source,
-            })?;
-        let handle = rx
-            .recv()
-            .map_err(|_| AgentError::Netns {
-                netns: path.clone(),
-                source: std::io::Error::other("data-plane thread died while starting"),
-            })?
+            .enable_all()
+            .build()
             .map_err(|source| AgentError::Netns {
                 netns: path.clone(),
                 source,
             })?;
         Ok(DataPlaneRuntime {
-            handle,
+            handle: rt.handle().clone(),
             netns: Some(path),
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            owned: Some(rt),
         })
     }
 
@@ -125,15 +109,22 @@ impl DataPlaneRuntime {
     }
 }
 
+/// Opens the namespace file (without entering it) to fail early and clearly.
+fn enter_check(path: &std::path::Path) -> Result<(), AgentError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| AgentError::Netns {
+            netns: path.to_path_buf(),
+            source,
+        })
+}
+
 impl Drop for DataPlaneRuntime {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            // The thread only drops its runtime after the stop signal; that
-            // aborts the tasks, which is quick.
-            let _ = t.join();
+        if let Some(rt) = self.owned.take() {
+            // Cancels every task (proxies, listeners) without blocking: we
+            // may be dropped on another runtime's worker.
+            rt.shutdown_background();
         }
     }
 }

@@ -167,3 +167,52 @@ impl<B: Backend> Drop for InProcessAgents<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+
+    #[tokio::test]
+    async fn settings_follow_the_pod_and_certs_are_issued_once() {
+        let dir = std::env::temp_dir().join(format!("mga-labrt-{}", std::process::id()));
+        let store = std::sync::Arc::new(crate::store::Store::open(dir.join("store")).unwrap());
+        let agents = InProcessAgents::new(
+            tokio::runtime::Handle::current(),
+            LocalBackend::new(store),
+            dir.clone(),
+            GuestBoot::new("/k", "/i"),
+            Some(4),
+        );
+        let mut pod = AgentPod {
+            node: "node1".into(),
+            pod_name: "mignet-agent-node1".into(),
+            netns: "lab-agent-node1".into(),
+            pod_ip: "10.244.1.2".into(),
+            networks: vec![("migration0".into(), vec!["10.200.5.1/24".into()])],
+        };
+        let s = agents.settings_for(&pod).unwrap();
+        assert!(s.migration_network.is_some());
+        assert_eq!(s.netns.as_deref(), Some("lab-agent-node1"));
+        assert_eq!(s.pod_ip, "10.244.1.2".parse::<IpAddr>().unwrap());
+        let cert = std::fs::read(s.cert_dir.join(certs::CERT_FILE)).unwrap();
+        // Loadable by the agent's TLS layer.
+        mignet_dataplane::tls::ReloadingTls::load(
+            mignet_dataplane::tls::TlsPaths::in_dir(&s.cert_dir),
+            Default::default(),
+        )
+        .unwrap();
+        // No network attached: the pod network, and the same certificate.
+        pod.networks.clear();
+        let s = agents.settings_for(&pod).unwrap();
+        assert!(s.migration_network.is_none());
+        assert_eq!(
+            std::fs::read(s.cert_dir.join(certs::CERT_FILE)).unwrap(),
+            cert
+        );
+        pod.pod_ip = "nonsense".into();
+        assert!(agents.settings_for(&pod).is_err());
+        drop(agents);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
