@@ -190,6 +190,21 @@ async fn admin_cancels_a_slow_migration_from_details() {
 async fn non_admin_sees_the_actions_and_is_refused() {
     let lab = Lab::start("viewer", Duration::from_secs(600)).await;
     let br = Browser::start().await;
+    // Not logged in: the page sends the browser to the login form; a wrong
+    // token is refused in words.
+    br.client.goto(&format!("{}/", lab.base)).await.unwrap();
+    let url = br.client.current_url().await.unwrap();
+    assert_eq!(url.path(), "/login", "{url}");
+    br.client
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("wrong-token-000")
+        .await
+        .unwrap();
+    br.click("#login").await;
+    br.wait_text("#login-error", |t| t == "Invalid token.")
+        .await;
     br.login(&lab.base, VIEWER_TOKEN).await;
     br.wait_text("#whoami", |t| t == "bob").await;
     br.wait_text(&format!("{ROW} .status"), |t| t == "Running")
