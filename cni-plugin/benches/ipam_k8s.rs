@@ -42,7 +42,10 @@ const RANGE: &str = "10.220.0.0/23";
 const POOL: &str = "10.220.0.0-23";
 
 fn env_num(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 struct Plugin {
@@ -250,7 +253,9 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would run us too:
     // do the real work only under cargo bench.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("ipam_k8s: run with `tests/k8s/run.sh cargo bench -p mignet-cni --bench ipam_k8s`");
+        println!(
+            "ipam_k8s: run with `tests/k8s/run.sh cargo bench -p mignet-cni --bench ipam_k8s`"
+        );
         return;
     }
     let adds = env_num("MIGNET_BENCH_ADDS", 300) as usize;
@@ -275,10 +280,25 @@ fn main() {
     );
     println!(
         "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>12}",
-        "plugin", "ADD ok", "ADD s", "alloc/s", "req/alloc", "DEL ok", "DEL s", "req/DEL", "dups", "leaks(e/r)"
+        "plugin",
+        "ADD ok",
+        "ADD s",
+        "alloc/s",
+        "req/alloc",
+        "DEL ok",
+        "DEL s",
+        "req/DEL",
+        "dups",
+        "leaks(e/r)"
     );
     for r in &rows {
-        let per = |req: u64, n: usize| if n == 0 { f64::NAN } else { req as f64 / n as f64 };
+        let per = |req: u64, n: usize| {
+            if n == 0 {
+                f64::NAN
+            } else {
+                req as f64 / n as f64
+            }
+        };
         println!(
             "{:<12} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>6} {:>12}",
             r.name,

@@ -77,7 +77,12 @@ fn three_hundred_parallel_adds_from_six_nodes_are_distinct_and_dels_empty_the_po
     // Six node identities, each its own ServiceAccount bound to the
     // mignet-ipam ClusterRole of deploy/base/ipam-rbac.yaml.
     let confs: Vec<String> = (0..NODES)
-        .map(|n| conf(&ns.node_kubeconfig(&format!("node-{n}")), r#""range":"10.200.4.0/23""#))
+        .map(|n| {
+            conf(
+                &ns.node_kubeconfig(&format!("node-{n}")),
+                r#""range":"10.200.4.0/23""#,
+            )
+        })
         .collect();
 
     let t0 = Instant::now();
@@ -99,7 +104,10 @@ fn three_hundred_parallel_adds_from_six_nodes_are_distinct_and_dels_empty_the_po
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     eprintln!("300 ADDs, 30-way, 6 nodes: {:?}", t0.elapsed());
 
@@ -123,7 +131,10 @@ fn three_hundred_parallel_adds_from_six_nodes_are_distinct_and_dels_empty_the_po
     let orips = ns.orips();
     assert_eq!(orips.len(), 300, "reservations: {:?}", orips.keys());
     for (_, _, addr) in &results {
-        assert!(orips.contains_key(addr.split('/').next().unwrap()), "{addr}");
+        assert!(
+            orips.contains_key(addr.split('/').next().unwrap()),
+            "{addr}"
+        );
     }
 
     // A repeated ADD (same pod and ifname, new sandbox) gets the same address
@@ -147,15 +158,27 @@ fn three_hundred_parallel_adds_from_six_nodes_are_distinct_and_dels_empty_the_po
             let c = &confs[w % NODES];
             sc.spawn(move || {
                 for (i, (cid, args, _)) in chunk.iter().enumerate() {
-                    let cid = if w == 0 && i == 7 { "cid-new-sandbox" } else { cid };
+                    let cid = if w == 0 && i == 7 {
+                        "cid-new-sandbox"
+                    } else {
+                        cid
+                    };
                     let r = cni("DEL", cid, "net1", args, c);
                     assert!(r.ok, "DEL {cid}: {}", r.stdout);
                 }
             });
         }
     });
-    assert!(ns.pool("10.200.4.0-23").is_empty(), "DELs left {:?}", ns.pool("10.200.4.0-23"));
-    assert!(ns.orips().is_empty(), "DELs left reservations {:?}", ns.orips());
+    assert!(
+        ns.pool("10.200.4.0-23").is_empty(),
+        "DELs left {:?}",
+        ns.pool("10.200.4.0-23")
+    );
+    assert!(
+        ns.orips().is_empty(),
+        "DELs left reservations {:?}",
+        ns.orips()
+    );
 }
 
 #[test]
@@ -181,7 +204,13 @@ fn sigkill_mid_add_then_reconcile_and_gc_leave_exactly_the_live_attachments() {
     let mut children: Vec<_> = (0..40)
         .map(|i| {
             let cid = format!("victim-{i}");
-            spawn("ADD", &cid, "net1", &pod_args(&ns.name, &format!("victim-{i}")), &c)
+            spawn(
+                "ADD",
+                &cid,
+                "net1",
+                &pod_args(&ns.name, &format!("victim-{i}")),
+                &c,
+            )
         })
         .collect();
     let start = Instant::now();
@@ -213,9 +242,15 @@ fn sigkill_mid_add_then_reconcile_and_gc_leave_exactly_the_live_attachments() {
     let rep = reconcile(&kc, Duration::ZERO);
     eprintln!("reconcile: {rep:?}");
     let pool = ns.pool("10.201.0.0-24");
-    let got: BTreeSet<String> = pool.values().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let got: BTreeSet<String> = pool
+        .values()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
     let want: BTreeSet<String> = live.keys().cloned().collect();
-    assert_eq!(got, want, "reconcile must leave exactly the live attachments");
+    assert_eq!(
+        got, want,
+        "reconcile must leave exactly the live attachments"
+    );
     let orips: BTreeSet<String> = ns.orips().into_keys().collect();
     let want_orips: BTreeSet<String> = live
         .values()
@@ -233,7 +268,10 @@ fn sigkill_mid_add_then_reconcile_and_gc_leave_exactly_the_live_attachments() {
         .collect();
     let gc_conf = c.replacen(
         r#""name":"#,
-        &format!(r#""cni.dev/valid-attachments":[{}],"name":"#, valid.join(",")),
+        &format!(
+            r#""cni.dev/valid-attachments":[{}],"name":"#,
+            valid.join(",")
+        ),
         1,
     );
     let gc_conf = gc_conf.replacen(r#""cniVersion":"1.0.0""#, r#""cniVersion":"1.1.0""#, 1);
@@ -256,7 +294,15 @@ fn sigkill_mid_add_then_reconcile_and_gc_leave_exactly_the_live_attachments() {
 }
 
 fn kubectl_delete_pod(ns: &TestNs, pod: &str) {
-    k8s::kubectl(&["delete", "pod", pod, "-n", &ns.name, "--grace-period=0", "--force"]);
+    k8s::kubectl(&[
+        "delete",
+        "pod",
+        pod,
+        "-n",
+        &ns.name,
+        "--grace-period=0",
+        "--force",
+    ]);
 }
 
 #[test]
@@ -325,9 +371,15 @@ spec:
 
     let c = conf(&kc, r#""range":"10.202.0.0/24""#);
     // A new pod gets the lowest free address after whereabouts' two.
-    assert_eq!(add_ok("new-cid", &pod_args(&ns.name, "new-pod"), &c), "10.202.0.3/24");
+    assert_eq!(
+        add_ok("new-cid", &pod_args(&ns.name, "new-pod"), &c),
+        "10.202.0.3/24"
+    );
     // whereabouts' pod A, re-added from a new sandbox, keeps .1.
-    assert_eq!(add_ok("new-sandbox-a", &pod_args(&ns.name, "wa-pod-a"), &c), "10.202.0.1/24");
+    assert_eq!(
+        add_ok("new-sandbox-a", &pod_args(&ns.name, "wa-pod-a"), &c),
+        "10.202.0.1/24"
+    );
     // DEL by whereabouts' container id of B frees .2 and its reservation
     // (owned by pod+ifname, as whereabouts writes it).
     let r = cni("DEL", "9b2d77aa0c41", "net1", "", &c);
@@ -340,11 +392,17 @@ spec:
     assert!(!orips.contains_key("10.202.0.2"), "{orips:?}");
     assert!(orips.contains_key("10.202.0.1") && orips.contains_key("10.202.0.3"));
     // The freed address is handed out again, lowest first.
-    assert_eq!(add_ok("third", &pod_args(&ns.name, "third"), &c), "10.202.0.2/24");
+    assert_eq!(
+        add_ok("third", &pod_args(&ns.name, "third"), &c),
+        "10.202.0.2/24"
+    );
 
     // The v6 pool with a network_name: offsets beyond 64 bits read fully.
     let c6 = conf(&kc, r#""range":"fd10::/64","network_name":"v6net""#);
-    assert_eq!(add_ok("v6-new", &pod_args(&ns.name, "v6-new"), &c6), "fd10::2/64");
+    assert_eq!(
+        add_ok("v6-new", &pod_args(&ns.name, "v6-new"), &c6),
+        "fd10::2/64"
+    );
     assert_eq!(
         add_ok("v6-b-again", &pod_args(&ns.name, "v6-b"), &c6),
         "fd10::ffff:ffff:ffff:fffe/64"
@@ -366,7 +424,11 @@ fn exhaustion_bad_kubeconfig_and_missing_rights_give_clear_codes() {
     let r = add("c", &pod_args(&ns.name, "c"), &c);
     assert!(!r.ok);
     assert_eq!(r.code(), 100, "{}", r.stdout);
-    assert!(r.msg().contains("range exhausted") && r.msg().contains("10.203.0.0/30"), "{}", r.msg());
+    assert!(
+        r.msg().contains("range exhausted") && r.msg().contains("10.203.0.0/30"),
+        "{}",
+        r.msg()
+    );
     // The failed ADD left no entry and no reservation behind.
     assert_eq!(ns.pool("10.203.0.0-30").len(), 2);
     assert_eq!(ns.orips().len(), 2);
@@ -377,13 +439,25 @@ fn exhaustion_bad_kubeconfig_and_missing_rights_give_clear_codes() {
 
     // A kubeconfig that does not exist: code 7 naming the key.
     let missing = ns.dir().join("nope.kubeconfig");
-    let r = add("d", &pod_args(&ns.name, "d"), &conf(&missing, r#""range":"10.203.0.0/30""#));
+    let r = add(
+        "d",
+        &pod_args(&ns.name, "d"),
+        &conf(&missing, r#""range":"10.203.0.0/30""#),
+    );
     assert_eq!(r.code(), 7, "{}", r.stdout);
-    assert!(r.msg().contains("ipam.kubernetes.kubeconfig"), "{}", r.msg());
+    assert!(
+        r.msg().contains("ipam.kubernetes.kubeconfig"),
+        "{}",
+        r.msg()
+    );
     // Garbage in the file: code 7 too.
     let garbage = ns.dir().join("garbage.kubeconfig");
     std::fs::write(&garbage, "{{{ not yaml").unwrap();
-    let r = add("d", &pod_args(&ns.name, "d"), &conf(&garbage, r#""range":"10.203.0.0/30""#));
+    let r = add(
+        "d",
+        &pod_args(&ns.name, "d"),
+        &conf(&garbage, r#""range":"10.203.0.0/30""#),
+    );
     assert_eq!(r.code(), 7, "{}", r.stdout);
 
     // A server nobody listens on: 11 (try again later); STATUS says 50.
@@ -400,7 +474,11 @@ fn exhaustion_bad_kubeconfig_and_missing_rights_give_clear_codes() {
 
     // A wrong token: 5, saying unauthorized.
     let bad = ns.token_kubeconfig("badtoken", "not-a-token", &k8s::bed().server);
-    let r = add("d", &pod_args(&ns.name, "d"), &conf(&bad, r#""range":"10.203.0.0/30""#));
+    let r = add(
+        "d",
+        &pod_args(&ns.name, "d"),
+        &conf(&bad, r#""range":"10.203.0.0/30""#),
+    );
     assert_eq!(r.code(), 5, "{}", r.stdout);
     assert!(r.msg().contains("unauthorized"), "{}", r.msg());
 
@@ -410,9 +488,17 @@ fn exhaustion_bad_kubeconfig_and_missing_rights_give_clear_codes() {
     k8s::kubectl(&["create", "serviceaccount", sa, "-n", &ns.name]);
     let token = k8s::kubectl(&["create", "token", sa, "-n", &ns.name]);
     let weak = ns.token_kubeconfig(sa, token.trim(), &k8s::bed().server);
-    let r = add("d", &pod_args(&ns.name, "d"), &conf(&weak, r#""range":"10.203.0.0/30""#));
+    let r = add(
+        "d",
+        &pod_args(&ns.name, "d"),
+        &conf(&weak, r#""range":"10.203.0.0/30""#),
+    );
     assert_eq!(r.code(), 5, "{}", r.stdout);
-    assert!(r.msg().contains("forbidden") && r.msg().contains("ippools"), "{}", r.msg());
+    assert!(
+        r.msg().contains("forbidden") && r.msg().contains("ippools"),
+        "{}",
+        r.msg()
+    );
     // Nothing changed in the pool through all of this.
     assert_eq!(ns.pool("10.203.0.0-30").len(), 2);
 }

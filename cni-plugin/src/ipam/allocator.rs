@@ -242,7 +242,12 @@ impl Pool {
 
     /// The `n`-th (0 = lowest) offset of `range` neither allocated here nor
     /// in `avoid`; `None` when there are not that many free.
-    pub fn nth_free_avoiding(&self, range: &IpRange, avoid: &BTreeSet<u128>, n: usize) -> Option<u128> {
+    pub fn nth_free_avoiding(
+        &self,
+        range: &IpRange,
+        avoid: &BTreeSet<u128>,
+        n: usize,
+    ) -> Option<u128> {
         let mut a = Allocator::with_used(range, self.allocations.keys().copied());
         for &o in avoid {
             a.mark_used(o);

@@ -120,7 +120,11 @@ pub struct ParsedPool {
 
 /// Parse an IPPool spec for `subnet`; a pool holding another range is an
 /// error (two configs disagreeing about one pool name).
-pub fn parse_pool(name: &str, spec: &IPPoolSpec, subnet: ipnetwork::IpNetwork) -> CniResult<ParsedPool> {
+pub fn parse_pool(
+    name: &str,
+    spec: &IPPoolSpec,
+    subnet: ipnetwork::IpNetwork,
+) -> CniResult<ParsedPool> {
     let same = spec
         .range
         .parse::<ipnetwork::IpNetwork>()
@@ -448,8 +452,11 @@ pub async fn connect(conf: &KubeConf) -> CniResult<(Client, String)> {
     cfg.read_timeout = Some(REQUEST_TIMEOUT);
     cfg.write_timeout = Some(REQUEST_TIMEOUT);
     let client = Client::try_from(cfg).map_err(|e| {
-        CniError::new(Code::InvalidConfig, "ipam.kubernetes: cannot build a client")
-            .with_details(crate::error::chain(&e))
+        CniError::new(
+            Code::InvalidConfig,
+            "ipam.kubernetes: cannot build a client",
+        )
+        .with_details(crate::error::chain(&e))
     })?;
     Ok((client, ns))
 }
@@ -532,13 +539,32 @@ impl KubeStore {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Read a pool; `None` when it does not exist.
+    /// Read a pool (the latest version); `None` when it does not exist.
     async fn read(&self, key: &PoolKey) -> CniResult<Option<(IPPool, ParsedPool)>> {
-        let obj = self
-            .pools()
-            .get_opt(&key.name)
-            .await
-            .map_err(|e| api_err(&format!("get IPPool {}/{}", self.namespace, key.name), e))?;
+        self.read_at(key, false).await
+    }
+
+    /// Read a pool; with `any`, whatever version the API server's watch
+    /// cache holds. Such a read may be a little stale, which is fine for
+    /// picking an address or checking for a commit (every write is still
+    /// preconditioned), and it spares the server an etcd read and, as all
+    /// readers of one version share its encoding, most of the encoding.
+    async fn read_at(&self, key: &PoolKey, any: bool) -> CniResult<Option<(IPPool, ParsedPool)>> {
+        let gp = if any {
+            kube::api::GetParams::any()
+        } else {
+            kube::api::GetParams::default()
+        };
+        let obj = match self.pools().get_with(&key.name, &gp).await {
+            Ok(o) => Some(o),
+            Err(e) if is_code(&e, 404) => None,
+            Err(e) => {
+                return Err(api_err(
+                    &format!("get IPPool {}/{}", self.namespace, key.name),
+                    e,
+                ))
+            }
+        };
         match obj {
             None => Ok(None),
             Some(o) => {
@@ -549,9 +575,9 @@ impl KubeStore {
     }
 
     /// Read a pool, creating it empty when missing (as whereabouts does).
-    async fn read_or_create(&self, key: &PoolKey) -> CniResult<(IPPool, ParsedPool)> {
+    async fn read_or_create(&self, key: &PoolKey, any: bool) -> CniResult<(IPPool, ParsedPool)> {
         loop {
-            if let Some(x) = self.read(key).await? {
+            if let Some(x) = self.read_at(key, any).await? {
                 return Ok(x);
             }
             let mut fresh = IPPool::new(&key.name, pool_spec(key.subnet, &ParsedPool::default()));
@@ -579,7 +605,12 @@ impl KubeStore {
         r
     }
 
-    async fn write_inner(&self, key: &PoolKey, obj: &IPPool, parsed: &ParsedPool) -> CniResult<bool> {
+    async fn write_inner(
+        &self,
+        key: &PoolKey,
+        obj: &IPPool,
+        parsed: &ParsedPool,
+    ) -> CniResult<bool> {
         let mut next = IPPool::new(&key.name, pool_spec(key.subnet, parsed));
         next.metadata = ObjectMeta {
             name: Some(key.name.clone()),
@@ -587,7 +618,11 @@ impl KubeStore {
             resource_version: obj.metadata.resource_version.clone(),
             ..Default::default()
         };
-        match self.pools().replace(&key.name, &PostParams::default(), &next).await {
+        match self
+            .pools()
+            .replace(&key.name, &PostParams::default(), &next)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_code(&e, 409) => Ok(false),
             Err(e) => Err(api_err(
@@ -599,7 +634,13 @@ impl KubeStore {
 
     /// Claim `ip` for `owner` cluster-wide. `Ok(true)`: the reservation is
     /// ours (just created, or left by an earlier attempt of the same owner).
-    async fn claim(&self, key: &PoolKey, ip: IpAddr, offset: u128, owner: &Owner) -> CniResult<bool> {
+    async fn claim(
+        &self,
+        key: &PoolKey,
+        ip: IpAddr,
+        offset: u128,
+        owner: &Owner,
+    ) -> CniResult<bool> {
         let name = orip_name(&self.network_name, ip);
         let mut r = OverlappingRangeIPReservation::new(
             &name,
@@ -623,7 +664,10 @@ impl KubeStore {
             // get here, so a collision is always someone else's claim.
             Err(e) if is_code(&e, 409) => Ok(false),
             Err(e) => Err(api_err(
-                &format!("create OverlappingRangeIPReservation {}/{name}", self.namespace),
+                &format!(
+                    "create OverlappingRangeIPReservation {}/{name}",
+                    self.namespace
+                ),
                 e,
             )),
         }
@@ -638,7 +682,10 @@ impl KubeStore {
             Ok(None) => return Ok(()),
             Err(e) => {
                 return Err(api_err(
-                    &format!("get OverlappingRangeIPReservation {}/{name}", self.namespace),
+                    &format!(
+                        "get OverlappingRangeIPReservation {}/{name}",
+                        self.namespace
+                    ),
                     e,
                 ))
             }
@@ -657,7 +704,10 @@ impl KubeStore {
             Ok(_) => Ok(()),
             Err(e) if is_code(&e, 404) || is_code(&e, 409) => Ok(()),
             Err(e) => Err(api_err(
-                &format!("delete OverlappingRangeIPReservation {}/{name}", self.namespace),
+                &format!(
+                    "delete OverlappingRangeIPReservation {}/{name}",
+                    self.namespace
+                ),
                 e,
             )),
         }
@@ -701,16 +751,14 @@ impl KubeStore {
                     && r.name_any() == orip_name(&self.network_name, range.ip_at(off))
                     && !pool.allocations.contains_key(&off)
                     && !r.spec.containerid.is_empty();
-                valid.then(|| {
-                    (
-                        off,
-                        Allocation {
-                            id: r.spec.containerid,
-                            ifname: r.spec.ifname,
-                            podref: r.spec.podref,
-                        },
-                    )
-                })
+                valid.then_some((
+                    off,
+                    Allocation {
+                        id: r.spec.containerid,
+                        ifname: r.spec.ifname,
+                        podref: r.spec.podref,
+                    },
+                ))
             })
             .collect())
     }
@@ -744,12 +792,19 @@ impl KubeStore {
         let mut carried_pending: Option<Vec<(u128, Allocation)>> = None;
         let mut collisions: u32 = 0;
         let mut waits: u32 = 0;
+        // Whether the last write failed on a stale version.
+        let mut stale = false;
         let result = async {
             while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
                 attempts += 1;
                 let (obj, mut parsed) = match carry.take() {
                     Some(x) => x,
-                    None => self.read_or_create(key).await?,
+                    // After a failed write, the latest version; otherwise
+                    // the cache's (see read_at).
+                    None => {
+                        self.read_or_create(key, !std::mem::take(&mut stale))
+                            .await?
+                    }
                 };
                 if let Some(off) = parsed.pool.held_by(owner) {
                     // Committed (by us or by a combining writer), or a
@@ -757,6 +812,7 @@ impl KubeStore {
                     let ours = claimed == Some(off);
                     parsed.pool.assign(range, owner);
                     if parsed.pool.dirty && !self.write(key, &obj, &parsed).await? {
+                        stale = true;
                         tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                         continue;
                     }
@@ -804,6 +860,7 @@ impl KubeStore {
                             existing: false,
                         });
                     }
+                    stale = true;
                     tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                     continue;
                 }
@@ -840,7 +897,9 @@ impl KubeStore {
                     // Pending claims mean others are picking right now too:
                     // start with a window as wide as that queue.
                     let queue = pending.as_ref().map_or(0, |p| p.len());
-                    let window = (queue + 1).next_power_of_two().max(1usize << collisions.min(6));
+                    let window = (queue + 1)
+                        .next_power_of_two()
+                        .max(1usize << collisions.min(6));
                     let nth = (backoff.random() as usize) % window;
                     let off = match parsed.pool.nth_free_avoiding(range, &taken, nth) {
                         Some(o) => o,
@@ -859,6 +918,7 @@ impl KubeStore {
                                 existing: false,
                             });
                         }
+                        stale = true;
                         tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
                         break;
                     }
@@ -924,7 +984,7 @@ impl KubeStore {
                 (range_of.subnet.contains(ip)
                     && r.name_any() == orip_name(&self.network_name, ip)
                     && !r.spec.containerid.is_empty())
-                .then(|| (off, r.spec.containerid, r.spec.ifname))
+                .then_some((off, r.spec.containerid, r.spec.ifname))
             })
             .collect())
     }
@@ -935,7 +995,10 @@ impl KubeStore {
         let name = orip_name(&self.network_name, ip);
         let Some(held) = self.orips().get_opt(&name).await.map_err(|e| {
             api_err(
-                &format!("get OverlappingRangeIPReservation {}/{name}", self.namespace),
+                &format!(
+                    "get OverlappingRangeIPReservation {}/{name}",
+                    self.namespace
+                ),
                 e,
             )
         })?
@@ -957,13 +1020,20 @@ impl KubeStore {
         });
         match self
             .orips()
-            .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => Ok(true),
             Err(e) if is_code(&e, 409) || is_code(&e, 404) => Ok(false),
             Err(e) => Err(api_err(
-                &format!("label OverlappingRangeIPReservation {}/{name}", self.namespace),
+                &format!(
+                    "label OverlappingRangeIPReservation {}/{name}",
+                    self.namespace
+                ),
                 e,
             )),
         }
@@ -1155,8 +1225,7 @@ pub async fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<
     // pool without an entry); the first error is reported.
     let mut first_err = None;
     for key in super::pool_keys(conf) {
-        if let Err(e) = store.release(&key, container_id, ifname).await
-        {
+        if let Err(e) = store.release(&key, container_id, ifname).await {
             first_err.get_or_insert(e);
         }
     }
@@ -1164,7 +1233,11 @@ pub async fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<
 }
 
 /// CHECK: the offset (container ID, ifname) holds in each pool, in order.
-pub async fn find(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<Vec<Option<u128>>> {
+pub async fn find(
+    conf: &NetConf,
+    container_id: &str,
+    ifname: &str,
+) -> CniResult<Vec<Option<u128>>> {
     let store = KubeStore::open(conf).await?;
     let mut out = Vec::new();
     for key in super::pool_keys(conf) {
@@ -1182,7 +1255,9 @@ pub async fn gc(conf: &NetConf, valid: &HashSet<(String, String)>) -> CniResult<
     let mut n = 0;
     for key in super::pool_keys(conf) {
         n += store
-            .remove_where(&key, |_, a| !valid.contains(&(a.id.clone(), a.ifname.clone())))
+            .remove_where(&key, |_, a| {
+                !valid.contains(&(a.id.clone(), a.ifname.clone()))
+            })
             .await?
             .len();
     }
@@ -1219,7 +1294,11 @@ pub struct ReconcileReport {
 /// schedule; writes use the same optimistic preconditions as the CNI, so it
 /// needs no lock either. `grace` must exceed the longest ADD (the CNI gives
 /// up after its bounded retries, far below kubelet's 4 min): 5 min is safe.
-pub async fn reconcile(client: Client, namespace: &str, grace: Duration) -> CniResult<ReconcileReport> {
+pub async fn reconcile(
+    client: Client,
+    namespace: &str,
+    grace: Duration,
+) -> CniResult<ReconcileReport> {
     let pools_api: Api<IPPool> = Api::namespaced(client.clone(), namespace);
     let orip_api: Api<OverlappingRangeIPReservation> = Api::namespaced(client.clone(), namespace);
     let pods_api: Api<Pod> = Api::all(client.clone());
@@ -1232,10 +1311,12 @@ pub async fn reconcile(client: Client, namespace: &str, grace: Duration) -> CniR
         .list(&ListParams::default())
         .await
         .map_err(|e| api_err("list pods", e))?;
-    let orips = orip_api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| api_err(&format!("list OverlappingRangeIPReservations in {namespace}"), e))?;
+    let orips = orip_api.list(&ListParams::default()).await.map_err(|e| {
+        api_err(
+            &format!("list OverlappingRangeIPReservations in {namespace}"),
+            e,
+        )
+    })?;
 
     let mut states = Vec::new();
     let mut subnets: HashMap<String, ipnetwork::IpNetwork> = HashMap::new();
@@ -1309,9 +1390,7 @@ pub async fn reconcile(client: Client, namespace: &str, grace: Duration) -> CniR
         // over since the list (a new pod of that name) keeps it.
         let freed = store
             .remove_where(&key, |o, a| {
-                orphans
-                    .iter()
-                    .any(|x| x.offset == o && x.allocation == *a)
+                orphans.iter().any(|x| x.offset == o && x.allocation == *a)
             })
             .await?;
         report.freed += freed.len();
@@ -1353,7 +1432,10 @@ mod tests {
     #[test]
     fn orip_names_follow_whereabouts() {
         assert_eq!(orip_name("", "10.200.5.7".parse().unwrap()), "10.200.5.7");
-        assert_eq!(orip_name("net", "10.200.5.7".parse().unwrap()), "net-10.200.5.7");
+        assert_eq!(
+            orip_name("net", "10.200.5.7".parse().unwrap()),
+            "net-10.200.5.7"
+        );
         assert_eq!(orip_name("", "fd00::".parse().unwrap()), "fd00--0");
         assert_eq!(orip_name("", "fd00::1:2".parse().unwrap()), "fd00--1-2");
     }
@@ -1463,11 +1545,11 @@ mod tests {
             age_secs: age,
         };
         let orips = vec![
-            orip("net-10.0.0.1", 999),  // backed by a live entry
-            orip("net-10.0.0.2", 999),  // its entry is freed now
-            orip("net-10.0.0.9", 999),  // nothing backs it: a crashed ADD
-            orip("net-10.0.0.10", 5),   // young: maybe an ADD in flight
-            orip("net-10.0.0.5", 999),  // the reused name's, kept
+            orip("net-10.0.0.1", 999), // backed by a live entry
+            orip("net-10.0.0.2", 999), // its entry is freed now
+            orip("net-10.0.0.9", 999), // nothing backs it: a crashed ADD
+            orip("net-10.0.0.10", 5),  // young: maybe an ADD in flight
+            orip("net-10.0.0.5", 999), // the reused name's, kept
         ];
         let plan = plan_reconcile(&pools, &pods, &orips, 60);
         let freed: Vec<u128> = plan.free.iter().map(|o| o.offset).collect();

@@ -69,12 +69,7 @@ pub fn kubectl_in(args: &[&str], stdin: Option<&str>) -> String {
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn kubectl");
     if let Some(s) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(s.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     }
     let out = child.wait_with_output().expect("kubectl");
     assert!(
@@ -145,12 +140,22 @@ impl TestNs {
         let p = self.dir.join("admin.kubeconfig");
         std::fs::copy(&bed().kubeconfig, &p).unwrap();
         let out = Command::new(&bed().kubectl)
-            .args(["config", "set-context", "--current", "--namespace", &self.name])
+            .args([
+                "config",
+                "set-context",
+                "--current",
+                "--namespace",
+                &self.name,
+            ])
             .arg("--kubeconfig")
             .arg(&p)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         p
     }
 
@@ -186,7 +191,14 @@ impl TestNs {
 
     /// Allocations of IPPool `name`: offset -> entry (empty if absent).
     pub fn pool(&self, name: &str) -> BTreeMap<u128, Value> {
-        let out = kubectl(&["get", "ippools.whereabouts.cni.cncf.io", "-n", &self.name, "-o", "json"]);
+        let out = kubectl(&[
+            "get",
+            "ippools.whereabouts.cni.cncf.io",
+            "-n",
+            &self.name,
+            "-o",
+            "json",
+        ]);
         let v: Value = serde_json::from_str(&out).unwrap();
         let Some(item) = v["items"]
             .as_array()
@@ -252,7 +264,16 @@ impl Drop for TestNs {
             let _ = Command::new(&b.kubectl)
                 .arg("--kubeconfig")
                 .arg(&b.kubeconfig)
-                .args(["delete", what, "--all", "-n", &self.name, "--wait=false", "--grace-period=0", "--force"])
+                .args([
+                    "delete",
+                    what,
+                    "--all",
+                    "-n",
+                    &self.name,
+                    "--wait=false",
+                    "--grace-period=0",
+                    "--force",
+                ])
                 .output();
         }
         let _ = Command::new(&b.kubectl)
