@@ -1,17 +1,15 @@
 //! `mignet lab ...`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use serde_json::Value;
 
 use super::CliError;
 use crate::api::{EvictionStrategy, VirtualMachineInstance};
-use crate::lab::kubelet::NoAgent;
 use crate::lab::state::LabState;
-use crate::lab::{daemon, lifecycle, open_store, status, LabConfig, LabError};
+use crate::lab::{daemon, demo, lifecycle, open_store, status, LabConfig, LabError};
+use crate::store::Store;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LabCommand {
@@ -130,7 +128,11 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
 /// `evacuationNodeName` as KubeVirt does for `LiveMigrate` VMIs, so the
 /// migration controller moves them. Others are reported as blocking.
 fn drain(node: &str, cordon: bool) -> Result<String, CliError> {
-    let store = open_store(&LabConfig::dir_from_env())?;
+    drain_on(&open_store(&LabConfig::dir_from_env())?, node, cordon)
+}
+
+/// [`drain`] on a given store (the demo's).
+pub fn drain_on(store: &Store, node: &str, cordon: bool) -> Result<String, CliError> {
     store.modify::<Node>("", node, |n| {
         n.spec.get_or_insert_with(Default::default).unschedulable = cordon.then_some(true);
     })?;
@@ -167,106 +169,15 @@ fn drain(node: &str, cordon: bool) -> Result<String, CliError> {
     Ok(out)
 }
 
-/// The narrated story, as far as the lab goes today: the migration network
-/// rollout. VM steps need the node agent (QEMU driver + proxy) and are
-/// reported as not yet available, and the demo exits non-zero, so nobody
-/// mistakes the partial story for the whole one.
+/// The narrated story ([`crate::lab::demo`]); any failed step makes the
+/// command exit non-zero.
 fn demo(nodes: u32, keep: bool) -> Result<(), CliError> {
-    let cfg = LabConfig::from_env(nodes);
-    let root = examples_dir();
-    let step = |s: &str| println!("\n==> {s}");
-    step(&format!(
-        "creating the lab: {nodes} nodes in network namespaces"
-    ));
-    lifecycle::create(&cfg)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let loop_cfg = cfg.clone();
-    let loop_stop = stop.clone();
-    let control = std::thread::spawn(move || daemon::run(&loop_cfg, &NoAgent, &loop_stop));
-    let result = (|| -> Result<(), CliError> {
-        if !lifecycle::wait_for_agents(&cfg, Duration::from_secs(60))? {
-            return Err(CliError::Failed("agent pods did not start".into()));
-        }
-        let store = open_store(&cfg.dir)?;
-        step("creating the seed's NetworkAttachmentDefinition (examples/nad.yaml)");
-        print!(
-            "{}",
-            super::run_on(
-                &store,
-                super::Verb::Apply {
-                    files: vec![root.join("nad.yaml")],
-                    namespace: crate::lab::LAB_NAMESPACE.into()
-                }
-            )?
-        );
-        step("setting liveMigrationConfig.network: my-secondary-network (examples/hyperconverged.yaml)");
-        print!(
-            "{}",
-            super::run_on(
-                &store,
-                super::Verb::Apply {
-                    files: vec![root.join("hyperconverged.yaml")],
-                    namespace: crate::lab::LAB_NAMESPACE.into()
-                }
-            )?
-        );
-        step("agents restart onto the migration network, one node at a time");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let hco: Option<Value> = store.get_value(&crate::store::Key::new(
-                "HyperConverged",
-                crate::lab::LAB_NAMESPACE,
-                crate::lab::HYPERCONVERGED,
-            ))?;
-            let rolled = hco
-                .as_ref()
-                .and_then(|h| h.pointer("/status/conditions"))
-                .and_then(Value::as_array)
-                .is_some_and(|c| {
-                    c.iter().any(|c| {
-                        c["type"] == crate::rollout::CONDITION_TYPE && c["status"] == "True"
-                    })
-                });
-            if rolled {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(CliError::Failed(
-                    "network rollout did not finish in 60 s".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        print!("{}", status::render(&cfg.dir)?);
-        step("VM, migration, drain and cancel steps");
-        Err(CliError::Failed(
-            "not yet available in the lab: they need the node agent (QEMU driver, mTLS proxy)"
-                .into(),
-        ))
-    })();
-    stop.store(true, Ordering::SeqCst);
-    let _ = control.join();
-    if !keep {
-        step("removing the lab");
-        let r = lifecycle::destroy(&cfg.dir)?;
-        if !r.errors.is_empty() {
-            return Err(CliError::Failed(r.errors.join("; ")));
-        }
-        println!("lab down");
-    }
-    result
-}
-
-/// The seed's YAML: `$MIGNET_EXAMPLES_DIR`, else the checkout this binary
-/// was built from, else `./examples`.
-fn examples_dir() -> std::path::PathBuf {
-    if let Some(d) = std::env::var_os("MIGNET_EXAMPLES_DIR").filter(|d| !d.is_empty()) {
-        return d.into();
-    }
-    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    if built.join("nad.yaml").is_file() {
-        built
-    } else {
-        std::path::PathBuf::from("examples")
-    }
+    let opts = demo::DemoOptions {
+        nodes,
+        keep,
+        examples: demo::examples_dir(),
+    };
+    demo::run(&opts)
+        .map(|_| ())
+        .map_err(|e| CliError::Failed(crate::agent::error_chain(&e)))
 }

@@ -12,6 +12,7 @@
 //! - [`scheduler`]: places new VMIs on the least-loaded schedulable node.
 //! - [`daemon`]: the loop that runs the above (and, in full, the migration
 //!   controller and the node agents) until stopped.
+//! - [`demo`]: `mignet lab demo`, the seed's story, checked step by step.
 //! - [`state`]: the record of everything created, read by `lab down`.
 //!
 //! See `README.md` in this directory for the process model.
@@ -19,6 +20,7 @@
 pub mod annotation;
 pub mod cni;
 pub mod daemon;
+pub mod demo;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod rollout;
