@@ -8,6 +8,7 @@
 mod console_support;
 mod control_common;
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use console_support::*;
@@ -16,8 +17,38 @@ use kube::ResourceExt;
 
 const MIGRATE: &str = "/api/vms/lab/vm/migrate";
 
+/// Everything the process logs (mignet at debug), to check that no secret
+/// is logged. Installed before anything else logs.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("mignet=debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(w.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_token_or_csrf_are_rejected() {
+    let logs = captured_logs();
     let lab = Lab::start("http", Duration::from_secs(600)).await;
     let a = lab.console.addr;
     let origin = format!("http://{a}");
@@ -202,6 +233,22 @@ async fn requests_without_token_or_csrf_are_rejected() {
     assert!(r.body.contains("already migrating"), "{}", r.body);
     assert_eq!(lab.vmims().await.len(), 1);
 
+    // The log names the users, never a token, session id or CSRF token.
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(text.contains("console: login user=alice"), "{text}");
+    assert!(text.contains("console: migrate user=alice"), "{text}");
+    assert!(text.contains("refused (not an administrator)"), "{text}");
+    let session_id = cookie.split_once('=').unwrap().1;
+    for secret in [
+        ADMIN_TOKEN,
+        VIEWER_TOKEN,
+        "wrong-token-123",
+        session_id,
+        csrf.as_str(),
+    ] {
+        assert!(!text.contains(secret), "a secret in the log");
+    }
+
     // Logout ends the session.
     let r = http(a, "POST", "/api/logout", &ok, "").await;
     assert_eq!(r.status, 204, "{r:?}");
@@ -214,6 +261,7 @@ async fn requests_without_token_or_csrf_are_rejected() {
 /// VMIM's Pending condition).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_reasons_in_words() {
+    let _ = captured_logs();
     let lab = Lab::start("reasons", Duration::from_secs(600)).await;
     let a = lab.console.addr;
     let admin = format!("Bearer {ADMIN_TOKEN}");
