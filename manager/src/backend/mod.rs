@@ -49,10 +49,13 @@
 //!    keeps running on the source), writes abortStatus Succeeded | Failed
 //!    (+ failed = true, failureReason "aborted by user", endTimestamp) and
 //!    moves the VMIM to Failed; then the controller removes the finalizer.
-//!    If the migration is still before Running (Scheduling..TargetReady)
-//!    when abort is requested, the target agent tears down what it prepared
-//!    and the source agent (or, with no source agent action needed, the
-//!    controller) records abortStatus Succeeded.
+//!    The source agent answers abortRequested in every started phase
+//!    (Scheduling..Running), not only while Running: before Running there
+//!    is nothing to stop on the source, so it records abortStatus Succeeded
+//!    at once. The target agent tears down what it prepared once
+//!    abortRequested is set or the VMIM is Failed. The controller never
+//!    writes abortStatus itself; a VMIM whose VMI no longer records its
+//!    migration (other migrationUid, VMI gone) is released without one.
 //! 6. **LiveMigratable.** The controller keeps the `LiveMigratable`
 //!    condition of every VMI current (`ClusterIndex::live_migratable`:
 //!    shared volumes, host-model CPU with a matching schedulable node).
