@@ -149,7 +149,11 @@ fn spawn_progress(b: &LocalBackend) -> Task {
                 continue;
             };
             for m in ms {
-                if phase_of(&m) != Some(MigrationPhase::Running) {
+                // Start after the simulated source agent's first sample
+                // (0 bytes), so the series has a single writer order.
+                if phase_of(&m) != Some(MigrationPhase::Running)
+                    || !m.annotations().contains_key(protocol::PROGRESS_ANNOTATION)
+                {
                     continue;
                 }
                 let uid = m.uid().unwrap_or_default();
