@@ -76,4 +76,5 @@ fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {
     assert!(mignet::lab::lifecycle::vm_processes(&lab.dir).is_empty());
     assert!(!lab.dir.join("lab.json").exists());
     assert!(!lab.dir.join("agents").exists());
+    assert!(!lab.dir.join("pki").exists());
 }

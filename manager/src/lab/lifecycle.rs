@@ -104,15 +104,21 @@ pub fn wait_for_agents(cfg: &LabConfig, timeout: Duration) -> Result<bool, LabEr
 pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
     let mut report = topology::down(dir)?;
     let vm_errors = stop_vms(dir);
-    let agents = dir.join("agents");
-    if vm_errors.is_empty() && agents.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&agents) {
-            report
-                .errors
-                .push(format!("removing {}: {e}", agents.display()));
+    // The in-process agents' state (`agents/`) and the lab CA (`pki/`).
+    for sub in [dir.join("agents"), dir.join("pki")] {
+        if vm_errors.is_empty() && sub.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&sub) {
+                report
+                    .errors
+                    .push(format!("removing {}: {e}", sub.display()));
+            }
         }
     }
     report.errors.extend(vm_errors);
+    // `down` removes the directory when it is empty; agents/ and pki/ were not yet.
+    if report.errors.is_empty() {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(report)
 }
 
@@ -173,7 +179,12 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
     for pid in vm_processes(&cfg.dir) {
         out.push(format!("VM process {pid}"));
     }
-    for p in [cfg.state_file(), cfg.store_dir()] {
+    for p in [
+        cfg.state_file(),
+        cfg.store_dir(),
+        cfg.dir.join("agents"),
+        cfg.dir.join("pki"),
+    ] {
         if p.exists() {
             out.push(format!("file {}", p.display()));
         }
