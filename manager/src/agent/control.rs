@@ -310,8 +310,15 @@ async fn pass<B: Backend>(
             continue;
         };
         let is_target = ms.target_node.as_deref() == Some(me.as_str());
-        let is_source =
-            vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str());
+        // The source is the node the migration left from, not the VMI's
+        // current nodeName: on success the source moves nodeName to the
+        // target before the VMIM reaches Succeeded, and the target agent must
+        // not then mistake itself for an orphaned source (it would record a
+        // failure for a completed migration and stop the VM it just received).
+        let is_source = match ms.source_node.as_deref() {
+            Some(src) => src == me.as_str(),
+            None => vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str()),
+        };
 
         if ms.abort_requested == Some(true) && ms.abort_status.is_none() {
             if is_target && phase < MigrationPhase::Running {
@@ -399,7 +406,11 @@ async fn pass<B: Backend>(
                 );
             }
             // Ours, in flight, but no task: this agent restarted mid-way.
-            MigrationPhase::Running if is_source && !state.sources.contains_key(&uid) => {
+            MigrationPhase::Running
+                if is_source
+                    && ms.completed != Some(true)
+                    && !state.sources.contains_key(&uid) =>
+            {
                 recover_orphan_source(backend, core, m, &uid, &key_of(vmi)).await?;
                 state.done.insert(uid.clone());
             }

@@ -377,10 +377,20 @@ fn story(
         },
     )?;
     println!("{}", report.jsonpath_output.trim_end());
-    report.target_node_address = vmi
-        .status
-        .as_ref()
-        .and_then(|s| s.migration_state.as_ref())
+    let ms = vmi.status.as_ref().and_then(|s| s.migration_state.as_ref());
+    // A succeeded VMIM must leave a clean record: completed, never also failed.
+    if ms.and_then(|m| m.completed) != Some(true) || ms.and_then(|m| m.failed) == Some(true) {
+        return Err(fail(
+            "migrationState",
+            format!(
+                "completed={:?} failed={:?} failureReason={:?}",
+                ms.and_then(|m| m.completed),
+                ms.and_then(|m| m.failed),
+                ms.and_then(|m| m.failure_reason.clone())
+            ),
+        ));
+    }
+    report.target_node_address = ms
         .and_then(|m| m.target_node_address.clone())
         .unwrap_or_default();
     let addr: SocketAddr = report.target_node_address.parse().map_err(|_| {
