@@ -6,12 +6,11 @@
 
 pub mod agent;
 pub mod api;
-pub mod control;
 pub mod backend;
-pub mod control;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod http;
 pub mod kube_adapter;
 pub mod lab;

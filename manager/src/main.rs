@@ -290,7 +290,11 @@ async fn main() -> anyhow::Result<()> {
                     hco_namespace: Some(hco_namespace.clone()),
                     ..Default::default()
                 };
-                tokio::spawn(mignet::control::run(backend, settings, stopped(stop_rx.clone())))
+                tokio::spawn(mignet::control::run(
+                    backend,
+                    settings,
+                    stopped(stop_rx.clone()),
+                ))
             });
             let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;

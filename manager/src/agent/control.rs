@@ -407,9 +407,7 @@ async fn pass<B: Backend>(
             }
             // Ours, in flight, but no task: this agent restarted mid-way.
             MigrationPhase::Running
-                if is_source
-                    && ms.completed != Some(true)
-                    && !state.sources.contains_key(&uid) =>
+                if is_source && ms.completed != Some(true) && !state.sources.contains_key(&uid) =>
             {
                 recover_orphan_source(backend, core, m, &uid, &key_of(vmi)).await?;
                 state.done.insert(uid.clone());
