@@ -86,3 +86,44 @@ mod tests {
         assert_eq!(c4.len(), 2);
     }
 }
+
+/// The HyperConverged's conditions after one rollout pass: the network
+/// condition the rollout decided plus `MigrationConfigValid` from the
+/// effective config. One function, so cluster and lab mode report exactly
+/// the same conditions. `None` = nothing changed (no status write needed).
+pub fn hco_conditions<E: std::fmt::Display>(
+    existing: &[Condition],
+    observed_generation: Option<i64>,
+    network: &ConditionSpec,
+    config: Result<(), E>,
+    now: Time,
+) -> Option<Vec<Condition>> {
+    let config_condition = match config {
+        Ok(()) => ConditionSpec {
+            status: true,
+            reason: "Valid",
+            message: "liveMigrationConfig is valid".into(),
+        },
+        Err(e) => ConditionSpec {
+            status: false,
+            reason: "InvalidField",
+            message: e.to_string(),
+        },
+    };
+    let after_network = set_condition(
+        existing,
+        crate::rollout::CONDITION_TYPE,
+        network,
+        observed_generation,
+        now.clone(),
+    );
+    let base = after_network.clone().unwrap_or_else(|| existing.to_vec());
+    let after_config = set_condition(
+        &base,
+        super::rollout::CONFIG_CONDITION_TYPE,
+        &config_condition,
+        observed_generation,
+        now,
+    );
+    after_config.or(after_network)
+}

@@ -22,13 +22,12 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Map, Value};
 use tracing::{debug, info, warn};
 
-use super::conditions::set_condition;
 use super::{is_transient, patch_params};
 use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::config::EffectiveMigrationConfig;
 use crate::metrics::Metrics;
 use crate::rollout::{
-    self, AgentDaemonSet, ClusterNetworks, ConditionSpec, NadLookup, NetworkRef, RolloutInput,
+    self, AgentDaemonSet, ClusterNetworks, NadLookup, NetworkRef, RolloutInput,
     NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
 };
 
@@ -347,41 +346,19 @@ async fn reconcile(hco: Arc<HyperConverged>, ctx: Arc<Context>) -> Result<Action
         info!(hco = %name, networks = ?want.networks, hash = ?want.hash, "agent DaemonSet annotations updated");
     }
 
-    let config_condition = match &config {
-        Ok(_) => ConditionSpec {
-            status: true,
-            reason: "Valid",
-            message: "liveMigrationConfig is valid".into(),
-        },
-        Err(e) => ConditionSpec {
-            status: false,
-            reason: "InvalidField",
-            message: e.to_string(),
-        },
-    };
-    let now = Time(Timestamp::now());
     let existing = hco
         .status
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let generation = hco.metadata.generation;
-    let after_network = set_condition(
+    let updated = super::conditions::hco_conditions(
         &existing,
-        rollout::CONDITION_TYPE,
+        hco.metadata.generation,
         &decision.condition,
-        generation,
-        now.clone(),
+        config.as_ref().map(|_| ()),
+        Time(Timestamp::now()),
     );
-    let base = after_network.clone().unwrap_or_else(|| existing.clone());
-    let after_config = set_condition(
-        &base,
-        CONFIG_CONDITION_TYPE,
-        &config_condition,
-        generation,
-        now,
-    );
-    if let Some(conditions) = after_config.or(after_network) {
+    if let Some(conditions) = updated {
         let api: Api<HyperConverged> = Api::namespaced(ctx.client.clone(), &hco_ns);
         let patch = json!({
             "metadata": { "resourceVersion": hco.metadata.resource_version },

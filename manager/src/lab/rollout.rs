@@ -13,11 +13,10 @@ use tracing::info;
 use super::{LabError, AGENT_DAEMONSET, HYPERCONVERGED, LAB_NAMESPACE};
 use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::config::EffectiveMigrationConfig;
-use crate::kube_adapter::conditions::set_condition;
-use crate::kube_adapter::rollout::CONFIG_CONDITION_TYPE;
+use crate::kube_adapter::conditions::hco_conditions;
 use crate::rollout::{
-    self, AgentDaemonSet, ClusterNetworks, ConditionSpec, Decision, NadLookup, NetworkRef,
-    RolloutInput, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
+    self, AgentDaemonSet, ClusterNetworks, Decision, NadLookup, NetworkRef, RolloutInput,
+    NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
 };
 use crate::store::Store;
 
@@ -126,42 +125,19 @@ pub fn reconcile(store: &Store, cluster: &ClusterNetworks) -> Result<Option<Deci
         }
     }
 
-    let config_condition =
-        match EffectiveMigrationConfig::from_spec(hco.spec.live_migration_config.as_ref()) {
-            Ok(_) => ConditionSpec {
-                status: true,
-                reason: "Valid",
-                message: "liveMigrationConfig is valid".into(),
-            },
-            Err(e) => ConditionSpec {
-                status: false,
-                reason: "InvalidField",
-                message: e.to_string(),
-            },
-        };
-    let now = Time(Timestamp::now());
     let existing = hco
         .status
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let generation = hco.metadata.generation;
-    let after_network = set_condition(
+    let updated = hco_conditions(
         &existing,
-        rollout::CONDITION_TYPE,
+        hco.metadata.generation,
         &decision.condition,
-        generation,
-        now.clone(),
+        EffectiveMigrationConfig::from_spec(hco.spec.live_migration_config.as_ref()).map(|_| ()),
+        Time(Timestamp::now()),
     );
-    let base = after_network.clone().unwrap_or_else(|| existing.clone());
-    let after_config = set_condition(
-        &base,
-        CONFIG_CONDITION_TYPE,
-        &config_condition,
-        generation,
-        now,
-    );
-    if let Some(conditions) = after_config.or(after_network) {
+    if let Some(conditions) = updated {
         let mut hco = hco.clone();
         hco.status.get_or_insert_with(Default::default).conditions = conditions;
         match store.update_status(&hco) {
