@@ -46,47 +46,6 @@ pub fn set_condition(
     Some(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::jiff::Timestamp;
-
-    fn t(s: i64) -> Time {
-        Time(Timestamp::from_second(s).unwrap())
-    }
-
-    fn spec(status: bool, reason: &'static str, msg: &str) -> ConditionSpec {
-        ConditionSpec {
-            status,
-            reason,
-            message: msg.into(),
-        }
-    }
-
-    #[test]
-    fn transition_time_moves_only_on_status_flip() {
-        let c1 = set_condition(&[], "X", &spec(false, "A", "m"), Some(1), t(10)).unwrap();
-        assert_eq!(c1[0].last_transition_time, t(10));
-        assert_eq!(
-            set_condition(&c1, "X", &spec(false, "A", "m"), Some(1), t(20)),
-            None
-        );
-        let c2 = set_condition(&c1, "X", &spec(false, "B", "m2"), Some(1), t(20)).unwrap();
-        assert_eq!(
-            c2[0].last_transition_time,
-            t(10),
-            "same status keeps the time"
-        );
-        assert_eq!(c2[0].reason, "B");
-        let c3 = set_condition(&c2, "X", &spec(true, "C", "ok"), Some(2), t(30)).unwrap();
-        assert_eq!(c3[0].last_transition_time, t(30));
-        assert_eq!(c3[0].status, "True");
-        assert_eq!(c3.len(), 1);
-        let c4 = set_condition(&c3, "Y", &spec(true, "D", ""), Some(2), t(40)).unwrap();
-        assert_eq!(c4.len(), 2);
-    }
-}
-
 /// The HyperConverged's conditions after one rollout pass: the network
 /// condition the rollout decided plus `MigrationConfigValid` from the
 /// effective config. One function, so cluster and lab mode report exactly
@@ -126,4 +85,45 @@ pub fn hco_conditions<E: std::fmt::Display>(
         now,
     );
     after_config.or(after_network)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    fn spec(status: bool, reason: &'static str, msg: &str) -> ConditionSpec {
+        ConditionSpec {
+            status,
+            reason,
+            message: msg.into(),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_flip() {
+        let c1 = set_condition(&[], "X", &spec(false, "A", "m"), Some(1), t(10)).unwrap();
+        assert_eq!(c1[0].last_transition_time, t(10));
+        assert_eq!(
+            set_condition(&c1, "X", &spec(false, "A", "m"), Some(1), t(20)),
+            None
+        );
+        let c2 = set_condition(&c1, "X", &spec(false, "B", "m2"), Some(1), t(20)).unwrap();
+        assert_eq!(
+            c2[0].last_transition_time,
+            t(10),
+            "same status keeps the time"
+        );
+        assert_eq!(c2[0].reason, "B");
+        let c3 = set_condition(&c2, "X", &spec(true, "C", "ok"), Some(2), t(30)).unwrap();
+        assert_eq!(c3[0].last_transition_time, t(30));
+        assert_eq!(c3[0].status, "True");
+        assert_eq!(c3.len(), 1);
+        let c4 = set_condition(&c3, "Y", &spec(true, "D", ""), Some(2), t(40)).unwrap();
+        assert_eq!(c4.len(), 2);
+    }
 }
