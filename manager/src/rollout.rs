@@ -330,6 +330,33 @@ pub struct AgentDaemonSet {
     pub ready: i32,
 }
 
+impl AgentDaemonSet {
+    /// What the rollout decision needs from the agent DaemonSet; shared by the
+    /// kube adapter and the lab so both observe it the same way.
+    pub fn observe(ds: &k8s_openapi::api::apps::v1::DaemonSet, default_namespace: &str) -> Self {
+        let status = ds.status.clone().unwrap_or_default();
+        AgentDaemonSet {
+            namespace: ds
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| default_namespace.to_owned()),
+            name: ds.metadata.name.clone().unwrap_or_default(),
+            template_annotations: ds
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default(),
+            generation: ds.metadata.generation.unwrap_or(0),
+            observed_generation: status.observed_generation.unwrap_or(0),
+            desired: status.desired_number_scheduled,
+            updated: status.updated_number_scheduled.unwrap_or(0),
+            ready: status.number_ready,
+        }
+    }
+}
+
 pub struct RolloutInput<'a> {
     /// The effective `network` (already validated by the config module).
     pub network: Option<&'a str>,

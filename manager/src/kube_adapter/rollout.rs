@@ -304,7 +304,7 @@ async fn reconcile(hco: Arc<HyperConverged>, ctx: Arc<Context>) -> Result<Action
         })?;
     let agents = ds
         .as_ref()
-        .map(|d| observe_daemonset(d, &settings.namespace));
+        .map(|d| AgentDaemonSet::observe(d, &settings.namespace));
 
     let decision = rollout::decide(&RolloutInput {
         network: network.as_deref(),
@@ -391,29 +391,6 @@ async fn reconcile(hco: Arc<HyperConverged>, ctx: Arc<Context>) -> Result<Action
     } else {
         ctx.settings.resync
     }))
-}
-
-fn observe_daemonset(ds: &DaemonSet, namespace: &str) -> AgentDaemonSet {
-    let status = ds.status.clone().unwrap_or_default();
-    AgentDaemonSet {
-        namespace: ds
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| namespace.to_owned()),
-        name: ds.name_any(),
-        template_annotations: ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.annotations.clone())
-            .unwrap_or_default(),
-        generation: ds.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        desired: status.desired_number_scheduled,
-        updated: status.updated_number_scheduled.unwrap_or(0),
-        ready: status.number_ready,
-    }
 }
 
 #[cfg(test)]

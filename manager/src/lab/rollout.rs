@@ -48,29 +48,6 @@ fn network_of(hco: &HyperConverged) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn observe(ds: &DaemonSet) -> AgentDaemonSet {
-    let status = ds.status.clone().unwrap_or_default();
-    AgentDaemonSet {
-        namespace: ds
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| LAB_NAMESPACE.to_owned()),
-        name: ds.metadata.name.clone().unwrap_or_default(),
-        template_annotations: ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.annotations.clone())
-            .unwrap_or_default(),
-        generation: ds.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        desired: status.desired_number_scheduled,
-        updated: status.updated_number_scheduled.unwrap_or(0),
-        ready: status.number_ready,
-    }
-}
-
 /// One reconcile of the lab's HyperConverged. Returns the decision taken
 /// (None when there is no HyperConverged). A conflict (someone wrote in
 /// between) is not an error: the next pass decides again on fresh state.
@@ -92,7 +69,9 @@ pub fn reconcile(store: &Store, cluster: &ClusterNetworks) -> Result<Option<Deci
         },
     };
     let ds = store.get::<DaemonSet>(LAB_NAMESPACE, AGENT_DAEMONSET)?;
-    let agents = ds.as_ref().map(observe);
+    let agents = ds
+        .as_ref()
+        .map(|d| AgentDaemonSet::observe(d, LAB_NAMESPACE));
     let decision = rollout::decide(&RolloutInput {
         network: network.as_deref(),
         default_namespace: LAB_NAMESPACE,
