@@ -15,14 +15,9 @@ CACHE=${MIGNET_CACHE:-$HOME/.cache/mignet}
 ROOT=$CACHE/cnitool/$CNI_VERSION
 OUT=$ROOT/bin/cnitool
 
-log() { printf '[tools/cnitool %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
-start=$(date +%s.%N)
-elapsed() { awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'; }
+TOOL=cnitool
+# shellcheck source=tests/tools/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # cnitool without arguments prints usage and exits 1; its "cnitool add" line
 # is the evidence the binary runs at all.
@@ -31,31 +26,10 @@ runs() {
     out=$("$1" 2>&1 || true)
     grep -q 'cnitool add' <<<"$out"
 }
+ready() { [[ -x $OUT ]] && runs "$OUT"; }
 
-if [[ -x $OUT ]] && runs "$OUT"; then
-    log "warm: cached cnitool $CNI_VERSION ($(elapsed)s)"
-    echo "$OUT"
-    exit 0
-fi
-
-mkdir -p "$ROOT"
-exec 9>"$ROOT/build.lock"
-flock 9
-if [[ -x $OUT ]] && runs "$OUT"; then
-    log "warm: another process built it meanwhile ($(elapsed)s)"
-    echo "$OUT"
-    exit 0
-fi
-
-GO=${GO:-}
-if [[ -z $GO ]]; then
-    if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else GO=$(command -v go) || die "no Go toolchain"; fi
-fi
-export GOMODCACHE=${GOMODCACHE:-$CACHE/go/mod}
-export GOCACHE=${GOCACHE:-$CACHE/go/build}
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-unset GOFLAGS
+use_cached_or_lock ready "$OUT"
+go_env
 
 log "cold build: cnitool $CNI_VERSION with $("$GO" version)"
 rm -rf "$ROOT/bin.new"

@@ -19,14 +19,9 @@ CACHE=${MIGNET_CACHE:-$HOME/.cache/mignet}
 ROOT=$CACHE/whereabouts/$WA_VERSION
 OUT=$ROOT/bin/whereabouts
 
-log() { printf '[tools/whereabouts %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
-
-start=$(date +%s.%N)
-elapsed() { awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'; }
+TOOL=whereabouts
+# shellcheck source=tests/tools/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # A CNI plugin answers VERSION with a JSON list of supported versions.
 runs() {
@@ -34,31 +29,10 @@ runs() {
     out=$(CNI_COMMAND=VERSION "$1" </dev/null 2>&1 || true)
     grep -q 'supportedVersions' <<<"$out"
 }
+ready() { [[ -x $OUT ]] && runs "$OUT" && [[ -f $ROOT/crds/whereabouts.cni.cncf.io_ippools.yaml ]]; }
 
-if [[ -x $OUT ]] && runs "$OUT" && [[ -f $ROOT/crds/whereabouts.cni.cncf.io_ippools.yaml ]]; then
-    log "warm: cached whereabouts $WA_VERSION ($(elapsed)s)"
-    echo "$OUT"
-    exit 0
-fi
-
-mkdir -p "$ROOT"
-exec 9>"$ROOT/build.lock"
-flock 9
-if [[ -x $OUT ]] && runs "$OUT" && [[ -f $ROOT/crds/whereabouts.cni.cncf.io_ippools.yaml ]]; then
-    log "warm: another process built it meanwhile ($(elapsed)s)"
-    echo "$OUT"
-    exit 0
-fi
-
-GO=${GO:-}
-if [[ -z $GO ]]; then
-    if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else GO=$(command -v go) || die "no Go toolchain"; fi
-fi
-export GOMODCACHE=${GOMODCACHE:-$CACHE/go/mod}
-export GOCACHE=${GOCACHE:-$CACHE/go/build}
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-unset GOFLAGS
+use_cached_or_lock ready "$OUT"
+go_env
 
 log "cold build: whereabouts $WA_VERSION with $("$GO" version)"
 modjson=$("$GO" mod download -json "$WA_MOD@$WA_VERSION") || die "go mod download $WA_MOD@$WA_VERSION failed"
