@@ -1,7 +1,7 @@
-//! The lab's control loop in-process, watched through the store's event
-//! channel: a network change restarts the agent pods one node at a time
-//! (never two down at once), and the agent runtime hook sees each pod's
-//! migration address (root).
+//! The lab's control loop in-process: a network change restarts the agent
+//! pods one node at a time (never two down at once, judged from the
+//! kubelet's recorded history, not from a lossy event stream), and the agent
+//! runtime hook sees each pod's migration address (root).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use mignet::cli::{run_on, Verb};
+use mignet::lab::history::{self, PodStep};
 use mignet::lab::kubelet::{AgentPod, AgentRuntime};
 use mignet::lab::{daemon, lifecycle, LabConfig, LAB_NAMESPACE};
-use mignet::store::{EventType, Store};
+use mignet::store::Store;
 use serde_json::Value;
-use tokio::sync::broadcast::error::TryRecvError;
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(&'static str, AgentPod)>>);
@@ -96,7 +97,9 @@ fn network_change_rolls_agents_one_node_at_a_time() {
         thread: Some(thread),
     };
     assert!(lifecycle::wait_for_agents(&cfg, Duration::from_secs(60)).unwrap());
-    let mut rx = store.subscribe();
+    // Everything before this point is the lab coming up; the roll is what
+    // the kubelet records after it.
+    let before = history::read(&cfg.dir).unwrap().len();
     recorder.0.lock().unwrap().clear();
 
     for f in ["nad.yaml", "hyperconverged.yaml"] {
@@ -110,53 +113,67 @@ fn network_change_rolls_agents_one_node_at_a_time() {
         .unwrap();
     }
 
-    // Follow every Pod change until all three are back, Ready, on the network.
-    let mut down: BTreeSet<String> = BTreeSet::new();
-    let mut max_down = 0;
-    let mut restart_order: Vec<String> = Vec::new();
-    let mut ready_on_network: BTreeSet<String> = BTreeSet::new();
+    // Wait until the kubelet's history (written after each pod's Ready
+    // status) shows all three pods back on the network; the history holds
+    // every step in the order it was taken, so judging the roll from it is
+    // exact however late this thread looks.
+    let on_network = |e: &history::PodEvent| {
+        e.step == PodStep::Ready && e.networks.as_deref() == Some("my-secondary-network@migration0")
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ready_on_network.len() < 3 {
+    let events = loop {
+        let events = history::read(&cfg.dir).unwrap().split_off(before);
+        let back: BTreeSet<&str> = events
+            .iter()
+            .filter(|e| on_network(e))
+            .map(|e| e.node.as_str())
+            .collect();
+        if back.len() == 3 {
+            break events;
+        }
         assert!(
             Instant::now() < deadline,
-            "rollout did not finish; order so far {restart_order:?}"
+            "rollout did not finish; history since the change: {events:#?}"
         );
-        let ev = match rx.try_recv() {
-            Ok(ev) => ev,
-            Err(TryRecvError::Empty) => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(e) => panic!("event stream: {e:?}"),
-        };
-        if ev.key.kind != "Pod" {
-            continue;
-        }
-        let node = ev.key.name.trim_start_matches("mignet-agent-").to_owned();
-        match ev.type_ {
-            EventType::Deleted => {
-                down.insert(node.clone());
-                restart_order.push(node);
-            }
-            EventType::Added => {
-                down.insert(node);
-            }
-            EventType::Modified if pod_ready(&ev.object) => {
-                down.remove(&node);
-                let networks = ev
-                    .object
-                    .pointer("/metadata/annotations/k8s.v1.cni.cncf.io~1networks")
-                    .and_then(Value::as_str);
-                if networks == Some("my-secondary-network@migration0") {
-                    ready_on_network.insert(node);
-                }
-            }
-            EventType::Modified => {}
-        }
-        max_down = max_down.max(down.len());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The store agrees: every pod Ready with the network annotation.
+    for p in store.list::<Pod>(Some(LAB_NAMESPACE)).unwrap() {
+        let v = serde_json::to_value(&p).unwrap();
+        assert!(pod_ready(&v), "{v}");
+        assert_eq!(
+            v.pointer("/metadata/annotations/k8s.v1.cni.cncf.io~1networks")
+                .and_then(Value::as_str),
+            Some("my-secondary-network@migration0")
+        );
     }
-    assert_eq!(max_down, 1, "maxUnavailable = 1");
-    assert_eq!(restart_order, vec!["node1", "node2", "node3"]);
+    let a = history::availability(&events);
+    assert_eq!(a.max_down, 1, "maxUnavailable = 1: {events:?}");
+    assert_eq!(a.stop_order, vec!["node1", "node2", "node3"]);
+    assert_eq!(a.ready_order, vec!["node1", "node2", "node3"]);
+    assert!(a.down_at_end.is_empty(), "{a:?}");
+    // Each pod came back with the new network annotation.
+    for e in events.iter().filter(|e| e.step == PodStep::Ready) {
+        assert_eq!(
+            e.networks.as_deref(),
+            Some("my-secondary-network@migration0"),
+            "{e:?}"
+        );
+    }
+    // Stop, stopped, start, ready: strictly per node, never interleaved.
+    let steps: Vec<(PodStep, &str)> = events.iter().map(|e| (e.step, e.node.as_str())).collect();
+    let want: Vec<(PodStep, &str)> = ["node1", "node2", "node3"]
+        .into_iter()
+        .flat_map(|n| {
+            [
+                (PodStep::Stopping, n),
+                (PodStep::Stopped, n),
+                (PodStep::Starting, n),
+                (PodStep::Ready, n),
+            ]
+        })
+        .collect();
+    assert_eq!(steps, want);
 
     // The runtime hook: stopped, then started with the pod's migration0
     // address, per node in the same order.

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use super::annotation;
 use super::cni::CniCall;
+use super::history::{self, PodStep};
 use super::state::LabState;
 use super::topology::add_namespace;
 use super::{ip, netns_exists, netns_path, plan, LabConfig, LabError};
@@ -281,6 +282,13 @@ impl<'a> Kubelet<'a> {
             },
         }))
         .expect("static pod shape");
+        history::record(
+            &self.cfg.dir,
+            node,
+            &name,
+            PodStep::Starting,
+            want.0.as_deref(),
+        );
         let mut pod = self.store.create(&pod)?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         info!(%node, pod = %name, networks = ?want.0, "starting agent pod");
@@ -434,6 +442,12 @@ impl<'a> Kubelet<'a> {
             }],
         });
         self.store.update_status_value(v)?;
+        let step = if failure.is_none() {
+            PodStep::Ready
+        } else {
+            PodStep::NotReady
+        };
+        history::record(&self.cfg.dir, node, &name, step, want.0.as_deref());
         Ok(failure.is_none())
     }
 
@@ -477,6 +491,7 @@ impl<'a> Kubelet<'a> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let agent_ns = self.cfg.agent_ns(node);
         info!(%node, pod = %name, "stopping agent pod");
+        history::record(&self.cfg.dir, node, &name, PodStep::Stopping, None);
         self.runtime.stop(&AgentPod {
             node: node.to_owned(),
             pod_name: name.clone(),
@@ -514,6 +529,7 @@ impl<'a> Kubelet<'a> {
                 warn!(pod = %name, error = %e, "deleting pod object failed");
             }
         }
+        history::record(&self.cfg.dir, node, &name, PodStep::Stopped, None);
     }
 }
 

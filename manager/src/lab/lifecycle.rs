@@ -184,6 +184,7 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
         cfg.store_dir(),
         cfg.dir.join("agents"),
         cfg.dir.join("pki"),
+        super::history::history_file(&cfg.dir),
     ] {
         if p.exists() {
             out.push(format!("file {}", p.display()));

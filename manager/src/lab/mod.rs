@@ -9,6 +9,8 @@
 //! - [`kubelet`]: kubelet + Multus for the agent DaemonSet: one agent pod
 //!   (a namespace) per node, secondary networks attached by exec'ing the CNI
 //!   binaries the NAD names, rolled one node at a time on change.
+//! - [`history`]: the kubelet's record of every agent pod stop/start, read
+//!   to check a roll kept at most one agent down.
 //! - [`scheduler`]: places new VMIs on the least-loaded schedulable node.
 //! - [`daemon`]: the loop that runs the above (and, in full, the migration
 //!   controller and the node agents) until stopped.
@@ -21,6 +23,7 @@ pub mod annotation;
 pub mod cni;
 pub mod daemon;
 pub mod demo;
+pub mod history;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod rollout;

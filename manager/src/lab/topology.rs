@@ -153,6 +153,7 @@ pub fn down(dir: &std::path::Path) -> Result<DownReport, LabError> {
     }
     for f in [
         cfg.log_file(),
+        super::history::history_file(dir),
         super::state::lock_path(dir),
         cfg.state_file(),
     ] {
