@@ -13,6 +13,8 @@
 //!   per-node limits, and why the others wait.
 //! - [`drain`]: what a drained node does with each VMI, and which pending
 //!   evacuations an uncordon cancels.
+//! - [`vm`]: VirtualMachine -> VirtualMachineInstance by run strategy, the
+//!   VM's printable status, and VMIs whose VM is gone.
 //! - [`cancel`]: the steps of cancelling a deleted VMIM (finalizer, abort
 //!   request, abort status) and the evacuation retry backoff.
 //!
@@ -28,6 +30,7 @@ pub mod lifecycle;
 pub mod migratable;
 pub mod model;
 pub mod scheduler;
+pub mod vm;
 
 pub use admission::{admit, Refusal};
 pub use cancel::{evacuation_not_before, on_delete, AbortStatus, CancelStep};
