@@ -114,47 +114,85 @@ struct AgentArgs {
 /// Flags of `mignet console` (see manager/src/console/README.md).
 #[derive(clap::Args)]
 struct ConsoleArgs {
+    /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: std::net::SocketAddr,
-    /// Lab mode: `token,user[,group...]` lines; group `admins` or
-    /// `system:masters` = administrator. Without it: Kubernetes tokens
-    /// (TokenReview + SubjectAccessReview).
+    /// `token,user[,group...]` lines; group `admins` or `system:masters` =
+    /// administrator. Lab mode default: `<lab dir>/pki/console-tokens.csv`,
+    /// created with an `admin` and a `viewer` token if missing. Cluster
+    /// mode without it: Kubernetes tokens (TokenReview + SubjectAccessReview).
     #[arg(long)]
     tokens: Option<PathBuf>,
-    /// Lab mode: the lab's directory (its store); without it the cluster
-    /// from the kubeconfig / in-cluster config.
+    /// Lab mode on the lab in $MIGNET_LAB_DIR (default /var/lib/mignet/lab).
+    #[arg(long, conflicts_with = "lab_dir")]
+    lab: bool,
+    /// Lab mode on the lab in this directory. Without `--lab` or
+    /// `--lab-dir`: the cluster from the kubeconfig / in-cluster config.
     #[arg(long)]
     lab_dir: Option<PathBuf>,
 }
 
 async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
-    use mignet::console::{Authenticator, KubeAuthenticator, TokenFile};
-    let auth: Arc<dyn Authenticator> = match &a.tokens {
-        Some(p) => Arc::new(TokenFile::load(p)?),
-        None => Arc::new(KubeAuthenticator::new(
-            kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (no --tokens file given)")?,
-        )),
+    use mignet::console::{auth, Authenticator, KubeAuthenticator, TokenFile};
+    let lab_dir = match (a.lab, a.lab_dir) {
+        (_, Some(dir)) => Some(dir),
+        (true, None) => Some(mignet::lab::LabConfig::dir_from_env()),
+        (false, None) => None,
     };
-    let console = match &a.lab_dir {
-        Some(dir) => {
-            let store = Arc::new(mignet::lab::open_store(dir)?);
-            let backend = mignet::backend::LocalBackend::new(store);
-            mignet::console::serve(a.listen, backend, auth).await?
-        }
-        None => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API")?;
-            let backend = mignet::backend::KubeBackend::new(client, None);
-            mignet::console::serve(a.listen, backend, auth).await?
-        }
+    // The `mignet console:` lines say where to go (tests read them); the
+    // log says what happens.
+    let console = if let Some(dir) = lab_dir {
+        // Lab mode never asks a cluster: tokens always come from a file.
+        let store = Arc::new(mignet::lab::open_store(&dir)?);
+        let (tokens, path) = match a.tokens {
+            Some(p) => (TokenFile::load(&p)?, p),
+            None => {
+                let p = auth::lab_tokens_path(&dir);
+                let (t, created) = TokenFile::load_or_create(&p)?;
+                if created {
+                    println!("mignet console: created {}", p.display());
+                }
+                (t, p)
+            }
+        };
+        let users: Vec<String> = tokens
+            .users()
+            .into_iter()
+            .map(|(u, admin)| {
+                if admin {
+                    format!("{u} (administrator)")
+                } else {
+                    u
+                }
+            })
+            .collect();
+        println!(
+            "mignet console: lab {}, tokens in {} for {}",
+            dir.display(),
+            path.display(),
+            users.join(", ")
+        );
+        let backend = mignet::backend::LocalBackend::new(store);
+        mignet::console::serve(a.listen, backend, Arc::new(tokens)).await?
+    } else {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let auth: Arc<dyn Authenticator> = match &a.tokens {
+            Some(p) => Arc::new(TokenFile::load(p)?),
+            None => Arc::new(KubeAuthenticator::new(client.clone())),
+        };
+        let backend = mignet::backend::KubeBackend::new(client, None);
+        mignet::console::serve(a.listen, backend, auth).await?
     };
-    tracing::info!(addr = %console.addr, "console: serving on http://{}/", console.addr);
+    println!("mignet console: open http://{}/", console.addr);
+    tracing::info!(addr = %console.addr, "console: serving");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = console.wait() => anyhow::bail!("the console server stopped"),
         _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = sigterm.recv() => Ok(()),
     }
 }
 

@@ -55,6 +55,12 @@ pub enum AuthError {
         #[source]
         source: kube::Error,
     },
+    #[error("writing the tokens file {path}")]
+    WriteTokens {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading random bytes for a session id")]
     Random(#[source] std::io::Error),
 }
@@ -146,6 +152,78 @@ impl TokenFile {
             }
         }
         found
+    }
+}
+
+/// The users of a tokens file made by [`TokenFile::load_or_create`].
+pub const LAB_ADMIN_USER: &str = "admin";
+pub const LAB_VIEWER_USER: &str = "viewer";
+
+/// The tokens file of a lab (`<lab dir>/pki/console-tokens.csv`): beside
+/// the lab's CA key, so `mignet lab down` removes it with the lab.
+pub fn lab_tokens_path(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("pki").join("console-tokens.csv")
+}
+
+/// The text of a new tokens file: an administrator and a viewer with
+/// fresh random tokens.
+fn lab_tokens_text() -> Result<String, AuthError> {
+    Ok(format!(
+        "# token,user[,group...]   written by `mignet console` for this lab; group admins = administrator\n\
+         {},{LAB_ADMIN_USER},admins\n\
+         {},{LAB_VIEWER_USER}\n",
+        random_hex()?,
+        random_hex()?
+    ))
+}
+
+impl TokenFile {
+    /// Load `path`, or create it first (mode 0600, in a 0700 directory)
+    /// with an administrator and a viewer token when it does not exist.
+    /// Returns whether it was created. An existing file is never
+    /// rewritten: tokens handed out stay valid.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), AuthError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        let write_err = |source| AuthError::WriteTokens {
+            path: path.to_owned(),
+            source,
+        };
+        let created = match path.parent() {
+            Some(dir) if !path.exists() => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(write_err)?;
+                // create_new: if another console raced us to it, use theirs.
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                {
+                    Ok(mut f) => {
+                        f.write_all(lab_tokens_text()?.as_bytes())
+                            .and_then(|()| f.sync_all())
+                            .map_err(write_err)?;
+                        true
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(write_err(e)),
+                }
+            }
+            _ => false,
+        };
+        Ok((Self::load(path)?, created))
+    }
+
+    /// User names and whether each is an administrator (no tokens).
+    pub fn users(&self) -> Vec<(String, bool)> {
+        self.entries
+            .iter()
+            .map(|(_, u)| (u.name.clone(), u.admin))
+            .collect()
     }
 }
 
@@ -361,5 +439,41 @@ mod tests {
         assert_ne!(sa.csrf, s.get(&b).unwrap().csrf);
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.get(&a).is_none());
+    }
+
+    #[test]
+    fn lab_tokens_file_is_created_private_once_and_then_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("mignet-auth-{}", std::process::id()));
+        let path = lab_tokens_path(&dir);
+        let (f, created) = TokenFile::load_or_create(&path).unwrap();
+        assert!(created);
+        assert_eq!(
+            f.users(),
+            vec![
+                (LAB_ADMIN_USER.to_owned(), true),
+                (LAB_VIEWER_USER.to_owned(), false)
+            ]
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Distinct 64-hex-digit tokens; none is printed by Debug.
+        let tokens: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        assert_eq!(tokens.len(), 2);
+        assert_ne!(tokens[0], tokens[1]);
+        assert!(tokens.iter().all(|t| t.len() == 64));
+        assert!(!format!("{f:?}").contains(tokens[0]));
+        // A second start keeps the file (and so the tokens handed out).
+        let (g, created) = TokenFile::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(g.lookup(tokens[0]).map(|u| u.admin), Some(true));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,10 @@
-//! Support for the console tests: a lab-like setup on a local store (the
-//! migration controller and the simulated agents of `control_common`
-//! in-process, so migrations really go through the protocol), the console
-//! server, headless Chromium through chromedriver, and a raw HTTP client.
+//! Support for the console tests: headless Chromium through chromedriver,
+//! a raw HTTP client, and, for the HTTP-level tests (`console_http`), a
+//! lab-like setup on a local store (the migration controller and the
+//! simulated agents of `control_common` in-process, so migrations really
+//! go through the protocol) with the console served in-process. The
+//! browser tests use the real lab instead: `lab.rs` (included by
+//! `console_browser.rs` with `#[path]`, as only it needs `lab_common`).
 
 #![allow(dead_code)]
 
