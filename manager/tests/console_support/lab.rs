@@ -163,9 +163,17 @@ impl std::ops::Deref for Turn {
     }
 }
 
+/// Set when creating the lab failed: later tests fail at once instead of
+/// each waiting minutes for the same fault.
+static CREATE_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Wait for the lab (creating it on first use).
 pub async fn turn() -> Turn {
     let guard = TURN.lock().await;
+    assert!(
+        !CREATE_FAILED.load(Ordering::SeqCst),
+        "the shared lab failed to start in an earlier test (see that test's failure)"
+    );
     let existing = SHARED.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let lab = match existing {
         Some(l) => l,
@@ -174,7 +182,10 @@ pub async fn turn() -> Turn {
             // what it made (the guard inside) and fails this test.
             let l = tokio::task::spawn_blocking(SharedLab::create)
                 .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                .unwrap_or_else(|e| {
+                    CREATE_FAILED.store(true, Ordering::SeqCst);
+                    std::panic::resume_unwind(e.into_panic())
+                });
             let l = Arc::new(l);
             *SHARED.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
             l
