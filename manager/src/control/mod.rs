@@ -21,6 +21,7 @@
 //! time could each fill the free slots.
 
 pub mod views;
+pub mod vm;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,8 +36,9 @@ use policy::{ClusterIndex, DrainAction, Limits, ObjectKey, Snapshot};
 
 use crate::api::{
     HyperConverged, MigrationMethod, MigrationMode, MigrationPhase, PhaseTransitionTimestamp,
-    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
-    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus, VmiCondition,
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationState,
+    VirtualMachineInstanceMigrationStatus, VmiCondition,
 };
 use crate::backend::protocol::{
     self, DrainReport, DRAIN_REPORT_ANNOTATION, EVACUATION_ANNOTATION, FINALIZER,
@@ -116,6 +118,12 @@ pub struct Pass {
     pub evacuations_created: u32,
     pub evacuations_cancelled: u32,
     pub drain_reports_written: u32,
+    /// VMIs created for VirtualMachines (run strategy), adopted, and
+    /// deleted (stopped, restarted, or their VM gone).
+    pub vmis_created: u32,
+    pub vmis_adopted: u32,
+    pub vmis_deleted: u32,
+    pub vm_statuses_written: u32,
     /// Writes that lost a race (stale resourceVersion); the next pass
     /// redoes them, soon.
     pub conflicts: u32,
@@ -173,6 +181,7 @@ struct World {
     nodes: Vec<Node>,
     vmis: HashMap<ObjectKey, VirtualMachineInstance>,
     vmims: Vec<VirtualMachineInstanceMigration>,
+    vms: Vec<VirtualMachine>,
 }
 
 impl World {
@@ -243,11 +252,13 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
         .list(ns)
         .await
         .map_err(list_err("VirtualMachineInstanceMigration"))?;
+    let vms: Vec<VirtualMachine> = backend.list(ns).await.map_err(list_err("VirtualMachine"))?;
     Ok(World {
         limits,
         nodes,
         vmis: vmis.into_iter().map(|v| (views::vmi_key(&v), v)).collect(),
         vmims,
+        vms,
     })
 }
 
@@ -290,7 +301,7 @@ pub fn enter_phase(m: &mut VirtualMachineInstanceMigration, phase: MigrationPhas
         });
 }
 
-fn set_condition(conds: &mut Vec<VmiCondition>, c: VmiCondition) -> bool {
+pub(crate) fn set_condition(conds: &mut Vec<VmiCondition>, c: VmiCondition) -> bool {
     match conds.iter_mut().find(|x| x.type_ == c.type_) {
         Some(x) if x.status == c.status && x.reason == c.reason && x.message == c.message => false,
         Some(x) => {
@@ -333,6 +344,8 @@ pub async fn reconcile_once<B: Backend>(
     schedule(backend, &mut w, &mut pass, now, &t).await?;
     live_migratable(backend, &mut w, &mut pass, &t).await?;
     drain(backend, settings, &mut w, &mut pass, now).await?;
+    // Last: a VM problem never holds up the migrations decided above.
+    virtual_machines(backend, &mut w, &mut pass, &t).await?;
     Ok(pass)
 }
 
@@ -888,4 +901,105 @@ async fn create_evacuation<B: Backend>(
             source: Box::new(source),
         }),
     }
+}
+
+// ------------------------------------------------- VirtualMachines
+
+/// KubeVirt's VM controller: each VM's run strategy decides whether its VMI
+/// (same name) is created, adopted or deleted (`mignet_policy::vm`); the
+/// VM's status follows its VMI; VMIs whose VM is gone are deleted (the lab
+/// store has no garbage collector; on an API server this is harmless).
+async fn virtual_machines<B: Backend>(
+    backend: &B,
+    w: &mut World,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<(), ControlError> {
+    use policy::vm::VmiAction;
+    for i in 0..w.vms.len() {
+        let vm = &w.vms[i];
+        let key = vm::vm_key(vm);
+        let decision =
+            policy::vm::decide_vm(&vm::vm_view(vm), &vm::vmi_state(vm, w.vmis.get(&key)));
+        match decision.action {
+            VmiAction::None => {}
+            VmiAction::Create => match backend.create(&vm::new_vmi(vm)).await {
+                Ok(v) => {
+                    pass.vmis_created += 1;
+                    w.vmis.insert(key.clone(), v);
+                }
+                // Someone made one since the list: the next pass sees it.
+                Err(BackendError::AlreadyExists { .. }) => pass.conflicts += 1,
+                Err(source) => {
+                    return Err(ControlError::Write {
+                        what: "VMI of VirtualMachine",
+                        key: key.to_string(),
+                        source: Box::new(source),
+                    })
+                }
+            },
+            VmiAction::Adopt => {
+                let owner = vm::owner_reference(vm);
+                let r = be::modify::<B, VirtualMachineInstance>(
+                    backend,
+                    &key.namespace,
+                    &key.name,
+                    move |v| {
+                        if vm::controller_of(v).is_some() {
+                            return false;
+                        }
+                        v.metadata
+                            .owner_references
+                            .get_or_insert_with(Vec::new)
+                            .push(owner.clone());
+                        true
+                    },
+                )
+                .await;
+                if let Some(Some(v)) = settle(r, pass, "VMI owner reference", &key)? {
+                    pass.vmis_adopted += 1;
+                    w.vmis.insert(key.clone(), v);
+                }
+            }
+            VmiAction::Delete => {
+                let r = backend
+                    .delete::<VirtualMachineInstance>(&key.namespace, &key.name)
+                    .await;
+                if settle(r, pass, "VMI of VirtualMachine", &key)?.is_some() {
+                    pass.vmis_deleted += 1;
+                }
+            }
+        }
+        let vm = &w.vms[i];
+        let next = vm::next_status(vm.status.as_ref(), &decision.status, t);
+        if vm.status.as_ref() != Some(&next) {
+            let mut updated = vm.clone();
+            updated.status = Some(next);
+            if let Some(v) = settle(
+                backend.replace_status(&updated).await,
+                pass,
+                "VirtualMachine status",
+                &key,
+            )? {
+                pass.vm_statuses_written += 1;
+                w.vms[i] = v;
+            }
+        }
+    }
+    let vms: Vec<(ObjectKey, String)> = w
+        .vms
+        .iter()
+        .map(|v| (vm::vm_key(v), v.metadata.uid.clone().unwrap_or_default()))
+        .collect();
+    let owned: Vec<_> = w.vmis.values().filter_map(vm::owned_vmi).collect();
+    for key in policy::vm::collect_orphans(&vms, &owned) {
+        let r = backend
+            .delete::<VirtualMachineInstance>(&key.namespace, &key.name)
+            .await;
+        if settle(r, pass, "VMI of a deleted VirtualMachine", &key)?.is_some() {
+            tracing::info!(vmi = %key, "its VirtualMachine is gone; deleting the VMI");
+            pass.vmis_deleted += 1;
+        }
+    }
+    Ok(())
 }
