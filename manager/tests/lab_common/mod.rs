@@ -170,3 +170,29 @@ pub fn pid_alive(pid: i32) -> bool {
         .map(|s| !s.contains(") Z "))
         .unwrap_or(false)
 }
+
+/// The newest serial console of VMI `name` (namespace mignet-system) on
+/// `node`: each start or incoming migration gets a run directory of its own
+/// under `<lab>/agents/<node>/state/vms/`.
+pub fn serial_output(dir: &std::path::Path, node: &str, name: &str) -> String {
+    let vms = dir.join("agents").join(node).join("state/vms");
+    let needle = format!("mignet-system_{name}-");
+    std::fs::read_dir(&vms)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&needle))
+        .map(|e| e.path().join("serial.log"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .and_then(|(_, p)| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `tick N` a guest printed.
+pub fn last_tick(serial: &str) -> Option<u64> {
+    mignet_dataplane::qemu::testbed::ticks(serial)
+        .last()
+        .copied()
+}
