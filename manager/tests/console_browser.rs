@@ -60,7 +60,7 @@ async fn full_page_screenshot(br: &Browser, file: &str) {
 async fn admin_migrates_a_vm_from_the_list() {
     let lab = turn().await;
     // Slow enough (200 MiB at 32 MiB/s) for the list to show progress.
-    lab.edit_config(&["bandwidthPerMigration=32Mi", "progressTimeout-"]);
+    lab.config(&[("bandwidthPerMigration", "32Mi")]);
     let name = vm_name("list");
     let vm = lab.create_vm(&name);
     let idle = lab.create_vm(&vm_name("idle"));
@@ -167,7 +167,10 @@ async fn admin_migrates_a_vm_from_the_list() {
 async fn admin_cancels_a_slow_migration_from_the_details_page() {
     let lab = turn().await;
     // 200 MiB at 4 MiB/s: still running when cancelled.
-    lab.edit_config(&["bandwidthPerMigration=4Mi", "progressTimeout=3600"]);
+    lab.config(&[
+        ("bandwidthPerMigration", "4Mi"),
+        ("progressTimeout", "3600"),
+    ]);
     let name = vm_name("cancel");
     let _vm = lab.create_vm(&name);
     let node = lab.vmi_node(&name).unwrap();
@@ -282,7 +285,10 @@ async fn admin_cancels_a_slow_migration_from_the_details_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_admin_sees_migrate_and_is_refused() {
     let lab = turn().await;
-    lab.edit_config(&["bandwidthPerMigration=4Mi", "progressTimeout=3600"]);
+    lab.config(&[
+        ("bandwidthPerMigration", "4Mi"),
+        ("progressTimeout", "3600"),
+    ]);
     let name = vm_name("viewer");
     let _vm = lab.create_vm(&name);
     let r = row(&name);
@@ -368,6 +374,70 @@ async fn non_admin_sees_migrate_and_is_refused() {
     assert_eq!(ms[0].name_any(), format!("{name}-job"));
     assert!(ms[0].metadata.deletion_timestamp.is_none(), "not deleted");
     br.finish().await;
+}
+
+/// A migration that waits for a limit says why, in words, in the list;
+/// it starts once the running one is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_waiting_for_a_limit_says_why() {
+    let lab = turn().await;
+    lab.config(&[
+        ("parallelMigrationsPerCluster", "1"),
+        ("bandwidthPerMigration", "4Mi"),
+        ("progressTimeout", "3600"),
+    ]);
+    let (first, second) = (
+        lab.create_vm(&vm_name("first")),
+        lab.create_vm(&vm_name("second")),
+    );
+    let br = Browser::start().await;
+    br.login(&lab.console.base, ADMIN_TOKEN).await;
+    for vm in [&first, &second] {
+        let r = row(&vm.name);
+        br.wait_text(&format!("{r} .status"), |t| t == "Running")
+            .await;
+        br.click(&format!("{r} .kebab")).await;
+        br.click(&format!("{r} [data-action=migrate]")).await;
+        br.wait_text("#message", |t| {
+            t.contains("created") && t.contains(&vm.name)
+        })
+        .await;
+        br.wait_text(&format!("{r} .status"), |t| t == "Migrating")
+            .await;
+    }
+    br.wait_text(&format!("{} .mig-text", row(&first.name)), |t| {
+        t.starts_with("Running")
+    })
+    .await;
+    let note = br
+        .wait_text(&format!("{} .mig-note", row(&second.name)), |t| {
+            !t.is_empty()
+        })
+        .await;
+    println!("the waiting migration's note: {note}");
+    assert!(
+        note.starts_with("Waiting: ")
+            && note.ends_with("1 migrations running in the cluster (limit 1)"),
+        "{note}"
+    );
+    br.wait_text(&format!("{} .mig-text", row(&second.name)), |t| {
+        t == "Pending"
+    })
+    .await;
+    // Cancel the running one from the list: the waiting one starts.
+    br.click(&format!("{} .kebab", row(&first.name))).await;
+    br.click(&format!("{} [data-action=cancel]", row(&first.name)))
+        .await;
+    br.wait_text("#message", |t| t.contains("Cancelling migration"))
+        .await;
+    br.wait_text(&format!("{} .mig-text", row(&second.name)), |t| {
+        t.starts_with("Running")
+    })
+    .await;
+    br.wait_text(&format!("{} .status", row(&first.name)), |t| t == "Running")
+        .await;
+    br.finish().await;
+    drop((second, first));
 }
 
 /// d. At the HTTP level against the lab's console process: no token or a

@@ -270,10 +270,29 @@ impl SharedLab {
         &self.lab.dir
     }
 
-    /// `mignet edit-config KEY=VALUE...` on the lab's HyperConverged.
-    pub fn edit_config(&self, changes: &[&str]) {
+    /// `mignet edit-config` on the lab's HyperConverged: `set` keys get
+    /// their value, every other migration-limit key its default (`KEY-`),
+    /// so what an earlier test set never leaks into the next one.
+    pub fn config(&self, set: &[(&str, &str)]) {
+        const KEYS: [&str; 5] = [
+            "bandwidthPerMigration",
+            "completionTimeoutPerGiB",
+            "parallelMigrationsPerCluster",
+            "parallelOutboundMigrationsPerNode",
+            "progressTimeout",
+        ];
+        for (k, _) in set {
+            assert!(KEYS.contains(k), "unknown key {k}");
+        }
+        let changes: Vec<String> = KEYS
+            .iter()
+            .map(|k| match set.iter().find(|(s, _)| s == k) {
+                Some((_, v)) => format!("{k}={v}"),
+                None => format!("{k}-"),
+            })
+            .collect();
         let mut args = vec!["edit-config"];
-        args.extend_from_slice(changes);
+        args.extend(changes.iter().map(String::as_str));
         self.lab.ok(&args);
     }
 
