@@ -207,3 +207,9 @@ async fn kube_backend_keeps_the_contract() {
     let bed = Bed::new("ctl-contract").await;
     scenario_backend_semantics(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_machines_run_stop_and_go_with_their_vmis() {
+    let bed = Bed::new("ctl-vm").await;
+    scenario_vm_lifecycle(&bed.backend, bed.ns(), bed.ns()).await;
+}

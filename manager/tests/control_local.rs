@@ -91,3 +91,9 @@ async fn local_backend_keeps_the_contract() {
     let s = TempStore::new("contract");
     scenario_backend_semantics(&s.backend, NS, "contract").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_machines_run_stop_and_go_with_their_vmis() {
+    let s = TempStore::new("vm");
+    scenario_vm_lifecycle(&s.backend, NS, "vm").await;
+}

@@ -1116,3 +1116,193 @@ pub async fn scenario_backend_semantics<B: Backend>(b: &B, ns: &str, test: &str)
     // Cluster-scoped kinds ignore the namespace argument.
     assert!(b.get::<Node>(ns, &nodes[0]).await.unwrap().is_some());
 }
+
+// ------------------------------------------------- VirtualMachines
+
+async fn get_vm<B: Backend>(b: &B, ns: &str, name: &str) -> Option<mignet::api::VirtualMachine> {
+    b.get::<mignet::api::VirtualMachine>(ns, name)
+        .await
+        .expect("get VM")
+}
+
+/// The VM's (printableStatus, created, ready).
+async fn vm_status<B: Backend>(
+    b: &B,
+    ns: &str,
+    name: &str,
+) -> Option<(String, Option<bool>, Option<bool>)> {
+    let st = get_vm(b, ns, name).await?.status?;
+    Some((st.printable_status?, st.created, st.ready))
+}
+
+/// The controller's VM -> VMI step through the backend: Always creates an
+/// owned VMI from the template; the VM's status follows it (Starting,
+/// Running + ready, Migrating); Halted deletes it (Stopped); `running:
+/// true` starts it again; deleting the VM deletes its VMI; a VMI controlled
+/// by another object is never touched.
+pub async fn scenario_vm_lifecycle<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::api::{
+        RunStrategy, VirtualMachine, VirtualMachineInstanceTemplateSpec, VirtualMachineSpec,
+    };
+    let nodes = node_names(test, 1);
+    create_node(b, &node(&nodes[0], test, None)).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let mut vm = VirtualMachine::new(
+        "vm1",
+        VirtualMachineSpec {
+            running: None,
+            run_strategy: Some(RunStrategy::Always),
+            template: VirtualMachineInstanceTemplateSpec {
+                metadata: Some(serde_json::json!({"labels": {"app": "vm1"}})),
+                spec: VirtualMachineInstanceSpec {
+                    domain: DomainSpec {
+                        memory: Some(Memory {
+                            guest: Some("1Gi".into()),
+                        }),
+                        ..Default::default()
+                    },
+                    eviction_strategy: Some(EvictionStrategy::LiveMigrate),
+                    volumes: Vec::new(),
+                },
+            },
+        },
+    );
+    vm.metadata.namespace = Some(ns.to_owned());
+    let vm = b.create(&vm).await.expect("create VM");
+    let t = Duration::from_secs(15);
+
+    let vmi = eventually(t, "VMI created for the VM", || async {
+        b.get::<VirtualMachineInstance>(ns, "vm1").await.unwrap()
+    })
+    .await;
+    let owner = &vmi.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("VirtualMachine", "vm1", Some(true))
+    );
+    assert_eq!(Some(&owner.uid), vm.metadata.uid.as_ref());
+    assert_eq!(vmi.labels()["app"], "vm1");
+    assert_eq!(vmi.spec, vm.spec.template.spec);
+    eventually(t, "VM Starting, created", || async {
+        (vm_status(b, ns, "vm1").await? == ("Starting".into(), Some(true), None)).then_some(())
+    })
+    .await;
+
+    // Play scheduler + agent: Running on the node.
+    let running = |phase: VmiPhase, migrating: bool| {
+        let node = nodes[0].clone();
+        move |v: &mut VirtualMachineInstance| {
+            let st = v.status.get_or_insert_with(Default::default);
+            st.phase = Some(phase);
+            st.node_name = Some(node.clone());
+            st.migration_state =
+                migrating.then(|| mignet::api::VirtualMachineInstanceMigrationState {
+                    start_timestamp: Some(now()),
+                    ..Default::default()
+                });
+            true
+        }
+    };
+    mignet::backend::modify_status(b, ns, "vm1", running(VmiPhase::Running, false))
+        .await
+        .unwrap();
+    eventually(t, "VM Running, ready", || async {
+        (vm_status(b, ns, "vm1").await? == ("Running".into(), Some(true), Some(true))).then_some(())
+    })
+    .await;
+    let ready = get_vm(b, ns, "vm1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions;
+    assert!(
+        ready
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "{ready:?}"
+    );
+    mignet::backend::modify_status(b, ns, "vm1", running(VmiPhase::Running, true))
+        .await
+        .unwrap();
+    eventually(t, "VM Migrating", || async {
+        (vm_status(b, ns, "vm1").await?.0 == "Migrating").then_some(())
+    })
+    .await;
+
+    // Halted: the VMI goes; the VM is Stopped.
+    mignet::backend::modify(b, ns, "vm1", |v: &mut VirtualMachine| {
+        v.spec.run_strategy = Some(RunStrategy::Halted);
+        true
+    })
+    .await
+    .unwrap();
+    eventually(t, "VMI deleted, VM Stopped", || async {
+        let gone = b
+            .get::<VirtualMachineInstance>(ns, "vm1")
+            .await
+            .unwrap()
+            .is_none();
+        (gone && vm_status(b, ns, "vm1").await? == ("Stopped".into(), None, None)).then_some(())
+    })
+    .await;
+
+    // `running: true` (no runStrategy) starts it again.
+    mignet::backend::modify(b, ns, "vm1", |v: &mut VirtualMachine| {
+        v.spec.run_strategy = None;
+        v.spec.running = Some(true);
+        true
+    })
+    .await
+    .unwrap();
+    eventually(t, "VMI created again", || async {
+        b.get::<VirtualMachineInstance>(ns, "vm1").await.unwrap()
+    })
+    .await;
+
+    // Deleting the VM deletes its VMI.
+    b.delete::<VirtualMachine>(ns, "vm1").await.unwrap();
+    eventually(t, "VMI of the deleted VM gone", || async {
+        b.get::<VirtualMachineInstance>(ns, "vm1")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // A VMI controlled by something else: never touched, the VM says so.
+    let mut foreign = create_running_vmi(b, ns, "vm2", &nodes[0], VmiOpts::default()).await;
+    foreign.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "example.com/v1".into(),
+            kind: "Other".into(),
+            name: "x".into(),
+            uid: "0e0e0e0e-0000-0000-0000-000000000000".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        },
+    ]);
+    b.replace(&foreign).await.expect("set a foreign owner");
+    let mut vm2 = vm.clone();
+    vm2.metadata = ObjectMeta {
+        name: Some("vm2".into()),
+        namespace: Some(ns.to_owned()),
+        ..Default::default()
+    };
+    vm2.status = None;
+    b.create(&vm2).await.expect("create vm2");
+    eventually(t, "vm2 Unknown", || async {
+        (vm_status(b, ns, "vm2").await?.0 == "Unknown").then_some(())
+    })
+    .await;
+    b.delete::<VirtualMachine>(ns, "vm2").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        b.get::<VirtualMachineInstance>(ns, "vm2")
+            .await
+            .unwrap()
+            .is_some(),
+        "a VMI the VM never owned stays"
+    );
+}
