@@ -13,7 +13,14 @@
 //! `cargo bench -p mignet-dataplane --bench proxy_throughput`
 //! Env: `MIGNET_BENCH_GIB` (default 2) bytes per run; `MIGNET_BENCH_ROUNDS`
 //! (default 3); `MIGNET_BENCH_CAP_SECS` (default 8) seconds for the capped run;
-//! `MIGNET_BENCH_BUF_KIB` overrides the proxy's copy buffer (default 256).
+//! `MIGNET_BENCH_BUF_KIB` overrides the proxy's copy buffer (default 256);
+//! `MIGNET_BENCH_PATHS` (default `raw,plain,tls`) and `MIGNET_BENCH_CONNS`
+//! (default `1,4`) pick what to run, e.g. a single path under `perf record`.
+//!
+//! The CPU column is this process's user+system CPU-seconds per GiB carried
+//! (writers, readers, both proxies and the kernel work done on their behalf,
+//! read from /proc/self/stat): on a machine whose cores are all busy, the
+//! ratio of CPU per GiB is what the throughput ratio converges to.
 
 #[path = "../tests/proxy_support/mod.rs"]
 mod proxy_support;
@@ -249,9 +256,50 @@ fn bench_options() -> ProxyOptions {
     o
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
+}
+
+/// (user, system) CPU-seconds of this process so far.
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the parenthesised command name (which may hold spaces);
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick = |i: usize| f[i - 3].parse::<f64>().expect("tick count") / hz;
+    (tick(14), tick(15))
+}
+
+/// One measured run: wall time and CPU-seconds (user, system).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+struct Sample {
+    wall: Duration,
+    user: f64,
+    sys: f64,
+}
+
+fn measure(run: impl FnOnce() -> Duration) -> Sample {
+    let (u0, s0) = cpu_seconds();
+    let wall = run();
+    let (u1, s1) = cpu_seconds();
+    Sample {
+        wall,
+        user: u1 - u0,
+        sys: s1 - s0,
+    }
+}
+
+fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter(|s| s.parse::<T>().is_ok())
+        .map(str::to_string)
+        .collect()
 }
 
 fn rate(bytes: u64, d: Duration) -> f64 {
@@ -295,34 +343,65 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<34} {:>5} {:>9} {:>9} {:>12}",
-        "path", "conns", "seconds", "MiB/s", "vs raw TCP"
+        "{:<34} {:>5} {:>8} {:>8} {:>10} {:>14}",
+        "path", "conns", "seconds", "MiB/s", "vs raw TCP", "CPU s/GiB u+s"
     );
+    let paths = env_list::<String>("MIGNET_BENCH_PATHS", "raw,plain,tls");
+    let conns_list: Vec<usize> = env_list::<usize>("MIGNET_BENCH_CONNS", "1,4")
+        .iter()
+        .map(|c| c.parse().expect("filtered"))
+        .collect();
+    let gib_moved = total as f64 / (1024.0 * MIB);
     // Rounds interleave the three paths so background load hits them alike;
-    // the table shows medians.
-    for conns in [1usize, 4] {
-        let (mut raw, mut plain, mut prx) = (Vec::new(), Vec::new(), Vec::new());
+    // the table shows medians (by wall time).
+    for &conns in &conns_list {
+        let mut samples: Vec<(&str, Vec<Sample>)> = Vec::new();
         for _ in 0..rounds {
-            raw.push(raw_tcp(&src, &dst, total, conns));
-            plain.push(through_proxy(&src, &dst, total, conns, None, false));
-            prx.push(through_proxy(&src, &dst, total, conns, None, true));
+            for path in &paths {
+                let (name, s) = match path.as_str() {
+                    "raw" => (
+                        "raw TCP (plaintext)",
+                        measure(|| raw_tcp(&src, &dst, total, conns)),
+                    ),
+                    "plain" => (
+                        "same relay hops, plaintext (ref.)",
+                        measure(|| through_proxy(&src, &dst, total, conns, None, false)),
+                    ),
+                    "tls" => (
+                        "unix->mTLS proxy->TCP->proxy->unix",
+                        measure(|| through_proxy(&src, &dst, total, conns, None, true)),
+                    ),
+                    other => panic!("MIGNET_BENCH_PATHS: unknown path {other}"),
+                };
+                match samples.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => v.push(s),
+                    None => samples.push((name, vec![s])),
+                }
+            }
         }
-        let (raw, plain, prx) = (median(raw), median(plain), median(prx));
-        let r = rate(total, raw);
-        for (name, d) in [
-            ("raw TCP (plaintext)", raw),
-            ("same relay hops, plaintext (ref.)", plain),
-            ("unix->mTLS proxy->TCP->proxy->unix", prx),
-        ] {
+        let medians: Vec<(&str, Sample)> =
+            samples.into_iter().map(|(n, v)| (n, median(v))).collect();
+        let raw = medians
+            .iter()
+            .find(|(n, _)| n.starts_with("raw"))
+            .map(|(_, s)| rate(total, s.wall));
+        for (name, s) in medians {
+            let r = rate(total, s.wall);
             println!(
-                "{:<34} {:>5} {:>9.2} {:>9.1} {:>12.3}",
+                "{:<34} {:>5} {:>8.2} {:>8.1} {:>10} {:>5.2}+{:<5.2}={:.2}",
                 name,
                 conns,
-                d.as_secs_f64(),
-                rate(total, d),
-                rate(total, d) / r
+                s.wall.as_secs_f64(),
+                r,
+                raw.map_or("-".to_string(), |raw| format!("{:.3}", r / raw)),
+                s.user / gib_moved,
+                s.sys / gib_moved,
+                (s.user + s.sys) / gib_moved
             );
         }
+    }
+    if std::env::var("MIGNET_BENCH_CAP_SECS").as_deref() == Ok("0") {
+        return;
     }
     let cap = 64u64 << 20;
     let capped_total = (cap as f64 * cap_secs) as u64;
@@ -330,7 +409,7 @@ fn main() {
         let d = through_proxy(&src, &dst, capped_total, conns, Some(cap), true);
         let r = rate(capped_total, d);
         println!(
-            "{:<34} {:>5} {:>9.2} {:>9.1} {:>11.1}%",
+            "{:<34} {:>5} {:>8.2} {:>8.1} {:>9.1}%",
             "proxy with 64 MiB/s cap (vs cap)",
             conns,
             d.as_secs_f64(),

@@ -5,4 +5,6 @@ pub mod migration_ip;
 pub mod monitor;
 pub mod proxy;
 pub mod qemu;
+pub mod record;
+pub mod session;
 pub mod tls;

@@ -14,7 +14,11 @@
 //! - Half-close is carried through: EOF on one side becomes a write shutdown
 //!   (TLS close_notify + TCP FIN, or unix SHUT_WR) on the other, and the other
 //!   direction keeps flowing until it ends too.
-//! - One tokio task per connection, no threads; byte counters are shared atomics.
+//! - rustls does each handshake; records are then sealed and opened in place
+//!   in our buffers (`session.rs`, `record.rs`), which saves three to four
+//!   copies of every byte against a buffered rustls stream.
+//! - One tokio task per direction of each connection, no threads; byte
+//!   counters are shared atomics.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,8 +32,8 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::session::{self, Direction, Which};
 use crate::tls::ReloadingTls;
 
 /// Timeouts and socket tuning.
@@ -46,7 +50,8 @@ pub struct ProxyOptions {
     /// TCP_USER_TIMEOUT: unacknowledged data older than this kills the
     /// connection, so a vanished peer fails the migration instead of hanging it.
     pub user_timeout: Duration,
-    /// Copy buffer per direction; large buffers mean fewer syscalls and full TLS records.
+    /// Bytes per batch and direction: plaintext read per readv (in 16 KiB
+    /// records) and ciphertext per read; large batches mean fewer syscalls.
     pub buffer_size: usize,
     /// Source side: bind outgoing connections to this address (the migration IP)
     /// so they cannot leave through another interface.
@@ -296,7 +301,7 @@ async fn source_connection(
     seq: u32,
     target: SocketAddr,
     tls: &ReloadingTls,
-    counters: &MigrationCounters,
+    counters: &Arc<MigrationCounters>,
     opts: &ProxyOptions,
 ) -> Result<(), ProxyError> {
     let connect = async {
@@ -321,12 +326,12 @@ async fn source_connection(
         peer: target,
         source,
     })?;
-    let connector = TlsConnector::from(tls.current().client.clone());
     let stream = tokio::time::timeout(
         opts.handshake_timeout,
-        connector.connect(
+        session::connect(
+            tcp,
+            tls.current().client.clone(),
             ServerName::IpAddress(target.ip().into()),
-            buffered(tcp, opts.buffer_size),
         ),
     )
     .await
@@ -335,36 +340,36 @@ async fn source_connection(
         peer: target,
         source,
     })?;
-    // rustls takes 64 KiB of plaintext per write by default; room for two copy
-    // buffers turns one `write_all` into one vectored socket write.
     let mut stream = stream;
     stream
-        .get_mut()
-        .1
-        .set_buffer_limit(Some(2 * opts.buffer_size));
-    let header = async {
-        stream.write_all(&stream_header(seq)).await?;
-        stream.flush().await
-    };
-    header.await.map_err(|source| ProxyError::Relay {
-        peer: target,
-        source,
-    })?;
+        .send(&stream_header(seq))
+        .await
+        .map_err(|source| ProxyError::Relay {
+            peer: target,
+            source,
+        })?;
     counters.connections.fetch_add(1, Ordering::Relaxed);
-    relay(
-        unix,
-        stream,
-        &counters.to_target,
-        &counters.from_target,
-        opts.buffer_size,
-        opts.rate_limit.as_deref(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| ProxyError::Relay {
-        peer: target,
-        source,
-    })
+    stream
+        .relay(
+            unix,
+            Direction {
+                counter: counters.clone(),
+                which: Which::ToTarget,
+                limit: opts.rate_limit.clone(),
+            },
+            Direction {
+                counter: counters.clone(),
+                which: Which::FromTarget,
+                limit: None,
+            },
+            opts.buffer_size,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|source| ProxyError::Relay {
+            peer: target,
+            source,
+        })
 }
 
 /// Target side: accept TLS connections on `listener` (bound to the migration IP),
@@ -410,7 +415,7 @@ async fn target_connection(
     qemu: PathBuf,
     tls: &ReloadingTls,
     order: &ConnectOrder,
-    counters: &MigrationCounters,
+    counters: &Arc<MigrationCounters>,
     opts: &ProxyOptions,
 ) -> Result<(), ProxyError> {
     let refused = |e| {
@@ -419,19 +424,17 @@ async fn target_connection(
     };
     tune_socket(&tcp, opts)
         .map_err(|source| refused(ProxyError::SocketOptions { peer, source }))?;
-    let acceptor = TlsAcceptor::from(tls.current().server.clone());
     // The handshake includes the client certificate and role check; only a
     // verified peer gets past this line.
     let stream = tokio::time::timeout(
         opts.handshake_timeout,
-        acceptor.accept(buffered(tcp, opts.buffer_size)),
+        session::accept(tcp, tls.current().server.clone()),
     )
     .await
     .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
     .map_err(|source| refused(ProxyError::Handshake { peer, source }))?;
     let mut stream = stream;
-    let mut header = [0u8; 8];
-    tokio::time::timeout(opts.handshake_timeout, stream.read_exact(&mut header))
+    let header = tokio::time::timeout(opts.handshake_timeout, stream.recv_exact::<8>())
         .await
         .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
         .map_err(|e| {
@@ -464,37 +467,33 @@ async fn target_connection(
             source,
         })
     })?;
-    // rustls takes 64 KiB of plaintext per write by default; room for two copy
-    // buffers turns one `write_all` into one vectored socket write.
-    stream
-        .get_mut()
-        .1
-        .set_buffer_limit(Some(2 * opts.buffer_size));
     counters.connections.fetch_add(1, Ordering::Relaxed);
-    relay(
-        stream,
-        unix,
-        &counters.to_target,
-        &counters.from_target,
-        opts.buffer_size,
-        opts.rate_limit.as_deref(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| {
-        counters.failed.fetch_add(1, Ordering::Relaxed);
-        ProxyError::Relay { peer, source }
-    })
+    stream
+        .relay(
+            unix,
+            Direction {
+                counter: counters.clone(),
+                which: Which::FromTarget,
+                limit: None,
+            },
+            Direction {
+                counter: counters.clone(),
+                which: Which::ToTarget,
+                limit: opts.rate_limit.clone(),
+            },
+            opts.buffer_size,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|source| {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            ProxyError::Relay { peer, source }
+        })
 }
 
-/// rustls pulls ciphertext from the socket 4 KiB at a time; a buffer below it
-/// turns that into one large `recv` per `size` bytes (writes pass straight through).
-fn buffered(tcp: TcpStream, size: usize) -> tokio::io::BufReader<TcpStream> {
-    tokio::io::BufReader::with_capacity(size, tcp)
-}
-
-/// Copy both directions until both have ended; EOF on one side shuts down
-/// writing on the other. Returns bytes copied (a to b, b to a).
+/// Plaintext relay (the benchmark's no-TLS reference path): copy both
+/// directions until both have ended; EOF on one side shuts down writing on the
+/// other. Returns bytes copied (a to b, b to a).
 pub async fn relay<A, B>(
     a: A,
     b: B,

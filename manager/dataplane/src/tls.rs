@@ -416,6 +416,10 @@ pub fn load_configs(
         .map_err(config_err)?;
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
+    // The proxy protects records itself once rustls has finished the
+    // handshake (session.rs); rustls hands the traffic keys over only when
+    // asked to here. They never leave the process.
+    server.enable_secret_extraction = true;
 
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(settings))
@@ -425,6 +429,7 @@ pub fn load_configs(
         .with_client_auth_cert(chain, key)
         .map_err(config_err)?;
     client.resumption = Resumption::disabled();
+    client.enable_secret_extraction = true;
 
     Ok(TlsConfigs {
         server: Arc::new(server),
