@@ -370,22 +370,9 @@ pub async fn modify<B: Backend, K: Kind>(
     backend: &B,
     namespace: &str,
     name: &str,
-    mut f: impl FnMut(&mut K) -> bool + Send,
+    f: impl FnMut(&mut K) -> bool + Send,
 ) -> Result<Option<K>, BackendError> {
-    loop {
-        let Some(mut obj) = backend.get::<K>(namespace, name).await? else {
-            return Ok(None);
-        };
-        if !f(&mut obj) {
-            return Ok(Some(obj));
-        }
-        match backend.replace(&obj).await {
-            Ok(o) => return Ok(Some(o)),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
+    modify_part(backend, namespace, name, Part::Object, f).await
 }
 
 /// Read-modify-write of the status with retries on conflict; as [`modify`].
@@ -393,6 +380,24 @@ pub async fn modify_status<B: Backend, K: Kind>(
     backend: &B,
     namespace: &str,
     name: &str,
+    f: impl FnMut(&mut K) -> bool + Send,
+) -> Result<Option<K>, BackendError> {
+    modify_part(backend, namespace, name, Part::Status, f).await
+}
+
+/// Which write a read-modify-write ends with: the API server keeps status
+/// apart from the rest, so one write never changes both.
+#[derive(Clone, Copy)]
+enum Part {
+    Object,
+    Status,
+}
+
+async fn modify_part<B: Backend, K: Kind>(
+    backend: &B,
+    namespace: &str,
+    name: &str,
+    part: Part,
     mut f: impl FnMut(&mut K) -> bool + Send,
 ) -> Result<Option<K>, BackendError> {
     loop {
@@ -402,7 +407,11 @@ pub async fn modify_status<B: Backend, K: Kind>(
         if !f(&mut obj) {
             return Ok(Some(obj));
         }
-        match backend.replace_status(&obj).await {
+        let written = match part {
+            Part::Object => backend.replace(&obj).await,
+            Part::Status => backend.replace_status(&obj).await,
+        };
+        match written {
             Ok(o) => return Ok(Some(o)),
             Err(e) if e.is_conflict() => continue,
             Err(e) if e.is_not_found() => return Ok(None),
