@@ -6,6 +6,12 @@
 //! ([`crate::backend::LocalBackend`]); the protocol it speaks with the node
 //! agents is described in [`crate::backend`].
 //!
+//! It also plays KubeVirt's VM controller ([`vm`], `mignet_policy::vm`):
+//! each VirtualMachine's run strategy creates, adopts or deletes the VMI of
+//! its name, the VM's status follows that VMI, and VMIs whose VM is gone are
+//! deleted. That step runs last in a pass, so a VM problem never holds up
+//! the migrations decided before it.
+//!
 //! # Why the limits hold
 //!
 //! Only this controller moves a VMIM out of Pending (agents only move
