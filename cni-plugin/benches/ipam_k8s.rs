@@ -90,6 +90,22 @@ struct Phase {
     wall: Duration,
     requests: u64,
     failures: BTreeMap<String, usize>,
+    /// Requests per "VERB resource code" during the phase.
+    kinds: BTreeMap<String, u64>,
+    /// CPU seconds of kube-apiserver and etcd during the phase.
+    server_cpu: Option<(f64, f64)>,
+    /// CPU seconds of the plugin processes (children of this bench).
+    plugin_cpu: f64,
+}
+
+/// CPU seconds (user + system) of this process's waited-for children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN is a valid selector, `ru` is valid memory.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Run `verb` for every (cid, args) over `workers` threads; returns the
@@ -100,7 +116,9 @@ fn phase(
     work: &[(String, String)],
     workers: usize,
 ) -> (Phase, Vec<(String, Option<String>)>) {
-    let before = k8s::apiserver_requests();
+    let before = k8s::apiserver_requests_by_kind();
+    let cpu_before = k8s::server_cpu_secs();
+    let plugin_before = children_cpu();
     let start = Instant::now();
     let chunk = work.len().div_ceil(workers);
     let results: Vec<(String, bool, String)> = std::thread::scope(|sc| {
@@ -123,13 +141,32 @@ fn phase(
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let wall = start.elapsed();
-    let requests = k8s::apiserver_requests().saturating_sub(before);
+    let plugin_cpu = children_cpu() - plugin_before;
+    let server_cpu = match (cpu_before, k8s::server_cpu_secs()) {
+        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1)),
+        _ => None,
+    };
+    let after = k8s::apiserver_requests_by_kind();
+    let kinds: BTreeMap<String, u64> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let requests = kinds.values().sum();
     let mut ph = Phase {
         ok: 0,
         attempted: results.len(),
         wall,
         requests,
         failures: BTreeMap::new(),
+        kinds,
+        server_cpu,
+        plugin_cpu,
     };
     let mut addrs = Vec::new();
     for (cid, ok, stdout) in results {
@@ -319,6 +356,33 @@ fn main() {
                 println!("  {} {what} failures x{n}: {msg}", r.name);
             }
         }
+    }
+    println!("where the time went (CPU seconds during the phase; the machine has 2 cores):");
+    for r in &rows {
+        for (what, ph) in [("ADD", &r.add), ("DEL", &r.del)] {
+            let (api, etcd) = ph.server_cpu.unwrap_or((f64::NAN, f64::NAN));
+            println!(
+                "  {:<12} {what}: wall {:.1} s, kube-apiserver {api:.1} s, etcd {etcd:.1} s, plugin processes {:.1} s",
+                r.name,
+                ph.wall.as_secs_f64(),
+                ph.plugin_cpu
+            );
+            let kinds: Vec<String> = ph
+                .kinds
+                .iter()
+                .filter(|(k, _)| {
+                    k.contains("ippools") || k.contains("overlapping") || k.contains("leases")
+                })
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            println!("    requests: {}", kinds.join(", "));
+        }
+    }
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!(
+            "load average at the end: {}",
+            l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
     }
     if rows.len() == 2 {
         let tput = |r: &Row| r.add.ok as f64 / r.add.wall.as_secs_f64();

@@ -33,7 +33,7 @@ use super::config::{IpRange, KubeConf, NetConf};
 use super::store::PoolKey;
 use crate::error::{plugin_codes, CniError, CniResult, Code};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -478,6 +478,99 @@ pub const POOL_LABEL: &str = "ipam.mignet.io/ippool";
 pub const RELEASE_LABEL: &str = "ipam.mignet.io/release";
 /// Annotation on our reservations: the offset in that pool.
 pub const OFFSET_ANNOTATION: &str = "ipam.mignet.io/offset";
+/// Label on our reservations: when they were made, in epochs of
+/// `CLAIM_EPOCH_SECS`. The pending-claim lookup selects the current and the
+/// previous epoch only, so it returns the few claims of ADDs in flight, not
+/// every reservation the pool ever got (the pool label stays on all of
+/// them). A claim older than that is either committed or its ADD commits it
+/// itself (a waiter writes after `MAX_WAITS`): the lookup only finds work
+/// to combine, correctness never depends on it.
+pub const EPOCH_LABEL: &str = "ipam.mignet.io/claim-epoch";
+/// Seconds per claim epoch.
+pub const CLAIM_EPOCH_SECS: u64 = 32;
+/// Field manager of every write, whichever name the binary was installed
+/// under.
+pub const FIELD_MANAGER: &str = "mignet-ipam";
+
+/// The current claim epoch.
+fn claim_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / CLAIM_EPOCH_SECS)
+        .unwrap_or(0)
+}
+
+/// The write of a pool: a JSON Patch that holds only on version `rv`
+/// (a `test` of `/metadata/resourceVersion`, as whereabouts writes), then
+/// adds, replaces or removes just the entries that differ from `old`.
+///
+/// Why a patch and not a PUT of the whole object with the same
+/// precondition: a failed test is rejected right after the server applied
+/// a few small ops to its cached copy, while a stale PUT is decoded and
+/// validated in full (300 entries) before etcd refuses it; and a good write
+/// sends a few hundred bytes instead of the pool. The first op resets
+/// `managedFields` (one empty entry is the documented reset): otherwise the
+/// server records every allocation key per writer there, which about
+/// doubles the object that every ADD reads and every write re-encodes.
+/// Nobody server-side-applies IPPools (whereabouts and we patch them), so
+/// that record has no reader.
+pub fn write_patch(old: &IPPoolSpec, rv: &str, new: &IPPoolSpec) -> serde_json::Value {
+    let mut ops = vec![
+        serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+        serde_json::json!({"op": "replace", "path": "/metadata/managedFields", "value": [{}]}),
+    ];
+    if old.allocations.is_empty() {
+        // The map may be absent on the server: write it whole.
+        ops.push(serde_json::json!({
+            "op": "add", "path": "/spec/allocations", "value": new.allocations
+        }));
+        return serde_json::Value::Array(ops);
+    }
+    for (k, a) in &new.allocations {
+        if old.allocations.get(k) != Some(a) {
+            ops.push(serde_json::json!({
+                "op": "add", "path": format!("/spec/allocations/{}", json_pointer_escape(k)), "value": a
+            }));
+        }
+    }
+    for k in old.allocations.keys() {
+        if !new.allocations.contains_key(k) {
+            ops.push(serde_json::json!({
+                "op": "remove", "path": format!("/spec/allocations/{}", json_pointer_escape(k))
+            }));
+        }
+    }
+    serde_json::Value::Array(ops)
+}
+
+/// RFC 6901: `~` and `/` in a key are escaped (foreign keys may hold any
+/// text).
+fn json_pointer_escape(k: &str) -> String {
+    k.replace('~', "~0").replace('/', "~1")
+}
+
+/// The label selector of the pending claims of pool `label` at `epoch`.
+pub fn pending_selector(label: &str, epoch: u64) -> String {
+    format!(
+        "{POOL_LABEL}={label},{EPOCH_LABEL} in ({epoch},{})",
+        epoch.saturating_sub(1)
+    )
+}
+
+/// A list served by the API server's watch cache (resourceVersion "0"):
+/// no etcd read, and only the matching objects are encoded. It may lag by
+/// a few milliseconds, which only means a claim made that recently is
+/// combined into the next write instead of this one.
+fn cached_list(selector: &str) -> ListParams {
+    ListParams::default().labels(selector).match_any()
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    }
+}
 
 /// The label value for a pool name, if it fits a label (63 characters);
 /// longer pool names get no label and so no combining, only plain commits.
@@ -491,8 +584,13 @@ pub fn pool_label(pool: &str) -> Option<String> {
     .then(|| pool.to_string())
 }
 
-/// Waits for a combining committer before writing oneself.
-const MAX_WAITS: u32 = 4;
+/// Quiet waits (no new pool version) for a combining committer before
+/// writing oneself.
+const MAX_WAITS: u32 = 3;
+/// Bounds of one quiet wait: 8 of our own round trips, so a committer
+/// slowed down by load is not taken over while it still works.
+const QUIET_MIN: Duration = Duration::from_millis(50);
+const QUIET_MAX: Duration = Duration::from_millis(400);
 
 /// Whether a pool entry (or a pending claim as one) is `owner`'s.
 fn entry_owned_by(a: &Allocation, owner: &Owner) -> bool {
@@ -506,6 +604,98 @@ fn new_entry(owner: &Owner) -> Allocation {
         ifname: owner.ifname.clone(),
         podref: owner.podref.clone().unwrap_or_default(),
     }
+}
+
+/// What a wait on the pool's watch saw.
+enum Change {
+    /// A version newer than the one waited on.
+    New(Box<(IPPool, ParsedPool)>),
+    /// Nothing happened within the wait.
+    Quiet,
+    /// The watch broke (or the pool went away): read again.
+    Unknown,
+}
+
+type PoolEvents = std::pin::Pin<
+    Box<dyn futures::Stream<Item = kube::Result<kube::api::WatchEvent<IPPool>>> + Send>,
+>;
+
+/// A watch on one pool, opened at the first wait and reused by later ones.
+#[derive(Default)]
+struct PoolWatch {
+    events: Option<PoolEvents>,
+    broken: bool,
+}
+
+impl PoolWatch {
+    /// Wait up to `wait` for a version of the pool newer than `seen`.
+    async fn next_change(
+        &mut self,
+        store: &KubeStore,
+        key: &PoolKey,
+        seen: &IPPool,
+        wait: Duration,
+    ) -> Change {
+        use futures::StreamExt;
+        if self.broken {
+            tokio::time::sleep(wait).await;
+            return Change::Unknown;
+        }
+        let seen_rv = seen.metadata.resource_version.clone().unwrap_or_default();
+        if self.events.is_none() {
+            let wp = kube::api::WatchParams::default()
+                .fields(&format!("metadata.name={}", key.name))
+                .timeout(ADD_BUDGET.as_secs() as u32);
+            match store.pools().watch(&wp, &seen_rv).await {
+                Ok(s) => self.events = Some(Box::pin(s)),
+                Err(_) => {
+                    self.broken = true;
+                    return Change::Unknown;
+                }
+            }
+        }
+        let events = self.events.as_mut().expect("opened above");
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, events.next()).await {
+                Err(_) => return Change::Quiet,
+                Ok(Some(Ok(
+                    kube::api::WatchEvent::Added(o) | kube::api::WatchEvent::Modified(o),
+                ))) => {
+                    // Versions are opaque strings: any other version than
+                    // the one we hold is news (the watch starts after it).
+                    if o.metadata.resource_version.as_deref() == Some(seen_rv.as_str()) {
+                        continue;
+                    }
+                    return match parse_pool(&key.name, &o.spec, key.subnet) {
+                        Ok(p) => Change::New(Box::new((o, p))),
+                        Err(_) => Change::Unknown,
+                    };
+                }
+                Ok(Some(Ok(kube::api::WatchEvent::Bookmark(_)))) => continue,
+                // Deleted, an error event (410 Gone), a broken stream.
+                Ok(_) => {
+                    self.events = None;
+                    self.broken = true;
+                    return Change::Unknown;
+                }
+            }
+        }
+    }
+}
+
+/// The offset to claim: without contention the lowest free one (outside
+/// `taken`); with it, a random one of the lowest `window` free ones.
+pub fn pick(
+    pool: &Pool,
+    range: &IpRange,
+    taken: &BTreeSet<u128>,
+    window: usize,
+    random: u64,
+) -> Option<u128> {
+    let nth = (random % window.max(1) as u64) as usize;
+    pool.nth_free_avoiding(range, taken, nth)
+        .or_else(|| pool.lowest_free_avoiding(range, taken))
 }
 
 /// The runtime-visible result of an ADD on one pool.
@@ -582,7 +772,7 @@ impl KubeStore {
             }
             let mut fresh = IPPool::new(&key.name, pool_spec(key.subnet, &ParsedPool::default()));
             fresh.metadata.namespace = Some(self.namespace.clone());
-            match self.pools().create(&PostParams::default(), &fresh).await {
+            match self.pools().create(&post_params(), &fresh).await {
                 Ok(o) => return Ok((o, ParsedPool::default())),
                 // Someone created it meanwhile: read theirs.
                 Err(e) if is_code(&e, 409) => continue,
@@ -611,20 +801,36 @@ impl KubeStore {
         obj: &IPPool,
         parsed: &ParsedPool,
     ) -> CniResult<bool> {
-        let mut next = IPPool::new(&key.name, pool_spec(key.subnet, parsed));
-        next.metadata = ObjectMeta {
-            name: Some(key.name.clone()),
-            namespace: Some(self.namespace.clone()),
-            resource_version: obj.metadata.resource_version.clone(),
+        let next = pool_spec(key.subnet, parsed);
+        let ops = write_patch(
+            &obj.spec,
+            obj.metadata.resource_version.as_deref().unwrap_or_default(),
+            &next,
+        );
+        let patch: json_patch::Patch =
+            serde_json::from_value(ops).expect("write_patch builds valid JSON Patch");
+        let pp = kube::api::PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
         match self
             .pools()
-            .replace(&key.name, &PostParams::default(), &next)
+            .patch(&key.name, &pp, &kube::api::Patch::Json::<()>(patch))
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if is_code(&e, 409) => Ok(false),
+            // The resourceVersion test failed: someone wrote in between. A
+            // failed test is a 422 without causes; a real validation error
+            // names its causes and is reported.
+            Err(e) if is_code(&e, 409) || is_code(&e, 404) => Ok(false),
+            Err(e)
+                if is_code(&e, 422)
+                    && status_of(&e)
+                        .and_then(|s| s.details.as_ref())
+                        .is_none_or(|d| d.causes.is_empty()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(api_err(
                 &format!("update IPPool {}/{}", self.namespace, key.name),
                 e,
@@ -653,11 +859,21 @@ impl KubeStore {
         r.metadata.namespace = Some(self.namespace.clone());
         // Label and offset make it findable as a pending claim of its pool.
         if let Some(label) = pool_label(&key.name) {
-            r.metadata.labels = Some([(POOL_LABEL.to_string(), label)].into());
+            r.metadata.labels = Some(
+                [
+                    (POOL_LABEL.to_string(), label),
+                    (EPOCH_LABEL.to_string(), claim_epoch().to_string()),
+                ]
+                .into(),
+            );
             r.metadata.annotations =
                 Some([(OFFSET_ANNOTATION.to_string(), offset.to_string())].into());
         }
-        match self.orips().create(&PostParams::default(), &r).await {
+        let t = std::time::Instant::now();
+        let r = self.orips().create(&post_params(), &r).await;
+        // A small write's round trip: the unit of our waits.
+        self.slot.set(t.elapsed());
+        match r {
             Ok(_) => Ok(true),
             // Taken. Our own leftover reservations (from an earlier attempt
             // of this owner) are adopted from the pending list before we
@@ -728,7 +944,7 @@ impl KubeStore {
         };
         let list = self
             .orips()
-            .list(&ListParams::default().labels(&format!("{POOL_LABEL}={label}")))
+            .list(&cached_list(&pending_selector(&label, claim_epoch())))
             .await
             .map_err(|e| {
                 api_err(
@@ -763,196 +979,257 @@ impl KubeStore {
             .collect())
     }
 
-    /// ADD on one pool: the owner's existing offset, or the lowest free one,
-    /// stored before it is returned.
+    /// ADD on one pool: the owner's existing offset, or a free one, stored
+    /// before it is returned.
     ///
     /// With overlapping ranges on (the default), an ADD first reserves its
-    /// address (an ORIP, an exclusive create), then commits it to the pool
-    /// with a resourceVersion precondition. A commit also writes the
-    /// entries of every other pending reservation of the pool (combining):
-    /// under contention one successful write commits the whole queue, and
-    /// the writers that lost the race find their entry on the next read
-    /// instead of writing again. This is safe because each entry comes from
-    /// an exclusive reservation, the write is still preconditioned on the
-    /// version read, and nobody reports an address before a stored pool
-    /// version holds it. An entry committed for an ADD that then died is an
-    /// ordinary orphan (as if it died after its own write): DEL, GC or
-    /// reconcile frees it.
+    /// address (an ORIP, an exclusive create), then waits until a stored
+    /// pool version holds its entry. One writer commits for many
+    /// (combining): the pending claim with the lowest offset writes the
+    /// pool with a resourceVersion precondition, adding the entries of
+    /// every pending claim it finds; the others watch the pool and return
+    /// when a version holding their entry is stored. A waiter whose lower
+    /// claims are all committed, or that sees the pool stay quiet for a
+    /// while (that committer died), writes itself.
+    ///
+    /// Why not let every ADD write its own entry with a JSON Patch that
+    /// needs no resourceVersion (the API server applies it to the current
+    /// version)? Measured: the server then retries the etcd conflicts
+    /// itself, without backoff, decoding, validating and encoding the whole
+    /// pool for every try, and 30 concurrent patches of a 300-entry pool
+    /// took 32 s for 60 writes, several past the 60 s request timeout
+    /// (IPAM.md). One pool is one etcd key: few writes is the only cheap way.
+    ///
+    /// Safety does not depend on who writes: each entry comes from an
+    /// exclusive reservation, every write is preconditioned on the version
+    /// it was computed from, and nobody reports an address before a stored
+    /// pool version holds it. An entry committed for an ADD that then died
+    /// is an ordinary orphan (as if it died after its own write): DEL, GC
+    /// or reconcile frees it.
     async fn add_one(&self, key: &PoolKey, range: &IpRange, owner: &Owner) -> CniResult<Added> {
-        let mut backoff = Backoff::new(seed());
+        let mut rng = Backoff::new(seed());
         // Offsets reserved by someone else (seen during this ADD).
         let mut taken: BTreeSet<u128> = BTreeSet::new();
-        // The offset whose reservation we hold, if any.
-        let mut claimed: Option<u128> = None;
         let started = std::time::Instant::now();
         let mut attempts = 0;
-        // A read (and its pending claims) to reuse instead of reading
-        // again, right after a claim.
-        let mut carry: Option<(IPPool, ParsedPool)> = None;
-        let mut carried_pending: Option<Vec<(u128, Allocation)>> = None;
         let mut collisions: u32 = 0;
-        let mut waits: u32 = 0;
-        // Whether the last write failed on a stale version.
+        // The next read skips the watch cache.
         let mut stale = false;
-        let result = async {
-            while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
-                attempts += 1;
-                let (obj, mut parsed) = match carry.take() {
-                    Some(x) => x,
-                    // After a failed write, the latest version; otherwise
-                    // the cache's (see read_at).
-                    None => {
-                        self.read_or_create(key, !std::mem::take(&mut stale))
-                            .await?
-                    }
-                };
-                if let Some(off) = parsed.pool.held_by(owner) {
-                    // Committed (by us or by a combining writer), or a
-                    // repeated ADD / a new sandbox of the same pod.
-                    let ours = claimed == Some(off);
-                    parsed.pool.assign(range, owner);
-                    if parsed.pool.dirty && !self.write(key, &obj, &parsed).await? {
+        while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
+            attempts += 1;
+            let cached = !std::mem::take(&mut stale);
+            let (obj, mut parsed) = self.read_or_create(key, cached).await?;
+            if let Some(off) = parsed.pool.held_by(owner) {
+                // A repeated ADD, or a new sandbox of the same pod (which
+                // takes the entry over).
+                parsed.pool.assign(range, owner);
+                if parsed.pool.dirty {
+                    if !self.write(key, &obj, &parsed).await? {
                         stale = true;
-                        tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+                        tokio::time::sleep(rng.next_delay(self.slot.get())).await;
                         continue;
                     }
-                    if !ours {
-                        if let Some(old) = claimed.take() {
-                            // We already held another address here.
-                            self.unclaim(range.ip_at(old), owner).await?;
-                        }
-                    }
-                    claimed = None;
-                    return Ok(Added {
-                        offset: off,
-                        existing: !ours,
-                    });
+                } else if cached {
+                    // Decide on the latest version, not on a cache that may
+                    // still show an entry a DEL just removed.
+                    stale = true;
+                    continue;
                 }
-                if let Some(off) = claimed.filter(|o| !parsed.pool.allocations.contains_key(o)) {
-                    // Commit ours and every other pending reservation.
-                    let pending = match carried_pending.take() {
-                        Some(p) => p,
-                        None => self.pending_claims(key, range, &parsed.pool).await?,
-                    };
-                    // One committer per queue: the claim with the lowest
-                    // offset writes, the others wait a slot and re-read
-                    // (usually finding their entry committed). Everybody
-                    // writing at once would make all but one write fail,
-                    // and a failed write costs the server as much as a
-                    // good one. A waiter that is still pending after a few
-                    // waits (the committer died) writes itself.
-                    let committer = pending.iter().all(|(o, _)| *o >= off);
-                    if !committer && waits < MAX_WAITS {
-                        waits += 1;
-                        tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
-                        continue;
-                    }
-                    for (o, a) in pending {
-                        if o != off {
-                            parsed.pool.allocations.insert(o, a);
+                return Ok(Added {
+                    offset: off,
+                    existing: true,
+                });
+            }
+            // Addresses other ADDs have reserved but not committed yet are
+            // skipped up front instead of colliding one by one.
+            let pending = if self.overlapping {
+                let p = self.pending_claims(key, range, &parsed.pool).await?;
+                if let Some((o, _)) = p.iter().find(|(_, a)| entry_owned_by(a, owner)) {
+                    // A reservation an earlier, interrupted ADD of this
+                    // owner made (e.g. killed by a runtime timeout): it is
+                    // ours, commit it.
+                    let off = *o;
+                    match self
+                        .commit(key, range, owner, off, obj, parsed, p, &mut rng)
+                        .await?
+                    {
+                        true => {
+                            return Ok(Added {
+                                offset: off,
+                                existing: false,
+                            })
+                        }
+                        false => {
+                            self.unclaim(range.ip_at(off), owner).await?;
+                            stale = true;
+                            continue;
                         }
                     }
+                }
+                taken.extend(p.iter().map(|(o, _)| *o));
+                p
+            } else {
+                Vec::new()
+            };
+            let mut steps = 0;
+            loop {
+                // Without contention: the lowest free address. Under it, a
+                // random one of the lowest few: ADDs that read the same
+                // pool at the same moment would otherwise all collide on
+                // the same next address (n^2/2 collisions for n writers).
+                // The window is as wide as the queue of pending claims,
+                // and after a collision at least 16, doubling.
+                let window = (pending.len() + 1)
+                    .next_power_of_two()
+                    .max(if collisions == 0 {
+                        1
+                    } else {
+                        8usize << collisions.min(7)
+                    });
+                let Some(off) = pick(&parsed.pool, range, &taken, window, rng.random()) else {
+                    if cached {
+                        // The cache may still hold entries freed since.
+                        stale = true;
+                        break;
+                    }
+                    return Err(exhausted(range));
+                };
+                if !self.overlapping {
+                    // No reservation: the pool's precondition alone
+                    // decides; write from this read.
                     parsed.pool.allocations.insert(off, new_entry(owner));
                     if self.write(key, &obj, &parsed).await? {
-                        claimed = None; // The reservation now backs a pool entry.
                         return Ok(Added {
                             offset: off,
                             existing: false,
                         });
                     }
                     stale = true;
-                    tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
-                    continue;
+                    collisions += 1;
+                    tokio::time::sleep(rng.next_delay(self.slot.get())).await;
+                    break;
                 }
-                if let Some(old) = claimed.take() {
-                    // A writer that does not reserve (overlapping ranges off,
-                    // or whereabouts) took our address in the pool.
-                    self.unclaim(range.ip_at(old), owner).await?;
-                }
-                // Pick the lowest free address and reserve it (ORIP first).
-                // Addresses other ADDs have reserved but not committed yet
-                // are skipped up front instead of colliding one by one.
-                let pending = if self.overlapping {
-                    let p = self.pending_claims(key, range, &parsed.pool).await?;
-                    if let Some((o, _)) = p.iter().find(|(_, a)| entry_owned_by(a, owner)) {
-                        // A reservation an earlier, interrupted attempt of
-                        // this owner made: it is ours, commit it.
-                        claimed = Some(*o);
-                        carry = Some((obj, parsed));
-                        carried_pending = Some(p);
-                        continue;
-                    }
-                    taken.extend(p.iter().map(|(o, _)| *o));
-                    Some(p)
-                } else {
-                    None
-                };
-                let mut steps = 0;
-                loop {
-                    // Without contention: the lowest free address. After a
-                    // collision, a random one of the lowest 2^collisions
-                    // free ones: ADDs that read the same pool at the same
-                    // moment would otherwise all collide on the same next
-                    // address, n^2/2 collisions for n writers.
-                    // Pending claims mean others are picking right now too:
-                    // start with a window as wide as that queue.
-                    let queue = pending.as_ref().map_or(0, |p| p.len());
-                    let window = (queue + 1)
-                        .next_power_of_two()
-                        .max(1usize << collisions.min(6));
-                    let nth = (backoff.random() as usize) % window;
-                    let off = match parsed.pool.nth_free_avoiding(range, &taken, nth) {
-                        Some(o) => o,
-                        None => parsed
-                            .pool
-                            .lowest_free_avoiding(range, &taken)
-                            .ok_or_else(|| exhausted(range))?,
-                    };
-                    if !self.overlapping {
-                        // No reservation: the pool's precondition alone
-                        // decides; write from this read.
-                        parsed.pool.allocations.insert(off, new_entry(owner));
-                        if self.write(key, &obj, &parsed).await? {
-                            return Ok(Added {
-                                offset: off,
-                                existing: false,
-                            });
-                        }
-                        stale = true;
-                        tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
-                        break;
-                    }
-                    if self.claim(key, range.ip_at(off), off, owner).await? {
-                        claimed = Some(off);
-                        // Commit from this same read: without contention
-                        // its version is still current.
-                        carry = Some((obj, parsed));
-                        carried_pending = pending;
-                        break;
-                    }
+                if !self.claim(key, range.ip_at(off), off, owner).await? {
                     taken.insert(off);
                     collisions += 1;
                     steps += 1;
                     if steps >= MAX_CLAIM_STEPS {
                         break;
                     }
+                    continue;
+                }
+                // The reservation is ours: get it committed.
+                let committed = self
+                    .commit(key, range, owner, off, obj, parsed, pending, &mut rng)
+                    .await;
+                match committed {
+                    Ok(true) => {
+                        return Ok(Added {
+                            offset: off,
+                            existing: false,
+                        })
+                    }
+                    Ok(false) => {
+                        // A writer that does not reserve (overlapping ranges
+                        // off, or whereabouts) stored that address first.
+                        self.unclaim(range.ip_at(off), owner).await?;
+                        taken.insert(off);
+                        stale = true;
+                        break;
+                    }
+                    Err(e) => {
+                        // A combining writer may have committed our claim:
+                        // take the entry out first, then the reservation
+                        // (DEL's order). Best effort; leftovers are orphans
+                        // for GC and reconcile.
+                        let _ = self
+                            .remove_where(key, |o, a| {
+                                o == off && a.id == owner.container_id && a.ifname == owner.ifname
+                            })
+                            .await;
+                        let _ = self.unclaim(range.ip_at(off), owner).await;
+                        return Err(e);
+                    }
                 }
             }
-            Err(contention(&key.name, attempts, started.elapsed()))
         }
-        .await;
-        if let (Err(_), Some(off)) = (&result, claimed) {
-            // A combining writer may have committed our reservation: take
-            // the entry out first, then the reservation (DEL's order).
-            // Best effort; leftovers are orphans for GC and reconcile.
-            let _ = self
-                .remove_where(key, |o, a| {
-                    o == off && a.id == owner.container_id && a.ifname == owner.ifname
-                })
-                .await;
-            let _ = self.unclaim(range.ip_at(off), owner).await;
+        Err(contention(&key.name, attempts, started.elapsed()))
+    }
+
+    /// Get the claim of `off` committed to the pool, by a combining writer
+    /// or by ourselves. `Ok(false)`: another owner's entry holds `off`.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        key: &PoolKey,
+        range: &IpRange,
+        owner: &Owner,
+        off: u128,
+        mut obj: IPPool,
+        mut parsed: ParsedPool,
+        mut pending: Vec<(u128, Allocation)>,
+        rng: &mut Backoff,
+    ) -> CniResult<bool> {
+        let started = std::time::Instant::now();
+        let mut watch = PoolWatch::default();
+        let mut quiet = 0;
+        let mut writes = 0;
+        while writes < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
+            match parsed.pool.allocations.get(&off) {
+                Some(a) if a.id == owner.container_id && a.ifname == owner.ifname => {
+                    return Ok(true)
+                }
+                Some(_) => return Ok(false),
+                None => {}
+            }
+            // Wait while a claim below ours is pending: its ADD writes for
+            // both of us. Not for ever: a pool that stays quiet means that
+            // writer is gone.
+            let lower = pending
+                .iter()
+                .any(|(o, _)| *o < off && !parsed.pool.allocations.contains_key(o));
+            if lower && quiet < MAX_WAITS {
+                let wait = (self.slot.get() * 8).clamp(QUIET_MIN, QUIET_MAX);
+                match watch.next_change(self, key, &obj, wait).await {
+                    Change::New(x) => (obj, parsed) = *x,
+                    Change::Quiet => quiet += 1,
+                    Change::Unknown => {
+                        quiet += 1;
+                        let Some(x) = self.read(key).await? else {
+                            // The pool was deleted under us: start over.
+                            return Ok(false);
+                        };
+                        (obj, parsed) = x;
+                    }
+                }
+                continue;
+            }
+            // Our turn: commit ours and every other pending claim.
+            pending = self.pending_claims(key, range, &parsed.pool).await?;
+            let mut next = parsed.clone();
+            for (o, a) in &pending {
+                next.pool.allocations.insert(*o, a.clone());
+            }
+            next.pool.allocations.insert(off, new_entry(owner));
+            writes += 1;
+            if self.write(key, &obj, &next).await? {
+                return Ok(true);
+            }
+            // Someone wrote first (maybe committing us): take the newer
+            // version from the watch, else from etcd.
+            let wait = rng.next_delay(self.slot.get());
+            match watch.next_change(self, key, &obj, wait).await {
+                Change::New(x) => (obj, parsed) = *x,
+                Change::Quiet | Change::Unknown => {
+                    let Some(x) = self.read(key).await? else {
+                        return Ok(false);
+                    };
+                    (obj, parsed) = x;
+                }
+            }
+            quiet = 0;
         }
-        result
+        Err(contention(&key.name, writes, started.elapsed()))
     }
 
     /// Our reservations of `key`'s pool whose DEL is in progress:
@@ -964,7 +1241,7 @@ impl KubeStore {
     ) -> CniResult<Vec<(u128, String, String)>> {
         let list = self
             .orips()
-            .list(&ListParams::default().labels(&format!("{RELEASE_LABEL}={label}")))
+            .list(&cached_list(&format!("{RELEASE_LABEL}={label}")))
             .await
             .map_err(|e| {
                 api_err(
@@ -1022,7 +1299,10 @@ impl KubeStore {
             .orips()
             .patch(
                 &name,
-                &kube::api::PatchParams::default(),
+                &kube::api::PatchParams {
+                    field_manager: Some(FIELD_MANAGER.to_string()),
+                    ..Default::default()
+                },
                 &kube::api::Patch::Merge(&patch),
             )
             .await
@@ -1556,6 +1836,54 @@ mod tests {
         assert_eq!(freed, vec![2, 3]);
         let del: Vec<&str> = plan.delete_orips.iter().map(|d| d.0.as_str()).collect();
         assert_eq!(del, vec!["net-10.0.0.2", "net-10.0.0.9"]);
+    }
+
+    #[test]
+    fn write_patch_tests_the_version_and_touches_only_changed_entries() {
+        let mut old = IPPoolSpec {
+            range: "10.0.0.0/24".into(),
+            allocations: BTreeMap::new(),
+        };
+        old.allocations.insert("1".into(), alloc("a", "ns/a"));
+        old.allocations.insert("2".into(), alloc("b", "ns/b"));
+        old.allocations.insert("x/~".into(), alloc("f", "ns/f"));
+        let mut new = old.clone();
+        new.allocations.remove("2");
+        new.allocations.insert("3".into(), alloc("c", "ns/c"));
+        new.allocations.insert("x/~".into(), alloc("g", "ns/f"));
+        let ops = write_patch(&old, "42", &new);
+        let ops = ops.as_array().unwrap();
+        assert_eq!(ops[0]["op"], "test");
+        assert_eq!(ops[0]["path"], "/metadata/resourceVersion");
+        assert_eq!(ops[0]["value"], "42");
+        assert_eq!(ops[1]["path"], "/metadata/managedFields");
+        let rest: Vec<(String, String)> = ops[2..]
+            .iter()
+            .map(|o| {
+                (
+                    o["op"].as_str().unwrap().into(),
+                    o["path"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rest,
+            vec![
+                ("add".into(), "/spec/allocations/3".into()),
+                ("add".into(), "/spec/allocations/x~1~0".into()),
+                ("remove".into(), "/spec/allocations/2".into()),
+            ]
+        );
+        // An empty pool gets its map written whole (it may be absent).
+        let empty = IPPoolSpec {
+            range: "10.0.0.0/24".into(),
+            allocations: BTreeMap::new(),
+        };
+        let ops = write_patch(&empty, "7", &new);
+        assert_eq!(ops[2]["path"], "/spec/allocations");
+        assert_eq!(ops[2]["value"]["3"]["id"], "c");
+        // It parses as a JSON Patch document.
+        serde_json::from_value::<json_patch::Patch>(ops).unwrap();
     }
 
     #[test]

@@ -289,9 +289,52 @@ impl Drop for TestNs {
 /// it served, so a before/after difference counts a run's requests (plus
 /// the bed's own background traffic, a few per second at most).
 pub fn apiserver_requests() -> u64 {
+    apiserver_requests_by_kind().values().sum()
+}
+
+/// `apiserver_request_total` per "VERB resource code" (e.g. "PUT ippools
+/// 409"), to tell where a run's requests went.
+pub fn apiserver_requests_by_kind() -> BTreeMap<String, u64> {
     let m = kubectl(&["get", "--raw", "/metrics"]);
-    m.lines()
+    let mut out = BTreeMap::new();
+    for l in m
+        .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    {
+        let Some((labels, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = v.parse::<f64>() else { continue };
+        let label = |k: &str| {
+            let pat = format!("{k}=\"");
+            labels
+                .split_once(pat.as_str())
+                .and_then(|(_, r)| r.split_once('"'))
+                .map(|(v, _)| v.to_string())
+                .unwrap_or_default()
+        };
+        let key = format!("{} {} {}", label("verb"), label("resource"), label("code"));
+        *out.entry(key).or_default() += v as u64;
+    }
+    out
+}
+
+/// CPU seconds (user + system) the bed's kube-apiserver and etcd have used
+/// so far, from /proc and the pid files in $MIGNET_K8S_STATE; None when
+/// not available.
+pub fn server_cpu_secs() -> Option<(f64, f64)> {
+    let state = PathBuf::from(std::env::var("MIGNET_K8S_STATE").ok()?);
+    let cpu = |name: &str| -> Option<f64> {
+        let pid = std::fs::read_to_string(state.join(format!("{name}.pid"))).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+        // Fields after the ")" that ends the command name: utime and stime
+        // are the 12th and 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        // USER_HZ is 100 on Linux for every architecture we run on.
+        let hz = 100.0;
+        Some(ticks / hz)
+    };
+    Some((cpu("kube-apiserver")?, cpu("etcd")?))
 }
