@@ -50,6 +50,12 @@ enum Command {
         /// Namespace whose VMIs/VMIMs the migration controller handles (default: all).
         #[arg(long)]
         migrations_namespace: Option<String>,
+        /// Namespaces holding mignet-ipam's IPPools (its kubeconfig's context namespace).
+        #[arg(long, default_value = "mignet-system")]
+        ipam_namespace: Vec<String>,
+        /// Free IPPool allocations of deleted pods this often (and at start); 0 = never.
+        #[arg(long, default_value_t = 300)]
+        ipam_reconcile_seconds: u64,
     },
     /// Run the node agent: migration IP, mTLS listeners, proxy, QEMU driver.
     Agent(AgentArgs),
@@ -287,6 +293,8 @@ async fn main() -> anyhow::Result<()> {
             http_addr,
             migrations,
             migrations_namespace,
+            ipam_namespace,
+            ipam_reconcile_seconds,
         } => {
             let hco_namespace = namespace.clone();
             let settings = RolloutSettings {
@@ -334,6 +342,16 @@ async fn main() -> anyhow::Result<()> {
                     stopped(stop_rx.clone()),
                 ))
             });
+            if ipam_reconcile_seconds > 0 {
+                let s = mignet::kube_adapter::ipam::IpamReconcileSettings {
+                    namespaces: ipam_namespace,
+                    interval: Duration::from_secs(ipam_reconcile_seconds),
+                    ..Default::default()
+                };
+                let ipam =
+                    mignet::kube_adapter::ipam::run(client.clone(), s, stopped(stop_rx.clone()));
+                tokio::spawn(ipam);
+            }
             let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;
             tracing::info!(%bound, "serving /healthz, /readyz, /metrics");

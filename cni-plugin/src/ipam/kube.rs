@@ -411,7 +411,7 @@ pub struct KubeStore {
     network_name: String,
     overlapping: bool,
     /// The round trip of the last pool write: the backoff's slot.
-    slot: std::cell::Cell<Duration>,
+    slot: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Build a client for `conf`. With a kubeconfig path: that file, namespace
@@ -705,6 +705,17 @@ struct Added {
 }
 
 impl KubeStore {
+    /// The last measured round trip (microseconds in an atomic, so a
+    /// store can be shared by the manager's tasks).
+    fn slot(&self) -> Duration {
+        Duration::from_micros(self.slot.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn set_slot(&self, d: Duration) {
+        self.slot
+            .store(d.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub async fn open(conf: &NetConf) -> CniResult<Self> {
         let kc = conf
             .ipam
@@ -791,7 +802,7 @@ impl KubeStore {
     async fn write(&self, key: &PoolKey, obj: &IPPool, parsed: &ParsedPool) -> CniResult<bool> {
         let t = std::time::Instant::now();
         let r = self.write_inner(key, obj, parsed).await;
-        self.slot.set(t.elapsed());
+        self.set_slot(t.elapsed());
         r
     }
 
@@ -872,7 +883,7 @@ impl KubeStore {
         let t = std::time::Instant::now();
         let r = self.orips().create(&post_params(), &r).await;
         // A small write's round trip: the unit of our waits.
-        self.slot.set(t.elapsed());
+        self.set_slot(t.elapsed());
         match r {
             Ok(_) => Ok(true),
             // Taken. Our own leftover reservations (from an earlier attempt
@@ -1026,7 +1037,7 @@ impl KubeStore {
                 if parsed.pool.dirty {
                     if !self.write(key, &obj, &parsed).await? {
                         stale = true;
-                        tokio::time::sleep(rng.next_delay(self.slot.get())).await;
+                        tokio::time::sleep(rng.next_delay(self.slot())).await;
                         continue;
                     }
                 } else if cached {
@@ -1106,7 +1117,7 @@ impl KubeStore {
                     }
                     stale = true;
                     collisions += 1;
-                    tokio::time::sleep(rng.next_delay(self.slot.get())).await;
+                    tokio::time::sleep(rng.next_delay(self.slot())).await;
                     break;
                 }
                 if !self.claim(key, range.ip_at(off), off, owner).await? {
@@ -1189,7 +1200,7 @@ impl KubeStore {
                 .iter()
                 .any(|(o, _)| *o < off && !parsed.pool.allocations.contains_key(o));
             if lower && quiet < MAX_WAITS {
-                let wait = (self.slot.get() * 8).clamp(QUIET_MIN, QUIET_MAX);
+                let wait = (self.slot() * 8).clamp(QUIET_MIN, QUIET_MAX);
                 match watch.next_change(self, key, &obj, wait).await {
                     Change::New(x) => (obj, parsed) = *x,
                     Change::Quiet => quiet += 1,
@@ -1217,7 +1228,7 @@ impl KubeStore {
             }
             // Someone wrote first (maybe committing us): take the newer
             // version from the watch, else from etcd.
-            let wait = rng.next_delay(self.slot.get());
+            let wait = rng.next_delay(self.slot());
             match watch.next_change(self, key, &obj, wait).await {
                 Change::New(x) => (obj, parsed) = *x,
                 Change::Quiet | Change::Unknown => {
@@ -1407,7 +1418,7 @@ impl KubeStore {
             if self.write(key, &obj, &parsed).await? {
                 break;
             }
-            tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+            tokio::time::sleep(backoff.next_delay(self.slot())).await;
         }
         for &o in &mine {
             self.unclaim(ip_of(o), &owner).await?;
@@ -1445,7 +1456,7 @@ impl KubeStore {
                 parsed.pool.allocations.remove(o);
             }
             if !self.write(key, &obj, &parsed).await? {
-                tokio::time::sleep(backoff.next_delay(self.slot.get())).await;
+                tokio::time::sleep(backoff.next_delay(self.slot())).await;
                 continue;
             }
             // Pool entry first, reservation second (see the module docs).
