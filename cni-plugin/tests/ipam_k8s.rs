@@ -502,3 +502,97 @@ fn exhaustion_bad_kubeconfig_and_missing_rights_give_clear_codes() {
     // Nothing changed in the pool through all of this.
     assert_eq!(ns.pool("10.203.0.0-30").len(), 2);
 }
+
+/// The CNI installer's kubeconfig writer (deploy/base/cni-installer.yaml,
+/// the script between its BEGIN/END markers), run once against a
+/// ServiceAccount token and CA laid out as the kubelet mounts them: the
+/// kubeconfig it writes drives an ADD, and a rotated token is picked up.
+#[test]
+fn the_installer_writes_a_kubeconfig_that_works_and_follows_token_rotation() {
+    let ns = TestNs::new("ipam-inst");
+    let yaml = std::fs::read_to_string(k8s::repo_root().join("deploy/base/cni-installer.yaml"))
+        .expect("read cni-installer.yaml");
+    let lines: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| !l.contains("# BEGIN mignet-ipam kubeconfig writer"))
+        .take_while(|l| !l.contains("# END mignet-ipam kubeconfig writer"))
+        .collect();
+    assert!(
+        lines.len() > 10,
+        "writer script not found in cni-installer.yaml"
+    );
+    let indent = lines[0].len() - lines[0].trim_start().len();
+    let script: String = lines
+        .iter()
+        .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+        .collect();
+
+    // The mount the kubelet provides: token + ca.crt of the mignet-ipam
+    // identity (here a ServiceAccount of the test namespace bound to the
+    // same ClusterRole).
+    let sa_dir = ns.dir().join("serviceaccount");
+    let out = ns.dir().join("mignet-ipam.d");
+    std::fs::create_dir_all(&sa_dir).unwrap();
+    std::fs::copy(&k8s::bed().ca, sa_dir.join("ca.crt")).unwrap();
+    let token = |sa: &str| {
+        k8s::kubectl(&["create", "token", sa, "-n", &ns.name, "--duration=1h"])
+            .trim()
+            .to_string()
+    };
+    ns.node_kubeconfig("cni-node"); // creates the SA and its binding
+    let t1 = token("cni-node");
+    std::fs::write(sa_dir.join("token"), &t1).unwrap();
+    let (host, port) = k8s::bed()
+        .server
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let run_writer = || {
+        let o = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(&script)
+            .env("SA_DIR", &sa_dir)
+            .env("OUT_DIR", &out)
+            .env("HOST_DIR", &out)
+            .env("KUBERNETES_SERVICE_HOST", &host)
+            .env("KUBERNETES_SERVICE_PORT", &port)
+            .env("IPAM_NAMESPACE", &ns.name)
+            .env("ONCE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "writer failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run_writer();
+    let kc = out.join("mignet-ipam.kubeconfig");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the kubeconfig holds a token");
+    let text = std::fs::read_to_string(&kc).unwrap();
+    assert!(text.contains(&t1));
+
+    // A NAD naming that kubeconfig works: the pool lands in its namespace.
+    let c = conf(&kc, r#""range":"10.204.0.0/24""#);
+    assert_eq!(
+        add_ok("inst-1", &pod_args(&ns.name, "p1"), &c),
+        "10.204.0.1/24"
+    );
+    assert_eq!(ns.pool("10.204.0.0-24").len(), 1);
+
+    // The kubelet rotates the projected token: the next pass rewrites it.
+    std::thread::sleep(Duration::from_secs(1)); // a distinct token (iat)
+    let t2 = token("cni-node");
+    assert_ne!(t1, t2);
+    std::fs::write(sa_dir.join("token"), &t2).unwrap();
+    run_writer();
+    let text = std::fs::read_to_string(&kc).unwrap();
+    assert!(text.contains(&t2) && !text.contains(&t1));
+    assert_eq!(
+        add_ok("inst-2", &pod_args(&ns.name, "p2"), &c),
+        "10.204.0.2/24"
+    );
+}
