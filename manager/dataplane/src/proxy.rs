@@ -234,16 +234,34 @@ impl ConnectOrder {
     }
 }
 
-/// A running proxy side; dropping it stops accepting and aborts every connection.
+/// A running proxy side; dropping it stops accepting and aborts every
+/// connection. [`ProxyTask::finish`] instead lets the connections drain.
 #[derive(Debug)]
 pub struct ProxyTask {
     accept: JoinHandle<()>,
     counters: Arc<MigrationCounters>,
+    drain: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ProxyTask {
     pub fn counters(&self) -> &Arc<MigrationCounters> {
         &self.counters
+    }
+
+    /// Stop accepting and wait (up to `timeout`) until every connection has
+    /// ended on its own, i.e. both directions carried their last byte and
+    /// their half-close. Why: QEMU reports a migration completed once it has
+    /// written its last bytes into the socket; they may still be in the proxy
+    /// then, and an abort at that moment truncates the destination's stream.
+    /// Returns false if connections were still open at the timeout (they are
+    /// aborted when `self` drops).
+    pub async fn finish(mut self, timeout: Duration) -> bool {
+        if let Some(tx) = self.drain.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(timeout, &mut self.accept)
+            .await
+            .is_ok()
     }
 }
 
@@ -265,12 +283,15 @@ pub fn spawn_source(
     opts: ProxyOptions,
 ) -> ProxyTask {
     let c = counters.clone();
+    let (drain, mut drain_rx) = tokio::sync::oneshot::channel::<()>();
     let accept = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         // QEMU's connect order, as the unix accept queue gives it to us.
         let mut next_seq = 0u32;
         loop {
             tokio::select! {
+                // finish(): no new connections; the running ones end on their own.
+                _ = &mut drain_rx => break,
                 accepted = qemu.accept() => match accepted {
                     Ok((unix, _)) => {
                         let (tls, c, opts) = (tls.clone(), c.clone(), opts.clone());
@@ -292,8 +313,13 @@ pub fn spawn_source(
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+        while conns.join_next().await.is_some() {}
     });
-    ProxyTask { accept, counters }
+    ProxyTask {
+        accept,
+        counters,
+        drain: Some(drain),
+    }
 }
 
 async fn source_connection(
@@ -383,10 +409,13 @@ pub fn spawn_target(
 ) -> ProxyTask {
     let c = counters.clone();
     let order = Arc::new(ConnectOrder::new());
+    let (drain, mut drain_rx) = tokio::sync::oneshot::channel::<()>();
     let accept = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
+                // finish(): no new connections; the running ones end on their own.
+                _ = &mut drain_rx => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let (tls, c, opts, qemu, order) = (tls.clone(), c.clone(), opts.clone(), qemu.clone(), order.clone());
@@ -405,8 +434,13 @@ pub fn spawn_target(
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+        while conns.join_next().await.is_some() {}
     });
-    ProxyTask { accept, counters }
+    ProxyTask {
+        accept,
+        counters,
+        drain: Some(drain),
+    }
 }
 
 async fn target_connection(
@@ -602,7 +636,7 @@ pub struct TargetEndpoints {
     ip: std::net::IpAddr,
     ports: std::collections::BTreeMap<u16, u16>,
     counters: Arc<MigrationCounters>,
-    _tasks: Vec<ProxyTask>,
+    tasks: Vec<ProxyTask>,
 }
 
 impl TargetEndpoints {
@@ -637,7 +671,7 @@ impl TargetEndpoints {
             ip,
             ports,
             counters,
-            _tasks: tasks,
+            tasks,
         })
     }
 
@@ -664,6 +698,17 @@ impl TargetEndpoints {
     pub fn counters(&self) -> &Arc<MigrationCounters> {
         &self.counters
     }
+
+    /// Stop accepting and let every connection end on its own, up to
+    /// `timeout` (see [`ProxyTask::finish`]): the way to close the endpoints
+    /// of a migration QEMU reported completed. True if all ended in time.
+    pub async fn finish(mut self, timeout: Duration) -> bool {
+        let tasks = std::mem::take(&mut self.tasks);
+        futures::future::join_all(tasks.into_iter().map(|t| t.finish(timeout)))
+            .await
+            .into_iter()
+            .all(|done| done)
+    }
 }
 
 /// Source side of one migration: one unix socket per stream for QEMU to
@@ -673,7 +718,7 @@ impl TargetEndpoints {
 pub struct SourceEndpoints {
     sockets: std::collections::BTreeMap<u16, PathBuf>,
     counters: Arc<MigrationCounters>,
-    _tasks: Vec<ProxyTask>,
+    tasks: Vec<ProxyTask>,
 }
 
 impl SourceEndpoints {
@@ -696,7 +741,7 @@ impl SourceEndpoints {
         let mut me = SourceEndpoints {
             sockets: std::collections::BTreeMap::new(),
             counters: counters.clone(),
-            _tasks: Vec::new(),
+            tasks: Vec::new(),
         };
         for &key in keys {
             let port = port_map
@@ -711,7 +756,7 @@ impl SourceEndpoints {
                 source,
             })?;
             me.sockets.insert(key, path);
-            me._tasks.push(spawn_source(
+            me.tasks.push(spawn_source(
                 unix,
                 SocketAddr::new(target_ip, port),
                 tls.clone(),
@@ -728,6 +773,17 @@ impl SourceEndpoints {
 
     pub fn counters(&self) -> &Arc<MigrationCounters> {
         &self.counters
+    }
+
+    /// Stop accepting and let every connection end on its own, up to
+    /// `timeout` (see [`ProxyTask::finish`]): the way to close the endpoints
+    /// of a migration QEMU reported completed. True if all ended in time.
+    pub async fn finish(mut self, timeout: Duration) -> bool {
+        let tasks = std::mem::take(&mut self.tasks);
+        futures::future::join_all(tasks.into_iter().map(|t| t.finish(timeout)))
+            .await
+            .into_iter()
+            .all(|done| done)
     }
 }
 

@@ -351,3 +351,51 @@ fn endpoints_publish_a_port_map_and_keep_streams_apart() {
     assert_eq!(target_counters.connections, 2);
     assert_eq!(target_counters.to_target, 10);
 }
+
+#[test]
+fn finish_delivers_what_is_still_in_flight_when_qemu_reports_completion() {
+    // QEMU calls a migration completed once its last write returned; the
+    // bytes can still be inside the proxies. finish() must carry them to the
+    // destination (an abort at that moment would truncate its stream).
+    const UP: u64 = 64 << 20;
+    let n = nodes();
+    let listener = bind_in(&n.dst, DST_IP);
+    n.src.block_on(move || async move {
+        let tmp = TempDir::new("mgpx-fin");
+        let pki = Pki::new("cluster CA");
+        let dst_qemu = tmp.path().join("dst-qemu.sock");
+        let backend = UnixListener::bind(&dst_qemu).unwrap();
+        let backend = tokio::spawn(async move {
+            let (s, _) = backend.accept().await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            // A slow destination: the stream backs up into the proxies.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let got = check_payload(&mut r, 5).await;
+            w.shutdown().await.unwrap();
+            got
+        });
+        let p = start(tmp.path(), &pki, listener, &dst_qemu, Role::Agent);
+        let qemu = UnixStream::connect(&p.src_sock).await.unwrap();
+        let (r, mut w) = qemu.into_split();
+        send_payload(&mut w, 5, UP).await.unwrap();
+        w.shutdown().await.unwrap();
+        // "Completed": QEMU closes its end without waiting for anything.
+        drop((r, w));
+        let in_flight = UP - p.src.counters().snapshot().to_target;
+        assert!(finish_both(p).await, "connections did not drain");
+        assert_eq!(
+            backend.await.unwrap().unwrap(),
+            UP,
+            "destination stream truncated ({in_flight} bytes were in flight)"
+        );
+    });
+}
+
+async fn finish_both(p: Path2) -> bool {
+    let (src, dst) = (p.src, p.dst);
+    let (a, b) = tokio::join!(
+        src.finish(Duration::from_secs(20)),
+        dst.finish(Duration::from_secs(20))
+    );
+    a && b
+}
