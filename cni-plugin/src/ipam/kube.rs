@@ -1060,10 +1060,7 @@ impl KubeStore {
                     // owner made (e.g. killed by a runtime timeout): it is
                     // ours, commit it.
                     let off = *o;
-                    match self
-                        .commit(key, range, owner, off, obj, parsed, p, &mut rng)
-                        .await?
-                    {
+                    match self.commit(key, range, owner, off, obj, parsed, p).await? {
                         true => {
                             return Ok(Added {
                                 offset: off,
@@ -1088,9 +1085,10 @@ impl KubeStore {
                 // random one of the lowest few: ADDs that read the same
                 // pool at the same moment would otherwise all collide on
                 // the same next address (n^2/2 collisions for n writers).
-                // The window is as wide as the queue of pending claims,
-                // and after a collision at least 16, doubling.
-                let window = (pending.len() + 1)
+                // The window is four times the queue of pending claims
+                // (racers picking at the same moment then rarely pick the
+                // same one), and after a collision at least 16, doubling.
+                let window = (4 * pending.len() + 1)
                     .next_power_of_two()
                     .max(if collisions == 0 {
                         1
@@ -1131,7 +1129,7 @@ impl KubeStore {
                 }
                 // The reservation is ours: get it committed.
                 let committed = self
-                    .commit(key, range, owner, off, obj, parsed, pending, &mut rng)
+                    .commit(key, range, owner, off, obj, parsed, pending)
                     .await;
                 match committed {
                     Ok(true) => {
@@ -1179,12 +1177,12 @@ impl KubeStore {
         mut obj: IPPool,
         mut parsed: ParsedPool,
         mut pending: Vec<(u128, Allocation)>,
-        rng: &mut Backoff,
     ) -> CniResult<bool> {
         let started = std::time::Instant::now();
         let mut watch = PoolWatch::default();
         let mut quiet = 0;
         let mut writes = 0;
+        let mut relist = false;
         while writes < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
             match parsed.pool.allocations.get(&off) {
                 Some(a) if a.id == owner.container_id && a.ifname == owner.ifname => {
@@ -1193,6 +1191,17 @@ impl KubeStore {
                 Some(_) => return Ok(false),
                 None => {}
             }
+            // The pending claims as of now. Listing them from the watch
+            // cache is cheap (about 0.5 ms of server CPU, measured), a
+            // failed pool write is not (about 8 ms: the server re-reads
+            // and decodes the pool from etcd before it refuses it), so
+            // every waiter re-lists after each change and they all agree
+            // on who writes next. The list from before our claim serves
+            // the first round.
+            if std::mem::take(&mut relist) {
+                pending = self.pending_claims(key, range, &parsed.pool).await?;
+            }
+            relist = true;
             // Wait while a claim below ours is pending: its ADD writes for
             // both of us. Not for ever: a pool that stays quiet means that
             // writer is gone.
@@ -1216,7 +1225,6 @@ impl KubeStore {
                 continue;
             }
             // Our turn: commit ours and every other pending claim.
-            pending = self.pending_claims(key, range, &parsed.pool).await?;
             let mut next = parsed.clone();
             for (o, a) in &pending {
                 next.pool.allocations.insert(*o, a.clone());
@@ -1228,7 +1236,7 @@ impl KubeStore {
             }
             // Someone wrote first (maybe committing us): take the newer
             // version from the watch, else from etcd.
-            let wait = rng.next_delay(self.slot());
+            let wait = (self.slot() * 4).clamp(QUIET_MIN, QUIET_MAX);
             match watch.next_change(self, key, &obj, wait).await {
                 Change::New(x) => (obj, parsed) = *x,
                 Change::Quiet | Change::Unknown => {
