@@ -54,6 +54,9 @@ pub struct PodEvent {
     /// The pod's `k8s.v1.cni.cncf.io/networks` annotation (Starting, Ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<String>,
+    /// Why a pod is NotReady (reason: message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Append one event. The single writer is the lab's control loop; a line
@@ -150,7 +153,14 @@ pub fn availability(events: &[PodEvent]) -> Availability {
 
 /// Record `step` for `node`'s pod; a failure to record is logged, never
 /// fatal (the history describes the roll, it does not drive it).
-pub(crate) fn record(lab_dir: &Path, node: &str, pod: &str, step: PodStep, networks: Option<&str>) {
+pub(crate) fn record(
+    lab_dir: &Path,
+    node: &str,
+    pod: &str,
+    step: PodStep,
+    networks: Option<&str>,
+    reason: Option<String>,
+) {
     let at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -161,6 +171,7 @@ pub(crate) fn record(lab_dir: &Path, node: &str, pod: &str, step: PodStep, netwo
         pod: pod.to_owned(),
         step,
         networks: networks.map(str::to_owned),
+        reason,
     };
     if let Err(e) = append(lab_dir, &event) {
         tracing::warn!(error = %e, %node, ?step, "recording the agent pod history failed");
@@ -178,6 +189,7 @@ mod tests {
             pod: format!("mignet-agent-{node}"),
             step,
             networks: None,
+            reason: None,
         }
     }
 

@@ -110,6 +110,58 @@ pub fn attachments_of(pod: &Pod) -> Vec<AttachmentRecord> {
         .unwrap_or_default()
 }
 
+/// One node's agent pod, as the roll sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodState {
+    /// Exists and carries the DaemonSet template's networks + hash annotations.
+    pub up_to_date: bool,
+    /// Ready, with its namespace present: serving.
+    pub available: bool,
+    /// It failed to come up a moment ago; retried after [`RETRY_AFTER`].
+    pub backing_off: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollStep {
+    /// Up to date and serving.
+    Keep,
+    /// Down and waiting for its retry: look again later. It is already
+    /// unavailable, so this moves on to the other nodes (a missing or
+    /// broken pod elsewhere may still be started).
+    Later,
+    /// (Re)start it: missing, broken, or outdated while all others serve.
+    Replace,
+    /// Outdated and serving, but another node's pod is unavailable: taking
+    /// this one down would make two unavailable (maxUnavailable = 1), so
+    /// the roll stops here for this pass.
+    Hold,
+}
+
+/// The DaemonSet rolling update (maxUnavailable = 1) for one node, pure.
+/// A pod that is already unavailable may always be (re)started: that costs
+/// no availability. A serving pod is only replaced when every other pod
+/// serves.
+pub fn roll_step(pod: PodState, others_unavailable: bool) -> RollStep {
+    match pod {
+        PodState {
+            up_to_date: true,
+            available: true,
+            ..
+        } => RollStep::Keep,
+        PodState {
+            up_to_date: true,
+            backing_off: true,
+            ..
+        } => RollStep::Later,
+        PodState {
+            available: false, ..
+        } => RollStep::Replace,
+        // Serving and outdated.
+        _ if others_unavailable => RollStep::Hold,
+        _ => RollStep::Replace,
+    }
+}
+
 pub struct Kubelet<'a> {
     cfg: &'a LabConfig,
     store: &'a Store,
@@ -143,34 +195,42 @@ impl<'a> Kubelet<'a> {
             .and_then(|m| m.annotations.clone());
         let want = wanted_of(template.as_ref());
         let nodes = self.store.list::<Node>(None)?;
-        let mut result = Ok(());
-        for node in &nodes {
-            let Some(node) = node.metadata.name.as_deref() else {
-                continue;
-            };
+        // Each node's pod as it is now; `available` is kept current as pods
+        // go down and come back during this pass.
+        let mut pods = Vec::new();
+        let mut available = BTreeMap::new();
+        for node in nodes.iter().filter_map(|n| n.metadata.name.as_deref()) {
             let pod = self.store.get::<Pod>(LAB_NAMESPACE, &pod_name(node))?;
-            let up_to_date = pod
-                .as_ref()
-                .is_some_and(|p| wanted_of(p.metadata.annotations.as_ref()) == want);
             let healthy = pod
                 .as_ref()
                 .is_some_and(|p| pod_is_ready(p) && netns_exists(&self.cfg.agent_ns(node)));
-            if up_to_date && healthy {
-                continue;
+            available.insert(node.to_owned(), healthy);
+            pods.push((node, pod));
+        }
+        let mut result = Ok(());
+        for (node, pod) in &pods {
+            let node: &str = node;
+            let state = PodState {
+                up_to_date: pod
+                    .as_ref()
+                    .is_some_and(|p| wanted_of(p.metadata.annotations.as_ref()) == want),
+                available: available[node],
+                backing_off: self.retry_at.get(node).is_some_and(|t| Instant::now() < *t),
+            };
+            let others_unavailable = available.iter().any(|(n, ok)| n != node && !ok);
+            match roll_step(state, others_unavailable) {
+                RollStep::Keep | RollStep::Later => continue,
+                RollStep::Hold => break,
+                RollStep::Replace => {}
             }
-            if up_to_date {
-                // Failed earlier (say the NAD was missing): retry, not in a
-                // tight loop.
-                if self.retry_at.get(node).is_some_and(|t| Instant::now() < *t) {
-                    continue;
-                }
-            }
+            available.insert(node.to_owned(), false);
             if let Some(p) = &pod {
                 self.stop_pod(node, p);
             }
             match self.start_pod(node, &want) {
                 Ok(true) => {
                     self.retry_at.remove(node);
+                    available.insert(node.to_owned(), true);
                 }
                 Ok(false) => {
                     self.retry_at
@@ -183,6 +243,14 @@ impl<'a> Kubelet<'a> {
                 Err(e) => {
                     self.retry_at
                         .insert(node.to_owned(), Instant::now() + RETRY_AFTER);
+                    history::record(
+                        &self.cfg.dir,
+                        node,
+                        &pod_name(node),
+                        PodStep::NotReady,
+                        want.0.as_deref(),
+                        Some(crate::agent::error_chain(&e)),
+                    );
                     result = Err(e);
                     break;
                 }
@@ -288,6 +356,7 @@ impl<'a> Kubelet<'a> {
             &name,
             PodStep::Starting,
             want.0.as_deref(),
+            None,
         );
         let mut pod = self.store.create(&pod)?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -447,7 +516,14 @@ impl<'a> Kubelet<'a> {
         } else {
             PodStep::NotReady
         };
-        history::record(&self.cfg.dir, node, &name, step, want.0.as_deref());
+        history::record(
+            &self.cfg.dir,
+            node,
+            &name,
+            step,
+            want.0.as_deref(),
+            failure.as_ref().map(|(r, m)| format!("{r}: {m}")),
+        );
         Ok(failure.is_none())
     }
 
@@ -491,7 +567,7 @@ impl<'a> Kubelet<'a> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let agent_ns = self.cfg.agent_ns(node);
         info!(%node, pod = %name, "stopping agent pod");
-        history::record(&self.cfg.dir, node, &name, PodStep::Stopping, None);
+        history::record(&self.cfg.dir, node, &name, PodStep::Stopping, None, None);
         self.runtime.stop(&AgentPod {
             node: node.to_owned(),
             pod_name: name.clone(),
@@ -529,7 +605,7 @@ impl<'a> Kubelet<'a> {
                 warn!(pod = %name, error = %e, "deleting pod object failed");
             }
         }
-        history::record(&self.cfg.dir, node, &name, PodStep::Stopped, None);
+        history::record(&self.cfg.dir, node, &name, PodStep::Stopped, None, None);
     }
 }
 
@@ -566,5 +642,41 @@ impl CniCallOwned<'_> {
     }
     fn del(&self) -> Result<(), super::cni::CniCallError> {
         self.call().del()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(up_to_date: bool, available: bool, backing_off: bool) -> PodState {
+        PodState {
+            up_to_date,
+            available,
+            backing_off,
+        }
+    }
+
+    #[test]
+    fn serving_pods_are_replaced_only_when_all_others_serve() {
+        use RollStep::*;
+        // Up to date and serving: kept, whatever the others do.
+        assert_eq!(roll_step(pod(true, true, false), true), Keep);
+        // Outdated and serving.
+        assert_eq!(roll_step(pod(false, true, false), false), Replace);
+        assert_eq!(roll_step(pod(false, true, false), true), Hold);
+        // Already down: restarting it costs nothing.
+        assert_eq!(roll_step(pod(false, false, false), true), Replace);
+        assert_eq!(roll_step(pod(true, false, false), true), Replace);
+        let missing = PodState {
+            up_to_date: false,
+            available: false,
+            backing_off: false,
+        };
+        assert_eq!(roll_step(missing, true), Replace);
+        // Failed a moment ago: wait for the retry, without touching others
+        // (the next serving, outdated node then Holds on it).
+        assert_eq!(roll_step(pod(true, false, true), false), Later);
+        assert_eq!(roll_step(pod(false, true, false), true), Hold);
     }
 }
