@@ -104,6 +104,72 @@ struct Cpu {
     busy: f64,
 }
 
+/// (time, [src QEMU, dst QEMU, this process, machine busy, machine irq]) CPU-seconds.
+type Sample = (Instant, [f64; 5]);
+
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    fn start(src_pid: i32, dst_pid_file: std::path::PathBuf) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let me = std::process::id().to_string();
+            let src = src_pid.to_string();
+            let mut dst: Option<String> = None;
+            let mut out = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if dst.is_none() {
+                    dst = std::fs::read_to_string(&dst_pid_file)
+                        .ok()
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty());
+                }
+                let (busy, irq) = machine_cpu();
+                let d = dst.as_deref().map_or(0.0, process_cpu);
+                out.push((
+                    Instant::now(),
+                    [process_cpu(&src), d, process_cpu(&me), busy, irq],
+                ));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// CPU used between `from` and `to` (nearest samples), and that span's length.
+fn window(samples: &[Sample], from: Instant, to: Instant) -> (Cpu, f64) {
+    let near = |t: Instant| {
+        samples
+            .iter()
+            .min_by_key(|(at, _)| if *at > t { *at - t } else { t - *at })
+            .copied()
+            .unwrap_or((t, [0.0; 5]))
+    };
+    let ((t0, a), (t1, b)) = (near(from), near(to));
+    let d = |i: usize| (b[i] - a[i]).max(0.0);
+    (
+        Cpu {
+            src: d(0),
+            dst: d(1),
+            proxies: d(2),
+            busy: d(3),
+            irq: d(4),
+        },
+        (t1 - t0).as_secs_f64(),
+    )
+}
+
 struct Run {
     case: usize,
     proxied: bool,
@@ -260,22 +326,15 @@ async fn run(
                     (uri.clone(), uri)
                 };
 
-                let me = std::process::id().to_string();
-                let src_pid = vm.pid().to_string();
-                let (c_src, c_me, (c_busy, c_irq)) =
-                    (process_cpu(&src_pid), process_cpu(&me), machine_cpu());
-                let started = Instant::now();
+                // Sample every 20 ms on a thread of its own; the window that
+                // counts is the migration itself (from `migrate` until its
+                // completion was seen), not the destination's start-up.
+                let sampler = Sampler::start(vm.pid(), dspec.pid_file());
                 let (dvm, dqmp, m) =
                     migrate_and_measure(&qmp, &dspec, settings, &listen_uri, &connect_uri).await?;
-                let wall = started.elapsed().as_secs_f64();
-                let (busy, irq) = machine_cpu();
-                let cpu = Cpu {
-                    src: process_cpu(&src_pid) - c_src,
-                    dst: process_cpu(&dvm.pid().to_string()),
-                    proxies: process_cpu(&me) - c_me,
-                    irq: irq - c_irq,
-                    busy: busy - c_busy,
-                };
+                let end = Instant::now();
+                let samples = sampler.stop();
+                let (cpu, wall) = window(&samples, end - m.wall, end);
                 let gib = m.transferred as f64 / GIB;
                 eprintln!(
                     "migration_cpu: {label:<20} {:<6} {:>7.1} MiB/s  CPU s/GiB: src QEMU {:.2}, dst QEMU {:.2}, proxies {:.2}, irq {:.2}, machine {:.2}; {:.2} cores busy",
