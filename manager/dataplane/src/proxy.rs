@@ -241,6 +241,8 @@ pub struct ProxyTask {
     accept: JoinHandle<()>,
     counters: Arc<MigrationCounters>,
     drain: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set by `linger`: a reaper aborts the task later, Drop must not.
+    detached: bool,
 }
 
 impl ProxyTask {
@@ -263,10 +265,32 @@ impl ProxyTask {
             .await
             .is_ok()
     }
+
+    /// Like `finish`, without waiting: stop accepting, let the running
+    /// connections end on their own, abort whatever is left after `grace`.
+    /// Outside a tokio runtime there is nothing to run the reaper on, so the
+    /// connections are aborted at once.
+    pub fn linger(mut self, grace: Duration) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // Drop aborts.
+        };
+        if let Some(tx) = self.drain.take() {
+            let _ = tx.send(());
+        }
+        let abort = self.accept.abort_handle();
+        self.detached = true;
+        rt.spawn(async move {
+            tokio::time::sleep(grace).await;
+            abort.abort();
+        });
+    }
 }
 
 impl Drop for ProxyTask {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         // The accept task owns the JoinSet of connection tasks; aborting it drops
         // the set, which aborts them all.
         self.accept.abort();
@@ -319,6 +343,7 @@ pub fn spawn_source(
         accept,
         counters,
         drain: Some(drain),
+        detached: false,
     }
 }
 
@@ -440,6 +465,7 @@ pub fn spawn_target(
         accept,
         counters,
         drain: Some(drain),
+        detached: false,
     }
 }
 
@@ -787,10 +813,21 @@ impl SourceEndpoints {
     }
 }
 
+/// How long a dropped source endpoint lets its connections finish.
+pub const SOURCE_LINGER: Duration = Duration::from_secs(5);
+
 impl Drop for SourceEndpoints {
     fn drop(&mut self) {
         for path in self.sockets.values() {
             let _ = std::fs::remove_file(path);
+        }
+        // No new connections, but the running ones may finish (up to
+        // SOURCE_LINGER): QEMU reports completion while its last bytes can
+        // still be in this proxy, and an owner that drops us on "completed"
+        // must not truncate the destination's stream. A cancelled or failed
+        // migration's connections end as soon as QEMU closes its side.
+        for task in std::mem::take(&mut self.tasks) {
+            task.linger(SOURCE_LINGER);
         }
     }
 }

@@ -354,9 +354,20 @@ fn endpoints_publish_a_port_map_and_keep_streams_apart() {
 
 #[test]
 fn finish_delivers_what_is_still_in_flight_when_qemu_reports_completion() {
-    // QEMU calls a migration completed once its last write returned; the
-    // bytes can still be inside the proxies. finish() must carry them to the
-    // destination (an abort at that moment would truncate its stream).
+    in_flight_survives(false);
+}
+
+#[test]
+fn dropped_source_lingers_until_in_flight_bytes_are_delivered() {
+    // What SourceEndpoints' Drop does (linger): an agent that drops its
+    // source endpoints on "completed" must not truncate the stream either.
+    in_flight_survives(true);
+}
+
+/// QEMU calls a migration completed once its last write returned; the bytes
+/// can still be inside the proxies. finish() / linger() must carry them to the
+/// destination (an abort at that moment would truncate its stream).
+fn in_flight_survives(linger: bool) {
     const UP: u64 = 64 << 20;
     let n = nodes();
     let listener = bind_in(&n.dst, DST_IP);
@@ -382,12 +393,20 @@ fn finish_delivers_what_is_still_in_flight_when_qemu_reports_completion() {
         // "Completed": QEMU closes its end without waiting for anything.
         drop((r, w));
         let in_flight = UP - p.src.counters().snapshot().to_target;
-        assert!(finish_both(p).await, "connections did not drain");
-        assert_eq!(
-            backend.await.unwrap().unwrap(),
-            UP,
-            "destination stream truncated ({in_flight} bytes were in flight)"
-        );
+        if linger {
+            let dst = p.dst;
+            p.src.linger(Duration::from_secs(20));
+            let got = backend.await.unwrap().unwrap();
+            assert_eq!(got, UP, "truncated ({in_flight} bytes were in flight)");
+            assert!(dst.finish(Duration::from_secs(20)).await);
+        } else {
+            assert!(finish_both(p).await, "connections did not drain");
+            assert_eq!(
+                backend.await.unwrap().unwrap(),
+                UP,
+                "destination stream truncated ({in_flight} bytes were in flight)"
+            );
+        }
     });
 }
 
