@@ -178,7 +178,6 @@ where
     let mut early = Vec::new();
     let mut peer_closed = false;
     loop {
-        let conn_handshaking = conn.handshaking();
         let UnbufferedStatus { discard, state } = conn.process(&mut incoming[..used]);
         let state = match state {
             Ok(state) => state,
@@ -190,6 +189,7 @@ where
             }
         };
         let mut done = false;
+        let mut closed = false;
         match state {
             ConnectionState::EncodeTlsData(mut enc) => {
                 let start = outgoing.len();
@@ -237,23 +237,25 @@ where
                 }
             }
             ConnectionState::WriteTraffic(_) => done = true,
-            // A peer may send its data and close_notify right behind its
-            // Finished: that is a finished handshake and a half-closed stream.
-            ConnectionState::PeerClosed if !conn_handshaking => {
-                peer_closed = true;
-                done = true;
-            }
-            ConnectionState::PeerClosed | ConnectionState::Closed => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed the connection during the TLS handshake",
-                ))
-            }
+            ConnectionState::PeerClosed | ConnectionState::Closed => closed = true,
             _ => {
                 return Err(io::Error::other(
                     "unexpected TLS state during the handshake (early data?)",
                 ))
             }
+        }
+        if closed {
+            // A peer may send its data and close_notify right behind its
+            // Finished: that is a finished handshake and a half-closed stream.
+            // Before the handshake is over it is a refusal.
+            if conn.handshaking() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection during the TLS handshake",
+                ));
+            }
+            peer_closed = true;
+            done = true;
         }
         incoming.copy_within(discard..used, 0);
         used -= discard;
