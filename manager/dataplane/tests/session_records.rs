@@ -373,3 +373,94 @@ fn truncation_and_tampering_fail_the_relay() {
         }
     });
 }
+
+#[test]
+fn data_and_close_notify_in_the_same_flight_as_the_finished_message() {
+    // The client's Finished, its first data and its close_notify leave in one
+    // TCP write, so the server's handshake loop sees all three at once: the
+    // data must be relayed and the close_notify taken as a half-close (not as
+    // a peer that hung up during the handshake).
+    use std::io::{Read, Write};
+    let ns = Netns::new("mgrec-");
+    ns.block_on(|| async {
+        for data in [&b"first bytes"[..], &b""[..]] {
+            let tmp = TempDir::new("mgrec");
+            let pki = Pki::new("cluster CA");
+            let dir = pki.agent_dir(tmp.path(), "node-b");
+            let ours = ReloadingTls::load(TlsPaths::in_dir(&dir), TlsSettings::default()).unwrap();
+            let listener = TcpListener::bind((IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
+                .await
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server_config = ours.current().server.clone();
+            let server = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let est = session::accept(tcp, server_config).await.unwrap();
+                let (ours, theirs) = UnixStream::pair().unwrap();
+                let echo = spawn_echo(theirs);
+                let c = Arc::new(MigrationCounters::default());
+                let relayed = est
+                    .relay(
+                        ours,
+                        direction(&c, Which::FromTarget),
+                        direction(&c, Which::ToTarget),
+                        64 * 1024,
+                    )
+                    .await
+                    .unwrap();
+                (relayed, echo.await.unwrap())
+            });
+
+            let config = proxy_support::test_client(
+                Some(&pki.issue(Role::Agent, "node-a")),
+                &[&rustls::version::TLS13],
+                Arc::new(TrustAnything::default()),
+            );
+            let client = std::thread::spawn(move || {
+                let mut conn =
+                    rustls::ClientConnection::new(config, ServerName::IpAddress(addr.ip().into()))
+                        .unwrap();
+                let mut sock = std::net::TcpStream::connect(addr).unwrap();
+                // Drive the handshake until our side is done; our Finished is
+                // still queued then, not sent.
+                while conn.is_handshaking() {
+                    while conn.wants_write() {
+                        conn.write_tls(&mut sock).unwrap();
+                    }
+                    if conn.is_handshaking() {
+                        conn.read_tls(&mut sock).unwrap();
+                        conn.process_new_packets().unwrap();
+                    }
+                }
+                conn.writer().write_all(data).unwrap();
+                conn.send_close_notify();
+                let mut flight = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut flight).unwrap();
+                }
+                sock.write_all(&flight).unwrap();
+                let mut echoed = Vec::new();
+                loop {
+                    if conn.read_tls(&mut sock).unwrap() == 0 {
+                        break;
+                    }
+                    let state = conn.process_new_packets().unwrap();
+                    let mut buf = vec![0u8; state.plaintext_bytes_to_read()];
+                    conn.reader().read_exact(&mut buf).unwrap();
+                    echoed.extend_from_slice(&buf);
+                    if state.peer_has_closed() {
+                        break;
+                    }
+                }
+                echoed
+            });
+            let ((up, down), echoed) = tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .unwrap()
+                .unwrap();
+            let n = data.len() as u64;
+            assert_eq!((up, down, echoed), (n, n, n));
+            assert_eq!(client.join().unwrap(), data);
+        }
+    });
+}
