@@ -510,8 +510,9 @@ fn claim_epoch() -> u64 {
 /// validated in full (300 entries) before etcd refuses it; and a good write
 /// sends a few hundred bytes instead of the pool. The first op resets
 /// `managedFields` (one empty entry is the documented reset): otherwise the
-/// server records every allocation key per writer there, which about
-/// doubles the object that every ADD reads and every write re-encodes.
+/// server records every allocation key per writer there, which more than
+/// doubles the object that every ADD reads and every write re-encodes
+/// (300 entries: 123 KB with, 47 KB without, measured in IPAM.md).
 /// Nobody server-side-applies IPPools (whereabouts and we patch them), so
 /// that record has no reader.
 pub fn write_patch(old: &IPPoolSpec, rv: &str, new: &IPPoolSpec) -> serde_json::Value {
