@@ -3,11 +3,13 @@
 //! readable and ours stay readable to it.
 //!
 //! Concurrency is optimistic, per pool: read the pool, decide in pure code
-//! (the same allocator as the file store), write it back with the
-//! `resourceVersion` we read. A 409 Conflict means someone wrote in between:
-//! re-read and decide again, after a jittered backoff. whereabouts instead
-//! takes one cluster-wide Lease around every operation, which serialises the
-//! whole cluster behind 0.5-1 s lease polls.
+//! (the same allocator as the file store), write the change as a JSON Patch
+//! that tests the `resourceVersion` we read. A refused test means someone
+//! wrote in between: decide again on the newer version. Under contention
+//! one ADD writes for all pending ones (combining, see `add_one`), because
+//! a pool is one etcd key and every write to it costs the API server the
+//! whole pool. whereabouts instead takes one cluster-wide Lease around every
+//! operation, which serialises the whole cluster behind 0.5-1 s lease polls.
 //!
 //! Overlapping ranges (the same address in two pools) are refused
 //! cluster-wide with an `OverlappingRangeIPReservation` (ORIP) per address.
