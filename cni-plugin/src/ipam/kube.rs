@@ -1911,6 +1911,45 @@ mod tests {
     }
 
     #[test]
+    fn pick_is_lowest_free_alone_and_spreads_within_the_window() {
+        let text = r#"{"ipam":{"type":"whereabouts","range":"10.0.0.0/28"}}"#;
+        let range = crate::ipam::config::parse_netconf(text.as_bytes(), std::path::Path::new("/x"))
+            .unwrap()
+            .ipam
+            .ranges
+            .remove(0);
+        let mut pool = Pool::default();
+        pool.allocations.insert(1, alloc("a", "ns/a"));
+        pool.allocations.insert(2, alloc("b", "ns/b"));
+        let taken: BTreeSet<u128> = [4].into();
+        // Window 1: the lowest free address outside `taken`, whatever the
+        // random number.
+        for r in [0, 1, 7, u64::MAX] {
+            assert_eq!(pick(&pool, &range, &taken, 1, r), Some(3));
+        }
+        // Window 4: one of the four lowest free ones (3, 5, 6, 7), each
+        // reachable.
+        let got: BTreeSet<u128> = (0..64)
+            .filter_map(|r| pick(&pool, &range, &taken, 4, r))
+            .collect();
+        assert_eq!(got, [3, 5, 6, 7].into());
+        // A window wider than what is free still finds an address.
+        assert!(pick(&pool, &range, &taken, 1024, 999).is_some());
+        // Nothing free: None.
+        let all: BTreeSet<u128> = (1..=14).collect();
+        assert_eq!(pick(&Pool::default(), &range, &all, 8, 3), None);
+    }
+
+    #[test]
+    fn pending_claims_select_the_pool_and_two_epochs() {
+        assert_eq!(
+            pending_selector("10.0.0.0-24", 100),
+            "ipam.mignet.io/ippool=10.0.0.0-24,ipam.mignet.io/claim-epoch in (100,99)"
+        );
+        assert_eq!(pool_label(&"x".repeat(64)), None);
+    }
+
+    #[test]
     fn network_name_from_pool_name() {
         let s: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
         assert_eq!(network_name_of("10.0.0.0-24", s), "");
