@@ -15,4 +15,7 @@ fi
 
 bash "$here/setup.sh" --lab
 cargo build --release --locked -p mignet -p mignet-cni
+# The narration is the demo's output; the agents' and controller's INFO logs
+# would interleave with its progress bar. RUST_LOG=info brings them back.
+export RUST_LOG="${RUST_LOG:-warn}"
 exec "$root/target/release/mignet" lab demo "$@"
