@@ -22,6 +22,8 @@ pub enum FsError {
         #[source]
         source: nix::Error,
     },
+    #[error("{path}: revision {text:?} is not a number (was it edited by hand?)")]
+    BadRevision { path: PathBuf, text: String },
     #[error("{path} is not valid JSON (was it edited by hand?)")]
     Corrupt {
         path: PathBuf,
@@ -95,9 +97,12 @@ pub fn read_json(path: &Path) -> Result<Option<Value>, FsError> {
 
 /// Write temp + fsync + rename + fsync(dir): readers see the old or the new
 /// content, never a mix, also across a crash or power loss.
+///
+/// The directory must exist: a store or lab directory that was removed
+/// (`lab down`, a test's cleanup) while a late writer was still running must
+/// make that write fail, not quietly bring the directory back.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -123,6 +128,15 @@ pub fn write_json(path: &Path, v: &Value) -> Result<(), FsError> {
     write_atomic(path, &bytes)
 }
 
+/// Make `dir` (one level) inside a parent that must exist.
+pub fn create_dir(dir: &Path) -> Result<(), FsError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("creating directory", dir)(e)),
+    }
+}
+
 pub fn remove(path: &Path) -> Result<(), FsError> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -134,7 +148,12 @@ pub fn remove(path: &Path) -> Result<(), FsError> {
 
 pub fn read_revision(path: &Path) -> Result<u64, FsError> {
     match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s.trim().parse().unwrap_or(0)),
+        // A revision that is not a number must not restart the count at 0:
+        // resourceVersions would repeat and stale updates would pass.
+        Ok(s) => s.trim().parse().map_err(|_| FsError::BadRevision {
+            path: path.to_owned(),
+            text: s.trim().to_owned(),
+        }),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
         Err(e) => Err(io("reading", path)(e)),
     }

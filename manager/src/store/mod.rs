@@ -497,7 +497,14 @@ impl Store {
     fn commit(&self, key: &Key, rv: u64, obj: Option<&Value>) -> Result<(), StoreError> {
         let path = self.object_path(key);
         match obj {
-            Some(v) => fs::write_json(&path, v)?,
+            Some(v) => {
+                // objects/<kind>/<namespace>, one level at a time below the
+                // objects directory Store::open made (see fs::write_atomic).
+                let ns_dir = path.parent().expect("object paths have a parent");
+                fs::create_dir(ns_dir.parent().expect("and a kind directory"))?;
+                fs::create_dir(ns_dir)?;
+                fs::write_json(&path, v)?
+            }
             None => fs::remove(&path)?,
         }
         fs::write_revision(&self.revision_path(), rv)?;

@@ -294,3 +294,29 @@ fn every_handle_on_a_store_shares_one_event_stream() {
         .unwrap();
     assert!(rx.try_recv().is_err());
 }
+
+#[test]
+fn a_garbled_revision_is_an_error_not_a_restart_at_zero() {
+    let d = temp();
+    let s = Store::open(&d.0).unwrap();
+    s.create_value(vmim("m1")).unwrap();
+    std::fs::write(d.0.join("revision"), "garbage\n").unwrap();
+    let e = s.revision().unwrap_err().to_string();
+    assert!(e.contains("revision") && e.contains("garbage"), "{e}");
+    let e = s.create_value(vmim("m2")).unwrap_err().to_string();
+    assert!(e.contains("garbage"), "{e}");
+}
+
+#[test]
+fn a_write_after_the_store_was_removed_fails_and_brings_nothing_back() {
+    // The race this guards: a writer holding the lock (its lock file open)
+    // while the directory is removed, then writing its object and revision.
+    let d = temp();
+    let s = Store::open(&d.0).unwrap();
+    s.create_value(vmim("m1")).unwrap();
+    std::fs::remove_dir_all(&d.0).unwrap();
+    assert!(fs::write_revision(&d.0.join("revision"), 7).is_err());
+    assert!(fs::write_json(&d.0.join("objects/k/ns/o.json"), &json!({})).is_err());
+    assert!(s.create_value(vmim("m2")).is_err());
+    assert!(!d.0.exists(), "a late write recreated {}", d.0.display());
+}
