@@ -729,11 +729,7 @@ impl TargetEndpoints {
     /// `timeout` (see [`ProxyTask::finish`]): the way to close the endpoints
     /// of a migration QEMU reported completed. True if all ended in time.
     pub async fn finish(mut self, timeout: Duration) -> bool {
-        let tasks = std::mem::take(&mut self.tasks);
-        futures::future::join_all(tasks.into_iter().map(|t| t.finish(timeout)))
-            .await
-            .into_iter()
-            .all(|done| done)
+        finish_all(std::mem::take(&mut self.tasks), timeout).await
     }
 }
 
@@ -805,12 +801,15 @@ impl SourceEndpoints {
     /// `timeout` (see [`ProxyTask::finish`]): the way to close the endpoints
     /// of a migration QEMU reported completed. True if all ended in time.
     pub async fn finish(mut self, timeout: Duration) -> bool {
-        let tasks = std::mem::take(&mut self.tasks);
-        futures::future::join_all(tasks.into_iter().map(|t| t.finish(timeout)))
-            .await
-            .into_iter()
-            .all(|done| done)
+        finish_all(std::mem::take(&mut self.tasks), timeout).await
     }
+}
+
+async fn finish_all(tasks: Vec<ProxyTask>, timeout: Duration) -> bool {
+    futures::future::join_all(tasks.into_iter().map(|t| t.finish(timeout)))
+        .await
+        .into_iter()
+        .all(|done| done)
 }
 
 /// How long a dropped source endpoint lets its connections finish.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use mignet_dataplane::proxy::{CountersSnapshot, SourceEndpoints, STREAM_MEMORY};
+use mignet_dataplane::proxy::{CountersSnapshot, SourceEndpoints, SOURCE_LINGER, STREAM_MEMORY};
 use mignet_dataplane::qemu::migration::{self, Outcome, Side};
 
 use super::params::MigrationParams;
@@ -174,10 +174,19 @@ impl AgentCore {
                 }
             }
         };
+        // QEMU says "completed" while its last bytes can still be in the
+        // relays: wait for them to reach the target before reporting. Any
+        // other end closes the relays at once (a cancelled migration can
+        // hang in `cancelling` until its connections close, see
+        // `migration::cancel`).
+        if matches!(&report, Ok(r) if r.outcome == Outcome::Completed) {
+            if !endpoints.finish(SOURCE_LINGER).await {
+                tracing::warn!(vm = %key, "relays still open {SOURCE_LINGER:?} after QEMU completed; closed");
+            }
+        } else {
+            drop(endpoints);
+        }
         let bytes = counters.snapshot();
-        // Close the relays (a cancelled migration can hang in `cancelling`
-        // until its connections close, see `migration::cancel`).
-        drop(endpoints);
         let report = report.map_err(|source| AgentError::Migration {
             key: key.to_string(),
             source,
