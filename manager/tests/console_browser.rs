@@ -495,28 +495,7 @@ async fn requests_without_token_or_csrf_are_refused() {
     let session: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(session["admin"], true);
     let csrf = session["csrf"].as_str().unwrap().to_owned();
-    let cases: [(&str, Vec<(&str, &str)>); 3] = [
-        (
-            "no CSRF token",
-            vec![("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
-        ),
-        (
-            "wrong CSRF token",
-            vec![
-                ("Cookie", &cookie),
-                ("Origin", &origin),
-                ("X-CSRF-Token", "0000"),
-            ],
-        ),
-        (
-            "foreign Origin",
-            vec![
-                ("Cookie", &cookie),
-                ("Origin", "http://evil.example"),
-                ("X-CSRF-Token", &csrf),
-            ],
-        ),
-    ];
+    let cases = forged_post_headers(&cookie, &origin, &csrf);
     for (what, headers) in &cases {
         let r = http(a, "POST", &migrate, headers, "").await;
         assert_eq!(r.status, 403, "{what}: {r:?}");

@@ -150,32 +150,7 @@ async fn requests_without_token_or_csrf_are_rejected() {
 
     // Cookie POSTs without the CSRF token, with a wrong one, from another
     // origin or without Origin: 403, nothing created.
-    let cases: [(&str, Vec<(&str, &str)>); 4] = [
-        (
-            "no CSRF token",
-            vec![("Cookie", &cookie), ("Origin", &origin)],
-        ),
-        (
-            "wrong CSRF token",
-            vec![
-                ("Cookie", &cookie),
-                ("Origin", &origin),
-                ("X-CSRF-Token", "0000"),
-            ],
-        ),
-        (
-            "foreign Origin",
-            vec![
-                ("Cookie", &cookie),
-                ("Origin", "http://evil.example"),
-                ("X-CSRF-Token", &csrf),
-            ],
-        ),
-        (
-            "no Origin",
-            vec![("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
-        ),
-    ];
+    let cases = forged_post_headers(&cookie, &origin, &csrf);
     for (what, headers) in &cases {
         let r = http(a, "POST", MIGRATE, headers, "").await;
         assert_eq!(r.status, 403, "{what}: {r:?}");

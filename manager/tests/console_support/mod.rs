@@ -342,6 +342,41 @@ impl Drop for Browser {
     }
 }
 
+/// Cookie-authenticated POST headers that must each be refused (403) by the
+/// CSRF protection: no token, a wrong one, a foreign Origin, no Origin.
+pub fn forged_post_headers<'a>(
+    cookie: &'a str,
+    origin: &'a str,
+    csrf: &'a str,
+) -> [(&'static str, Vec<(&'static str, &'a str)>); 4] {
+    [
+        (
+            "no CSRF token",
+            vec![("Cookie", cookie), ("Origin", origin)],
+        ),
+        (
+            "wrong CSRF token",
+            vec![
+                ("Cookie", cookie),
+                ("Origin", origin),
+                ("X-CSRF-Token", "0000"),
+            ],
+        ),
+        (
+            "foreign Origin",
+            vec![
+                ("Cookie", cookie),
+                ("Origin", "http://evil.example"),
+                ("X-CSRF-Token", csrf),
+            ],
+        ),
+        (
+            "no Origin",
+            vec![("Cookie", cookie), ("X-CSRF-Token", csrf)],
+        ),
+    ]
+}
+
 pub fn artifacts_dir() -> PathBuf {
     let d = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
