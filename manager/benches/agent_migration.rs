@@ -29,18 +29,11 @@ use mignet::agent::{
 };
 use mignet_dataplane::qemu::migration::Outcome;
 use mignet_dataplane::qemu::testbed::{
-    benchmark_cases, migrate_and_measure, wait_serial, GuestImage, RunDir,
+    bench_env, bench_main, benchmark_cases, migrate_and_measure, wait_serial, GuestImage, RunDir,
 };
 use mignet_dataplane::qemu::{MigrationSettings, QmpClient, VmProcess};
 
 const MIB: u64 = 1 << 20;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One measured migration.
 #[derive(Debug, Clone)]
@@ -53,25 +46,13 @@ struct Run {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("agent_migration: run with `cargo bench` to measure");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("agent_migration: {e}");
-        std::process::exit(1);
-    }
+    bench_main("agent_migration", run);
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let memory = env_u64("MIGNET_BENCH_MEMORY_MIB", 1024);
-    let fill = env_u64("MIGNET_BENCH_FILL_MIB", 900);
-    let repeat = env_u64("MIGNET_BENCH_REPEAT", 3).max(1);
+    let memory = bench_env::<u64>("MIGNET_BENCH_MEMORY_MIB", 1024);
+    let fill = bench_env::<u64>("MIGNET_BENCH_FILL_MIB", 900);
+    let repeat = bench_env::<u64>("MIGNET_BENCH_REPEAT", 3).max(1);
     let topo = Topology::new("mgab", 2, true);
     let (n1, n2) = (topo.nodes[0].clone(), topo.nodes[1].clone());
     let pki = Pki::new("cluster CA");

@@ -25,20 +25,14 @@ use std::time::{Duration, Instant};
 use mignet_dataplane::proxy::{ProxyOptions, SourceEndpoints, TargetEndpoints, STREAM_MEMORY};
 use mignet_dataplane::qemu::migration::{self, MigrationStatus};
 use mignet_dataplane::qemu::testbed::{
-    migrate_and_measure, wait_serial, GuestImage, MigrationMeasurement, NetnsPair, RunDir,
+    bench_env, migrate_and_measure, wait_serial, GuestImage, MigrationMeasurement, NetnsPair,
+    RunDir,
 };
 use mignet_dataplane::qemu::{MigrationSettings, QmpClient, VmProcess};
 use mignet_dataplane::tls::{ReloadingTls, TlsPaths, TlsSettings};
 use proxy_support::{Pki, TempDir};
 
 const GIB: f64 = (1u64 << 30) as f64;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -217,9 +211,9 @@ async fn run(
     net: &NetnsPair,
     rts: [tokio::runtime::Handle; 2],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let memory = env_u64("MIGNET_BENCH_MEMORY_MIB", 1024);
-    let fill = env_u64("MIGNET_BENCH_FILL_MIB", 900);
-    let repeat = env_u64("MIGNET_BENCH_REPEAT", 2).max(1);
+    let memory = bench_env::<u64>("MIGNET_BENCH_MEMORY_MIB", 1024);
+    let fill = bench_env::<u64>("MIGNET_BENCH_FILL_MIB", 900);
+    let repeat = bench_env::<u64>("MIGNET_BENCH_REPEAT", 2).max(1);
     let image = GuestImage::ensure()?;
     let tmp = TempDir::new("mgcpu");
     let pki = Pki::new("bench CA");

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use mignet_dataplane::listener::MigrationListener;
 use mignet_dataplane::proxy::{self, MigrationCounters, ProxyOptions, RateLimit};
+use mignet_dataplane::qemu::testbed::bench_env;
 use mignet_dataplane::tls::{ReloadingTls, TlsPaths, TlsSettings};
 use proxy_support::{veth, Netns, Pki, TempDir};
 
@@ -247,12 +248,7 @@ async fn plain_target(tcp: tokio::net::TcpListener, qemu: PathBuf) {
 /// Proxy options, with the copy buffer from `MIGNET_BENCH_BUF_KIB` if set.
 fn bench_options() -> ProxyOptions {
     let mut o = ProxyOptions::default();
-    if let Some(kib) = std::env::var("MIGNET_BENCH_BUF_KIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        o.buffer_size = kib * 1024;
-    }
+    o.buffer_size = bench_env("MIGNET_BENCH_BUF_KIB", o.buffer_size / 1024) * 1024;
     o
 }
 
@@ -293,12 +289,18 @@ fn measure(run: impl FnOnce() -> Duration) -> Sample {
     }
 }
 
+/// A comma-separated list; an entry that does not parse stops the bench
+/// (naming it) rather than being skipped.
 fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_string())
-        .split(',')
-        .filter(|s| s.parse::<T>().is_ok())
-        .map(str::to_string)
+    let v = std::env::var(name).unwrap_or_else(|_| default.to_string());
+    v.split(',')
+        .map(|s| {
+            if s.parse::<T>().is_err() {
+                eprintln!("{name}={v:?}: {s:?} is not a valid entry");
+                std::process::exit(2);
+            }
+            s.to_string()
+        })
         .collect()
 }
 
@@ -313,18 +315,9 @@ fn main() {
         println!("proxy_throughput: run with `cargo bench` to measure");
         return;
     }
-    let gib: f64 = std::env::var("MIGNET_BENCH_GIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
-    let cap_secs: f64 = std::env::var("MIGNET_BENCH_CAP_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8.0);
-    let rounds: usize = std::env::var("MIGNET_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let gib: f64 = bench_env("MIGNET_BENCH_GIB", 2.0);
+    let cap_secs: f64 = bench_env("MIGNET_BENCH_CAP_SECS", 8.0);
+    let rounds: usize = bench_env("MIGNET_BENCH_ROUNDS", 3);
     let total = (gib * 1024.0 * MIB) as u64;
 
     let src = Netns::new("mgbn-s");

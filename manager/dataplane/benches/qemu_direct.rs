@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use mignet_dataplane::qemu::testbed::{
-    benchmark_cases, migrate_and_measure, wait_serial, GuestImage, MigrationMeasurement, NetnsPair,
-    RunDir,
+    bench_env, bench_main, benchmark_cases, migrate_and_measure, wait_serial, GuestImage,
+    MigrationMeasurement, NetnsPair, RunDir,
 };
 use mignet_dataplane::qemu::{MigrationSettings, QmpClient, VmProcess};
 
@@ -28,34 +28,13 @@ struct Case {
     settings: MigrationSettings,
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs us without
-    // it: then only check that we start.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("qemu_direct: run with `cargo bench` to measure");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("qemu_direct: {e}");
-        std::process::exit(1);
-    }
+    bench_main("qemu_direct", run);
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let memory = env_u64("MIGNET_BENCH_MEMORY_MIB", 1024);
-    let fill = env_u64("MIGNET_BENCH_FILL_MIB", 900);
+    let memory = bench_env::<u64>("MIGNET_BENCH_MEMORY_MIB", 1024);
+    let fill = bench_env::<u64>("MIGNET_BENCH_FILL_MIB", 900);
     let image = GuestImage::ensure()?;
     let net = NetnsPair::new("mqb", 77)?;
     let cases: Vec<Case> = benchmark_cases()
@@ -79,7 +58,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Uncapped runs are short and noisy on a shared 2-core machine: repeat
     // them and report the median (and the range). Capped runs take ~15 s and
     // are steady by construction.
-    let repeat = env_u64("MIGNET_BENCH_REPEAT", 3).max(1);
+    let repeat = bench_env::<u64>("MIGNET_BENCH_REPEAT", 3).max(1);
     let mut runs: Vec<(usize, MigrationMeasurement)> = Vec::new();
     let mut in_a = true;
     let mut hop = 0;

@@ -412,6 +412,41 @@ pub async fn migrate_and_measure(
     ))
 }
 
+/// A benchmark knob from the environment, or `default` when unset. A value
+/// that does not parse stops the benchmark naming the variable and the
+/// value: a typo must not quietly measure the default instead.
+pub fn bench_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v:?} is not a valid value");
+            std::process::exit(2)
+        }),
+    }
+}
+
+/// `main` of a benchmark binary: `cargo bench` passes `--bench` and gets
+/// the measurement; `cargo test --benches` runs the binary without it, and
+/// then it only shows that it starts. Exits 1 with the error on failure.
+pub fn bench_main<F>(name: &str, run: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name}: run with `cargo bench` to measure");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
