@@ -653,7 +653,14 @@ impl PoolWatch {
                 .timeout(ADD_BUDGET.as_secs() as u32);
             match store.pools().watch(&wp, &seen_rv).await {
                 Ok(s) => self.events = Some(Box::pin(s)),
-                Err(_) => {
+                Err(e) => {
+                    // Still correct (waits re-read the pool), only slower:
+                    // say so where the runtime keeps plugin stderr, so a
+                    // role without `watch` on ippools does not go unnoticed.
+                    eprintln!(
+                        "mignet-ipam: cannot watch IPPool {}/{} ({e}); waiting by re-reading it instead (grant watch on ippools for speed)",
+                        store.namespace, key.name
+                    );
                     self.broken = true;
                     return Change::Unknown;
                 }
