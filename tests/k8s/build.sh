@@ -75,7 +75,14 @@ fi
 
 GO=$(find_go)
 export GOMODCACHE=${GOMODCACHE:-$CACHE/go/mod}
-export GOCACHE=${GOCACHE:-$CACHE/go/build}
+# A throwaway build cache (see tools/lib.sh): ~3 GB of compiler output that
+# no later step reads once the binaries exist.
+if [[ -z ${GOCACHE:-} ]]; then
+    mkdir -p "$CACHE/go"
+    GOCACHE=$(mktemp -d "$CACHE/go/build.XXXXXX")
+    export GOCACHE
+    trap 'rm -rf "$GOCACHE"' EXIT
+fi
 # -mod=mod lets `go build` fill in go.sum for the wrapper; local toolchain so a
 # `toolchain` line in a dependency never triggers a toolchain download.
 export GOFLAGS=-mod=mod

@@ -44,7 +44,15 @@ go_env() {
         if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else GO=$(command -v go) || die "no Go toolchain"; fi
     fi
     export GOMODCACHE=${GOMODCACHE:-$CACHE/go/mod}
-    export GOCACHE=${GOCACHE:-$CACHE/go/build}
+    # The build cache is only a compile cache (GBs for these trees) and the
+    # binary is what we keep, so a cold build gets a throwaway one: the CI
+    # machine's disk is shared with the Rust build.
+    if [[ -z ${GOCACHE:-} ]]; then
+        mkdir -p "$CACHE/go"
+        GOCACHE=$(mktemp -d "$CACHE/go/build.XXXXXX")
+        export GOCACHE
+        trap 'rm -rf "$GOCACHE"' EXIT
+    fi
     export GOTOOLCHAIN=local
     export CGO_ENABLED=0
     unset GOFLAGS
