@@ -115,7 +115,10 @@ wait_for() { # wait_for <seconds> <what> <pidfile> <command...>
     shift 3
     local deadline=$((SECONDS + secs))
     until "$@" >/dev/null 2>&1; do
-        pid_is_ours "$(cat "$pidfile")" "$STATE" || die "$what exited during start-up"
+        # Our own background child, so kill -0 is exact here; the cmdline
+        # check down.sh needs reads empty while the child is still inside
+        # execve (setsid -> server), which once failed a CI start-up.
+        kill -0 "$(cat "$pidfile")" 2>/dev/null || die "$what exited during start-up"
         ((SECONDS < deadline)) || die "$what not ready after ${secs}s"
         sleep 0.2
     done
