@@ -731,6 +731,16 @@ impl TargetEndpoints {
     pub async fn finish(mut self, timeout: Duration) -> bool {
         finish_all(std::mem::take(&mut self.tasks), timeout).await
     }
+
+    /// Like `finish`, without waiting: the target's guest already runs, so
+    /// nothing here is needed any more, but the source may still be draining
+    /// its relays; cutting them now would end its connections without
+    /// close_notify and make a completed migration log relay failures.
+    pub fn linger(mut self, grace: Duration) {
+        for task in std::mem::take(&mut self.tasks) {
+            task.linger(grace);
+        }
+    }
 }
 
 /// Source side of one migration: one unix socket per stream for QEMU to
@@ -812,8 +822,9 @@ async fn finish_all(tasks: Vec<ProxyTask>, timeout: Duration) -> bool {
         .all(|done| done)
 }
 
-/// How long a dropped source endpoint lets its connections finish.
-pub const SOURCE_LINGER: Duration = Duration::from_secs(5);
+/// How long relays of a finished side may take to end on their own: a
+/// dropped source endpoint, or a target whose guest already runs.
+pub const RELAY_LINGER: Duration = Duration::from_secs(5);
 
 impl Drop for SourceEndpoints {
     fn drop(&mut self) {
@@ -821,12 +832,12 @@ impl Drop for SourceEndpoints {
             let _ = std::fs::remove_file(path);
         }
         // No new connections, but the running ones may finish (up to
-        // SOURCE_LINGER): QEMU reports completion while its last bytes can
+        // RELAY_LINGER): QEMU reports completion while its last bytes can
         // still be in this proxy, and an owner that drops us on "completed"
         // must not truncate the destination's stream. A cancelled or failed
         // migration's connections end as soon as QEMU closes its side.
         for task in std::mem::take(&mut self.tasks) {
-            task.linger(SOURCE_LINGER);
+            task.linger(RELAY_LINGER);
         }
     }
 }

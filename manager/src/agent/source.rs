@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use mignet_dataplane::proxy::{CountersSnapshot, SourceEndpoints, SOURCE_LINGER, STREAM_MEMORY};
+use mignet_dataplane::proxy::{CountersSnapshot, SourceEndpoints, RELAY_LINGER, STREAM_MEMORY};
 use mignet_dataplane::qemu::migration::{self, Outcome, Side};
 
 use super::params::MigrationParams;
@@ -180,8 +180,8 @@ impl AgentCore {
         // hang in `cancelling` until its connections close, see
         // `migration::cancel`).
         if matches!(&report, Ok(r) if r.outcome == Outcome::Completed) {
-            if !endpoints.finish(SOURCE_LINGER).await {
-                tracing::warn!(vm = %key, "relays still open {SOURCE_LINGER:?} after QEMU completed; closed");
+            if !endpoints.finish(RELAY_LINGER).await {
+                tracing::warn!(vm = %key, "relays still open {RELAY_LINGER:?} after QEMU completed; closed");
             }
         } else {
             drop(endpoints);

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mignet_dataplane::proxy::{CountersSnapshot, TargetEndpoints, STREAM_MEMORY};
+use mignet_dataplane::proxy::{CountersSnapshot, TargetEndpoints, RELAY_LINGER, STREAM_MEMORY};
 use mignet_dataplane::qemu::migration;
 use mignet_dataplane::qemu::{QmpClient, VmProcess};
 
@@ -171,12 +171,15 @@ impl PreparedTarget {
     }
 
     /// The guest runs here: hand the QEMU to the runner (it now outlives the
-    /// agent like any VM) and close the listener.
+    /// agent like any VM) and close the listener. Must run inside a tokio
+    /// runtime: the connections get `RELAY_LINGER` to end on their own.
     pub fn commit(mut self, core: &AgentCore) -> Result<VmInfo, AgentError> {
         let process = self.process.take().ok_or_else(|| AgentError::VmGone {
             key: self.request.key.clone(),
         })?;
-        self.endpoints = None;
+        if let Some(endpoints) = self.endpoints.take() {
+            endpoints.linger(RELAY_LINGER);
+        }
         core.vms
             .adopt_with_qmp(self.request.clone(), process, self.qmp.clone())
     }
