@@ -373,6 +373,11 @@ impl<'a> Kubelet<'a> {
             ip(&["netns", "del", &agent_ns])?;
         }
         add_namespace(self.cfg, &agent_ns)?;
+        // agent0 can outlive its pod's namespace for a moment (the kernel
+        // tears a namespace down asynchronously) or a crash; it is ours.
+        if link_present(&node_ns, AGENT_VETH) {
+            ip(&["-n", &node_ns, "link", "del", AGENT_VETH])?;
+        }
         let gw = plan::pod_gateway(index).to_string();
         let pod_ip = plan::agent_ip(index).to_string();
         LabState::record_link(&self.cfg.dir, &node_ns, AGENT_VETH)?;
@@ -590,6 +595,16 @@ impl<'a> Kubelet<'a> {
                 warn!(%node, network = %rec.network, error = %e, "CNI DEL failed");
             }
         }
+        // The node end of the pod's veth goes first, which removes the pair
+        // at once. Left to `netns del`, the kernel destroys the pod end (and
+        // agent0 with it) asynchronously, and a quick restart found agent0
+        // still there ("RTNETLINK answers: File exists").
+        let node_ns = self.cfg.node_ns(node);
+        if link_present(&node_ns, AGENT_VETH) {
+            if let Err(e) = ip(&["-n", &node_ns, "link", "del", AGENT_VETH]) {
+                warn!(%node, error = %e, "removing the agent pod's veth failed");
+            }
+        }
         if netns_exists(&agent_ns) {
             match ip(&["netns", "del", &agent_ns]) {
                 Ok(_) => {
@@ -643,6 +658,10 @@ impl CniCallOwned<'_> {
     fn del(&self) -> Result<(), super::cni::CniCallError> {
         self.call().del()
     }
+}
+
+fn link_present(ns: &str, link: &str) -> bool {
+    ip(&["-n", ns, "link", "show", "dev", link]).is_ok()
 }
 
 #[cfg(test)]
