@@ -161,4 +161,5 @@ Migration State:
     assert!(String::from_utf8_lossy(&bad.stderr).contains("doesn't have a resource type"));
     lab.ok(&["lab", "down"]);
     assert!(lab.our_namespaces().is_empty());
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }

@@ -23,6 +23,20 @@ fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {
     // this is the only test in this binary, so no other thread reads it.
     std::env::set_var("MIGNET_LAB_DIR", &lab.dir);
     std::env::set_var("MIGNET_LAB_PREFIX", &lab.prefix);
+    // The demo runs its manager and agents in this process: every socket
+    // they opened (listeners, relays, QMP, netlink) must be closed again.
+    // Except the socketpair tokio keeps for the life of the process once a
+    // signal is watched (its orphan-child reaper watches SIGCHLD): make it
+    // exist first.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map(drop)
+        })
+        .unwrap();
+    let sockets_before = socket_fds();
     let opts = DemoOptions {
         nodes: 3,
         keep: false,
@@ -77,4 +91,40 @@ fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {
     assert!(!lab.dir.join("lab.json").exists());
     assert!(!lab.dir.join("agents").exists());
     assert!(!lab.dir.join("pki").exists());
+    let leaked: Vec<_> = socket_fds()
+        .into_iter()
+        .filter(|(inode, _)| !sockets_before.iter().any(|(b, _)| b == inode))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "sockets left open by the demo: {leaked:#?}"
+    );
+}
+
+/// This process's open sockets (`socket:[inode]` links under /proc/self/fd):
+/// the inode, and its line from the kernel's socket tables when it has one,
+/// so a failure says what kind of socket leaked.
+fn socket_fds() -> Vec<(String, String)> {
+    let tables: String = ["unix", "netlink", "tcp", "tcp6", "udp", "udp6", "packet"]
+        .iter()
+        .filter_map(|t| {
+            std::fs::read_to_string(format!("/proc/self/net/{t}"))
+                .ok()
+                .map(|c| format!("{t}: {c}"))
+        })
+        .collect();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .filter_map(|t| {
+            let inode = t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned();
+            let line = tables
+                .lines()
+                .find(|l| l.split_whitespace().any(|w| w == inode))
+                .unwrap_or("(not in this namespace's tables)");
+            Some((inode, line.trim().to_owned()))
+        })
+        .collect()
 }

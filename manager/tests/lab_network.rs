@@ -340,6 +340,7 @@ spec:
     let pid = lab.daemon_pid().unwrap();
     lab.ok(&["lab", "down"]);
     assert!(lab.our_namespaces().is_empty());
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
     assert!(!lab.dir.exists(), "IPAM store and state removed");
     assert!(!pid_alive(pid));
 }

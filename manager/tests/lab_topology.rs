@@ -151,6 +151,7 @@ fn up_builds_the_topology_and_down_removes_everything() {
     );
     assert!(!lab.dir.exists(), "lab dir removed");
     assert!(!pid_alive(pid), "daemon stopped");
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
     // Idempotent.
     lab.ok(&["lab", "down"]);
 }
@@ -182,6 +183,7 @@ fn down_after_a_crash_cleans_up_from_the_record() {
         lab.our_namespaces()
     );
     assert!(!lab.dir.exists());
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
 
 #[test]
@@ -304,6 +306,7 @@ fn a_restarted_daemon_adopts_the_running_agents() {
     let _ = daemon.wait();
     assert!(!pid_alive(new_pid), "down stops the hand-started daemon");
     assert!(lab.our_namespaces().is_empty());
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
 
 #[test]

@@ -169,7 +169,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
                 report.leftovers.join(", ")
             )));
         } else {
-            println!("lab down: no namespace, link, VM process or state of the lab remains");
+            println!("lab down: no namespace, link, process, socket or file of the lab remains");
         }
     } else {
         println!("\nlab kept (--keep); remove it with `mignet lab down`");

@@ -165,7 +165,11 @@ fn stop_vms(dir: &std::path::Path) -> Vec<String> {
 }
 
 /// What of the lab in `cfg` is still on the machine: namespaces with its
-/// prefix, its VM processes, its record. Empty after a clean `down`.
+/// prefix (every link of the lab lives in one), its daemon and VM
+/// processes, unix sockets bound under its directory, its files. Empty
+/// after a clean `down`. TCP listeners live in the agents' namespaces, and
+/// a socket cannot outlive every process that holds it, so namespaces plus
+/// processes plus socket paths cover what can be left.
 pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
@@ -176,19 +180,100 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
             }
         }
     }
+    for pid in daemon_processes(&cfg.dir) {
+        out.push(format!("lab daemon process {pid}"));
+    }
     for pid in vm_processes(&cfg.dir) {
         out.push(format!("VM process {pid}"));
+    }
+    for path in unix_sockets_under(&cfg.dir) {
+        out.push(format!("unix socket {path}"));
     }
     for p in [
         cfg.state_file(),
         cfg.store_dir(),
+        cfg.ipam_dir(),
+        cfg.cni_bin_dir(),
+        cfg.log_file(),
         cfg.dir.join("agents"),
         cfg.dir.join("pki"),
         super::history::history_file(&cfg.dir),
+        super::state::lock_path(&cfg.dir),
     ] {
         if p.exists() {
             out.push(format!("file {}", p.display()));
         }
     }
     out
+}
+
+/// `mignet lab daemon` processes of the lab at `dir` (other than this
+/// one): the daemon finds its lab through MIGNET_LAB_DIR, so that is what
+/// names it, not a process name another program could share.
+pub fn daemon_processes(dir: &std::path::Path) -> Vec<i32> {
+    let want = format!("MIGNET_LAB_DIR={}", dir.display());
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            if !args.windows(2).any(|w| w == [&b"lab"[..], &b"daemon"[..]]) {
+                return false;
+            }
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Paths of the unix sockets, open in this network namespace, bound at or
+/// under `dir` (QMP, serial and migration sockets of the lab's VMs and
+/// agents), whether or not the file is still there.
+pub fn unix_sockets_under(dir: &std::path::Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    unix_socket_paths(&table, &dir.display().to_string())
+}
+
+/// The bound paths in a `/proc/net/unix` table that lie under `prefix`.
+fn unix_socket_paths(table: &str, prefix: &str) -> Vec<String> {
+    let under = |p: &str| {
+        p.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    table
+        .lines()
+        .skip(1)
+        // Num RefCount Protocol Flags Type St Inode [Path]
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter(|p| under(p))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_socket_paths;
+
+    #[test]
+    fn unix_socket_paths_keeps_bound_paths_under_the_directory_only() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 1001 /tmp/lab/agents/node1/qmp.sock
+0000000000000000: 00000002 00000000 00000000 0001 03 1002
+0000000000000000: 00000002 00000000 00010000 0001 01 1003 /tmp/lab-other/x.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 1004 @/tmp/lab/abstract
+0000000000000000: 00000002 00000000 00010000 0001 01 1005 /tmp/lab
+";
+        assert_eq!(
+            unix_socket_paths(table, "/tmp/lab"),
+            ["/tmp/lab/agents/node1/qmp.sock", "/tmp/lab"]
+        );
+    }
 }

@@ -65,6 +65,16 @@ impl Lab {
             .collect()
     }
 
+    /// What `lab down` must have removed and did not (`lifecycle::leftovers`:
+    /// namespaces, the daemon, VMs, unix sockets, files).
+    pub fn leftovers(&self) -> Vec<String> {
+        mignet::lab::lifecycle::leftovers(&mignet::lab::LabConfig {
+            dir: self.dir.clone(),
+            prefix: self.prefix.clone(),
+            nodes: 0,
+        })
+    }
+
     pub fn state(&self) -> Option<Value> {
         std::fs::read(self.dir.join("lab.json"))
             .ok()
