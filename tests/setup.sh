@@ -26,6 +26,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Earlier versions of the tool builds kept Go's build cache (about 3 GB) in
+# the cache; the builds now use a throwaway one, so free the disk.
+rm -rf "${MIGNET_CACHE:-$HOME/.cache/mignet}/go/build"
+
 # Go-built test tooling (cached under ${MIGNET_CACHE:-~/.cache/mignet}) and the
 # guest image. `--lab` prepares only what the lab demo needs (no Kubernetes build).
 steps=("$here/guest/build.sh")
