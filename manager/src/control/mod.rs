@@ -290,6 +290,18 @@ fn settle<T>(
     }
 }
 
+/// Replace `obj`'s status and [`settle`] the outcome: the stored object, or
+/// None when the write lost a race.
+async fn write_status<B: Backend, K: crate::backend::Kind>(
+    backend: &B,
+    obj: &K,
+    pass: &mut Pass,
+    what: &'static str,
+    key: &(dyn std::fmt::Display + Sync),
+) -> Result<Option<K>, ControlError> {
+    settle(backend.replace_status(obj).await, pass, what, key)
+}
+
 fn time(now: jiff::Timestamp) -> Time {
     // Kubernetes timestamps have whole seconds on the wire; keep ours
     // equal to what a re-read returns.
@@ -403,12 +415,7 @@ async fn cancel_deleted<B: Backend>(
         if let Some(s) = vmi.status.as_mut().and_then(|s| s.migration_state.as_mut()) {
             s.abort_requested = Some(true);
         }
-        if let Some(v) = settle(
-            backend.replace_status(&vmi).await,
-            pass,
-            "VMI abortRequested",
-            &vmi_key,
-        )? {
+        if let Some(v) = write_status(backend, &vmi, pass, "VMI abortRequested", &vmi_key).await? {
             pass.aborts_requested += 1;
             w.vmis.insert(vmi_key, v);
         }
@@ -475,8 +482,7 @@ async fn admit_new<B: Backend>(
                     continue;
                 };
                 enter_phase(&mut m, MigrationPhase::Pending, t.clone());
-                if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)?
-                {
+                if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
                     pass.admitted += 1;
                     w.vmims[i] = m;
                 }
@@ -484,8 +490,7 @@ async fn admit_new<B: Backend>(
             Err(refusal) => {
                 let mut m = w.vmims[i].clone();
                 fail(&mut m, refusal.reason(), &refusal.to_string(), t);
-                if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)?
-                {
+                if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
                     pass.refused += 1;
                     w.vmims[i] = m;
                 }
@@ -570,13 +575,7 @@ async fn schedule<B: Backend>(
             mode: Some(MigrationMode::PreCopy),
             ..Default::default()
         });
-        let Some(m) = settle(
-            backend.replace_status(&m).await,
-            pass,
-            "VMIM phase",
-            &start.migration,
-        )?
-        else {
+        let Some(m) = write_status(backend, &m, pass, "VMIM phase", &start.migration).await? else {
             continue;
         };
         pass.started += 1;
@@ -590,12 +589,7 @@ async fn schedule<B: Backend>(
         };
         let mut m = w.vmims[i].clone();
         fail(&mut m, r.refusal.reason(), &r.refusal.to_string(), t);
-        if let Some(m) = settle(
-            backend.replace_status(&m).await,
-            pass,
-            "VMIM phase",
-            &r.migration,
-        )? {
+        if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &r.migration).await? {
             pass.refused += 1;
             w.vmims[i] = m;
         }
@@ -620,12 +614,9 @@ async fn schedule<B: Backend>(
             },
         );
         if changed {
-            if let Some(m) = settle(
-                backend.replace_status(&m).await,
-                pass,
-                "VMIM condition",
-                &wt.migration,
-            )? {
+            if let Some(m) =
+                write_status(backend, &m, pass, "VMIM condition", &wt.migration).await?
+            {
                 w.vmims[i] = m;
             }
         }
@@ -673,7 +664,7 @@ async fn hand_off<B: Backend>(
             &format!("VMI {vmi_key} does not exist"),
             t,
         );
-        if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)? {
+        if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
             w.vmims[i] = m;
         }
         return Ok(());
@@ -692,12 +683,7 @@ async fn hand_off<B: Backend>(
         let st = vmi.status.get_or_insert_with(Default::default);
         st.migration_state = Some(state);
         st.migration_method = Some(method);
-        let Some(v) = settle(
-            backend.replace_status(&vmi).await,
-            pass,
-            "VMI migrationState",
-            &vmi_key,
-        )?
+        let Some(v) = write_status(backend, &vmi, pass, "VMI migrationState", &vmi_key).await?
         else {
             return Ok(());
         };
@@ -705,7 +691,7 @@ async fn hand_off<B: Backend>(
     }
     let mut m = w.vmims[i].clone();
     enter_phase(&mut m, MigrationPhase::Scheduled, t.clone());
-    if let Some(m) = settle(backend.replace_status(&m).await, pass, "VMIM phase", &key)? {
+    if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
         w.vmims[i] = m;
     }
     Ok(())
@@ -753,12 +739,7 @@ async fn live_migratable<B: Backend>(
     }
     drop(index);
     for (key, vmi) in writes {
-        if let Some(v) = settle(
-            backend.replace_status(&vmi).await,
-            pass,
-            "VMI condition",
-            &key,
-        )? {
+        if let Some(v) = write_status(backend, &vmi, pass, "VMI condition", &key).await? {
             pass.conditions_written += 1;
             w.vmis.insert(key, v);
         }
@@ -981,12 +962,9 @@ async fn virtual_machines<B: Backend>(
         if vm.status.as_ref() != Some(&next) {
             let mut updated = vm.clone();
             updated.status = Some(next);
-            if let Some(v) = settle(
-                backend.replace_status(&updated).await,
-                pass,
-                "VirtualMachine status",
-                &key,
-            )? {
+            if let Some(v) =
+                write_status(backend, &updated, pass, "VirtualMachine status", &key).await?
+            {
                 pass.vm_statuses_written += 1;
                 w.vms[i] = v;
             }
