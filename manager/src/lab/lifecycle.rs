@@ -127,18 +127,24 @@ pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
 /// on our own directory, never on a process name.
 pub fn vm_processes(dir: &std::path::Path) -> Vec<i32> {
     let needle = dir.join("agents").display().to_string() + "/";
+    other_processes(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+            .unwrap_or(false)
+    })
+}
+
+/// Pids, other than ours, of the processes `matches` accepts. A process
+/// may exit between the listing and the read: `matches` then sees an
+/// unreadable /proc entry and should say no.
+fn other_processes(matches: impl Fn(i32) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
-        })
+        .filter(|&pid| pid != me && matches(pid))
         .collect()
 }
 
@@ -212,26 +218,18 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
 /// names it, not a process name another program could share.
 pub fn daemon_processes(dir: &std::path::Path) -> Vec<i32> {
     let want = format!("MIGNET_LAB_DIR={}", dir.display());
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            if !args.windows(2).any(|w| w == [&b"lab"[..], &b"daemon"[..]]) {
-                return false;
-            }
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
-                .unwrap_or(false)
-        })
-        .collect()
+    other_processes(|pid| {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if !args.windows(2).any(|w| w == [&b"lab"[..], &b"daemon"[..]]) {
+            return false;
+        }
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+            .unwrap_or(false)
+    })
 }
 
 /// Paths of the unix sockets, open in this network namespace, bound at or
