@@ -13,9 +13,13 @@ fi
 
 # Debian packages: iproute2 (ip netns), the reference CNI plugins (differential
 # tests and the benchmark anchor), QEMU + busybox-static + cpio (guests), openssl
-# (test-bed certificates), procps/psmisc (process checks), jq.
+# (test-bed certificates), procps/psmisc (process checks), jq. The cluster
+# bed (tests/cluster/): containerd + runc (one runtime per node), socat (the
+# root namespace's way to the apiserver), iptables (the kubernetes Service
+# in each node), mmdebstrap (the mignet image from Debian packages).
 pkgs=(iproute2 containernetworking-plugins qemu-system-x86 qemu-utils busybox-static cpio
-      openssl procps psmisc jq curl ca-certificates gcc libc6-dev chromium chromium-driver)
+      openssl procps psmisc jq curl ca-certificates gcc libc6-dev chromium chromium-driver
+      containerd runc socat iptables mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,7 +38,7 @@ rm -rf "${MIGNET_CACHE:-$HOME/.cache/mignet}/go/build"
 # guest image. `--lab` prepares only what the lab demo needs (no Kubernetes build).
 steps=("$here/guest/build.sh")
 if [ "${1:-}" != "--lab" ]; then
-    steps+=("$here/k8s/build.sh" "$here/tools/build-cnitool.sh")
+    steps+=("$here/k8s/build.sh" "$here/tools/build-cnitool.sh" "$here/tools/build-multus.sh")
 fi
 for s in "${steps[@]}"; do
     if [ -x "$s" ] || [ -f "$s" ]; then

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build (or take from the cache) kube-apiserver, kubectl and etcd for the
-# real-apiserver test bed.
+# real-apiserver test bed, and kubelet, kube-controller-manager and
+# kube-scheduler for the multi-node cluster bed (tests/cluster/). All five
+# Kubernetes binaries come from one `go build` so the packages they share
+# are compiled once.
 #
 # Nothing ships kube-apiserver as a package here and envtest's downloads are
 # unreachable, so we compile it from Go modules. k8s.io/kubernetes cannot be
@@ -10,7 +13,8 @@
 # with its published v0.Y.Z twin; the list is read from the go.mod the proxy
 # serves so a version bump needs no hand edits.
 #
-# Output: $MIGNET_CACHE/k8s/<version>/bin/{kube-apiserver,kubectl,etcd}
+# Output: $MIGNET_CACHE/k8s/<version>/bin/{kube-apiserver,kubectl,etcd,
+#         kubelet,kube-controller-manager,kube-scheduler}
 # (MIGNET_CACHE defaults to ~/.cache/mignet). Prints the bin dir on the last
 # line of stdout; progress goes to stderr.
 #
@@ -33,7 +37,7 @@ CACHE=${MIGNET_CACHE:-$HOME/.cache/mignet}
 ROOT=$CACHE/k8s/$K8S_VERSION
 BIN=$ROOT/bin
 # The stamp names every input of the build; a changed recipe rebuilds.
-STAMP_WANT="k8s=$K8S_VERSION etcd=$ETCD_VERSION recipe=2"
+STAMP_WANT="k8s=$K8S_VERSION etcd=$ETCD_VERSION recipe=3"
 
 log() { printf '[k8s/build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -48,7 +52,7 @@ cache_ok() {
     [[ ${MIGNET_K8S_REBUILD:-0} != 1 ]] || return 1
     [[ -f $ROOT/stamp && "$(cat "$ROOT/stamp")" == "$STAMP_WANT" ]] || return 1
     local b
-    for b in kube-apiserver kubectl etcd; do
+    for b in kube-apiserver kubectl etcd kubelet kube-controller-manager kube-scheduler; do
         [[ -x $BIN/$b ]] || return 1
     done
 }
@@ -131,6 +135,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 )
 EOF
 
@@ -146,12 +153,14 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.buildDate=$build_date"
 done
 
-log "building kube-apiserver and kubectl (cold: 10-25 min on 2 cores)"
+log "building kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler (cold: 15-30 min on 2 cores)"
 t0=$(date +%s)
 (cd "$WORK/kubernetes" &&
     "$GO" build -ldflags "$ldflags" -o "$ROOT/bin.new/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
-log "kube-apiserver + kubectl built in $(($(date +%s) - t0))s"
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
+        k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler)
+log "Kubernetes binaries built in $(($(date +%s) - t0))s"
 
 # ---- etcd ----------------------------------------------------------------------
 # go.etcd.io/etcd/server/v3 replaces its sibling modules with ../ paths, which
@@ -182,12 +191,21 @@ t0=$(date +%s)
 log "etcd built in $(($(date +%s) - t0))s"
 
 # ---- sanity + publish ------------------------------------------------------------
-"$ROOT/bin.new/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" ||
-    die "kube-apiserver --version says '$("$ROOT/bin.new/kube-apiserver" --version)'"
-"$ROOT/bin.new/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" ||
-    die "etcd --version says '$("$ROOT/bin.new/etcd" --version)'"
+# Output first, then grep: `cmd | grep -q` under pipefail fails when grep
+# exits at the first match and the command dies of SIGPIPE writing the rest
+# (etcd prints four lines; a cold build died at this check after 13 minutes).
+version_is() { # version_is BINARY PATTERN
+    local out
+    out=$("$ROOT/bin.new/$1" --version 2>&1) || die "$1 --version failed: $out"
+    grep -q -- "$2" <<<"$out" || die "$1 --version says '$out'"
+}
+version_is kube-apiserver "^Kubernetes $K8S_VERSION\$"
+version_is etcd "etcd Version: ${ETCD_VERSION#v}"
 "$ROOT/bin.new/kubectl" version --client >/dev/null ||
     die "kubectl version --client failed"
+for b in kubelet kube-controller-manager kube-scheduler; do
+    version_is "$b" "^Kubernetes $K8S_VERSION\$"
+done
 
 rm -rf "$BIN"
 mv "$ROOT/bin.new" "$BIN"
