@@ -148,10 +148,6 @@ results=()
 if [ "$only" != pause ]; then
     pkgs="$(sed -e 's/#.*//' "$here/packages.txt" | tr -s ' \t\n' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
     [ -n "$pkgs" ] || die "$here/packages.txt lists no packages"
-    # usr-is-merged, as in debian:bookworm-slim: otherwise apt satisfies
-    # init-system-helpers' "usrmerge | usr-is-merged" with usrmerge, which
-    # drags in perl (about 50 MB) for a conversion the rootfs never needs.
-    pkgs="usr-is-merged,$pkgs"
     sources=("deb $mirror $suite main" "deb $mirror $suite-updates main" "deb $security $suite-security main")
     # The same dpkg filters as debian:*-slim (debuerreotype's slimify) keep docs,
     # man pages and translations out; they stay in the image's dpkg config.
@@ -162,7 +158,7 @@ if [ "$only" != pause ]; then
     done
     dpkgopts+=("--dpkgopt=path-include=/usr/share/doc/*/copyright")
     # Bump when the way the rootfs is made changes (invalidates the cache).
-    recipe="rootfs-v1 variant=apt $suite ${sources[*]} ${dpkgopts[*]} no-recommends skip=output/dev include=$pkgs"
+    recipe="rootfs-v1 variant=apt hook=merged-usr $suite ${sources[*]} ${dpkgopts[*]} no-recommends skip=output/dev include=$pkgs"
     key="$(printf '%s' "$recipe" | sha256sum | cut -c1-16)"
     rootfs="$cache/rootfs-$suite-$key"
 
@@ -182,7 +178,11 @@ if [ "$only" != pause ]; then
         log "rootfs layer: mmdebstrap $suite + $pkgs (cold; about a minute)"
         tmp="$cache/.rootfs.$$"
         rm -rf "$tmp" && mkdir -p "$tmp"
+        # The merged-usr hook makes the /usr symlinks itself and installs
+        # usr-is-merged (as debian:bookworm-slim has): without it apt picks
+        # usrmerge, which drags in perl (~50 MB) for a conversion never needed.
         mmdebstrap --variant=apt --format=tar --skip=output/dev \
+            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
             --aptopt='APT::Install-Recommends "false"' --aptopt='APT::Install-Suggests "false"' \
             "${dpkgopts[@]}" --include="$pkgs" \
             --customize-hook="chroot \"\$1\" dpkg-query -W -f='\${Package} \${Version}\n' > '$tmp/packages.lock'" \
