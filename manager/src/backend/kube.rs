@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use tokio::sync::watch;
@@ -26,6 +26,15 @@ pub struct KubeBackend {
     _watchers: Arc<Watchers>,
 }
 
+/// Which kinds a [`KubeBackend`] watches for its change signal.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// VMIs, VMIMs, HyperConvergeds, VMs and Nodes (controller, console).
+    Controller,
+    /// VMIs, VMIMs and HyperConvergeds (node agent).
+    Agent,
+}
+
 /// The watcher tasks end with the last clone of the backend.
 struct Watchers(Vec<JoinHandle<()>>);
 
@@ -42,19 +51,35 @@ impl KubeBackend {
     /// all namespaces when `None`) and Nodes. Must be called inside a tokio
     /// runtime.
     pub fn new(client: Client, namespace: Option<&str>) -> Self {
+        Self::watching(client, namespace, Watched::Controller)
+    }
+
+    /// The node agent's backend: watches only what the agent reads (VMIs,
+    /// VMIMs, HyperConvergeds), so its RBAC needs no VirtualMachine or Node
+    /// access (a watcher refused by RBAC would retry forever, unseen).
+    pub fn for_agent(client: Client, namespace: Option<&str>) -> Self {
+        Self::watching(client, namespace, Watched::Agent)
+    }
+
+    fn watching(client: Client, namespace: Option<&str>, watched: Watched) -> Self {
         let (tx, rx) = watch::channel(0u64);
         let tx = Arc::new(tx);
         let ns = namespace.unwrap_or("");
-        let tasks = vec![
+        let mut tasks = vec![
             spawn_watch(VirtualMachineInstance::api(client.clone(), ns), tx.clone()),
             spawn_watch(
                 VirtualMachineInstanceMigration::api(client.clone(), ns),
                 tx.clone(),
             ),
-            spawn_watch(VirtualMachine::api(client.clone(), ns), tx.clone()),
             spawn_watch(HyperConverged::api(client.clone(), ns), tx.clone()),
-            spawn_watch(Node::api(client.clone(), ""), tx),
         ];
+        if watched == Watched::Controller {
+            tasks.push(spawn_watch(
+                VirtualMachine::api(client.clone(), ns),
+                tx.clone(),
+            ));
+            tasks.push(spawn_watch(Node::api(client.clone(), ""), tx));
+        }
         Self {
             client,
             changes: rx,
@@ -116,6 +141,49 @@ fn map_err(op: Op, object: ObjectRef, e: kube::Error) -> BackendError {
     }
 }
 
+/// The merge patch writing `after` over `before`: only `part`'s changed
+/// fields, plus `before`'s resourceVersion, which the API server treats as
+/// a precondition (409 Conflict when stale), exactly like a PUT's.
+fn patch_body<K: Kind>(
+    op: Op,
+    before: &K,
+    after: &K,
+    keep: impl Fn(&str) -> bool,
+) -> Result<serde_json::Value, BackendError> {
+    let to_json = |o: &K| {
+        serde_json::to_value(o).map_err(|e| BackendError::Permanent {
+            op,
+            object: ObjectRef::of(o),
+            source: Box::new(e),
+        })
+    };
+    let only = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => {
+            serde_json::Value::Object(m.into_iter().filter(|(k, _)| keep(k)).collect())
+        }
+        other => other,
+    };
+    let (b, a) = (only(to_json(before)?), only(to_json(after)?));
+    let mut patch = super::merge_diff(&b, &a).unwrap_or_else(|| serde_json::json!({}));
+    if let serde_json::Value::Object(m) = &mut patch {
+        let meta = m.entry("metadata").or_insert_with(|| serde_json::json!({}));
+        if let serde_json::Value::Object(meta) = meta {
+            meta.insert(
+                "resourceVersion".into(),
+                serde_json::json!(before.meta().resource_version),
+            );
+        }
+    }
+    Ok(patch)
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    }
+}
+
 fn ns_of<K: Kind>(obj: &K) -> String {
     if K::NAMESPACED {
         obj.meta().namespace.clone().unwrap_or_default()
@@ -167,6 +235,28 @@ impl Backend for KubeBackend {
             .replace_status(&name, &post_params(), obj)
             .await
             .map_err(|e| map_err(Op::ReplaceStatus, ObjectRef::of(obj), e))
+    }
+
+    async fn patch_object<K: Kind>(&self, before: &K, after: &K) -> Result<K, BackendError> {
+        let name = before.meta().name.clone().unwrap_or_default();
+        // Status goes through its own subresource; apiVersion/kind are the
+        // same on both sides and would only be noise.
+        let body = patch_body(Op::Patch, before, after, |k| {
+            !matches!(k, "status" | "apiVersion" | "kind")
+        })?;
+        K::api(self.client.clone(), &ns_of(before))
+            .patch(&name, &patch_params(), &Patch::Merge(&body))
+            .await
+            .map_err(|e| map_err(Op::Patch, ObjectRef::of(before), e))
+    }
+
+    async fn patch_status<K: Kind>(&self, before: &K, after: &K) -> Result<K, BackendError> {
+        let name = before.meta().name.clone().unwrap_or_default();
+        let body = patch_body(Op::PatchStatus, before, after, |k| k == "status")?;
+        K::api(self.client.clone(), &ns_of(before))
+            .patch_status(&name, &patch_params(), &Patch::Merge(&body))
+            .await
+            .map_err(|e| map_err(Op::PatchStatus, ObjectRef::of(before), e))
     }
 
     async fn delete<K: Kind>(&self, namespace: &str, name: &str) -> Result<(), BackendError> {

@@ -182,6 +182,8 @@ pub enum Op {
     Create,
     Replace,
     ReplaceStatus,
+    Patch,
+    PatchStatus,
     Delete,
 }
 
@@ -193,6 +195,8 @@ impl Op {
             Op::Create => "create",
             Op::Replace => "replace",
             Op::ReplaceStatus => "replace status",
+            Op::Patch => "patch",
+            Op::PatchStatus => "patch status",
             Op::Delete => "delete",
         }
     }
@@ -312,6 +316,30 @@ pub trait Backend: Clone + Send + Sync + 'static {
         obj: &K,
     ) -> impl Future<Output = Result<K, BackendError>> + Send;
 
+    /// Write what changed from `before` (the object as read) to `after` in
+    /// metadata and spec, conditional on `before`'s resourceVersion. The
+    /// API server gets a merge patch of only the changed fields, so fields
+    /// our types do not model survive the write; a store that only holds
+    /// our own types may replace (the default).
+    fn patch_object<K: Kind>(
+        &self,
+        before: &K,
+        after: &K,
+    ) -> impl Future<Output = Result<K, BackendError>> + Send {
+        let _ = before;
+        self.replace(after)
+    }
+
+    /// [`Backend::patch_object`] for the status subresource.
+    fn patch_status<K: Kind>(
+        &self,
+        before: &K,
+        after: &K,
+    ) -> impl Future<Output = Result<K, BackendError>> + Send {
+        let _ = before;
+        self.replace_status(after)
+    }
+
     /// Delete: gone at once without finalizers, else deletionTimestamp set.
     /// A missing object is [`BackendError::NotFound`].
     fn delete<K: Kind>(
@@ -365,7 +393,9 @@ pub async fn remove_finalizer<B: Backend, K: Kind>(
 
 /// Read-modify-write of metadata/spec with retries on conflict. `f`
 /// returns whether it changed anything (no write otherwise). `Ok(None)`
-/// when the object does not exist (or disappeared with the write).
+/// when the object does not exist (or disappeared with the write). The
+/// write is [`Backend::patch_object`]: only what `f` changed is sent, with
+/// the read resourceVersion as precondition.
 pub async fn modify<B: Backend, K: Kind>(
     backend: &B,
     namespace: &str,
@@ -385,6 +415,45 @@ pub async fn modify_status<B: Backend, K: Kind>(
     modify_part(backend, namespace, name, Part::Status, f).await
 }
 
+/// The JSON merge patch (RFC 7386) that turns `before` into `after`:
+/// changed and added keys with their new value, removed keys as `null`,
+/// nested objects diffed key by key. Arrays are replaced whole (merge
+/// patches cannot address an element), so a list is sent entire when any
+/// element changed. `None` when nothing differs. Pure.
+pub fn merge_diff(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut out = Map::new();
+            for (k, av) in a {
+                match b.get(k) {
+                    Some(bv) => {
+                        if let Some(d) = merge_diff(bv, av) {
+                            out.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        out.insert(k.clone(), av.clone());
+                    }
+                }
+            }
+            for k in b.keys() {
+                if !a.contains_key(k) {
+                    out.insert(k.clone(), Value::Null);
+                }
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        // A null in a merge patch means "remove": an explicit null in
+        // `after` where `before` had an object is exactly that.
+        _ if before == after => None,
+        _ => Some(after.clone()),
+    }
+}
+
 /// Which write a read-modify-write ends with: the API server keeps status
 /// apart from the rest, so one write never changes both.
 #[derive(Clone, Copy)]
@@ -401,15 +470,16 @@ async fn modify_part<B: Backend, K: Kind>(
     mut f: impl FnMut(&mut K) -> bool + Send,
 ) -> Result<Option<K>, BackendError> {
     loop {
-        let Some(mut obj) = backend.get::<K>(namespace, name).await? else {
+        let Some(before) = backend.get::<K>(namespace, name).await? else {
             return Ok(None);
         };
+        let mut obj = before.clone();
         if !f(&mut obj) {
             return Ok(Some(obj));
         }
         let written = match part {
-            Part::Object => backend.replace(&obj).await,
-            Part::Status => backend.replace_status(&obj).await,
+            Part::Object => backend.patch_object(&before, &obj).await,
+            Part::Status => backend.patch_status(&before, &obj).await,
         };
         match written {
             Ok(o) => return Ok(Some(o)),
@@ -417,5 +487,48 @@ async fn modify_part<B: Backend, K: Kind>(
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_diff;
+    use serde_json::json;
+
+    #[test]
+    fn merge_diff_sends_only_what_changed() {
+        let before = json!({
+            "phase": "Running",
+            "nodeName": "a",
+            "migrationState": {"targetNode": "b", "foreign": {"x": 1}},
+            "conditions": [{"type": "Ready"}]
+        });
+        let after = json!({
+            "phase": "Running",
+            "nodeName": "b",
+            "migrationState": {"targetNode": "b", "completed": true, "foreign": {"x": 1}},
+            "conditions": [{"type": "Ready"}]
+        });
+        assert_eq!(
+            merge_diff(&before, &after),
+            Some(json!({"nodeName": "b", "migrationState": {"completed": true}}))
+        );
+    }
+
+    #[test]
+    fn merge_diff_removes_with_null_and_replaces_lists_whole() {
+        let before = json!({"a": 1, "b": {"c": 2}, "l": [1, 2]});
+        let after = json!({"b": {}, "l": [1, 3]});
+        assert_eq!(
+            merge_diff(&before, &after),
+            Some(json!({"a": null, "b": {"c": null}, "l": [1, 3]}))
+        );
+    }
+
+    #[test]
+    fn merge_diff_of_equal_values_is_none() {
+        let v = json!({"a": [1], "b": {"c": "d"}});
+        assert_eq!(merge_diff(&v, &v), None);
+        assert_eq!(merge_diff(&json!(1), &json!(2)), Some(json!(2)));
     }
 }
