@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::api::{LiveMigrationConfig, QuantityValue};
+use crate::api::{HyperConverged, LiveMigrationConfig, QuantityValue};
 
 /// The seed's defaults (the pre-2024 HCO values, which the mission names).
 pub const DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER: u32 = 5;
@@ -171,6 +171,30 @@ fn network(field: &'static str, v: &str) -> Result<Option<String>, FieldError> {
         });
     }
     Ok(Some(trimmed.to_owned()))
+}
+
+/// The migration config the controller and the agents both act on: the
+/// first HyperConverged by (namespace, name), or the defaults without one.
+/// An invalid `liveMigrationConfig` yields the defaults *and* the error:
+/// the rollout controller reports it as `MigrationConfigValid=False` on the
+/// CR, and every caller must surface it too (log, readiness detail), never
+/// drop it. One function, so the controller's limits and the agents'
+/// per-migration parameters can never come from different objects. Pure.
+pub fn config_from_hyperconvergeds(
+    hcos: &[HyperConverged],
+) -> (EffectiveMigrationConfig, Option<ConfigError>) {
+    use kube::ResourceExt;
+    let first = hcos
+        .iter()
+        .min_by_key(|h| (h.namespace().unwrap_or_default(), h.name_any()));
+    match first {
+        None => (EffectiveMigrationConfig::default(), None),
+        Some(h) => match EffectiveMigrationConfig::from_spec(h.spec.live_migration_config.as_ref())
+        {
+            Ok(c) => (c, None),
+            Err(e) => (EffectiveMigrationConfig::default(), Some(e)),
+        },
+    }
 }
 
 /// RFC 1123 label as Kubernetes checks object names (NADs, namespaces).

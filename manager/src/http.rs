@@ -37,12 +37,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let detail = m.readiness_detail();
     if m.is_ready() {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, detail.unwrap_or_else(|| "ready".into()))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "controller not watching yet",
+            detail.unwrap_or_else(|| "controller not watching yet".into()),
         )
     }
 }
@@ -102,6 +103,10 @@ mod tests {
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 503"));
         m.set_ready(true);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+        m.set_readiness(false, "no agent certificate yet");
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.0 503"), "{r}");
+        assert!(r.ends_with("no agent certificate yet"), "{r}");
         m.daemonset_patched();
         let metrics = get(addr, "/metrics").await;
         assert!(

@@ -56,6 +56,8 @@ enum Command {
         /// Free IPPool allocations of deleted pods this often (and at start); 0 = never.
         #[arg(long, default_value_t = 300)]
         ipam_reconcile_seconds: u64,
+        #[command(flatten)]
+        signer: SignerArgs,
     },
     /// Run the node agent: migration IP, mTLS listeners, proxy, QEMU driver.
     Agent(AgentArgs),
@@ -90,6 +92,16 @@ struct AgentArgs {
     /// ca.crt, tls.crt, tls.key (re-read when they change).
     #[arg(long, default_value = "/etc/mignet/certs")]
     cert_dir: PathBuf,
+    /// Where the certificate comes from.
+    #[arg(long, value_enum, default_value = "files")]
+    cert_source: CertSource,
+    /// The CA certificate published by the manager (with --cert-source=csr).
+    #[arg(long, default_value = "/etc/mignet/ca/ca.crt")]
+    ca_bundle: PathBuf,
+    /// Lifetime asked for the agent certificate (with --cert-source=csr; the
+    /// manager may cap it; at least 600).
+    #[arg(long, default_value_t = 7 * 86_400)]
+    cert_lifetime_seconds: u64,
     #[arg(long)]
     allow_tls12: bool,
     /// VM run directories and migration sockets, kept across restarts.
@@ -115,6 +127,37 @@ struct AgentArgs {
     /// In-flight migrations get this long to end after SIGTERM.
     #[arg(long, default_value_t = 315)]
     graceful_shutdown_seconds: u64,
+}
+
+/// The manager's agent-certificate signer (`mignet.io/agent` CSRs).
+#[derive(clap::Args)]
+struct SignerArgs {
+    /// Approve and sign agent CertificateSigningRequests (signer mignet.io/agent).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    agent_signer: bool,
+    /// The agents' ServiceAccount (in --namespace): the only requester signed for.
+    #[arg(long, default_value = "mignet-agent")]
+    agent_service_account: String,
+    /// Secret (in --namespace) holding the CA; created on first start.
+    #[arg(long, default_value = "mignet-ca")]
+    ca_secret: String,
+    /// ConfigMap (in --namespace) the CA certificate is published in.
+    #[arg(long, default_value = "mignet-ca-bundle")]
+    ca_bundle_configmap: String,
+    /// Longest lifetime of an issued agent certificate.
+    #[arg(long, default_value_t = 30 * 86_400)]
+    agent_cert_max_seconds: u64,
+}
+
+/// Where the agent's certificate comes from.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CertSource {
+    /// ca.crt, tls.crt, tls.key are put into --cert-dir by someone else
+    /// (a mounted Secret, e.g. from cert-manager).
+    Files,
+    /// Request it from the manager with a CertificateSigningRequest, write
+    /// it into --cert-dir, renew it at 2/3 of its lifetime.
+    Csr,
 }
 
 /// Flags of `mignet console` (see manager/src/console/README.md).
@@ -203,7 +246,8 @@ async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
 }
 
 async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
-    use mignet::agent::{AgentCore, AgentSettings, GuestBoot, Readiness};
+    use mignet::agent::certificate::{self, CertificateSettings};
+    use mignet::agent::{AgentCore, AgentHealth, AgentSettings, Gate, GuestBoot, Readiness};
     let guest = mignet_dataplane::qemu::testbed::GuestImage::cache_dir();
     let boot = GuestBoot::new(
         a.kernel.unwrap_or_else(|| guest.join("vmlinuz")),
@@ -226,32 +270,77 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         multifd_channels: (a.multifd_channels > 0).then_some(a.multifd_channels),
         shutdown_grace: Duration::from_secs(a.graceful_shutdown_seconds),
     };
-    let core = Arc::new(AgentCore::start(settings).await?);
+    // Serve /readyz first: while the certificate is requested the probe
+    // must say why the agent is not ready, not refuse connections.
+    let metrics = Arc::new(mignet::metrics::Metrics::default());
+    metrics.set_readiness(false, "starting");
+    let (bound, _http) = mignet::http::serve(a.http_addr, metrics.clone()).await?;
+    tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
+    let health = Arc::new(AgentHealth::default());
+    let core_slot: Arc<std::sync::OnceLock<Arc<AgentCore>>> = Arc::default();
+    // Readiness = no gate closed (certificate, config) and the migration
+    // IP found (never the pod IP in disguise when a migration network is
+    // configured). Warnings (an invalid config) are shown while ready.
+    let (probe, probe_health) = (core_slot.clone(), health.clone());
+    let _ready = tokio::spawn(async move {
+        let mut last: Option<(bool, String)> = None;
+        loop {
+            let blockers = probe_health.blockers();
+            let (ready, mut detail) = if !blockers.is_empty() {
+                (false, blockers.join("; "))
+            } else if let Some(core) = probe.get() {
+                match core.readiness().await {
+                    Readiness::Ready(ip) => (true, format!("ready: migration IP {}", ip.ip)),
+                    Readiness::NotReady(why) => (false, why),
+                }
+            } else {
+                (false, "starting".to_string())
+            };
+            for w in probe_health.warnings() {
+                detail.push_str("; warning: ");
+                detail.push_str(&w);
+            }
+            if last.as_ref() != Some(&(ready, detail.clone())) {
+                if ready {
+                    tracing::info!(%detail, "ready");
+                } else {
+                    tracing::warn!(%detail, "not ready");
+                }
+                metrics.set_readiness(ready, detail.clone());
+                last = Some((ready, detail));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let backend = mignet::backend::KubeBackend::new(client, a.namespace.as_deref());
-    let metrics = Arc::new(mignet::metrics::Metrics::default());
-    let (bound, _http) = mignet::http::serve(a.http_addr, metrics.clone()).await?;
-    tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
-    // Readiness = the migration IP can be found (never the pod IP in
-    // disguise when a migration network is configured).
-    let probe = core.clone();
-    let _ready = tokio::spawn(async move {
-        let mut last: Option<Readiness> = None;
-        loop {
-            let r = probe.readiness().await;
-            if last.as_ref() != Some(&r) {
-                match &r {
-                    Readiness::Ready(ip) => tracing::info!(ip = %ip.ip, "ready"),
-                    Readiness::NotReady(why) => tracing::warn!(%why, "not ready"),
-                }
-                metrics.set_ready(matches!(r, Readiness::Ready(_)));
-                last = Some(r);
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
+    if a.cert_source == CertSource::Csr {
+        let cs = CertificateSettings {
+            node_name: settings.node_name.clone(),
+            cert_dir: settings.cert_dir.clone(),
+            ca_bundle: a.ca_bundle,
+            lifetime: Duration::from_secs(a.cert_lifetime_seconds.max(600)),
+            poll: Duration::from_secs(1),
+            timeout: Duration::from_secs(120),
+        };
+        health.block(
+            Gate::Certificate,
+            "no agent certificate yet: requesting one (CSR, signer mignet.io/agent)",
+        );
+        let retry = Duration::from_secs(10);
+        let validity = certificate::obtain(&client, &cs, &health, retry).await;
+        tokio::spawn(certificate::renew_forever(
+            client.clone(),
+            cs,
+            health.clone(),
+            validity,
+            retry,
+        ));
+    }
+    let core = Arc::new(AgentCore::start_with_health(settings, health).await?);
+    let _ = core_slot.set(core.clone());
+    let backend = mignet::backend::KubeBackend::for_agent(client, a.namespace.as_deref());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {
@@ -295,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
             migrations_namespace,
             ipam_namespace,
             ipam_reconcile_seconds,
+            signer,
         } => {
             let hco_namespace = namespace.clone();
             let settings = RolloutSettings {
@@ -351,6 +441,28 @@ async fn main() -> anyhow::Result<()> {
                 let ipam =
                     mignet::kube_adapter::ipam::run(client.clone(), s, stopped(stop_rx.clone()));
                 tokio::spawn(ipam);
+            }
+            if signer.agent_signer {
+                let s = mignet::kube_adapter::signer::SignerSettings {
+                    namespace: settings.namespace.clone(),
+                    ca_secret: signer.ca_secret,
+                    ca_bundle: signer.ca_bundle_configmap,
+                    agent_service_account: signer.agent_service_account,
+                    max_lifetime: Duration::from_secs(signer.agent_cert_max_seconds.max(600)),
+                    ..Default::default()
+                };
+                // The CA must exist before agents can trust anything: a
+                // failure to set it up stops the manager (restarted by its
+                // Deployment, visibly) rather than running without a signer.
+                let ca = mignet::kube_adapter::signer::ensure_ca(&client, &s)
+                    .await
+                    .context("setting up the agent CA")?;
+                tokio::spawn(mignet::kube_adapter::signer::run_with_ca(
+                    client.clone(),
+                    ca,
+                    s,
+                    stopped(stop_rx.clone()),
+                ));
             }
             let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;

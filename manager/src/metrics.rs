@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Error kinds the rollout controller reports (`RolloutError::label`).
 pub const ROLLOUT_ERROR_KINDS: [&str; 5] = [
@@ -17,6 +18,9 @@ pub const ROLLOUT_ERROR_KINDS: [&str; 5] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     ready: AtomicBool,
+    /// What `/readyz` says (why not ready, or warnings while ready); `None`
+    /// = the manager's fixed texts.
+    readiness_detail: Mutex<Option<String>>,
     reconciles_ok: AtomicU64,
     reconcile_errors: [AtomicU64; ROLLOUT_ERROR_KINDS.len()],
     daemonset_patches: AtomicU64,
@@ -28,6 +32,20 @@ impl Metrics {
     /// Ready = the controller has checked its CRDs and started watching.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Readiness with the reason `/readyz` reports (the agent: which gate is
+    /// closed, or warnings such as an invalid migration config).
+    pub fn set_readiness(&self, ready: bool, detail: impl Into<String>) {
+        if let Ok(mut d) = self.readiness_detail.lock() {
+            *d = Some(detail.into());
+        }
+        self.set_ready(ready);
+    }
+
+    /// The detail set with [`Metrics::set_readiness`], if any.
+    pub fn readiness_detail(&self) -> Option<String> {
+        self.readiness_detail.lock().ok().and_then(|d| d.clone())
     }
 
     pub fn is_ready(&self) -> bool {

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -107,6 +107,14 @@ pub enum CertError {
     },
     #[error("parsing the CA certificate or key")]
     ParseCa(#[source] rcgen::Error),
+    #[error("parsing the certificate signing request")]
+    ParseCsr(#[source] rcgen::Error),
+    #[error(
+        "the certificate signing request names {found:?}, expected exactly one {role} identity"
+    )]
+    CsrIdentity { role: Role, found: Vec<String> },
+    #[error("parsing certificate {what}: {detail}")]
+    ParseCert { what: String, detail: String },
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -193,6 +201,32 @@ impl ClusterCa {
         self.issuer.key().serialize_pem()
     }
 
+    /// Sign a PEM PKCS#10 request as a leaf for `role`. The request's own
+    /// signature is verified (the requester holds the key); its SAN must be
+    /// exactly one identity of `role`. Everything else it asks for
+    /// (subject, usages, extensions, CA bit) is ignored: the certificate
+    /// carries what [`leaf_params`] puts in every leaf, for the name the
+    /// SAN gives, so a request cannot widen what it gets. Returns the PEM
+    /// certificate and the identity it was issued for.
+    pub fn sign_request(
+        &self,
+        role: Role,
+        csr_pem: &str,
+        validity: Validity,
+    ) -> Result<(String, Identity), CertError> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertError::ParseCsr)?;
+        let identity = single_identity(role, &csr.params.subject_alt_names)?;
+        let params = leaf_params(role, &identity.name, validity)?;
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(|source| CertError::Sign {
+                subject: role.uri(&identity.name),
+                source,
+            })?;
+        Ok((cert.pem(), identity))
+    }
+
     /// Issue a leaf for `name` in `role` (see the module doc for what it carries).
     pub fn issue(
         &self,
@@ -206,28 +240,115 @@ impl ClusterCa {
             source,
         };
         let key = KeyPair::generate().map_err(CertError::GenerateKey)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "mignet");
-        dn.push(DnType::OrganizationalUnitName, role.as_str());
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.subject_alt_names =
-            vec![SanType::URI(subject.as_str().try_into().map_err(sign_err)?)];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = validity.not_before.into();
-        params.not_after = validity.not_after.into();
-        params.use_authority_key_identifier_extension = true;
+        let params = leaf_params(role, name, validity)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// What every leaf carries (module doc): subject, the one role URI SAN,
+/// serverAuth + clientAuth, digitalSignature + keyEncipherment, the
+/// validity, an authority key identifier.
+fn leaf_params(role: Role, name: &str, validity: Validity) -> Result<CertificateParams, CertError> {
+    let subject = role.uri(name);
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "mignet");
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(subject.as_str().try_into().map_err(
+        |source| CertError::Sign {
+            subject: subject.clone(),
+            source,
+        },
+    )?)];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.not_before = validity.not_before.into();
+    params.not_after = validity.not_after.into();
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// The one identity of `role` among `sans`; anything else (no SAN, two
+/// identities, a DNS name, another role) is an error naming what was found.
+fn single_identity(role: Role, sans: &[SanType]) -> Result<Identity, CertError> {
+    let found: Vec<String> = sans
+        .iter()
+        .map(|s| match s {
+            SanType::URI(u) => u.as_str().to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    match (sans, found.first().and_then(|u| parse_role_uri(u))) {
+        ([SanType::URI(_)], Some(id)) if id.role == role.as_str() => Ok(id),
+        _ => Err(CertError::CsrIdentity { role, found }),
+    }
+}
+
+/// A new key pair and a PEM PKCS#10 request for `name` in `role`, asking
+/// for what [`ClusterCa::sign_request`] issues (the role URI SAN,
+/// serverAuth + clientAuth). The key never leaves the caller. Returns
+/// `(csr_pem, key_pem)`.
+pub fn request(role: Role, name: &str) -> Result<(String, String), CertError> {
+    let key = KeyPair::generate().map_err(CertError::GenerateKey)?;
+    let mut params = leaf_params(role, name, Validity::days_from_now(1))?;
+    // A request carries no validity or key identifier; the signer decides.
+    params.use_authority_key_identifier_extension = false;
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|source| CertError::Sign {
+            subject: role.uri(name),
+            source,
+        })?;
+    Ok((csr, key.serialize_pem()))
+}
+
+/// The identities a PEM request asks for (its signature verified), for a
+/// signer deciding whether to approve it before signing.
+pub fn request_identities(csr_pem: &str) -> Result<Vec<String>, CertError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertError::ParseCsr)?;
+    Ok(csr
+        .params
+        .subject_alt_names
+        .iter()
+        .map(|s| match s {
+            SanType::URI(u) => u.as_str().to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect())
+}
+
+/// The validity window of the first certificate in a PEM chain.
+pub fn validity_of(cert_pem: &str) -> Result<Validity, CertError> {
+    let err = |detail: String| CertError::ParseCert {
+        what: "validity".into(),
+        detail,
+    };
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+        .map(|d: rustls::pki_types::CertificateDer<'static>| d)
+        .map_err(|e| err(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| err(e.to_string()))?;
+    let at = |t: i64| {
+        u64::try_from(t)
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+            .map_err(|_| err(format!("timestamp {t} before 1970")))
+    };
+    Ok(Validity {
+        not_before: at(cert.validity().not_before.timestamp())?,
+        not_after: at(cert.validity().not_after.timestamp())?,
+    })
 }
 
 /// Write `ca.crt`, `tls.crt`, `tls.key` into `dir` (created if missing).
@@ -323,5 +444,52 @@ mod tests {
         again
             .issue(Role::Manager, "m", Validity::days_from_now(1))
             .unwrap();
+    }
+
+    #[test]
+    fn a_request_is_signed_for_its_one_identity_only() {
+        let ca = ClusterCa::generate("test CA", Validity::days_from_now(1)).unwrap();
+        let (csr, key) = request(Role::Agent, "node-a").unwrap();
+        assert_eq!(
+            request_identities(&csr).unwrap(),
+            vec!["spiffe://mignet/agent/node-a".to_string()]
+        );
+        let (cert, id) = ca
+            .sign_request(Role::Agent, &csr, Validity::days_from_now(1))
+            .unwrap();
+        assert_eq!(id.name, "node-a");
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
+            .map(|d: rustls::pki_types::CertificateDer<'static>| d)
+            .unwrap();
+        assert_eq!(identities(&der).unwrap(), vec![id]);
+        // The key the requester kept matches the certificate.
+        let leaf = IssuedCert {
+            cert_pem: cert.clone(),
+            key_pem: key,
+        };
+        let dir = std::env::temp_dir().join(format!("mignet-csr-{}", std::process::id()));
+        write_tls_dir(&dir, ca.cert_pem(), &leaf).unwrap();
+        let loaded = crate::tls::load_configs(
+            &crate::tls::TlsPaths::in_dir(&dir),
+            &crate::tls::TlsSettings::default(),
+            SystemTime::now(),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded.unwrap();
+        let v = validity_of(&cert).unwrap();
+        assert!(v.not_after > v.not_before);
+    }
+
+    #[test]
+    fn requests_for_another_role_or_no_identity_are_refused() {
+        let ca = ClusterCa::generate("test CA", Validity::days_from_now(1)).unwrap();
+        let (csr, _) = request(Role::Manager, "m").unwrap();
+        let e = ca
+            .sign_request(Role::Agent, &csr, Validity::days_from_now(1))
+            .unwrap_err();
+        assert!(e.to_string().contains("spiffe://mignet/manager/m"), "{e}");
+        assert!(ca
+            .sign_request(Role::Agent, "not a csr", Validity::days_from_now(1))
+            .is_err());
     }
 }

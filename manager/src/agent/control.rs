@@ -28,6 +28,7 @@ use k8s_openapi::jiff;
 use kube::ResourceExt;
 use tokio::task::JoinHandle;
 
+use super::health::{Gate, Warning};
 use super::params::MigrationParams;
 use super::source::{Progress, TargetAddress};
 use super::target::IncomingResult;
@@ -38,7 +39,7 @@ use crate::api::{
     VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState, VmiPhase,
 };
 use crate::backend::{modify, modify_status, protocol, Backend, BackendError};
-use crate::config::EffectiveMigrationConfig;
+use crate::config::{config_from_hyperconvergeds, ConfigError, EffectiveMigrationConfig};
 use crate::control::enter_phase;
 
 /// VMI annotation with extra kernel arguments for the lab's test guest
@@ -199,13 +200,57 @@ pub fn vm_request(vmi: &VirtualMachineInstance) -> VmRequest {
     }
 }
 
-async fn effective_config<B: Backend>(backend: &B) -> EffectiveMigrationConfig {
-    let hcos: Vec<HyperConverged> = backend.list(None).await.unwrap_or_default();
-    hcos.first()
-        .and_then(|h| {
-            EffectiveMigrationConfig::from_spec(h.spec.live_migration_config.as_ref()).ok()
-        })
-        .unwrap_or_default()
+/// The migration config, read fresh each pass. A failed read (forbidden,
+/// API down) is an error, never the defaults in disguise: the caller closes
+/// the [`Gate::MigrationConfig`] gate and starts no migration until the
+/// config is readable. An invalid config resolves exactly as in the
+/// controller ([`config_from_hyperconvergeds`]: the defaults, the error
+/// beside them), so both sides act on the same limits and parameters.
+async fn effective_config<B: Backend>(
+    backend: &B,
+) -> Result<(EffectiveMigrationConfig, Option<ConfigError>), BackendError> {
+    let hcos: Vec<HyperConverged> = backend.list(None).await?;
+    Ok(config_from_hyperconvergeds(&hcos))
+}
+
+/// The per-migration parameters for this pass, recording the outcome in
+/// the agent's health: `None` (gate closed with the reason) when the config
+/// cannot be read.
+async fn pass_params<B: Backend>(backend: &B, core: &AgentCore) -> Option<MigrationParams> {
+    match effective_config(backend).await {
+        Ok((cfg, invalid)) => {
+            if core.health.clear(Gate::MigrationConfig) {
+                tracing::info!("migration config readable again");
+            }
+            let warning = invalid.map(|e| {
+                format!(
+                    "invalid liveMigrationConfig, using the defaults as the controller does: {e}"
+                )
+            });
+            if core
+                .health
+                .warn(Warning::InvalidMigrationConfig, warning.clone())
+            {
+                if let Some(w) = &warning {
+                    tracing::warn!("{w}");
+                }
+            }
+            Some(MigrationParams::from_config(
+                &cfg,
+                core.settings.multifd_channels,
+            ))
+        }
+        Err(e) => {
+            let reason = format!(
+                "cannot read the migration config (HyperConverged): {}",
+                error_chain(&e)
+            );
+            if core.health.block(Gate::MigrationConfig, reason.clone()) {
+                tracing::warn!(%reason, "not starting migrations until the config is readable");
+            }
+            None
+        }
+    }
 }
 
 fn phase_of(m: &VirtualMachineInstanceMigration) -> Option<MigrationPhase> {
@@ -282,8 +327,9 @@ async fn pass<B: Backend>(
         }
     }
 
-    let cfg = effective_config(backend).await;
-    let params = MigrationParams::from_config(&cfg, core.settings.multifd_channels);
+    // Without a readable config nothing new starts (prepare / migrate);
+    // aborts, failures and orphans below need no parameters and go on.
+    let params = pass_params(backend, core).await;
     for m in &vmims {
         let Some(phase) = phase_of(m) else { continue };
         let uid = m.uid().unwrap_or_default();
@@ -344,6 +390,7 @@ async fn pass<B: Backend>(
                     && ms.target_node_address.is_none()
                     && !state.targets.contains_key(&uid) =>
             {
+                let Some(params) = &params else { continue };
                 if phase == MigrationPhase::Scheduled
                     && !advance(
                         backend,
@@ -375,6 +422,7 @@ async fn pass<B: Backend>(
                     && ms.target_node_address.is_some()
                     && !state.sources.contains_key(&uid) =>
             {
+                let Some(params) = &params else { continue };
                 if core.vms.get(&key_of(vmi)).is_none() {
                     record_end(
                         backend,
@@ -759,7 +807,9 @@ fn progress_of(r: &super::SourceResult) -> Progress {
     }
 }
 
-async fn write_progress<B: Backend>(
+/// Write the progress annotation on the migration (the source agent, about
+/// once a second while migrating): a merge patch of that one annotation.
+pub async fn write_progress<B: Backend>(
     backend: &B,
     m: &VirtualMachineInstanceMigration,
     p: &Progress,

@@ -11,8 +11,10 @@
 //! [`dataplane_rt::DataPlaneRuntime`]; VMs are daemonized QEMUs that outlive
 //! the agent.
 
+pub mod certificate;
 pub mod control;
 pub mod dataplane_rt;
+pub mod health;
 pub mod lab;
 pub mod params;
 pub mod source;
@@ -32,6 +34,7 @@ use mignet_dataplane::tls::{ReloadingTls, TlsError, TlsPaths, TlsSettings, Watch
 
 pub use control::{run, run_with_core};
 pub use dataplane_rt::DataPlaneRuntime;
+pub use health::{AgentHealth, Gate, Warning};
 pub use params::MigrationParams;
 pub use source::{Progress, SourceResult, TargetAddress};
 pub use target::{IncomingResult, PreparedTarget};
@@ -146,6 +149,8 @@ pub enum Readiness {
 pub struct AgentCore {
     pub settings: AgentSettings,
     pub vms: VmRunner,
+    /// Gates and warnings besides the migration IP (see [`health`]).
+    pub health: Arc<AgentHealth>,
     tls: Arc<ReloadingTls>,
     sockets_dir: PathBuf,
     _tls_watcher: WatcherGuard,
@@ -157,6 +162,15 @@ impl AgentCore {
     /// Enter the namespace, load certificates, and reattach the VMs a previous
     /// agent left in `state_dir`. Must run inside a tokio runtime.
     pub async fn start(settings: AgentSettings) -> Result<Self, AgentError> {
+        Self::start_with_health(settings, Arc::default()).await
+    }
+
+    /// [`AgentCore::start`] sharing `health` with gates closed before the
+    /// core existed (cluster mode: the certificate request).
+    pub async fn start_with_health(
+        settings: AgentSettings,
+        health: Arc<AgentHealth>,
+    ) -> Result<Self, AgentError> {
         let dataplane = match &settings.netns {
             Some(ns) => DataPlaneRuntime::in_netns(ns)?,
             None => DataPlaneRuntime::current(),
@@ -183,6 +197,7 @@ impl AgentCore {
         Ok(AgentCore {
             settings,
             vms,
+            health,
             tls,
             sockets_dir,
             _tls_watcher: watcher,
@@ -208,7 +223,12 @@ impl AgentCore {
             })
     }
 
+    /// Ready = no gate closed ([`AgentHealth`]) and the migration IP found.
     pub async fn readiness(&self) -> Readiness {
+        let blockers = self.health.blockers();
+        if !blockers.is_empty() {
+            return Readiness::NotReady(blockers.join("; "));
+        }
         match self.migration_ip().await {
             Ok(ip) => Readiness::Ready(ip),
             Err(e) => Readiness::NotReady(error_chain(&e)),

@@ -50,7 +50,6 @@ use crate::backend::protocol::{
     self, DrainReport, DRAIN_REPORT_ANNOTATION, EVACUATION_ANNOTATION, FINALIZER,
 };
 use crate::backend::{self as be, Backend, BackendError};
-use crate::config::EffectiveMigrationConfig;
 
 /// What the controller looks at and how often it re-checks without a
 /// change.
@@ -227,21 +226,17 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
         }
     };
     let hco_ns = settings.hco_namespace.as_deref().or(ns);
-    let mut hcos: Vec<HyperConverged> = backend
+    let hcos: Vec<HyperConverged> = backend
         .list(hco_ns)
         .await
         .map_err(list_err("HyperConverged"))?;
-    hcos.sort_by_key(|h| (h.namespace(), h.name_any()));
-    let cfg = match hcos.first() {
-        None => EffectiveMigrationConfig::default(),
-        Some(h) => EffectiveMigrationConfig::from_spec(h.spec.live_migration_config.as_ref())
-            .unwrap_or_else(|e| {
-                // The rollout controller reports the invalid field on the
-                // CR; migrations keep KubeVirt's defaults meanwhile.
-                tracing::warn!(error = %e, "invalid liveMigrationConfig; using default limits");
-                EffectiveMigrationConfig::default()
-            }),
-    };
+    let (cfg, invalid) = crate::config::config_from_hyperconvergeds(&hcos);
+    if let Some(e) = invalid {
+        // The rollout controller reports the invalid field on the CR
+        // (MigrationConfigValid=False); migrations keep KubeVirt's defaults
+        // meanwhile, and the agents use the same defaults.
+        tracing::warn!(error = %e, "invalid liveMigrationConfig; using default limits");
+    }
     let limits = Limits {
         parallel_migrations_per_cluster: cfg.parallel_migrations_per_cluster,
         parallel_outbound_migrations_per_node: cfg.parallel_outbound_migrations_per_node,

@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod ipam;
 pub mod rollout;
+pub mod signer;
 pub mod vmi;
 
 /// Field manager for every write the manager makes, so `managedFields`

@@ -101,7 +101,10 @@ pub fn ensure_crds() {
             "-k",
             "deploy/crds",
         ]);
-        kubectl_ok(&[
+        // Right after the apply a CRD may have no status yet, and kubectl
+        // wait then fails at once ("accessor error: <nil>") instead of
+        // waiting: retry that for a few seconds.
+        let args = [
             "wait",
             "--for=condition=Established",
             "--timeout=30s",
@@ -115,7 +118,14 @@ pub fn ensure_crds() {
             "deploy/crds/kubevirt.io_virtualmachines.yaml",
             "-f",
             "deploy/crds/k8s.cni.cncf.io_network-attachment-definitions.yaml",
-        ]);
+        ];
+        for _ in 0..20 {
+            if kubectl(&args).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        kubectl_ok(&args);
     });
 }
 
