@@ -553,8 +553,13 @@ async fn manager_runs_under_its_own_least_privilege_rbac() {
         "virtualmachineinstancemigrations",
         Some("default")
     ));
-    assert!(can(a, "list", "nodes", None));
+    // The agent reads no Node (its backend watches VMIs, VMIMs and
+    // HyperConvergeds only); incluster_identity.rs runs it under its token.
+    assert!(!can(a, "list", "nodes", None));
     assert!(!can(a, "patch", "nodes", None));
+    // The CA Secret by name only; no other Secret.
+    assert!(can(m, "get", "secrets/mignet-ca", n));
+    assert!(!can(m, "get", "secrets/other", n));
 }
 
 /// A minimal blocking HTTP/1.0 GET; returns the raw response.
@@ -631,6 +636,18 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("mignet_manager_ready 1\n"), "{metrics}");
+    // The agent CA was created and its certificate (only) published.
+    let bundle = kubectl_ok(&[
+        "get",
+        "configmap",
+        "mignet-ca-bundle",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
+    assert!(!bundle.contains("PRIVATE KEY"));
 
     let pid = child.0.id().to_string();
     assert!(std::process::Command::new("kill")
