@@ -136,8 +136,8 @@ make_image() {
     printf '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
     printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
         "${manifest% *}" "${manifest#* }" "$ref" "${ref##*:}" >"$layout/index.json"
-    tar --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$out.tmp" oci-layout index.json blobs
-    mv -f "$out.tmp" "$out"
+    tar --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$out.tmp.$$" oci-layout index.json blobs
+    mv -f "$out.tmp.$$" "$out"
     rm -rf "$layout"
     log "wrote $out ($(du -h "$out" | cut -f1), $ref, manifest ${manifest% *})"
 }
