@@ -121,7 +121,7 @@ struct AgentArgs {
     /// Namespace to watch (default: all).
     #[arg(long)]
     namespace: Option<String>,
-    /// Address of /healthz, /readyz (migration IP found) and /metrics.
+    /// Address of /healthz, /readyz (certificate, config readable, migration IP found) and /metrics.
     #[arg(long, default_value = "0.0.0.0:8081")]
     http_addr: std::net::SocketAddr,
     /// In-flight migrations get this long to end after SIGTERM.

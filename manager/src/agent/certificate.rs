@@ -254,9 +254,19 @@ pub async fn obtain(
                 if health.block(Gate::Certificate, reason.clone()) {
                     tracing::warn!(%reason, "not ready");
                 }
-                tokio::time::sleep(retry).await;
+                tokio::time::sleep(backoff(&e, retry)).await;
             }
         }
+    }
+}
+
+/// How long to wait before the next request after `e`: a refusal needs a
+/// human (RBAC, node binding), so asking again soon would only pile up
+/// denied CSRs; anything else is retried at `retry`.
+fn backoff(e: &CertificateError, retry: Duration) -> Duration {
+    match e {
+        CertificateError::Refused { .. } => retry * 6,
+        _ => retry,
     }
 }
 
@@ -293,7 +303,7 @@ pub async fn renew_forever(
                         );
                     }
                     tracing::warn!(error = %why, "renewing the agent certificate failed; retrying");
-                    tokio::time::sleep(retry).await;
+                    tokio::time::sleep(backoff(&e, retry)).await;
                 }
             }
         }

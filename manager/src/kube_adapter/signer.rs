@@ -451,6 +451,9 @@ pub struct SignReport {
     pub signed: Vec<String>,
     /// Requests refused, by name, with the reason.
     pub refused: Vec<(String, String)>,
+    /// Requests whose write failed this pass (retried on the next one);
+    /// one failing request never holds up the others.
+    pub errors: Vec<String>,
 }
 
 fn condition(type_: &str, reason: &str, message: &str) -> CertificateSigningRequestCondition {
@@ -480,101 +483,120 @@ pub async fn sign_pending(
     let mut report = SignReport::default();
     for csr in list.items {
         let name = csr.name_any();
-        let facts = facts_of(&csr);
-        match decide(&facts, &agent) {
-            CsrDecision::Skip => {}
-            CsrDecision::Refuse { reason, message } => {
-                // Not approved yet: deny. Approved by someone else (an
-                // admin): the signer still refuses, which Kubernetes
-                // records as Failed.
-                let (type_, sub, what) = if facts.approved {
-                    ("Failed", "status", "fail")
-                } else {
-                    ("Denied", "approval", "deny")
-                };
-                tracing::warn!(csr = %name, %reason, %message, "refusing agent certificate request");
-                let mut csr = csr;
-                csr.status
-                    .get_or_insert_with(CertificateSigningRequestStatus::default)
-                    .conditions
-                    .get_or_insert_with(Vec::new)
-                    .push(condition(type_, reason, &message));
-                api.replace_subresource(sub, &name, &post_params(), &csr)
-                    .await
-                    .map_err(|source| SignerError::Update {
-                        name: name.clone(),
-                        what,
-                        source,
-                    })?;
-                report.refused.push((name, format!("{reason}: {message}")));
-            }
-            CsrDecision::Sign { node } => {
-                let mut csr = csr;
-                if !facts.approved {
-                    csr.status
-                        .get_or_insert_with(CertificateSigningRequestStatus::default)
-                        .conditions
-                        .get_or_insert_with(Vec::new)
-                        .push(condition(
-                            "Approved",
-                            "AgentNodeMatches",
-                            &format!("mignet manager: agent ServiceAccount on node {node}"),
-                        ));
-                    csr = api
-                        .replace_subresource("approval", &name, &post_params(), &csr)
-                        .await
-                        .map_err(|source| SignerError::Update {
-                            name: name.clone(),
-                            what: "approve",
-                            source,
-                        })?;
-                }
-                let now = SystemTime::now();
-                let validity = Validity {
-                    // A minute back: the agents' clocks may lag ours.
-                    not_before: now - Duration::from_secs(60),
-                    not_after: now + lifetime(csr.spec.expiration_seconds, s.max_lifetime),
-                };
-                let request = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
-                let cert = match ca.sign_request(Role::Agent, &request, validity) {
-                    Ok((pem, _)) => pem,
-                    Err(e) => {
-                        // decide() parsed the same request; a failure here is
-                        // recorded on the object rather than retried forever.
-                        let message = error_chain(&e);
-                        csr.status
-                            .get_or_insert_with(Default::default)
-                            .conditions
-                            .get_or_insert_with(Vec::new)
-                            .push(condition("Failed", "SigningFailed", &message));
-                        api.replace_status(&name, &post_params(), &csr)
-                            .await
-                            .map_err(|source| SignerError::Update {
-                                name: name.clone(),
-                                what: "fail",
-                                source,
-                            })?;
-                        report
-                            .refused
-                            .push((name, format!("SigningFailed: {message}")));
-                        continue;
-                    }
-                };
-                csr.status.get_or_insert_with(Default::default).certificate =
-                    Some(ByteString(cert.into_bytes()));
-                api.replace_status(&name, &post_params(), &csr)
-                    .await
-                    .map_err(|source| SignerError::Update {
-                        name: name.clone(),
-                        what: "sign",
-                        source,
-                    })?;
-                tracing::info!(csr = %name, %node, "signed agent certificate");
-                report.signed.push(name);
+        if let Err(e) = handle(&api, ca, s, &agent, csr, &mut report).await {
+            report.errors.push(error_chain(&e));
+            if !is_conflict(&e) {
+                tracing::warn!(csr = %name, error = %error_chain(&e), "handling agent certificate request");
             }
         }
     }
     Ok(report)
+}
+
+/// Decide one request and write the outcome.
+async fn handle(
+    api: &Api<CertificateSigningRequest>,
+    ca: &ClusterCa,
+    s: &SignerSettings,
+    agent: &str,
+    csr: CertificateSigningRequest,
+    report: &mut SignReport,
+) -> Result<(), SignerError> {
+    let name = csr.name_any();
+    let facts = facts_of(&csr);
+    match decide(&facts, agent) {
+        CsrDecision::Skip => {}
+        CsrDecision::Refuse { reason, message } => {
+            // Not approved yet: deny. Approved by someone else (an
+            // admin): the signer still refuses, which Kubernetes
+            // records as Failed.
+            let (type_, sub, what) = if facts.approved {
+                ("Failed", "status", "fail")
+            } else {
+                ("Denied", "approval", "deny")
+            };
+            tracing::warn!(csr = %name, %reason, %message, "refusing agent certificate request");
+            let mut csr = csr;
+            csr.status
+                .get_or_insert_with(CertificateSigningRequestStatus::default)
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(condition(type_, reason, &message));
+            api.replace_subresource(sub, &name, &post_params(), &csr)
+                .await
+                .map_err(|source| SignerError::Update {
+                    name: name.clone(),
+                    what,
+                    source,
+                })?;
+            report.refused.push((name, format!("{reason}: {message}")));
+        }
+        CsrDecision::Sign { node } => {
+            let mut csr = csr;
+            if !facts.approved {
+                csr.status
+                    .get_or_insert_with(CertificateSigningRequestStatus::default)
+                    .conditions
+                    .get_or_insert_with(Vec::new)
+                    .push(condition(
+                        "Approved",
+                        "AgentNodeMatches",
+                        &format!("mignet manager: agent ServiceAccount on node {node}"),
+                    ));
+                csr = api
+                    .replace_subresource("approval", &name, &post_params(), &csr)
+                    .await
+                    .map_err(|source| SignerError::Update {
+                        name: name.clone(),
+                        what: "approve",
+                        source,
+                    })?;
+            }
+            let now = SystemTime::now();
+            let validity = Validity {
+                // A minute back: the agents' clocks may lag ours.
+                not_before: now - Duration::from_secs(60),
+                not_after: now + lifetime(csr.spec.expiration_seconds, s.max_lifetime),
+            };
+            let request = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
+            let cert = match ca.sign_request(Role::Agent, &request, validity) {
+                Ok((pem, _)) => pem,
+                Err(e) => {
+                    // decide() parsed the same request; a failure here is
+                    // recorded on the object rather than retried forever.
+                    let message = error_chain(&e);
+                    csr.status
+                        .get_or_insert_with(Default::default)
+                        .conditions
+                        .get_or_insert_with(Vec::new)
+                        .push(condition("Failed", "SigningFailed", &message));
+                    api.replace_status(&name, &post_params(), &csr)
+                        .await
+                        .map_err(|source| SignerError::Update {
+                            name: name.clone(),
+                            what: "fail",
+                            source,
+                        })?;
+                    report
+                        .refused
+                        .push((name, format!("SigningFailed: {message}")));
+                    return Ok(());
+                }
+            };
+            csr.status.get_or_insert_with(Default::default).certificate =
+                Some(ByteString(cert.into_bytes()));
+            api.replace_status(&name, &post_params(), &csr)
+                .await
+                .map_err(|source| SignerError::Update {
+                    name: name.clone(),
+                    what: "sign",
+                    source,
+                })?;
+            tracing::info!(csr = %name, %node, "signed agent certificate");
+            report.signed.push(name);
+        }
+    }
+    Ok(())
 }
 
 /// Keep the CA and bundle in place, then sign on every CSR change (and
@@ -604,11 +626,8 @@ pub async fn run_with_ca(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         match sign_pending(&client, &ca, &s).await {
-            Ok(r) if r.signed.is_empty() && r.refused.is_empty() => {}
+            Ok(r) if r == SignReport::default() => {}
             Ok(r) => tracing::debug!(?r, "signer pass"),
-            Err(e) if is_conflict(&e) => {
-                tracing::debug!(error = %error_chain(&e), "signer pass lost a race")
-            }
             Err(e) => tracing::warn!(error = %error_chain(&e), "signer pass failed"),
         }
         tokio::select! {
