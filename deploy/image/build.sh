@@ -234,6 +234,7 @@ if [ "$only" != mignet ]; then
         # PID 1 ignores signals it has no handler for: the trap makes SIGTERM
         # end it at once, and `wait` returns as soon as a trapped signal comes.
         [ -x /bin/busybox ] || die "no gcc -static and no /bin/busybox: apt-get install busybox-static"
+        ! ldd /bin/busybox >/dev/null 2>&1 || die "/bin/busybox is dynamically linked: apt-get install busybox-static"
         mkdir -p "$stage/bin"
         cp /bin/busybox "$stage/bin/busybox"
         ln -s busybox "$stage/bin/sh"
