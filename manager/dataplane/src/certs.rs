@@ -330,6 +330,18 @@ pub fn request_identities(csr_pem: &str) -> Result<Vec<String>, CertError> {
         .collect())
 }
 
+/// [`identities`] of the first certificate in a PEM chain.
+pub fn identities_pem(cert_pem: &str) -> Result<Vec<Identity>, CertError> {
+    let err = |detail: String| CertError::ParseCert {
+        what: "identities".into(),
+        detail,
+    };
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+        .map(|d: rustls::pki_types::CertificateDer<'static>| d)
+        .map_err(|e| err(e.to_string()))?;
+    identities(&der).map_err(err)
+}
+
 /// The validity window of the first certificate in a PEM chain.
 pub fn validity_of(cert_pem: &str) -> Result<Validity, CertError> {
     let err = |detail: String| CertError::ParseCert {
@@ -461,7 +473,8 @@ mod tests {
         let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
             .map(|d: rustls::pki_types::CertificateDer<'static>| d)
             .unwrap();
-        assert_eq!(identities(&der).unwrap(), vec![id]);
+        assert_eq!(identities(&der).unwrap(), vec![id.clone()]);
+        assert_eq!(identities_pem(&cert).unwrap(), vec![id]);
         // The key the requester kept matches the certificate.
         let leaf = IssuedCert {
             cert_pem: cert.clone(),

@@ -82,6 +82,12 @@ pub enum CertificateError {
     },
     #[error("CertificateSigningRequest {name} not issued after {waited:?} (is the mignet manager running?)")]
     Timeout { name: String, waited: Duration },
+    #[error("CertificateSigningRequest {name} was issued for {found:?}, not {expected}")]
+    WrongIdentity {
+        name: String,
+        expected: String,
+        found: Vec<String>,
+    },
     #[error("the certificate issued by CertificateSigningRequest {name}")]
     Issued {
         name: String,
@@ -183,11 +189,26 @@ pub async fn request(
         }
         if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
             let cert_pem = String::from_utf8_lossy(&cert.0).into_owned();
-            // What came back must be ours: our identity, parseable.
-            certs::validity_of(&cert_pem).map_err(|source| CertificateError::Issued {
+            // What came back must be ours: parseable, and for exactly our
+            // identity (a signer bug must not make us present another
+            // node's name).
+            let issued_err = |source| CertificateError::Issued {
                 name: name.clone(),
                 source,
-            })?;
+            };
+            certs::validity_of(&cert_pem).map_err(issued_err)?;
+            let ids = certs::identities_pem(&cert_pem).map_err(issued_err)?;
+            let expected = Role::Agent.uri(&s.node_name);
+            if ids.len() != 1 || ids[0].role != Role::Agent.as_str() || ids[0].name != s.node_name {
+                return Err(CertificateError::WrongIdentity {
+                    name,
+                    expected,
+                    found: ids
+                        .iter()
+                        .map(|i| format!("spiffe://mignet/{}/{}", i.role, i.name))
+                        .collect(),
+                });
+            }
             return Ok(IssuedCert { cert_pem, key_pem });
         }
         if start.elapsed() > s.timeout {
