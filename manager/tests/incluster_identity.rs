@@ -44,6 +44,11 @@ use serde_json::json;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// One signer at a time: a signer owns its signerName cluster-wide and
+/// (rightly) denies requests from any other agent ServiceAccount, so two
+/// tests' signers running at once would deny each other's agents.
+static SIGNER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn tmpdir(what: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
         "mignet-{what}-{}-{}",
@@ -378,25 +383,18 @@ async fn agent_loop_runs_under_its_own_token_and_nothing_more() {
     let _ = stop_tx.send(());
 }
 
-#[tokio::test]
-async fn manager_signs_only_the_agents_own_node_certificate() {
-    ensure_crds();
-    let ns = TestNamespace::new("mignet-csr");
-    let n = ns.name.as_str();
-    let rbac = TestRbac::apply(n);
-    let admin = common::client().await;
-    let node = format!("node-a-{n}");
-
-    // A Node and an agent Pod on it (nothing runs it: only the objects
-    // matter, so the token can be bound to the pod and its node).
+/// A Node `node` and an agent Pod on it in `ns`. Nothing runs the pod
+/// (no kubelet here): only the objects matter, so a token can be bound to
+/// the pod and, through it, to its node.
+async fn agent_pod(admin: &Client, ns: &str, rbac: &TestRbac, node: &str) -> Pod {
     kubectl_stdin(
         &["apply", "-f", "-"],
         &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}).to_string(),
     );
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), n);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "agent", "namespace": n},
+        "metadata": {"name": "agent", "namespace": ns},
         "spec": {
             "nodeName": node,
             "serviceAccountName": sa_name(&rbac.agent_sa),
@@ -405,10 +403,22 @@ async fn manager_signs_only_the_agents_own_node_certificate() {
         }
     }))
     .unwrap();
-    let pod = pods
-        .create(&PostParams::default(), &pod)
+    pods.create(&PostParams::default(), &pod)
         .await
-        .expect("create pod");
+        .expect("create pod")
+}
+
+#[tokio::test]
+async fn manager_signs_only_the_agents_own_node_certificate() {
+    let _one_signer = SIGNER.lock().await;
+    ensure_crds();
+    let ns = TestNamespace::new("mignet-csr");
+    let n = ns.name.as_str();
+    let rbac = TestRbac::apply(n);
+    let admin = common::client().await;
+    let node = format!("node-a-{n}");
+
+    let pod = agent_pod(&admin, n, &rbac, &node).await;
     let agent_token = token_for(&admin, n, sa_name(&rbac.agent_sa), Some(&pod)).await;
     let unbound_token = token_for(&admin, n, sa_name(&rbac.agent_sa), None).await;
     let manager_token = token_for(&admin, n, sa_name(&rbac.manager_sa), None).await;
@@ -423,19 +433,7 @@ async fn manager_signs_only_the_agents_own_node_certificate() {
         resync: Duration::from_secs(1),
         ..Default::default()
     };
-    let ca = wait_for(
-        "ensure_ca allowed by RBAC",
-        Duration::from_secs(30),
-        || async {
-            match signer::ensure_ca(&manager, &s).await {
-                Ok(ca) => Some(ca),
-                Err(e) if mignet::agent::error_chain(&e).contains("forbidden") => None,
-                Err(e) => panic!("ensure_ca: {}", mignet::agent::error_chain(&e)),
-            }
-        },
-    )
-    .await
-    .0;
+    let ca = ensure_ca_as(&manager, &s).await;
     // Idempotent: a second start reads the same CA.
     let again = signer::ensure_ca(&manager, &s)
         .await
@@ -594,13 +592,7 @@ async fn manager_signs_only_the_agents_own_node_certificate() {
         other => panic!("the agent listed CSRs: {other:?}"),
     }
     let _ = stop_tx.send(());
-    // Cluster-scoped leftovers of this test.
-    let admin_csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
-    for c in admin_csrs.list(&Default::default()).await.unwrap().items {
-        if c.spec.username.as_deref() == Some(rbac.agent_sa.as_str()) {
-            let _ = admin_csrs.delete(&c.name_any(), &Default::default()).await;
-        }
-    }
+    delete_csrs_of(&admin, &rbac.agent_sa).await;
     let _ = common::kubectl(&["delete", "node", &node, "--ignore-not-found"]);
 }
 
@@ -615,6 +607,204 @@ fn assert_chains(leaf: &str, ca: &str) {
     assert_eq!(leaf.issuer(), ca.subject());
     leaf.verify_signature(Some(ca.public_key()))
         .expect("leaf signed by the published CA");
+}
+
+/// A kubeconfig for the bed that authenticates with `token` only (what a
+/// pod's in-cluster config amounts to).
+fn kubeconfig_with_token(token: &str, path: &std::path::Path) {
+    let text = std::fs::read_to_string(env().kubeconfig).unwrap();
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    for u in v["users"].as_sequence_mut().expect("users") {
+        u["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
+    }
+    std::fs::write(path, serde_yaml::to_string(&v).unwrap()).unwrap();
+}
+
+/// A blocking HTTP/1.0 GET; the raw response ("" when refused).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `mignet agent` binary with `--cert-source=csr` and its own pod-bound
+/// token: /readyz is 503 with the reason until the manager's signer runs,
+/// then 200 with the certificate in its cert dir; SIGTERM stops it.
+#[tokio::test]
+async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
+    let _one_signer = SIGNER.lock().await;
+    ensure_crds();
+    let ns = TestNamespace::new("mignet-agent-bin");
+    let n = ns.name.as_str();
+    let rbac = TestRbac::apply(n);
+    let admin = common::client().await;
+    let node = format!("node-bin-{n}");
+    let pod = agent_pod(&admin, n, &rbac, &node).await;
+    let agent_token = token_for(&admin, n, sa_name(&rbac.agent_sa), Some(&pod)).await;
+    let manager =
+        client_with_token(&token_for(&admin, n, sa_name(&rbac.manager_sa), None).await).await;
+    let root = tmpdir("agent-bin");
+    let _rm = RmDir(root.clone());
+    let kubeconfig = root.join("kubeconfig");
+    kubeconfig_with_token(&agent_token, &kubeconfig);
+
+    // The manager sets up the CA and its bundle (the DaemonSet mounts it)
+    // but does not sign yet.
+    let s = SignerSettings {
+        namespace: n.into(),
+        agent_service_account: sa_name(&rbac.agent_sa).into(),
+        resync: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let ca = ensure_ca_as(&manager, &s).await;
+    std::fs::write(root.join("ca.crt"), ca.cert_pem()).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = root.join("agent.log");
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mignet"))
+            .arg("agent")
+            .args(["--node-name", &node, "--pod-ip", "127.0.0.1"])
+            .args(["--cert-source", "csr", "--cert-lifetime-seconds", "3600"])
+            .arg("--cert-dir")
+            .arg(root.join("certs"))
+            .arg("--ca-bundle")
+            .arg(root.join("ca.crt"))
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .arg("--kernel")
+            .arg(root.join("no-kernel"))
+            .arg("--initrd")
+            .arg(root.join("no-initrd"))
+            .args(["--namespace", n, "--http-addr", &addr])
+            .args(["--graceful-shutdown-seconds", "0"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            // tracing writes to stdout; panics to stderr.
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(root.join("agent.err")).unwrap())
+            .spawn()
+            .expect("spawn mignet agent"),
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let (body, _) = wait_for(
+        "503 naming the missing certificate",
+        Duration::from_secs(30),
+        || {
+            let r = http_get(&addr, "/readyz");
+            async move {
+                (r.starts_with("HTTP/1.0 503") && r.contains("no agent certificate yet"))
+                    .then_some(r)
+            }
+        },
+    )
+    .await;
+    assert!(!root.join("certs/tls.crt").exists(), "{body}");
+    // Still waiting a while later: nothing signs but the manager.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        http_get(&addr, "/readyz").starts_with("HTTP/1.0 503"),
+        "{}",
+        logs()
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "agent exited: {}",
+        logs()
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let _signer = Task(tokio::spawn(signer::run_with_ca(
+        manager.clone(),
+        ca,
+        s,
+        async move {
+            let _ = stop_rx.await;
+        },
+    )));
+    // The agent retries every 10 s (also while RBAC propagates).
+    let (ready, took) = wait_for("ready once signed", Duration::from_secs(90), || {
+        let r = http_get(&addr, "/readyz");
+        async move { r.starts_with("HTTP/1.0 200").then_some(r) }
+    })
+    .await;
+    assert!(ready.contains("migration IP 127.0.0.1"), "{ready}");
+    eprintln!(
+        "ready {took:?} after the signer started; agent log:\n{}",
+        logs()
+    );
+    let cert = std::fs::read_to_string(root.join("certs/tls.crt")).unwrap();
+    assert_eq!(
+        certs::identities_pem(&cert).unwrap(),
+        vec![certs::Identity {
+            role: "agent".into(),
+            name: node.clone()
+        }]
+    );
+    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.0 200"));
+    assert!(http_get(&addr, "/metrics").starts_with("HTTP/1.0 200"));
+
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (status, _) = wait_for("agent exit after SIGTERM", Duration::from_secs(30), || {
+        let s = child.0.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "exit {status:?}; log:\n{}", logs());
+    let _ = stop_tx.send(());
+    delete_csrs_of(&admin, &rbac.agent_sa).await;
+    let _ = common::kubectl(&["delete", "node", &node, "--ignore-not-found"]);
+}
+
+/// Cluster-scoped leftovers: the CSRs `user` made.
+async fn delete_csrs_of(admin: &Client, user: &str) {
+    let api: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    for c in api.list(&Default::default()).await.unwrap().items {
+        if c.spec.username.as_deref() == Some(user) {
+            let _ = api.delete(&c.name_any(), &Default::default()).await;
+        }
+    }
+}
+
+/// [`signer::ensure_ca`] as the manager, retried while RBAC propagates.
+async fn ensure_ca_as(manager: &Client, s: &SignerSettings) -> ClusterCa {
+    wait_for(
+        "ensure_ca allowed by RBAC",
+        Duration::from_secs(30),
+        || async {
+            match signer::ensure_ca(manager, s).await {
+                Ok(ca) => Some(ca),
+                Err(e) if mignet::agent::error_chain(&e).contains("forbidden") => None,
+                Err(e) => panic!("ensure_ca: {}", mignet::agent::error_chain(&e)),
+            }
+        },
+    )
+    .await
+    .0
 }
 
 // ---- the config gate (no bed needed) ------------------------------------------
