@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the suite needs, starts a real
 # kube-apiserver on loopback, runs every test of the workspace as root, stops
-# the apiserver, and fails if any test left a network namespace behind.
+# the apiserver, runs the cluster end-to-end test on a multi-node bed
+# (tests/cluster/), and fails if anything left a network namespace behind.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -27,6 +28,18 @@ source "$state/env"
 
 status=0
 cargo test --workspace --locked -- --test-threads="${MIGNET_TEST_THREADS:-2}" || status=$?
+bash "$here/k8s/down.sh" "$state" >/dev/null 2>&1 || true
+
+# Cluster mode on a real multi-node cluster (tests/cluster/README.md): the
+# bed is built (Kubernetes, Multus, release binaries, the mignet image), the
+# seed's network story runs on it, and the bed is taken down again.
+t_cluster=$SECONDS
+if bash "$here/cluster/run.sh" bash "$here/cluster/e2e-network.sh"; then
+    echo "tests/run.sh: cluster e2e-network passed in $((SECONDS - t_cluster))s"
+else
+    echo "tests/run.sh: cluster e2e-network FAILED after $((SECONDS - t_cluster))s" >&2
+    status=1
+fi
 
 netns_after="$(ip netns list 2>/dev/null | awk '{print $1}' | sort)"
 leaked="$(comm -13 <(echo "$netns_before") <(echo "$netns_after") || true)"

@@ -417,9 +417,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let shutdown = stopped(stop_rx.clone());
             let migration_controller = migrations.then(|| {
-                let backend = mignet::backend::KubeBackend::new(
+                let backend = mignet::backend::KubeBackend::for_controller(
                     client.clone(),
                     migrations_namespace.as_deref(),
+                    &hco_namespace,
                 );
                 let settings = mignet::control::Settings {
                     namespace: migrations_namespace.clone(),

@@ -163,6 +163,10 @@ for i in $(seq 1 "$NODES"); do
         -j DNAT --to-destination "$CP_IP:$API_PORT_IN_CP"
     ip netns exec "$ns" iptables -w -t nat -A OUTPUT -d "$API_SERVICE_IP/32" -p tcp --dport 443 \
         -j DNAT --to-destination "$CP_IP:$API_PORT_IN_CP"
+    # Local processes (the CNI plugins: mignet-ipam's Kubernetes store)
+    # need a route to the Service range before OUTPUT's DNAT applies;
+    # without it connect() fails with ENETUNREACH.
+    ip -n "$ns" route add "$SERVICE_CIDR" via "$CP_IP"
     ip -n "$CP" route add "$(node_pod_cidr "$i")" via "$(node_ip "$i")"
 done
 for i in $(seq 1 "$NODES"); do

@@ -51,27 +51,44 @@ impl KubeBackend {
     /// all namespaces when `None`) and Nodes. Must be called inside a tokio
     /// runtime.
     pub fn new(client: Client, namespace: Option<&str>) -> Self {
-        Self::watching(client, namespace, Watched::Controller)
+        Self::watching(client, namespace, namespace, Watched::Controller)
+    }
+
+    /// The migration controller's backend when the HyperConverged lives in
+    /// a namespace of its own (`--namespace` of `mignet manager`) while
+    /// VMIs are watched in `namespace` (all when `None`): the manager's
+    /// role grants HyperConverged reads in that one namespace, and a
+    /// cluster-wide watch would be refused and retried forever (seen on
+    /// the cluster bed: a 403 warning a second, and no wake-up on a
+    /// HyperConverged change).
+    pub fn for_controller(client: Client, namespace: Option<&str>, hco_namespace: &str) -> Self {
+        Self::watching(client, namespace, Some(hco_namespace), Watched::Controller)
     }
 
     /// The node agent's backend: watches only what the agent reads (VMIs,
     /// VMIMs, HyperConvergeds), so its RBAC needs no VirtualMachine or Node
     /// access (a watcher refused by RBAC would retry forever, unseen).
     pub fn for_agent(client: Client, namespace: Option<&str>) -> Self {
-        Self::watching(client, namespace, Watched::Agent)
+        Self::watching(client, namespace, namespace, Watched::Agent)
     }
 
-    fn watching(client: Client, namespace: Option<&str>, watched: Watched) -> Self {
+    fn watching(
+        client: Client,
+        namespace: Option<&str>,
+        hco_namespace: Option<&str>,
+        watched: Watched,
+    ) -> Self {
         let (tx, rx) = watch::channel(0u64);
         let tx = Arc::new(tx);
         let ns = namespace.unwrap_or("");
+        let hco_ns = hco_namespace.unwrap_or("");
         let mut tasks = vec![
             spawn_watch(VirtualMachineInstance::api(client.clone(), ns), tx.clone()),
             spawn_watch(
                 VirtualMachineInstanceMigration::api(client.clone(), ns),
                 tx.clone(),
             ),
-            spawn_watch(HyperConverged::api(client.clone(), ns), tx.clone()),
+            spawn_watch(HyperConverged::api(client.clone(), hco_ns), tx.clone()),
         ];
         if watched == Watched::Controller {
             tasks.push(spawn_watch(
