@@ -40,6 +40,11 @@ else
     echo "tests/run.sh: cluster e2e-network FAILED after $((SECONDS - t_cluster))s" >&2
     status=1
 fi
+# Nothing of that bed may remain, and down.sh must also clean up after a crash.
+bash "$here/cluster/leftovers.sh" || status=1
+t_down=$SECONDS
+bash "$here/cluster/test-down.sh" || status=1
+echo "tests/run.sh: cluster test-down took $((SECONDS - t_down))s"
 
 netns_after="$(ip netns list 2>/dev/null | awk '{print $1}' | sort)"
 leaked="$(comm -13 <(echo "$netns_before") <(echo "$netns_after") || true)"

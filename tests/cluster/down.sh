@@ -36,7 +36,8 @@ kill_all() { # kill_all WHAT FN ARGS...
     failed=1
 }
 
-# Processes of bed ID whose state dir is gone: by namespace name and cgroup.
+# Processes of bed ID whose state dir is gone: by namespace name, cgroup,
+# and (the root namespace's apiserver relay) the socket name.
 orphan_pids() { # orphan_pids ID
     local id=$1 inodes="" f p ino
     for f in /run/netns/mgc"$id"-*; do
@@ -46,6 +47,9 @@ orphan_pids() { # orphan_pids ID
         p=${p#/proc/}
         ino=$(stat -L -c %i "/proc/$p/ns/net" 2>/dev/null) || continue
         if [[ " $inodes " == *" $ino "* ]] || grep -q ":/mgc$id-n[0-9]*\(/\|$\)" "/proc/$p/cgroup" 2>/dev/null; then
+            echo "$p"
+        # The root namespace's relay to the apiserver: its socket names the bed.
+        elif { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -q "/api-mgc$id\.sock"; then
             echo "$p"
         fi
     done

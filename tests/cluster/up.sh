@@ -219,10 +219,10 @@ API_PORT=$(
         grep -qx "$p" <<<"$taken" || { echo "$p"; break; }
     done
 )
-in_cp setsid socat UNIX-LISTEN:"$STATE/cp/api.sock",fork,mode=600 TCP:127.0.0.1:$API_PORT_IN_CP \
+in_cp setsid socat UNIX-LISTEN:"$STATE/cp/api-mgc$ID.sock",fork,mode=600 TCP:127.0.0.1:$API_PORT_IN_CP \
     </dev/null >"$STATE/logs/api-relay-cp.log" 2>&1 &
 echo $! >"$STATE/cp/relay-cp.pid"
-setsid socat TCP-LISTEN:"$API_PORT",bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:"$STATE/cp/api.sock" \
+setsid socat TCP-LISTEN:"$API_PORT",bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:"$STATE/cp/api-mgc$ID.sock" \
     </dev/null >"$STATE/logs/api-relay-root.log" 2>&1 &
 echo $! >"$STATE/cp/relay-root.pid"
 kubeconfig "$STATE/kubeconfig" "https://127.0.0.1:$API_PORT" admin
