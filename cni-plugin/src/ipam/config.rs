@@ -9,6 +9,7 @@
 //! and malformed `exclude` entries are rejected up front instead of ignored.
 
 use crate::error::{CniError, CniResult, Code};
+use crate::ipam::flatfile::{merge, FlatFile};
 use crate::types::{Dns, Route};
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
@@ -21,6 +22,81 @@ pub const DEFAULT_STORE_DIR: &str = "/var/lib/cni/mignet-ipam";
 pub const STORE_DIR_ENV: &str = "MIGNET_IPAM_STORE_DIR";
 /// IPAM `type` values we answer to.
 pub const IPAM_TYPES: [&str; 2] = ["whereabouts", "mignet-ipam"];
+
+/// whereabouts' `datastore` values. whereabouts v0.9 only has the
+/// Kubernetes store (it decodes `datastore` and drops it); older versions
+/// also had etcd.
+const DATASTORE_KUBERNETES: &str = "kubernetes";
+const DATASTORE_ETCD: &str = "etcd";
+
+/// Choose the store from the merged `ipam` object (NAD over flat file):
+/// `Some` is the Kubernetes store with that config, `None` the node-local
+/// file store. Pure; every path is unit-tested.
+///
+/// - `datastore: etcd` is refused (code 2): we cannot honour it, and
+///   ignoring it would allocate somewhere the operator did not ask for.
+/// - `kubernetes` present (from the NAD or the flat file): Kubernetes.
+/// - A flat file without a kubeconfig: code 7 naming the file. whereabouts
+///   fails there too ("you have not configured the storage engine"); a
+///   flat file means a cluster-wide setup, and the file store would hand
+///   out the same address on several nodes.
+/// - An explicit `datastore: kubernetes` without a kubeconfig: code 7, for
+///   the same reason.
+/// - Otherwise (no flat file, no `kubernetes`, no datastore): the file
+///   store, as before (one host; the lab depends on it).
+pub fn select_store(
+    kubernetes: Option<KubeConf>,
+    datastore: Option<&str>,
+    flat_file: Option<&Path>,
+) -> CniResult<Option<KubeConf>> {
+    let from = |field: &str| match flat_file {
+        Some(p) => format!("{field} (NAD or whereabouts flat file {})", p.display()),
+        None => field.to_string(),
+    };
+    match datastore.filter(|d| !d.is_empty()) {
+        None => {}
+        Some(d) if d == DATASTORE_KUBERNETES => {}
+        Some(d) if d == DATASTORE_ETCD => {
+            return Err(CniError::new(
+                Code::UnsupportedField,
+                format!(
+                    "unsupported {} \"{d}\": mignet-ipam keeps pools in the Kubernetes API \
+                     (datastore \"kubernetes\" with kubernetes.kubeconfig), not in etcd",
+                    from("ipam.datastore")
+                ),
+            ))
+        }
+        Some(d) => {
+            return Err(CniError::invalid_field(
+                &from("ipam.datastore"),
+                d,
+                "must be \"kubernetes\"",
+            ))
+        }
+    }
+    if kubernetes.is_some() {
+        return Ok(kubernetes);
+    }
+    if let Some(p) = flat_file {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!(
+                "whereabouts flat file {}: no kubernetes.kubeconfig, and ipam has no kubernetes: \
+                 the Kubernetes store needs one (a node-local store would hand out the same \
+                 address on several nodes)",
+                p.display()
+            ),
+        ));
+    }
+    if datastore == Some(DATASTORE_KUBERNETES) {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "invalid ipam.datastore \"kubernetes\": needs ipam.kubernetes (a kubeconfig) or a \
+             whereabouts flat file naming one",
+        ));
+    }
+    Ok(None)
+}
 
 /// One address range, resolved to offsets from the subnet's network address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,18 +191,64 @@ pub struct NetConf {
     pub prev_result_ips: Option<Vec<IpAddr>>,
 }
 
-/// Parse stdin. Malformed JSON is code 6; every invalid value is code 7 with
-/// the field and the value in the message.
+/// Parse stdin as if no whereabouts flat file existed (tests, benches).
+/// Malformed JSON is code 6; every invalid value is code 7 with the field
+/// and the value in the message.
 pub fn parse_netconf(stdin: &[u8], default_store_dir: &Path) -> CniResult<NetConf> {
+    parse_netconf_with(stdin, default_store_dir, None)
+}
+
+fn parse_root(stdin: &[u8]) -> CniResult<Map<String, Value>> {
     let root: Value =
         serde_json::from_slice(stdin).map_err(|e| CniError::decode("network config", e))?;
     let Value::Object(root) = root else {
         return Err(CniError::decode("network config", "expected a JSON object"));
     };
+    Ok(root)
+}
+
+/// `ipam.configuration_path`: where to look for whereabouts' flat file
+/// first. Read before the flat file, so before everything else.
+pub fn configuration_path(stdin: &[u8]) -> CniResult<Option<PathBuf>> {
+    let root = parse_root(stdin)?;
+    let Some(Value::Object(m)) = get(&root, "ipam") else {
+        // parse_netconf_with reports a missing or malformed ipam.
+        return Ok(None);
+    };
+    Ok(opt_str(m, "configuration_path", "ipam.configuration_path")?
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from))
+}
+
+/// Parse stdin with whereabouts' flat file (if one was found) merged under
+/// the `ipam` object, then choose the store (`select_store`).
+pub fn parse_netconf_with(
+    stdin: &[u8],
+    default_store_dir: &Path,
+    flat: Option<&FlatFile>,
+) -> CniResult<NetConf> {
+    let root = parse_root(stdin)?;
     let cni_version = opt_str(&root, "cniVersion", "cniVersion")?.unwrap_or_default();
     let name = opt_str(&root, "name", "name")?.unwrap_or_default();
     let ipam = match get(&root, "ipam") {
-        Some(Value::Object(m)) => parse_ipam(m, default_store_dir)?,
+        Some(Value::Object(m)) => {
+            let mut m = m.clone();
+            let taken = flat.map(|f| merge(&mut m, &f.ipam)).unwrap_or_default();
+            parse_ipam(&m, default_store_dir, flat.map(|f| f.path.as_path())).map_err(|mut e| {
+                // A value that came from the flat file is fixed there, not
+                // in the NAD: say so.
+                if let (Some(f), false) = (flat, taken.is_empty()) {
+                    if e.details.is_empty() {
+                        e.details = format!(
+                            "ipam keys {} came from whereabouts flat file {}",
+                            taken.join(", "),
+                            f.path.display()
+                        );
+                    }
+                }
+                e
+            })?
+        }
         Some(other) => return Err(CniError::invalid_field("ipam", other, "must be an object")),
         None => {
             return Err(CniError::new(
@@ -146,7 +268,11 @@ pub fn parse_netconf(stdin: &[u8], default_store_dir: &Path) -> CniResult<NetCon
     })
 }
 
-fn parse_ipam(m: &Map<String, Value>, default_store_dir: &Path) -> CniResult<IpamConfig> {
+fn parse_ipam(
+    m: &Map<String, Value>,
+    default_store_dir: &Path,
+    flat_file: Option<&Path>,
+) -> CniResult<IpamConfig> {
     let ty = opt_str(m, "type", "ipam.type")?.unwrap_or_default();
     if !IPAM_TYPES.contains(&ty.as_str()) {
         return Err(CniError::invalid_field(
@@ -305,6 +431,8 @@ fn parse_ipam(m: &Map<String, Value>, default_store_dir: &Path) -> CniResult<Ipa
             ))
         }
     };
+    let datastore = opt_str(m, "datastore", "ipam.datastore")?;
+    let kubernetes = select_store(kubernetes, datastore.as_deref(), flat_file)?;
     let overlapping_ranges = match get(m, "enable_overlapping_ranges") {
         None => true,
         Some(Value::Bool(b)) => *b,
@@ -930,6 +1058,165 @@ mod tests {
         let e = parse_netconf(bad, Path::new("/x")).unwrap_err();
         assert!(
             e.msg.starts_with("invalid cni.dev/valid-attachments[0]"),
+            "{}",
+            e.msg
+        );
+    }
+
+    const SEED: &str = r#"{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.5.0/24"}}"#;
+
+    fn flat(text: &str) -> FlatFile {
+        FlatFile::parse(PathBuf::from("/tmp/t/whereabouts.conf"), text.as_bytes()).unwrap()
+    }
+
+    fn kube(path: &str) -> Option<KubeConf> {
+        Some(KubeConf {
+            kubeconfig: Some(PathBuf::from(path)),
+        })
+    }
+
+    #[test]
+    fn select_store_every_path() {
+        let f = Some(Path::new("/f/whereabouts.conf"));
+        // No flat file, no kubernetes, no datastore: the file store, as before.
+        assert_eq!(select_store(None, None, None).unwrap(), None);
+        assert_eq!(select_store(None, Some(""), None).unwrap(), None);
+        // kubernetes present (NAD or merged from the flat file) wins.
+        assert_eq!(select_store(kube("/k"), None, None).unwrap(), kube("/k"));
+        assert_eq!(
+            select_store(kube("/k"), Some("kubernetes"), f).unwrap(),
+            kube("/k")
+        );
+        // In-cluster credentials (kubernetes: {}) stay a Kubernetes store.
+        let in_cluster = Some(KubeConf { kubeconfig: None });
+        assert_eq!(
+            select_store(in_cluster.clone(), None, None).unwrap(),
+            in_cluster
+        );
+        // etcd: unsupported, code 2, wherever it came from.
+        for file in [None, f] {
+            let e = select_store(kube("/k"), Some("etcd"), file).unwrap_err();
+            assert_eq!(e.code, Code::UnsupportedField);
+            assert!(
+                e.msg.contains("ipam.datastore") && e.msg.contains("\"etcd\""),
+                "{}",
+                e.msg
+            );
+        }
+        let e = select_store(kube("/k"), Some("etcd"), f).unwrap_err();
+        assert!(e.msg.contains("/f/whereabouts.conf"), "{}", e.msg);
+        // Another datastore value: invalid, code 7.
+        let e = select_store(None, Some("consul"), None).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.msg.starts_with("invalid ipam.datastore \"consul\""),
+            "{}",
+            e.msg
+        );
+        // A flat file but no kubeconfig anywhere: never the file store.
+        let e = select_store(None, Some("kubernetes"), f).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.msg
+                .starts_with("whereabouts flat file /f/whereabouts.conf: no kubernetes.kubeconfig"),
+            "{}",
+            e.msg
+        );
+        assert_eq!(
+            select_store(None, None, f).unwrap_err().code,
+            Code::InvalidConfig
+        );
+        // An explicit datastore kubernetes without a kubeconfig: refused too.
+        let e = select_store(None, Some("kubernetes"), None).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains("ipam.datastore"), "{}", e.msg);
+    }
+
+    #[test]
+    fn seed_nad_with_flat_file_uses_the_kubernetes_store() {
+        let f = flat(
+            r#"{"datastore":"kubernetes","kubernetes":{"kubeconfig":"/etc/cni/net.d/mignet-ipam.d/mignet-ipam.kubeconfig"}}"#,
+        );
+        let c = parse_netconf_with(SEED.as_bytes(), Path::new("/d"), Some(&f)).unwrap();
+        // Exactly as if the NAD had "kubernetes":{"kubeconfig":...}.
+        let nad = SEED.replace(
+            r#""range":"10.200.5.0/24""#,
+            r#""range":"10.200.5.0/24","kubernetes":{"kubeconfig":"/etc/cni/net.d/mignet-ipam.d/mignet-ipam.kubeconfig"}"#,
+        );
+        assert_eq!(c, parse_netconf(nad.as_bytes(), Path::new("/d")).unwrap());
+        assert_eq!(
+            c.ipam.kubernetes,
+            kube("/etc/cni/net.d/mignet-ipam.d/mignet-ipam.kubeconfig")
+        );
+        // Without a flat file the seed's NAD keeps the file store.
+        let c = parse_netconf_with(SEED.as_bytes(), Path::new("/d"), None).unwrap();
+        assert_eq!(c.ipam.kubernetes, None);
+        assert_eq!(c.ipam.store_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn nad_keys_win_over_the_flat_file() {
+        let f = flat(
+            r#"{"kubernetes":{"kubeconfig":"/flat"},"gateway":"10.200.5.254",
+            "enable_overlapping_ranges":false,"range":"10.0.0.0/8"}"#,
+        );
+        let nad = SEED.replace(
+            r#""range":"10.200.5.0/24""#,
+            r#""range":"10.200.5.0/24","kubernetes":{"kubeconfig":"/nad"}"#,
+        );
+        let c = parse_netconf_with(nad.as_bytes(), Path::new("/d"), Some(&f)).unwrap();
+        assert_eq!(c.ipam.kubernetes, kube("/nad"));
+        assert_eq!(c.ipam.ranges.len(), 1);
+        assert_eq!(c.ipam.ranges[0].subnet.to_string(), "10.200.5.0/24");
+        // The flat file fills what the NAD lacks (gateway) but never
+        // enable_overlapping_ranges (whereabouts restores the NAD's).
+        assert_eq!(c.ipam.gateway, Some(ip("10.200.5.254")));
+        assert!(c.ipam.overlapping_ranges);
+    }
+
+    #[test]
+    fn flat_file_errors_name_the_file() {
+        let f = flat(r#"{"datastore":"etcd","etcd_host":"10.0.0.1:2379"}"#);
+        let e = parse_netconf_with(SEED.as_bytes(), Path::new("/d"), Some(&f)).unwrap_err();
+        assert_eq!(e.code, Code::UnsupportedField);
+        assert!(e.msg.contains("/tmp/t/whereabouts.conf"), "{}", e.msg);
+        // A bad value merged from the file: the message names the field,
+        // the details the file.
+        let f = flat(r#"{"kubernetes":{"kubeconfig":"/k"},"gateway":"not-an-ip"}"#);
+        let e = parse_netconf_with(SEED.as_bytes(), Path::new("/d"), Some(&f)).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.msg.starts_with("invalid ipam.gateway \"not-an-ip\""),
+            "{}",
+            e.msg
+        );
+        assert!(
+            e.details
+                .contains("whereabouts flat file /tmp/t/whereabouts.conf"),
+            "{}",
+            e.details
+        );
+        // A NAD with datastore etcd and no flat file is refused as well.
+        let nad = SEED.replace(r#""range""#, r#""datastore":"etcd","range""#);
+        let e = parse_netconf(nad.as_bytes(), Path::new("/d")).unwrap_err();
+        assert_eq!(e.code, Code::UnsupportedField);
+    }
+
+    #[test]
+    fn configuration_path_is_read_first() {
+        let nad = SEED.replace(
+            r#""range""#,
+            r#""configuration_path":"/tmp/wa.conf","range""#,
+        );
+        assert_eq!(
+            configuration_path(nad.as_bytes()).unwrap(),
+            Some(PathBuf::from("/tmp/wa.conf"))
+        );
+        assert_eq!(configuration_path(SEED.as_bytes()).unwrap(), None);
+        let bad = SEED.replace(r#""range""#, r#""configuration_path":7,"range""#);
+        let e = configuration_path(bad.as_bytes()).unwrap_err();
+        assert!(
+            e.msg.starts_with("invalid ipam.configuration_path \"7\""),
             "{}",
             e.msg
         );

@@ -9,6 +9,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod flatfile;
 #[cfg(feature = "k8s")]
 pub mod kube;
 pub mod store;
@@ -40,9 +41,14 @@ pub fn store_of(conf: &NetConf) -> FileStore {
     FileStore::new(&conf.ipam.store_dir).with_fsync(conf.ipam.fsync)
 }
 
-/// Parse stdin with the environment's default store directory.
+/// Parse stdin as whereabouts would: find its flat file (I/O, here at the
+/// edge), merge it under the NAD's `ipam` and choose the store
+/// (`config::select_store`), with the environment's default store
+/// directory. The binary and macvlan's in-process IPAM both come here.
 pub fn load(args: &CmdArgs) -> CniResult<NetConf> {
-    config::parse_netconf(&args.stdin, &default_store_dir())
+    let configuration_path = config::configuration_path(&args.stdin)?;
+    let flat = flatfile::find(configuration_path.as_deref())?;
+    config::parse_netconf_with(&args.stdin, &default_store_dir(), flat.as_ref())
 }
 
 /// The pool keys of a config, in range order.
