@@ -425,3 +425,103 @@ fn store_dir_from_the_environment_when_the_config_has_none() {
     assert!(r.ok, "{}", r.stdout);
     assert_eq!(s.pool("10.200.5.0-24")[&1]["id"], "envc");
 }
+
+/// whereabouts' flat file named by `configuration_path` (tests cannot
+/// write /etc): an invalid or unreadable one fails with code 7 naming the
+/// file, a flat file without a kubeconfig or with `datastore: etcd` is
+/// refused, and none of them falls back to the file store.
+#[test]
+fn an_invalid_whereabouts_flat_file_fails_naming_its_path() {
+    let s = StoreDir::new("flat");
+    std::fs::create_dir_all(s.path()).unwrap();
+    let flat = s.path().join("whereabouts.conf");
+    // The seed's NAD, verbatim but for configuration_path, on the
+    // environment's default store directory (as the lab runs it).
+    let seed = format!(
+        r#"{{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{{"type":"whereabouts","range":"10.200.5.0/24","configuration_path":"{}"}}}}"#,
+        flat.display()
+    );
+    let store = s.path().join("store");
+    let run = |verb: &str| {
+        let mut c = command(verb, "ctr1", "net1", "");
+        c.env("MIGNET_IPAM_STORE_DIR", &store);
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(seed.as_bytes())
+            .unwrap();
+        reply(&child.wait_with_output().unwrap())
+    };
+    let path = flat.display().to_string();
+
+    std::fs::write(&flat, "{\"datastore\": \"kubernetes\", ").unwrap();
+    for verb in ["ADD", "DEL"] {
+        let r = run(verb);
+        assert_eq!(r.code(), 7, "{verb}: {}", r.stdout);
+        assert!(
+            r.msg()
+                .starts_with(&format!("whereabouts flat file {path}: not valid JSON")),
+            "{}",
+            r.msg()
+        );
+    }
+
+    std::fs::write(&flat, r#"{"kubernetes": "/etc/k.kubeconfig"}"#).unwrap();
+    let r = run("ADD");
+    assert_eq!(r.code(), 7, "{}", r.stdout);
+    assert_eq!(
+        r.msg(),
+        format!(
+            "whereabouts flat file {path}: invalid kubernetes \"/etc/k.kubeconfig\": must be an object"
+        )
+    );
+
+    // Present but not readable as a file (a directory): code 7, not "absent".
+    std::fs::remove_file(&flat).unwrap();
+    std::fs::create_dir(&flat).unwrap();
+    let r = run("ADD");
+    assert_eq!(r.code(), 7, "{}", r.stdout);
+    assert!(
+        r.msg()
+            .starts_with(&format!("whereabouts flat file {path}: cannot read it: ")),
+        "{}",
+        r.msg()
+    );
+    std::fs::remove_dir(&flat).unwrap();
+
+    // Valid JSON, but it names no kubeconfig: whereabouts fails there too.
+    std::fs::write(
+        &flat,
+        r#"{"datastore": "kubernetes", "log_level": "debug"}"#,
+    )
+    .unwrap();
+    let r = run("ADD");
+    assert_eq!(r.code(), 7, "{}", r.stdout);
+    assert!(
+        r.msg().starts_with(&format!(
+            "whereabouts flat file {path}: no kubernetes.kubeconfig"
+        )),
+        "{}",
+        r.msg()
+    );
+
+    // etcd: unsupported (code 2), naming the datastore and the file.
+    std::fs::write(
+        &flat,
+        r#"{"datastore": "etcd", "etcd_host": "10.0.0.1:2379"}"#,
+    )
+    .unwrap();
+    let r = run("ADD");
+    assert_eq!(r.code(), 2, "{}", r.stdout);
+    assert!(
+        r.msg().contains("ipam.datastore") && r.msg().contains(&path) && r.msg().contains("etcd"),
+        "{}",
+        r.msg()
+    );
+
+    // None of these touched the file store.
+    assert!(!store.exists(), "the file store was used");
+}

@@ -348,4 +348,47 @@ mod tests {
         // GC without the list is refused; the store is untouched either way.
         assert_eq!(Whereabouts.gc(&args).unwrap_err().code, Code::InvalidConfig);
     }
+
+    /// macvlan's in-process IPAM (`delegate::Ipam::for_type("whereabouts")`)
+    /// goes through `load`, so it reads whereabouts' flat file and chooses
+    /// the store exactly as the binary does.
+    #[test]
+    fn in_process_ipam_reads_the_flat_file() {
+        let dir =
+            std::env::temp_dir().join(format!("mignet-ipam-inproc-flat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let flat = dir.join("whereabouts.conf");
+        let args = CmdArgs {
+            container_id: "c1".into(),
+            ifname: "net1".into(),
+            stdin: format!(
+                r#"{{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{{"type":"whereabouts","range":"10.200.5.0/24","configuration_path":"{}","store_dir":"{}"}}}}"#,
+                flat.display(),
+                dir.join("store").display()
+            )
+            .into_bytes(),
+            ..Default::default()
+        };
+        let ipam = crate::delegate::Ipam::for_type("whereabouts").unwrap();
+        std::fs::write(&flat, "not json").unwrap();
+        let e = ipam.add(&args).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains(&flat.display().to_string()), "{}", e.msg);
+        std::fs::write(&flat, r#"{"datastore":"etcd"}"#).unwrap();
+        assert_eq!(ipam.add(&args).unwrap_err().code, Code::UnsupportedField);
+        // The flat file's kubeconfig selects the Kubernetes store, whatever
+        // the NAD's store_dir says.
+        std::fs::write(
+            &flat,
+            format!(
+                r#"{{"kubernetes":{{"kubeconfig":"{}"}}}}"#,
+                dir.join("nope").display()
+            ),
+        )
+        .unwrap();
+        let conf = load(&args).unwrap();
+        assert!(uses_kube(&conf));
+        assert!(!dir.join("store").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
