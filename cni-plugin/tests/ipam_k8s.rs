@@ -13,7 +13,7 @@ use ipam_common::{cni, spawn, Reply};
 use k8s::TestNs;
 use mignet_cni::ipam::config::KubeConf;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn conf(kubeconfig: &Path, ipam: &str) -> String {
@@ -595,4 +595,265 @@ fn the_installer_writes_a_kubeconfig_that_works_and_follows_token_rotation() {
         add_ok("inst-2", &pod_args(&ns.name, "p2"), &c),
         "10.204.0.2/24"
     );
+}
+
+/// The seed's NAD, verbatim but for `configuration_path` (tests cannot write
+/// /etc/cni/net.d/whereabouts.d/whereabouts.conf).
+fn seed_nad(flat: &Path) -> String {
+    format!(
+        r#"{{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{{"type":"whereabouts","range":"10.200.5.0/24","configuration_path":"{}"}}}}"#,
+        flat.display()
+    )
+}
+
+/// Run `bin` as a runtime would, with the environment's file store at
+/// `store`, so a fall back to the file store would show there.
+fn run_bin(bin: &Path, verb: &str, cid: &str, args: &str, store: &Path, stdin: &str) -> Reply {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/var/run/netns/mignet-ipam-test-absent")
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_PATH", "/nonexistent")
+        .env("CNI_ARGS", args)
+        .env("MIGNET_IPAM_STORE_DIR", store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    ipam_common::reply(&child.wait_with_output().unwrap())
+}
+
+fn ipam_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mignet-ipam"))
+}
+
+/// The defect: the seed's NAD has no `kubernetes` key. With whereabouts'
+/// flat file saying datastore kubernetes and a kubeconfig, the real binary
+/// allocates in the IPPool (cluster-wide), and two "nodes" with their own
+/// flat file and identity get distinct addresses; the file store stays
+/// untouched.
+#[test]
+fn the_seed_nad_with_a_whereabouts_flat_file_allocates_in_an_ippool() {
+    let ns = TestNs::new("ipam-flat");
+    let store = ns.dir().join("file-store");
+    let nodes: Vec<PathBuf> = (0..2)
+        .map(|n| {
+            let kc = ns.node_kubeconfig(&format!("flat-node-{n}"));
+            let flat = ns
+                .dir()
+                .join(format!("node-{n}/whereabouts.d/whereabouts.conf"));
+            std::fs::create_dir_all(flat.parent().unwrap()).unwrap();
+            std::fs::write(
+                &flat,
+                format!(
+                    r#"{{"datastore":"kubernetes","kubernetes":{{"kubeconfig":"{}"}}}}"#,
+                    kc.display()
+                ),
+            )
+            .unwrap();
+            flat
+        })
+        .collect();
+
+    let mut got = Vec::new();
+    for (n, flat) in nodes.iter().enumerate() {
+        let args = pod_args(&ns.name, &format!("virt-launcher-{n}"));
+        let r = run_bin(
+            ipam_bin(),
+            "ADD",
+            &format!("cid-{n}"),
+            &args,
+            &store,
+            &seed_nad(flat),
+        );
+        assert!(r.ok, "ADD on node {n}: {}", r.stdout);
+        got.extend(r.addresses());
+    }
+    assert_eq!(got, ["10.200.5.1/24", "10.200.5.2/24"]);
+    let pool = ns.pool("10.200.5.0-24");
+    assert_eq!(pool.len(), 2, "{pool:?}");
+    assert_eq!(pool[&1]["id"], "cid-0");
+    assert_eq!(pool[&1]["podref"], format!("{}/virt-launcher-0", ns.name));
+    assert_eq!(pool[&2]["id"], "cid-1");
+    let orips = ns.orips();
+    assert!(orips.contains_key("10.200.5.1") && orips.contains_key("10.200.5.2"));
+    assert!(!store.exists(), "the file store was used");
+
+    // DEL through the same selection frees the IPPool entries.
+    for (n, flat) in nodes.iter().enumerate() {
+        let r = run_bin(
+            ipam_bin(),
+            "DEL",
+            &format!("cid-{n}"),
+            "",
+            &store,
+            &seed_nad(flat),
+        );
+        assert!(r.ok, "DEL on node {n}: {}", r.stdout);
+    }
+    assert!(ns.pool("10.200.5.0-24").is_empty());
+    assert!(ns.orips().is_empty());
+}
+
+/// The CNI installer's init script (deploy/base/cni-installer.yaml, between
+/// its BEGIN/END "mignet-ipam installer" markers), run with temp dirs: with
+/// INSTALL_WHEREABOUTS_ALIAS=true it writes whereabouts.conf naming the
+/// IPAM kubeconfig, and the installed `whereabouts` alias then puts the
+/// seed's NAD into an IPPool. It never overwrites an existing
+/// whereabouts.conf or a real whereabouts binary.
+#[test]
+fn the_installer_writes_whereabouts_conf_with_the_alias_and_never_over_an_existing_one() {
+    let ns = TestNs::new("ipam-alias");
+    let yaml = std::fs::read_to_string(k8s::repo_root().join("deploy/base/cni-installer.yaml"))
+        .expect("read cni-installer.yaml");
+    let lines: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| !l.contains("# BEGIN mignet-ipam installer"))
+        .take_while(|l| !l.contains("# END mignet-ipam installer"))
+        .collect();
+    assert!(
+        lines.len() > 10,
+        "installer script not found in cni-installer.yaml"
+    );
+    let indent = lines[0].len() - lines[0].trim_start().len();
+    let script: String = lines
+        .iter()
+        .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+        .collect();
+
+    // The image's /usr/local/bin.
+    let src = ns.dir().join("image-bin");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(ipam_bin(), src.join("mignet-ipam")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_mignet-macvlan"),
+        src.join("mignet-macvlan"),
+    )
+    .unwrap();
+
+    // One node's /opt/cni/bin and /etc/cni/net.d. HOST_NET_DIR is where the
+    // written file says the kubeconfig is: here the same temp dir.
+    let node = |tag: &str| {
+        let bin = ns.dir().join(format!("{tag}/opt-cni-bin"));
+        let net = ns.dir().join(format!("{tag}/etc-cni-net.d"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&net).unwrap();
+        (bin, net)
+    };
+    let install = |bin: &Path, net: &Path, alias: &str| {
+        let o = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(&script)
+            .env("SRC_DIR", &src)
+            .env("BIN_DIR", bin)
+            .env("NET_DIR", net)
+            .env("HOST_NET_DIR", net)
+            .env("INSTALL_WHEREABOUTS_ALIAS", alias)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "installer failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let flat_of = |net: &Path| net.join("whereabouts.d/whereabouts.conf");
+
+    // Without the alias: no whereabouts binary, no flat file.
+    let (bin, net) = node("no-alias");
+    install(&bin, &net, "false");
+    assert!(bin.join("mignet-ipam").exists() && bin.join("mignet-macvlan").exists());
+    assert!(!bin.join("whereabouts").exists());
+    assert!(!flat_of(&net).exists());
+
+    // With the alias on a node without whereabouts: both, and the flat file
+    // names the kubeconfig the ipam-kubeconfig container writes.
+    let (bin, net) = node("alias");
+    let out = install(&bin, &net, "true");
+    assert!(out.contains("installed whereabouts"), "{out}");
+    let flat = flat_of(&net);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&flat).unwrap()).unwrap();
+    let kc_path = net.join("mignet-ipam.d/mignet-ipam.kubeconfig");
+    assert_eq!(v["datastore"], "kubernetes");
+    assert_eq!(v["kubernetes"]["kubeconfig"], kc_path.display().to_string());
+    let leftovers: Vec<_> = std::fs::read_dir(net.join("whereabouts.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["whereabouts.conf"], "temp file left behind");
+    // The kubeconfig (here a node identity of this namespace, in place of
+    // the writer's) makes the alias put the seed's NAD into the IPPool.
+    std::fs::create_dir_all(kc_path.parent().unwrap()).unwrap();
+    std::fs::copy(ns.node_kubeconfig("alias-node"), &kc_path).unwrap();
+    let store = ns.dir().join("file-store");
+    let r = run_bin(
+        &bin.join("whereabouts"),
+        "ADD",
+        "alias-1",
+        &pod_args(&ns.name, "virt-launcher-a"),
+        &store,
+        &seed_nad(&flat),
+    );
+    assert!(r.ok, "{}", r.stdout);
+    assert_eq!(r.addresses(), ["10.200.5.1/24"]);
+    assert_eq!(ns.pool("10.200.5.0-24")[&1]["id"], "alias-1");
+    assert!(!store.exists(), "the file store was used");
+
+    // A rerun (pod restart): the alias is ours, the flat file stays as is.
+    std::fs::write(&flat, r#"{"kubernetes":{"kubeconfig":"/edited"}}"#).unwrap();
+    let out = install(&bin, &net, "true");
+    assert!(out.contains("whereabouts is our alias already"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&flat).unwrap(),
+        r#"{"kubernetes":{"kubeconfig":"/edited"}}"#
+    );
+    // Our alias without its flat file (a run that died in between): written.
+    std::fs::remove_file(&flat).unwrap();
+    install(&bin, &net, "true");
+    assert!(std::fs::read_to_string(&flat)
+        .unwrap()
+        .contains("mignet-ipam.kubeconfig"));
+
+    // A real whereabouts' flat file, no binary yet: the alias goes in, the
+    // file is kept.
+    let (bin, net) = node("wa-conf");
+    std::fs::create_dir_all(net.join("whereabouts.d")).unwrap();
+    let theirs = r#"{"datastore":"kubernetes","kubernetes":{"kubeconfig":"/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig"}}"#;
+    std::fs::write(flat_of(&net), theirs).unwrap();
+    let out = install(&bin, &net, "true");
+    assert!(out.contains("already present; not replacing it"), "{out}");
+    assert!(bin.join("whereabouts").exists());
+    assert_eq!(std::fs::read_to_string(flat_of(&net)).unwrap(), theirs);
+
+    // A real whereabouts binary: neither it nor the (absent) flat file is
+    // touched; the real one brings its own.
+    let (bin, net) = node("wa-bin");
+    std::fs::write(
+        bin.join("whereabouts"),
+        "#!/bin/sh\necho real whereabouts\n",
+    )
+    .unwrap();
+    let out = install(&bin, &net, "true");
+    assert!(
+        out.contains("whereabouts already present; not replacing it"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bin.join("whereabouts")).unwrap(),
+        "#!/bin/sh\necho real whereabouts\n"
+    );
+    assert!(!flat_of(&net).exists());
 }
