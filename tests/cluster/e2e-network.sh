@@ -9,11 +9,14 @@
 #   - the manager annotates the agent DaemonSet; the real DaemonSet controller
 #     replaces the agents one node at a time (never more than one unavailable,
 #     from a watch on the DaemonSet's status);
-#   - Multus calls mignet-macvlan + mignet-ipam (Kubernetes store): every agent
-#     pod has migration0 with a distinct address of the range, is Ready, and
-#     reports that address as its migration IP;
-#   - a second NAD rolls the agents onto it and the first range's addresses are
-#     freed; removing `network` rolls them back to the pod network;
+#   - the seed's NAD verbatim (reference macvlan + `whereabouts`, which is our
+#     mignet-ipam under that name reading the flat file the installer wrote, so
+#     the Kubernetes store): every agent pod has migration0 with a distinct
+#     address of the range, is Ready, and reports that address as its
+#     migration IP;
+#   - a second NAD, mignet-macvlan + mignet-ipam, rolls the agents onto it and
+#     the first range's addresses are freed; removing `network` rolls them
+#     back to the pod network;
 #   - a NAD whose IPAM has no address to give stops the roll at the first agent,
 #     which stays NotReady with the IPAM's reason; the others keep working.
 set -euo pipefail
@@ -192,9 +195,13 @@ max_unavailable() {
 }
 
 # ---- the seed's network ----------------------------------------------------------
-step "seed's NAD (10.200.5.0/24) and HyperConverged"
-nad my-secondary-network 10.200.5.0/24 | kubectl apply -f - >/dev/null
-kubectl apply -f "$ROOT/examples/hyperconverged.yaml" >/dev/null
+step "the seed's NAD and HyperConverged, verbatim: kubectl apply -k deploy/examples"
+# The README's commands: CRDs established first, then the CRs in one pass.
+# The NAD is the seed's: reference macvlan on eth1, "ipam": {"type":
+# "whereabouts"}, which the installer's alias and flat file turn into our
+# IPAM with the Kubernetes store.
+kubectl apply -k "$ROOT/deploy/examples" >/dev/null || fail "kubectl apply -k deploy/examples"
+ok "deploy/examples applied: $(kubectl -n "$NS" get net-attach-def my-secondary-network -o jsonpath='{.spec.config}')"
 wait_for 60 "manager annotates the agent DaemonSet" annotation_is my-secondary-network@migration0
 ok "DaemonSet template: k8s.v1.cni.cncf.io/networks=$(network_annotation)"
 roll_start=$SECONDS

@@ -311,7 +311,7 @@ chmod 755 "$STATE/runc-bed"
 
 # The host's CNI plugins every node uses for its pod network.
 REF_CNI=/usr/lib/cni
-for p in bridge host-local loopback portmap; do
+for p in bridge host-local loopback portmap macvlan; do
     [[ -x $REF_CNI/$p ]] || die "missing $REF_CNI/$p (Debian's containernetworking-plugins)"
 done
 
@@ -371,7 +371,9 @@ start_node() { # start_node I
 
     # CNI: Multus first (its one delegate is the pod network), then the
     # reference plugins it and containerd call.
-    "in_node_$i" sh -c "cp $REF_CNI/bridge $REF_CNI/host-local $REF_CNI/loopback $REF_CNI/portmap /opt/cni/bin/ &&
+    # macvlan too: a node with containernetworking-plugins has the reference
+    # macvlan the seed's NAD names.
+    "in_node_$i" sh -c "cp $REF_CNI/bridge $REF_CNI/host-local $REF_CNI/loopback $REF_CNI/portmap $REF_CNI/macvlan /opt/cni/bin/ &&
         cp '$MULTUS' /opt/cni/bin/multus && mkdir -p /etc/cni/net.d/multus.d"
     kubeconfig "$S/multus.kubeconfig" "https://$CP_IP:$API_PORT_IN_CP" multus
     "in_node_$i" cp "$S/multus.kubeconfig" /etc/cni/net.d/multus.d/multus.kubeconfig
