@@ -620,26 +620,6 @@ fn kubeconfig_with_token(token: &str, path: &std::path::Path) {
     std::fs::write(path, serde_yaml::to_string(&v).unwrap()).unwrap();
 }
 
-/// A blocking HTTP/1.0 GET; the raw response ("" when refused).
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The `mignet agent` binary with `--cert-source=csr` and its own pod-bound
 /// token: /readyz is 503 with the reason until the manager's signer runs,
 /// then 200 with the certificate in its cert dir; SIGTERM stops it.
@@ -679,7 +659,7 @@ async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let log = root.join("agent.log");
-    let mut child = Child(
+    let mut child = common::ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_mignet"))
             .arg("agent")
             .args(["--node-name", &node, "--pod-ip", "127.0.0.1"])
@@ -710,7 +690,7 @@ async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
         "503 naming the missing certificate",
         Duration::from_secs(30),
         || {
-            let r = http_get(&addr, "/readyz");
+            let r = common::http_get(&addr, "/readyz");
             async move {
                 (r.starts_with("HTTP/1.0 503") && r.contains("no agent certificate yet"))
                     .then_some(r)
@@ -722,7 +702,7 @@ async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
     // Still waiting a while later: nothing signs but the manager.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        http_get(&addr, "/readyz").starts_with("HTTP/1.0 503"),
+        common::http_get(&addr, "/readyz").starts_with("HTTP/1.0 503"),
         "{}",
         logs()
     );
@@ -743,7 +723,7 @@ async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
     )));
     // The agent retries every 10 s (also while RBAC propagates).
     let (ready, took) = wait_for("ready once signed", Duration::from_secs(90), || {
-        let r = http_get(&addr, "/readyz");
+        let r = common::http_get(&addr, "/readyz");
         async move { r.starts_with("HTTP/1.0 200").then_some(r) }
     })
     .await;
@@ -760,8 +740,8 @@ async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
             name: node.clone()
         }]
     );
-    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.0 200"));
-    assert!(http_get(&addr, "/metrics").starts_with("HTTP/1.0 200"));
+    assert!(common::http_get(&addr, "/healthz").starts_with("HTTP/1.0 200"));
+    assert!(common::http_get(&addr, "/metrics").starts_with("HTTP/1.0 200"));
 
     let pid = child.0.id().to_string();
     assert!(std::process::Command::new("kill")

@@ -577,26 +577,6 @@ async fn manager_runs_under_its_own_least_privilege_rbac() {
     assert!(!can(m, "get", "secrets/other", n));
 }
 
-/// A minimal blocking HTTP/1.0 GET; returns the raw response.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to manager HTTP");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// Kills the child process on drop (also on panic).
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
     ensure_crds();
@@ -612,7 +592,7 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
         .unwrap()
         .port();
     let http_addr = format!("127.0.0.1:{http_port}");
-    let mut child = ChildGuard(
+    let mut child = common::ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_mignet"))
             .args([
                 "manager",
@@ -644,8 +624,8 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
         child.0.try_wait().unwrap().is_none(),
         "manager exited early"
     );
-    assert!(http_get(&http_addr, "/readyz").starts_with("HTTP/1.0 200"));
-    let metrics = http_get(&http_addr, "/metrics");
+    assert!(common::http_get(&http_addr, "/readyz").starts_with("HTTP/1.0 200"));
+    let metrics = common::http_get(&http_addr, "/metrics");
     assert!(
         metrics.contains("mignet_rollout_daemonset_patches_total 1\n"),
         "{metrics}"
