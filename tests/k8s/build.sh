@@ -153,7 +153,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.buildDate=$build_date"
 done
 
-log "building kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler (cold: 15-30 min on 2 cores)"
+log "building kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler (cold: about 5 min on 2 idle cores, 13 when they are shared)"
 t0=$(date +%s)
 (cd "$WORK/kubernetes" &&
     "$GO" build -ldflags "$ldflags" -o "$ROOT/bin.new/" \
