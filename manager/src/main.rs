@@ -99,8 +99,9 @@ struct AgentArgs {
     #[arg(long, default_value = "/etc/mignet/ca/ca.crt")]
     ca_bundle: PathBuf,
     /// Lifetime asked for the agent certificate (with --cert-source=csr; the
-    /// manager may cap it; at least 600).
-    #[arg(long, default_value_t = 7 * 86_400)]
+    /// manager may cap it). Kubernetes' CSR minimum is 600 s: a smaller
+    /// value is refused, naming the flag, rather than raised silently.
+    #[arg(long, default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(600..=i32::MAX as u64))]
     cert_lifetime_seconds: u64,
     #[arg(long)]
     allow_tls12: bool,
@@ -144,8 +145,9 @@ struct SignerArgs {
     /// ConfigMap (in --namespace) the CA certificate is published in.
     #[arg(long, default_value = "mignet-ca-bundle")]
     ca_bundle_configmap: String,
-    /// Longest lifetime of an issued agent certificate.
-    #[arg(long, default_value_t = 30 * 86_400)]
+    /// Longest lifetime of an issued agent certificate (at least 600 s,
+    /// Kubernetes' CSR minimum; a smaller value is refused).
+    #[arg(long, default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(600..))]
     agent_cert_max_seconds: u64,
 }
 
@@ -285,16 +287,23 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let _ready = tokio::spawn(async move {
         let mut last: Option<(bool, String)> = None;
         loop {
-            let blockers = probe_health.blockers();
-            let (ready, mut detail) = if !blockers.is_empty() {
-                (false, blockers.join("; "))
-            } else if let Some(core) = probe.get() {
-                match core.readiness().await {
+            // Before the core exists (the certificate is being requested)
+            // only the gates can be read; after, the core's readiness holds
+            // them and the migration IP.
+            let (ready, mut detail) = match probe.get() {
+                Some(core) => match core.readiness().await {
                     Readiness::Ready(ip) => (true, format!("ready: migration IP {}", ip.ip)),
                     Readiness::NotReady(why) => (false, why),
+                },
+                None => {
+                    let blockers = probe_health.blockers();
+                    let why = if blockers.is_empty() {
+                        "starting".to_string()
+                    } else {
+                        blockers.join("; ")
+                    };
+                    (false, why)
                 }
-            } else {
-                (false, "starting".to_string())
             };
             for w in probe_health.warnings() {
                 detail.push_str("; warning: ");
@@ -320,7 +329,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             node_name: settings.node_name.clone(),
             cert_dir: settings.cert_dir.clone(),
             ca_bundle: a.ca_bundle,
-            lifetime: Duration::from_secs(a.cert_lifetime_seconds.max(600)),
+            lifetime: Duration::from_secs(a.cert_lifetime_seconds),
             poll: Duration::from_secs(1),
             timeout: Duration::from_secs(120),
         };
@@ -449,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
                     ca_secret: signer.ca_secret,
                     ca_bundle: signer.ca_bundle_configmap,
                     agent_service_account: signer.agent_service_account,
-                    max_lifetime: Duration::from_secs(signer.agent_cert_max_seconds.max(600)),
+                    max_lifetime: Duration::from_secs(signer.agent_cert_max_seconds),
                     ..Default::default()
                 };
                 // The CA must exist before agents can trust anything: a

@@ -39,7 +39,8 @@ pub struct CertificateSettings {
     /// The CA certificate the manager publishes (the mounted
     /// `mignet-ca-bundle` ConfigMap's `ca.crt`).
     pub ca_bundle: PathBuf,
-    /// Asked of the signer as `expirationSeconds` (it may cap it).
+    /// Asked of the signer as `expirationSeconds` (it may cap it); 600 s
+    /// to `i32::MAX` s, as the CSR API takes (the flag's parser checks).
     pub lifetime: Duration,
     /// How often a pending request is re-read.
     pub poll: Duration,
@@ -156,7 +157,7 @@ pub async fn request(
             request: ByteString(csr_pem.into_bytes()),
             signer_name: SIGNER_NAME.into(),
             usages: Some(AGENT_USAGES.iter().map(|u| u.to_string()).collect()),
-            expiration_seconds: Some(i32::try_from(s.lifetime.as_secs()).unwrap_or(i32::MAX)),
+            expiration_seconds: i32::try_from(s.lifetime.as_secs()).ok(),
             ..Default::default()
         },
         status: None,

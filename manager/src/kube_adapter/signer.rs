@@ -35,6 +35,7 @@ use kube::{Api, Client, ResourceExt};
 use mignet_dataplane::certs::{self, CertError, ClusterCa, Role, Validity};
 
 use super::FIELD_MANAGER;
+use crate::agent::error_chain;
 
 /// The signerName agents ask for.
 pub const SIGNER_NAME: &str = "mignet.io/agent";
@@ -299,10 +300,6 @@ pub fn facts_of(csr: &CertificateSigningRequest) -> CsrFacts {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    crate::agent::error_chain(e)
-}
-
 // ---- the CA ------------------------------------------------------------------
 
 /// The CA from the Secret, created (and the Secret with it) when missing;
@@ -456,19 +453,31 @@ pub struct SignReport {
     pub errors: Vec<String>,
 }
 
-fn condition(type_: &str, reason: &str, message: &str) -> CertificateSigningRequestCondition {
+/// Append a `True` condition (Approved, Denied, Failed) to the request.
+fn add_condition(csr: &mut CertificateSigningRequest, type_: &str, reason: &str, message: &str) {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    CertificateSigningRequestCondition {
-        type_: type_.into(),
-        status: "True".into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_update_time: Some(now.clone()),
-        last_transition_time: Some(now),
-    }
+    csr.status
+        .get_or_insert_with(CertificateSigningRequestStatus::default)
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(CertificateSigningRequestCondition {
+            type_: type_.into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_update_time: Some(now.clone()),
+            last_transition_time: Some(now),
+        });
 }
 
-/// One pass over every CertificateSigningRequest for [`SIGNER_NAME`].
+/// Only our signer's requests: the API server filters by
+/// `spec.signerName`, so kubelet and other signers' CSRs never reach us.
+fn ours() -> String {
+    format!("spec.signerName={SIGNER_NAME}")
+}
+
+/// One pass over every CertificateSigningRequest for [`SIGNER_NAME`]
+/// (listed with [`ours`]).
 pub async fn sign_pending(
     client: &Client,
     ca: &ClusterCa,
@@ -476,7 +485,7 @@ pub async fn sign_pending(
 ) -> Result<SignReport, SignerError> {
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
     let list = api
-        .list(&Default::default())
+        .list(&kube::api::ListParams::default().fields(&ours()))
         .await
         .map_err(SignerError::List)?;
     let agent = s.agent_username();
@@ -517,11 +526,7 @@ async fn handle(
             };
             tracing::warn!(csr = %name, %reason, %message, "refusing agent certificate request");
             let mut csr = csr;
-            csr.status
-                .get_or_insert_with(CertificateSigningRequestStatus::default)
-                .conditions
-                .get_or_insert_with(Vec::new)
-                .push(condition(type_, reason, &message));
+            add_condition(&mut csr, type_, reason, &message);
             api.replace_subresource(sub, &name, &post_params(), &csr)
                 .await
                 .map_err(|source| SignerError::Update {
@@ -534,15 +539,12 @@ async fn handle(
         CsrDecision::Sign { node } => {
             let mut csr = csr;
             if !facts.approved {
-                csr.status
-                    .get_or_insert_with(CertificateSigningRequestStatus::default)
-                    .conditions
-                    .get_or_insert_with(Vec::new)
-                    .push(condition(
-                        "Approved",
-                        "AgentNodeMatches",
-                        &format!("mignet manager: agent ServiceAccount on node {node}"),
-                    ));
+                add_condition(
+                    &mut csr,
+                    "Approved",
+                    "AgentNodeMatches",
+                    &format!("mignet manager: agent ServiceAccount on node {node}"),
+                );
                 csr = api
                     .replace_subresource("approval", &name, &post_params(), &csr)
                     .await
@@ -565,11 +567,7 @@ async fn handle(
                     // decide() parsed the same request; a failure here is
                     // recorded on the object rather than retried forever.
                     let message = error_chain(&e);
-                    csr.status
-                        .get_or_insert_with(Default::default)
-                        .conditions
-                        .get_or_insert_with(Vec::new)
-                        .push(condition("Failed", "SigningFailed", &message));
+                    add_condition(&mut csr, "Failed", "SigningFailed", &message);
                     api.replace_status(&name, &post_params(), &csr)
                         .await
                         .map_err(|source| SignerError::Update {
@@ -599,20 +597,9 @@ async fn handle(
     Ok(())
 }
 
-/// Keep the CA and bundle in place, then sign on every CSR change (and
-/// every `resync`) until `shutdown`. A failed pass is logged and retried on
-/// the next change or tick; a CA that cannot be set up is returned.
-pub async fn run(
-    client: Client,
-    s: SignerSettings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SignerError> {
-    let ca = ensure_ca(&client, &s).await?;
-    run_with_ca(client, ca, s, shutdown).await;
-    Ok(())
-}
-
-/// [`run`] with a CA already set up by [`ensure_ca`].
+/// Sign on every change of a [`SIGNER_NAME`] request (and every
+/// `resync`) until `shutdown`, with the CA [`ensure_ca`] set up. A failed
+/// pass is logged and retried on the next change or tick.
 pub async fn run_with_ca(
     client: Client,
     ca: ClusterCa,
@@ -620,7 +607,7 @@ pub async fn run_with_ca(
     shutdown: impl Future<Output = ()>,
 ) {
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let mut events = watcher(api, watcher::Config::default())
+    let mut events = watcher(api, watcher::Config::default().fields(&ours()))
         .default_backoff()
         .boxed();
     let mut shutdown = std::pin::pin!(shutdown);
