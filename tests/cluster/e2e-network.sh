@@ -24,7 +24,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 : "${MIGNET_CLUSTER_STATE:?run inside the bed: tests/cluster/run.sh $0}"
 PATH=$MIGNET_K8S_BIN:$PATH
-NODES=${MIGNET_CLUSTER_NODES:-3}
+# NODES and wait_until (whose die() is this test's fail() below).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$HERE/lib.sh"
 NS=mignet-system
 DS=mignet-agent
 AGENTS=app.kubernetes.io/name=mignet-agent
@@ -64,16 +66,8 @@ fail() {
     printf 'e2e-network: %d passed, 1 failed\n' "$passed"
     exit 1
 }
-# wait_for SECS WHAT CMD...: until CMD succeeds.
-wait_for() {
-    local secs=$1 what=$2
-    shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || fail "$what: not after ${secs}s"
-        sleep 1
-    done
-}
+# lib.sh's helpers stop through die(): here that is a counted failure.
+die() { fail "$@"; }
 
 ds_field() { kubectl -n "$NS" get ds "$DS" -o jsonpath="$1"; }
 network_annotation() { ds_field '{.spec.template.metadata.annotations.k8s\.v1\.cni\.cncf\.io/networks}'; }
@@ -202,49 +196,49 @@ step "the seed's NAD and HyperConverged, verbatim: kubectl apply -k deploy/examp
 # IPAM with the Kubernetes store.
 kubectl apply -k "$ROOT/deploy/examples" >/dev/null || fail "kubectl apply -k deploy/examples"
 ok "deploy/examples applied: $(kubectl -n "$NS" get net-attach-def my-secondary-network -o jsonpath='{.spec.config}')"
-wait_for 60 "manager annotates the agent DaemonSet" annotation_is my-secondary-network@migration0
+wait_until 60 "manager annotates the agent DaemonSet" annotation_is my-secondary-network@migration0
 ok "DaemonSet template: k8s.v1.cni.cncf.io/networks=$(network_annotation)"
 roll_start=$SECONDS
 kubectl -n "$NS" rollout status ds/"$DS" --timeout=300s >/dev/null
-wait_for 60 "rolled out" rolled_out
+wait_until 60 "rolled out" rolled_out
 ok "rolled out in $((SECONDS - roll_start))s"
 check_agents 10.200.5
 pool_count_a=$(pool_count 10.200.5.0-24)
 [[ $pool_count_a == "$NODES" ]] || fail "IPPool 10.200.5.0-24 holds $pool_count_a allocations, want $NODES"
 ok "IPPool 10.200.5.0-24 holds $pool_count_a allocations"
-wait_for 60 "condition RolledOut" sh -c "kubectl -n $NS get hyperconverged kubevirt-hyperconverged -o jsonpath='{.status.conditions[?(@.type==\"MigrationNetworkReady\")].reason}' | grep -qx RolledOut"
+wait_until 60 "condition RolledOut" sh -c "kubectl -n $NS get hyperconverged kubevirt-hyperconverged -o jsonpath='{.status.conditions[?(@.type==\"MigrationNetworkReady\")].reason}' | grep -qx RolledOut"
 ok "MigrationNetworkReady: $(hco_condition)"
 
 # ---- a second network ------------------------------------------------------------
 step "switch to a second NAD (10.200.6.0/24)"
 nad migration-net-b 10.200.6.0/24 | kubectl apply -f - >/dev/null
 set_network migration-net-b
-wait_for 60 "manager re-annotates" annotation_is migration-net-b@migration0
+wait_until 60 "manager re-annotates" annotation_is migration-net-b@migration0
 roll_start=$SECONDS
 kubectl -n "$NS" rollout status ds/"$DS" --timeout=300s >/dev/null
-wait_for 60 "rolled out" rolled_out
+wait_until 60 "rolled out" rolled_out
 ok "rolled out in $((SECONDS - roll_start))s"
 check_agents 10.200.6
-wait_for 30 "first range's addresses freed" sh -c "[ \"\$(kubectl -n $NS get ippools.whereabouts.cni.cncf.io 10.200.5.0-24 -o json | jq '.spec.allocations // {} | length')\" = 0 ]"
+wait_until 30 "first range's addresses freed" sh -c "[ \"\$(kubectl -n $NS get ippools.whereabouts.cni.cncf.io 10.200.5.0-24 -o json | jq '.spec.allocations // {} | length')\" = 0 ]"
 ok "IPPool 10.200.5.0-24 is empty again"
 
 # ---- back to the pod network -----------------------------------------------------
 step "remove network: back to the pod network"
 set_network ""
-wait_for 60 "manager removes the annotation" annotation_is ""
+wait_until 60 "manager removes the annotation" annotation_is ""
 roll_start=$SECONDS
 kubectl -n "$NS" rollout status ds/"$DS" --timeout=300s >/dev/null
-wait_for 60 "rolled out" rolled_out
+wait_until 60 "rolled out" rolled_out
 ok "rolled out in $((SECONDS - roll_start))s"
 check_agents none
-wait_for 30 "second range's addresses freed" sh -c "[ \"\$(kubectl -n $NS get ippools.whereabouts.cni.cncf.io 10.200.6.0-24 -o json | jq '.spec.allocations // {} | length')\" = 0 ]"
+wait_until 30 "second range's addresses freed" sh -c "[ \"\$(kubectl -n $NS get ippools.whereabouts.cni.cncf.io 10.200.6.0-24 -o json | jq '.spec.allocations // {} | length')\" = 0 ]"
 ok "IPPool 10.200.6.0-24 is empty again"
 
 # ---- a network that gives no address ---------------------------------------------
 step "a NAD whose IPAM has no address to give (every address excluded)"
 nad migration-net-empty 10.200.7.0/30 ',"exclude":["10.200.7.0/30"]' | kubectl apply -f - >/dev/null
 set_network migration-net-empty
-wait_for 60 "manager annotates" annotation_is migration-net-empty@migration0
+wait_until 60 "manager annotates" annotation_is migration-net-empty@migration0
 # The DaemonSet controller replaces one agent; that pod can never get its
 # interface, so it never becomes Ready and the roll goes no further.
 stuck() {
@@ -252,7 +246,7 @@ stuck() {
     s=$(ds_field '{.status.updatedNumberScheduled} {.status.numberAvailable} {.status.numberUnavailable}')
     [[ $s == "1 $((NODES - 1)) 1" ]]
 }
-wait_for 90 "roll stopped at the first agent" stuck
+wait_until 90 "roll stopped at the first agent" stuck
 sleep 15
 stuck || fail "the roll went on past the agent without an address: $(ds_field '{.status}')"
 ok "roll stopped: $(ds_field 'updated {.status.updatedNumberScheduled}, available {.status.numberAvailable}, unavailable {.status.numberUnavailable}')"
@@ -269,9 +263,9 @@ ok "condition while stuck: $(hco_condition)"
 
 step "repair: back to the seed's network"
 set_network my-secondary-network
-wait_for 60 "manager re-annotates" annotation_is my-secondary-network@migration0
+wait_until 60 "manager re-annotates" annotation_is my-secondary-network@migration0
 kubectl -n "$NS" rollout status ds/"$DS" --timeout=300s >/dev/null
-wait_for 60 "rolled out" rolled_out
+wait_until 60 "rolled out" rolled_out
 check_agents 10.200.5
 
 # ---- the watch ------------------------------------------------------------------
@@ -294,7 +288,7 @@ kubectl -n "$NS" create serviceaccount e2e-viewer >/dev/null
 token=$(kubectl -n "$NS" create token e2e-viewer)
 kubectl -n "$NS" port-forward deploy/mignet-console :8443 >"$WORK/pf.log" 2>&1 &
 pf_pid=$!
-wait_for 30 "port-forward to the console" grep -q 'Forwarding from 127.0.0.1:' "$WORK/pf.log"
+wait_until 30 "port-forward to the console" grep -q 'Forwarding from 127.0.0.1:' "$WORK/pf.log"
 port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\) .*/\1/p' "$WORK/pf.log" | head -n1)
 session=$(curl -sS -m 10 -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/session")
 [[ $session == *e2e-viewer* ]] || fail "console /api/session with a ServiceAccount token: $session"

@@ -5,12 +5,14 @@
 # /tmp/mignet-cluster.*), or a mount of one (overlay/tmpfs sources named mgc-*
 # or paths under a state directory) in any process's mount table.
 set -uo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 found=0
 say() { echo "leftover: $*"; found=1; }
 for f in /run/netns/mgc*; do [[ -e $f ]] && say "network namespace $(basename "$f")"; done
 while read -r h; do
     for d in "$h"/mgc*; do [[ -d $d ]] && say "cgroup $d"; done
-done < <(awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/self/mounts | sort -u)
+done < <(cgroup_hierarchies)
 for d in /tmp/mignet-cluster.*; do [[ -e $d ]] && say "state directory $d"; done
 for p in /proc/[0-9]*; do
     pid=${p#/proc/}

@@ -18,6 +18,10 @@ set -euo pipefail
 CLUSTER_SCRIPT=up
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# free_port from the apiserver bed's helpers; ours (sourced after) keep
+# their own log/die.
+# shellcheck source=../k8s/lib.sh
+source "$HERE/../k8s/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$HERE/lib.sh"
 
@@ -212,13 +216,7 @@ wait_until 90 kube-apiserver in_cp "$K8S_BIN/kubectl" --kubeconfig "$STATE/cp/ad
 # The root namespace reaches the apiserver through a unix socket: a TCP
 # listener on the root's loopback, a socket file, and a relay inside the
 # control-plane namespace (nothing gets an address in the root namespace).
-API_PORT=$(
-    taken=$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -u)
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
-        grep -qx "$p" <<<"$taken" || { echo "$p"; break; }
-    done
-)
+API_PORT=$(free_port)
 in_cp setsid socat UNIX-LISTEN:"$STATE/cp/api-mgc$ID.sock",fork,mode=600 TCP:127.0.0.1:$API_PORT_IN_CP \
     </dev/null >"$STATE/logs/api-relay-cp.log" 2>&1 &
 echo $! >"$STATE/cp/relay-cp.pid"
