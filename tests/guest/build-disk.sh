@@ -18,7 +18,10 @@
 # same filesystem at offset 0: no loop devices, no mounting on the host.
 #
 # The guest's /init prints, on ttyS0, like the RAM-only guest (build.sh):
-#   mignet: ready            once the disk is set up
+#   memload: filled 256 MiB  the memory workload of tests/guest/memload.c
+#                            (mignet.fill_mib=256 on the fixed command line),
+#                            so a migration moves real bytes
+#   mignet: ready            once the disk and the memory are set up
 #   tick N                   every second
 # and, for the disk workload (it mounts /dev/vda read-write at /data):
 #   disk: new marker=UUID    at a boot that found no /data/mignet/marker
@@ -53,7 +56,7 @@ exec 9>"$out/.disk.lock"
 flock 9
 
 need=()
-for p in qemu-system-x86 busybox-static cpio dosfstools mtools syslinux syslinux-common; do
+for p in qemu-system-x86 busybox-static cpio dosfstools mtools syslinux syslinux-common gcc libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -79,7 +82,7 @@ fi
 [ -n "$kpkg" ] || { echo "disk: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
 
 versions="$(dpkg-query -W -f='${Package}=${Version} ' busybox-static syslinux syslinux-common)"
-stamp_want="$(sha256sum <"$0" | cut -d' ' -f1) $kpkg $versions"
+stamp_want="$(cat "$0" "$here/memload.c" | sha256sum | cut -d' ' -f1) $kpkg $versions"
 if [ -f "$out/disk.stamp" ] && [ "$(cat "$out/disk.stamp")" = "$stamp_want" ] \
     && [ -s "$out/disk.img" ] && [ "${MIGNET_GUEST_BOOT_CHECK:-0}" != 1 ]; then
     echo "DISK_IMAGE=$out/disk.img"
@@ -145,6 +148,9 @@ else
     root="$work/root"
     mkdir -p "$root"/{bin,dev,proc,sys,tmp,data,lib/modules}
     cp /bin/busybox "$root/bin/busybox"
+    # The same memory workload as the RAM guest (tests/guest/memload.c), so a
+    # migration of this VM moves real bytes, not zero pages.
+    gcc -static -O2 -o "$root/bin/memload" "$here/memload.c"
     for f in "${order[@]}"; do
         cp "$f" "$root/lib/modules/"
         basename "$f" >>"$root/lib/modules/load-order"
@@ -183,6 +189,18 @@ if mount -t vfat -o rw "$dev" /data; then
     fi
 else
     echo "disk: error mount $dev"
+fi
+
+fill=0
+dirty=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        mignet.fill_mib=*) fill="${arg#mignet.fill_mib=}" ;;
+        mignet.dirty_mib_s=*) dirty="${arg#mignet.dirty_mib_s=}" ;;
+    esac
+done
+if [ "$fill" != 0 ] || [ "$dirty" != 0 ]; then
+    /bin/memload "$fill" "$dirty"
 fi
 
 echo "mignet: ready"
@@ -224,7 +242,7 @@ TIMEOUT 0
 LABEL mignet
     LINUX /vmlinuz
     INITRD /initrd.img
-    APPEND console=ttyS0 quiet panic=-1
+    APPEND console=ttyS0 quiet panic=-1 mignet.fill_mib=256
 EOF
 
     img="$work/disk.img"
