@@ -7,7 +7,7 @@
 #
 # Boot it with, e.g.:
 #   cp --sparse=always "$DISK_IMAGE" my.img      # the guest writes to its disk
-#   qemu-system-x86_64 -accel tcg -machine q35 -m 256 -nodefaults \
+#   qemu-system-x86_64 -accel tcg -machine q35 -m 512 -nodefaults \
 #       -display none -serial file:LOG -drive file=my.img,format=raw,if=virtio
 # Always boot a copy: the cached image is the pristine template and the stamp
 # below only checks inputs, not whether someone has written into it.
@@ -270,7 +270,7 @@ if [ "${MIGNET_GUEST_BOOT_CHECK:-0}" = 1 ]; then
     booted_marker=""
     boot_once() {
         local log="$1" m=""
-        timeout 180 qemu-system-x86_64 -accel tcg -machine q35 -cpu qemu64 -m 256 \
+        timeout 180 qemu-system-x86_64 -accel tcg -machine q35 -cpu qemu64 -m 512 \
             -nodefaults -display none -no-reboot -serial "file:$log" \
             -drive "file=$copy,format=raw,if=virtio" 2>"$log.stderr" &
         qpid=$!
