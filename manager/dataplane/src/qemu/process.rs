@@ -10,6 +10,11 @@
 //! the QMP socket ([`VmProcess::reattach`]).
 //!
 //! [`VmProcess`] is a guard: dropping it kills the VM unless it was detached.
+//!
+//! The same [`VmSpec`] also describes a QEMU that runs in the foreground as
+//! the direct child of a launcher (`daemonize: false`, KVM or TCG, booting a
+//! kernel or a disk): the launcher owns that child itself, `VmProcess::start`
+//! is only for daemonized VMs.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -40,6 +45,8 @@ pub enum VmError {
         path: PathBuf,
         len: usize,
     },
+    #[error("VM {name}: VmProcess::start runs daemonized VMs only (daemonize is false); spawn a foreground QEMU from command_line() instead")]
+    NotDaemonized { name: String },
     #[error("VM {name}: cannot create run directory {dir:?}")]
     RunDir {
         name: String,
@@ -85,6 +92,54 @@ pub enum VmError {
     Unkillable { pid: i32, after: Duration },
 }
 
+/// The QEMU accelerator (`-accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Emulation: works everywhere, slowly.
+    Tcg,
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The controller a disk hangs off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveBus {
+    /// `virtio-blk-pci`, one PCI device per disk.
+    Virtio,
+    /// `ide-hd` on an added AHCI controller (`ahci0`).
+    Sata,
+    /// `scsi-hd` on an added virtio-scsi controller (`scsi0`).
+    Scsi,
+}
+
+/// A raw disk image attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    /// Suffix of the QEMU ids (`drive-<id>`, `disk-<id>`); `[A-Za-z0-9_-]`.
+    pub id: String,
+    pub path: PathBuf,
+    pub bus: DriveBus,
+    pub read_only: bool,
+    /// Boot from this disk (`bootindex=0`); at most one drive should say so.
+    pub boot: bool,
+}
+
 /// Everything needed to start one VM. Paths of the QMP socket, serial log and
 /// pid file are derived from `run_dir`, one directory per VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +164,20 @@ pub struct VmSpec {
     pub netns: Option<String>,
     /// Appended verbatim at the end of the command line.
     pub extra_args: Vec<String>,
+    /// `-accel`; TCG unless the caller knows KVM works.
+    pub accel: Accel,
+    /// Boot `kernel` + `initrd` with `cmdline` (`-kernel`, `-initrd`,
+    /// `-append`). When false the three fields are ignored and the firmware
+    /// boots from the drive marked `boot`.
+    pub kernel_boot: bool,
+    /// Raw disk images, in order.
+    pub drives: Vec<Drive>,
+    /// `-daemonize` (the agent's VMs, which outlive the agent). False for a
+    /// QEMU that stays the direct child of its launcher.
+    pub daemonize: bool,
+    /// A second QMP socket (QEMU's QMP serves one client at a time: the
+    /// launcher probes its own socket and leaves `qmp.sock` to the agent).
+    pub second_qmp_socket: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -133,6 +202,11 @@ impl VmSpec {
             incoming_defer: false,
             netns: None,
             extra_args: Vec::new(),
+            accel: Accel::Tcg,
+            kernel_boot: true,
+            drives: Vec::new(),
+            daemonize: true,
+            second_qmp_socket: None,
         }
     }
 
@@ -150,15 +224,21 @@ impl VmSpec {
 
     /// Checks what can be checked without touching the system.
     pub fn validate(&self) -> Result<(), VmError> {
-        let qmp = self.qmp_socket();
-        let len = qmp.as_os_str().len();
-        if len > MAX_UNIX_PATH {
-            return Err(VmError::SocketPathTooLong {
-                name: self.name.clone(),
-                what: "QMP socket",
-                path: qmp,
-                len,
-            });
+        let sockets = std::iter::once(("QMP socket", self.qmp_socket())).chain(
+            self.second_qmp_socket
+                .iter()
+                .map(|p| ("second QMP socket", p.clone())),
+        );
+        for (what, path) in sockets {
+            let len = path.as_os_str().len();
+            if len > MAX_UNIX_PATH {
+                return Err(VmError::SocketPathTooLong {
+                    name: self.name.clone(),
+                    what,
+                    path,
+                    len,
+                });
+            }
         }
         Ok(())
     }
@@ -172,10 +252,10 @@ impl VmSpec {
         }
         argv.push(self.qemu_binary.clone().into());
         let mut push = |s: &str| argv.push(s.into());
-        // KVM does not work on these machines (emulation errors): always TCG.
+        // The default is TCG: KVM does not work on the lab machines.
+        push("-accel");
+        push(self.accel.as_str());
         for a in [
-            "-accel",
-            "tcg",
             "-machine",
             "q35",
             "-nodefaults",
@@ -193,21 +273,32 @@ impl VmSpec {
         push(&self.memory_mib.to_string());
         push("-smp");
         push(&self.vcpus.to_string());
-        push("-kernel");
-        argv.push(self.kernel.clone().into());
-        argv.push("-initrd".into());
-        argv.push(self.initrd.clone().into());
-        argv.push("-append".into());
-        argv.push(self.cmdline.clone().into());
+        if self.kernel_boot {
+            argv.push("-kernel".into());
+            argv.push(self.kernel.clone().into());
+            argv.push("-initrd".into());
+            argv.push(self.initrd.clone().into());
+            argv.push("-append".into());
+            argv.push(self.cmdline.clone().into());
+        }
+        argv.extend(drive_args(&self.drives));
         argv.push("-serial".into());
         argv.push(path_arg("file:", &self.serial_log()));
         argv.push("-qmp".into());
         let mut qmp = path_arg("unix:", &self.qmp_socket());
         qmp.push(",server=on,wait=off");
         argv.push(qmp);
+        if let Some(second) = &self.second_qmp_socket {
+            argv.push("-qmp".into());
+            let mut qmp = path_arg("unix:", second);
+            qmp.push(",server=on,wait=off");
+            argv.push(qmp);
+        }
         argv.push("-pidfile".into());
         argv.push(self.pid_file().into());
-        argv.push("-daemonize".into());
+        if self.daemonize {
+            argv.push("-daemonize".into());
+        }
         if self.incoming_defer {
             argv.push("-incoming".into());
             argv.push("defer".into());
@@ -215,6 +306,67 @@ impl VmSpec {
         argv.extend(self.extra_args.iter().map(OsString::from));
         argv
     }
+}
+
+/// `-drive if=none` plus one `-device` per disk, so every bus works the same
+/// way and the boot disk can carry `bootindex` (with `if=virtio` SeaBIOS
+/// picks the boot order itself). The AHCI and virtio-scsi controllers are
+/// added once, before their first disk.
+fn drive_args(drives: &[Drive]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = Vec::new();
+    let (mut sata, mut scsi) = (0usize, 0usize);
+    for d in drives {
+        let mut drive = path_arg("file=", &escape_commas(&d.path));
+        drive.push(format!(
+            ",format=raw,if=none,id=drive-{},cache=writeback",
+            d.id
+        ));
+        if d.read_only {
+            drive.push(",readonly=on");
+        }
+        argv.push("-drive".into());
+        argv.push(drive);
+        let device = match d.bus {
+            DriveBus::Virtio => format!("virtio-blk-pci,drive=drive-{0},id=disk-{0}", d.id),
+            DriveBus::Sata => {
+                if sata == 0 {
+                    argv.extend(["-device", "ahci,id=ahci0"].map(OsString::from));
+                }
+                sata += 1;
+                // One disk per AHCI port: ahci0.0 .. ahci0.5.
+                format!(
+                    "ide-hd,drive=drive-{0},id=disk-{0},bus=ahci0.{1}",
+                    d.id,
+                    sata - 1
+                )
+            }
+            DriveBus::Scsi => {
+                if scsi == 0 {
+                    argv.extend(["-device", "virtio-scsi-pci,id=scsi0"].map(OsString::from));
+                }
+                scsi += 1;
+                format!("scsi-hd,drive=drive-{0},id=disk-{0},bus=scsi0.0", d.id)
+            }
+        };
+        let device = if d.boot {
+            format!("{device},bootindex=0")
+        } else {
+            device
+        };
+        argv.push("-device".into());
+        argv.push(device.into());
+    }
+    argv
+}
+
+/// QEMU's option syntax ends a value at `,`; a literal comma is written `,,`.
+fn escape_commas(path: &Path) -> PathBuf {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if !bytes.contains(&b',') {
+        return path.to_path_buf();
+    }
+    let s = path.to_string_lossy().replace(',', ",,");
+    PathBuf::from(s)
 }
 
 fn path_arg(prefix: &str, path: &Path) -> OsString {
@@ -237,6 +389,11 @@ pub struct VmProcess {
 impl VmProcess {
     /// Starts the VM and returns once QEMU has daemonized (QMP is listening).
     pub async fn start(spec: &VmSpec) -> Result<VmProcess, VmError> {
+        if !spec.daemonize {
+            return Err(VmError::NotDaemonized {
+                name: spec.name.clone(),
+            });
+        }
         spec.validate()?;
         std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmError::RunDir {
             name: spec.name.clone(),
@@ -531,6 +688,138 @@ mod tests {
         );
         let joined = a.join(" ");
         assert!(joined.contains("-incoming defer"));
+    }
+
+    #[test]
+    fn defaults_keep_todays_command_line() {
+        // What the agent's VMs ran before accel/drives/daemonize existed.
+        assert_eq!(
+            args(&spec()),
+            [
+                "qemu-system-x86_64",
+                "-accel",
+                "tcg",
+                "-machine",
+                "q35",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-name",
+                "t1",
+                "-cpu",
+                "qemu64",
+                "-m",
+                "256",
+                "-smp",
+                "1",
+                "-kernel",
+                "/k/vmlinuz",
+                "-initrd",
+                "/k/initrd",
+                "-append",
+                "console=ttyS0 quiet panic=-1",
+                "-serial",
+                "file:/run/mignet/vm/t1/serial.log",
+                "-qmp",
+                "unix:/run/mignet/vm/t1/qmp.sock,server=on,wait=off",
+                "-pidfile",
+                "/run/mignet/vm/t1/qemu.pid",
+                "-daemonize",
+            ]
+        );
+    }
+
+    #[test]
+    fn foreground_kvm_disk_boot_with_second_qmp() {
+        let mut s = spec();
+        s.accel = Accel::Kvm;
+        s.cpu_model = "host".into();
+        s.daemonize = false;
+        s.kernel_boot = false;
+        s.second_qmp_socket = Some("/run/mignet/vm/t1/launcher-qmp.sock".into());
+        s.drives = vec![Drive {
+            id: "rootdisk".into(),
+            path: "/d/root,1.img".into(),
+            bus: DriveBus::Virtio,
+            read_only: false,
+            boot: true,
+        }];
+        let joined = args(&s).join(" ");
+        assert!(joined.contains("-accel kvm"), "{joined}");
+        assert!(joined.contains("-cpu host"));
+        assert!(!joined.contains("-daemonize"));
+        assert!(!joined.contains("-kernel"));
+        assert!(!joined.contains("-append"));
+        assert!(joined.contains(
+            "-drive file=/d/root,,1.img,format=raw,if=none,id=drive-rootdisk,cache=writeback -device virtio-blk-pci,drive=drive-rootdisk,id=disk-rootdisk,bootindex=0"
+        ), "{joined}");
+        assert!(joined.contains(
+            "-qmp unix:/run/mignet/vm/t1/qmp.sock,server=on,wait=off -qmp unix:/run/mignet/vm/t1/launcher-qmp.sock,server=on,wait=off"
+        ));
+        assert!(joined.contains("-pidfile /run/mignet/vm/t1/qemu.pid"));
+    }
+
+    #[test]
+    fn sata_and_scsi_disks_get_one_controller_each() {
+        let mut s = spec();
+        let d = |id: &str, bus, read_only| Drive {
+            id: id.into(),
+            path: format!("/d/{id}.img").into(),
+            bus,
+            read_only,
+            boot: false,
+        };
+        s.drives = vec![
+            d("a", DriveBus::Sata, false),
+            d("b", DriveBus::Scsi, true),
+            d("c", DriveBus::Sata, false),
+            d("e", DriveBus::Scsi, false),
+        ];
+        let a = args(&s);
+        let joined = a.join(" ");
+        assert_eq!(a.iter().filter(|x| *x == "ahci,id=ahci0").count(), 1);
+        assert_eq!(
+            a.iter()
+                .filter(|x| *x == "virtio-scsi-pci,id=scsi0")
+                .count(),
+            1
+        );
+        assert!(joined
+            .contains("-device ahci,id=ahci0 -device ide-hd,drive=drive-a,id=disk-a,bus=ahci0.0"));
+        assert!(joined.contains("ide-hd,drive=drive-c,id=disk-c,bus=ahci0.1"));
+        assert!(joined.contains(
+            "-drive file=/d/b.img,format=raw,if=none,id=drive-b,cache=writeback,readonly=on -device virtio-scsi-pci,id=scsi0 -device scsi-hd,drive=drive-b,id=disk-b,bus=scsi0.0"
+        ), "{joined}");
+        assert!(!joined.contains("bootindex"));
+        // Kernel boot stays on unless turned off.
+        assert!(joined.contains("-kernel /k/vmlinuz"));
+    }
+
+    #[test]
+    fn start_refuses_a_foreground_spec() {
+        let mut s = spec();
+        s.daemonize = false;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(VmProcess::start(&s)),
+            Err(VmError::NotDaemonized { .. })
+        ));
+    }
+
+    #[test]
+    fn second_qmp_socket_length_is_checked() {
+        let mut s = spec();
+        s.second_qmp_socket = Some(PathBuf::from(format!("/tmp/{}", "y".repeat(110))));
+        assert!(matches!(
+            s.validate(),
+            Err(VmError::SocketPathTooLong {
+                what: "second QMP socket",
+                ..
+            })
+        ));
     }
 
     #[test]
