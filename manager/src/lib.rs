@@ -14,6 +14,7 @@ pub mod control;
 pub mod http;
 pub mod kube_adapter;
 pub mod lab;
+pub mod launcher;
 pub mod metrics;
 pub mod rollout;
 pub mod store;

@@ -63,6 +63,8 @@ enum Command {
     Agent(AgentArgs),
     /// Serve the web console (VM list, Migrate / Cancel Migration, progress).
     Console(ConsoleArgs),
+    /// Run one VM's QEMU in its launcher pod (spec in $MIGNET_LAUNCH_SPEC).
+    Launcher(LauncherArgs),
     /// Write the CRD YAML files.
     Crdgen {
         #[arg(long, default_value = "deploy/crds")]
@@ -128,6 +130,36 @@ struct AgentArgs {
     /// In-flight migrations get this long to end after SIGTERM.
     #[arg(long, default_value_t = 315)]
     graceful_shutdown_seconds: u64,
+}
+
+/// Flags of `mignet launcher` (see manager/src/launcher/mod.rs).
+#[derive(clap::Args)]
+struct LauncherArgs {
+    /// The VM's run directory (controller: /var/run/mignet/vms/<namespace>_<pod>).
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// The launch spec as JSON instead of $MIGNET_LAUNCH_SPEC (tests).
+    #[arg(long)]
+    spec_json: Option<String>,
+    /// Where failure messages go besides stderr, when the file is writable.
+    #[arg(long, default_value = mignet::launcher::TERMINATION_LOG)]
+    termination_log: PathBuf,
+}
+
+/// The launcher's exit code is part of its contract (2: invalid spec,
+/// 3: no KVM and no emulation allowed), so it does not go through anyhow.
+async fn run_launcher(a: LauncherArgs) -> i32 {
+    let opts = mignet::launcher::LaunchOptions {
+        run_dir: a.run_dir,
+        spec_json: a.spec_json,
+    };
+    match mignet::launcher::run(opts).await {
+        Ok(()) => 0,
+        Err(e) => {
+            mignet::launcher::report_failure(&e.to_string(), &a.termination_log);
+            e.exit_code()
+        }
+    }
 }
 
 /// The manager's agent-certificate signer (`mignet.io/agent` CSRs).
@@ -376,6 +408,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Local(verb) => mignet::cli::run(verb)?,
         Command::Agent(args) => run_agent(args).await?,
         Command::Console(args) => run_console(args).await?,
+        Command::Launcher(args) => std::process::exit(run_launcher(args).await),
         Command::Crdgen { out } => {
             for p in mignet::api::crdgen::write_all(&out)? {
                 println!("{}", p.display());

@@ -341,7 +341,7 @@ impl Drop for VmRunner {
     }
 }
 
-fn write_record(dir: &Path, req: &VmRequest) -> Result<(), AgentError> {
+pub fn write_record(dir: &Path, req: &VmRequest) -> Result<(), AgentError> {
     let path = dir.join(RECORD_FILE);
     let bytes = serde_json::to_vec_pretty(req).unwrap_or_default();
     let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
@@ -350,7 +350,7 @@ fn write_record(dir: &Path, req: &VmRequest) -> Result<(), AgentError> {
         .map_err(|source| AgentError::StateDir { path, source })
 }
 
-fn read_record(dir: &Path) -> Option<VmRequest> {
+pub fn read_record(dir: &Path) -> Option<VmRequest> {
     let bytes = std::fs::read(dir.join(RECORD_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
