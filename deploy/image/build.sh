@@ -21,7 +21,9 @@
 # recommends, no docs/man/locales), cached under
 # ${MIGNET_CACHE:-~/.cache/mignet}/image/ and keyed by the package list, the
 # suite and the mirrors; and a small layer with /usr/local/bin/{mignet,
-# mignet-macvlan,mignet-ipam}, rebuilt on every run. Delete the cache
+# mignet-macvlan,mignet-ipam} and, with MIGNET_GUEST_DIR, the lab guest in
+# /usr/share/mignet/guest/{vmlinuz,initramfs.img} (what `mignet launcher`
+# boots for a VMI without disks), rebuilt on every run. Delete the cache
 # directory (or change packages.txt) to pick up newer Debian packages.
 #
 # Environment (all optional):
@@ -32,6 +34,10 @@
 #   MIGNET_IMAGE_NAME            default docker.io/library/mignet:dev
 #   MIGNET_PAUSE_NAME            default mignet.local/pause:bed
 #   MIGNET_PAUSE_IMPL            c (default when gcc -static works) or busybox
+#   MIGNET_GUEST_DIR             a directory with vmlinuz and initramfs.img (the
+#                                lab guest, tests/guest/build.sh) to put into
+#                                the image at /usr/share/mignet/guest/; unset:
+#                                no guest (launchers then need a boot disk)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -59,6 +65,8 @@ image_name="${MIGNET_IMAGE_NAME:-docker.io/library/mignet:dev}"
 pause_name="${MIGNET_PAUSE_NAME:-mignet.local/pause:bed}"
 cache="${MIGNET_CACHE:-$HOME/.cache/mignet}/image"
 bins=(mignet mignet-macvlan mignet-ipam)
+guest_dir="${MIGNET_GUEST_DIR:-}"
+guest_files=(vmlinuz initramfs.img)
 
 # Fail before any slow step when a binary is missing.
 if [ "$only" != pause ]; then
@@ -67,6 +75,12 @@ if [ "$only" != pause ]; then
     [ ${#missing[@]} -eq 0 ] || die "missing release binaries: ${missing[*]}
   build them first: cargo build --release -p mignet -p mignet-cni --locked
   (or pass their directory as BIN_DIR)"
+    if [ -n "$guest_dir" ]; then
+        missing=()
+        for f in "${guest_files[@]}"; do [ -s "$guest_dir/$f" ] || missing+=("$guest_dir/$f"); done
+        [ ${#missing[@]} -eq 0 ] || die "MIGNET_GUEST_DIR: missing ${missing[*]}
+  build the lab guest first: tests/guest/build.sh (prints its directory's files)"
+    fi
 fi
 for tool in tar gzip sha256sum flock; do
     command -v "$tool" >/dev/null || die "$tool not found"
@@ -207,9 +221,18 @@ if [ "$only" != pause ]; then
     mkdir -p "$stage/usr/local/bin"
     chmod 0755 "$stage" "$stage/usr" "$stage/usr/local" "$stage/usr/local/bin"
     for b in "${bins[@]}"; do install -m 0755 "$bin_dir/$b" "$stage/usr/local/bin/$b"; done
+    created_by="COPY mignet mignet-macvlan mignet-ipam /usr/local/bin/"
+    if [ -n "$guest_dir" ]; then
+        # The guest rides in the same small layer: it changes with the
+        # binaries (tests/guest/build.sh), never with the Debian packages.
+        mkdir -p "$stage/usr/share/mignet/guest"
+        chmod 0755 "$stage/usr/share" "$stage/usr/share/mignet" "$stage/usr/share/mignet/guest"
+        for f in "${guest_files[@]}"; do install -m 0644 "$guest_dir/$f" "$stage/usr/share/mignet/guest/$f"; done
+        created_by="$created_by; COPY vmlinuz initramfs.img /usr/share/mignet/guest/"
+    fi
     det_tar "$stage" "$work/bins.tar"
-    make_layer "$work/bins.tar" "$work/binlayer" "COPY mignet mignet-macvlan mignet-ipam /usr/local/bin/"
-    log "binaries layer: $(du -h "$work/binlayer/layer.tar.gz" | cut -f1) gzip in $(elapsed "$ts")s"
+    make_layer "$work/bins.tar" "$work/binlayer" "$created_by"
+    log "binaries layer${guest_dir:+ + guest}: $(du -h "$work/binlayer/layer.tar.gz" | cut -f1) gzip in $(elapsed "$ts")s"
     make_image "$out_dir/mignet.oci.tar" "$image_name" \
         '"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/usr/local/bin/mignet"]' \
         "$rootfs" "$work/binlayer"

@@ -4,6 +4,8 @@
 #     kube-scheduler (tests/k8s/build.sh, one Go build from the module proxy)
 #   - Multus' thin plugin (tests/tools/build-multus.sh)
 #   - our release binaries (cargo build --release)
+#   - the lab guest (tests/guest/build.sh), which the mignet image carries
+#     for launcher pods of VMIs without disks
 #   - the mignet image and the sandbox (pause) image as OCI archives
 #     (deploy/image/build.sh: Debian packages through mmdebstrap, no registry)
 #
@@ -25,12 +27,19 @@ if [[ ${MIGNET_CLUSTER_NO_CARGO:-0} != 1 ]]; then
     log "cargo build --release (mignet, mignet-cni)"
     (cd "$ROOT" && cargo build --release --locked -p mignet -p mignet-cni) >&2
 fi
+# The guest's kernel and initramfs go into the image (MIGNET_GUEST_DIR).
+GUEST_ENV=$("$ROOT/tests/guest/build.sh")
+VMLINUZ=$(sed -n 's/^VMLINUZ=//p' <<<"$GUEST_ENV")
+INITRAMFS=$(sed -n 's/^INITRAMFS=//p' <<<"$GUEST_ENV")
+GUEST_DIR=$(dirname "$VMLINUZ")
+[[ -s $VMLINUZ && -s $INITRAMFS && $(dirname "$INITRAMFS") == "$GUEST_DIR" ]] ||
+    die "tests/guest/build.sh printed no usable guest: $GUEST_ENV"
 IMAGES=$CACHE/cluster/images
 mkdir -p "$IMAGES"
 # One builder at a time writes the archives.
 exec 8>"$IMAGES/.lock"
 flock 8
-"$ROOT/deploy/image/build.sh" "$IMAGES" "${CARGO_TARGET_DIR:-$ROOT/target}/release" >/dev/null
+MIGNET_GUEST_DIR=$GUEST_DIR "$ROOT/deploy/image/build.sh" "$IMAGES" "${CARGO_TARGET_DIR:-$ROOT/target}/release" >/dev/null
 [[ -f $IMAGES/mignet.oci.tar && -f $IMAGES/pause.oci.tar ]] || die "deploy/image/build.sh wrote no archives to $IMAGES"
 log "built in $((SECONDS - t))s"
 
