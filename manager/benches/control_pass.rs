@@ -54,6 +54,7 @@ fn populate(store: &Store, nodes: usize, vmis: usize, vmims: usize) {
                         guest: Some("1Gi".into()),
                     }),
                     resources: None,
+                    ..Default::default()
                 },
                 eviction_strategy: None,
                 volumes: vec![Volume {
@@ -64,6 +65,7 @@ fn populate(store: &Store, nodes: usize, vmis: usize, vmims: usize) {
                     }),
                     ..Default::default()
                 }],
+                ..Default::default()
             },
         );
         v.metadata.namespace = Some(NS.into());

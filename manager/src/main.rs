@@ -58,6 +58,8 @@ enum Command {
         ipam_reconcile_seconds: u64,
         #[command(flatten)]
         signer: SignerArgs,
+        #[command(flatten)]
+        launchers: LauncherPodArgs,
     },
     /// Run the node agent: migration IP, mTLS listeners, proxy, QEMU driver.
     Agent(AgentArgs),
@@ -73,6 +75,24 @@ enum Command {
     /// Lab mode and the CLI verbs against the lab's store.
     #[command(flatten)]
     Local(mignet::cli::Verb),
+}
+
+/// How the migration controller makes VM launcher pods.
+#[derive(clap::Args)]
+struct LauncherPodArgs {
+    /// Image of the launcher pods (it holds `mignet launcher`, QEMU and the
+    /// lab guest); deploy/base/manager.yaml passes the manager's own.
+    #[arg(long, default_value = "mignet:dev")]
+    launcher_image: String,
+    /// imagePullPolicy of the launcher pods (default: Kubernetes' for the tag).
+    #[arg(long)]
+    launcher_image_pull_policy: Option<String>,
+    /// KubeVirt's useEmulation: run VMs under TCG where KVM does not work.
+    /// Off: a VM asks for a node whose agent found KVM working (label
+    /// mignet.io/kvm=true) and fails to schedule with the scheduler's reason
+    /// otherwise.
+    #[arg(long)]
+    use_emulation: bool,
 }
 
 /// Flags of `mignet agent` (deploy/base/agent.yaml passes the first five).
@@ -130,6 +150,15 @@ struct AgentArgs {
     /// In-flight migrations get this long to end after SIGTERM.
     #[arg(long, default_value_t = 315)]
     graceful_shutdown_seconds: u64,
+    /// The hostPath holding the launcher pods' run directories (QMP and
+    /// migration sockets of this node's VMs).
+    #[arg(long, default_value = mignet::launcher::RUN_ROOT)]
+    launcher_root: PathBuf,
+    /// Label this node (kubevirt.io/schedulable, mignet.io/kvm, its
+    /// host-model CPU) so launcher pods land where an agent runs. Needs
+    /// `patch` on nodes.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    label_node: bool,
 }
 
 /// Flags of `mignet launcher` (see manager/src/launcher/mod.rs).
@@ -279,6 +308,40 @@ async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Put this node's agent labels on it (see `agent::node_labels`): a failure
+/// stops the agent, visibly, rather than leaving VMs unable to land here.
+async fn label_node(client: &kube::Client, node: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::ResourceExt;
+    use mignet::agent::node_labels;
+    let kvm = mignet::launcher::probe_kvm();
+    let kvm_usable = matches!(kvm, mignet::launcher::KvmProbe::Usable);
+    let model = if kvm_usable {
+        node_labels::host_cpu_model()
+    } else {
+        // TCG: what `host-model` becomes in the launcher.
+        mignet::agent::GuestBoot::new("", "").default_cpu_model
+    };
+    let want = node_labels::desired(kvm_usable, &model);
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let current = nodes
+        .get(node)
+        .await
+        .with_context(|| format!("reading node {node} to label it"))?;
+    if let Some(patch) = node_labels::patch(current.labels(), &want) {
+        nodes
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .with_context(|| format!("labelling node {node}"))?;
+    }
+    tracing::info!(%node, ?kvm, labels = ?want, "node labelled");
+    Ok(())
+}
+
 async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     use mignet::agent::certificate::{self, CertificateSettings};
     use mignet::agent::{AgentCore, AgentHealth, AgentSettings, Gate, GuestBoot, Readiness};
@@ -303,6 +366,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         boot,
         multifd_channels: (a.multifd_channels > 0).then_some(a.multifd_channels),
         shutdown_grace: Duration::from_secs(a.graceful_shutdown_seconds),
+        launcher_root: Some(a.launcher_root),
     };
     // Serve /readyz first: while the certificate is requested the probe
     // must say why the agent is not ready, not refuse connections.
@@ -379,8 +443,12 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             retry,
         ));
     }
+    let node_name = settings.node_name.clone();
     let core = Arc::new(AgentCore::start_with_health(settings, health).await?);
     let _ = core_slot.set(core.clone());
+    if a.label_node {
+        label_node(&client, &node_name).await?;
+    }
     let backend = mignet::backend::KubeBackend::for_agent(client, a.namespace.as_deref());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -427,6 +495,7 @@ async fn main() -> anyhow::Result<()> {
             ipam_namespace,
             ipam_reconcile_seconds,
             signer,
+            launchers,
         } => {
             let hco_namespace = namespace.clone();
             let settings = RolloutSettings {
@@ -467,6 +536,11 @@ async fn main() -> anyhow::Result<()> {
                 let settings = mignet::control::Settings {
                     namespace: migrations_namespace.clone(),
                     hco_namespace: Some(hco_namespace.clone()),
+                    launchers: Some(mignet::control::launcher::LauncherSettings {
+                        image: launchers.launcher_image,
+                        image_pull_policy: launchers.launcher_image_pull_policy,
+                        emulation_allowed: launchers.use_emulation,
+                    }),
                     ..Default::default()
                 };
                 tokio::spawn(mignet::control::run(

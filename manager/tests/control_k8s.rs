@@ -213,3 +213,54 @@ async fn virtual_machines_run_stop_and_go_with_their_vmis() {
     let bed = Bed::new("ctl-vm").await;
     scenario_vm_lifecycle(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+/// Status writes merge (issue 14, item 5): a status field another client
+/// wrote, which our types do not model, survives the controller's writes
+/// (the LiveMigratable condition here, then a whole migration's phases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_keep_fields_we_do_not_model() {
+    let bed = Bed::new("ctl-merge").await;
+    let (b, ns) = (&bed.backend, bed.ns());
+    let nodes = node_names(ns, 2);
+    for n in &nodes {
+        create_node(b, &node(n, ns, None)).await;
+    }
+    create_running_vmi(b, ns, "keep", &nodes[0], VmiOpts::default()).await;
+    // What KubeVirt's virt-handler writes and mignet does not model.
+    let foreign = r#"{"status":{"guestOSInfo":{"id":"fedora","name":"Fedora Linux"},"interfaces":[{"name":"default","ipAddress":"10.244.1.7"}]}}"#;
+    kubectl_ok(&[
+        "patch",
+        "vmi",
+        "keep",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        foreign,
+    ]);
+    create_hco(b, ns, 5, 2).await;
+    let _ctl = spawn_controller(b, ns, ns);
+    let _sim = spawn_sim(b, ns, &nodes, std::time::Duration::from_millis(300));
+    eventually(LONG, "LiveMigratable written", || async {
+        let v = get_vmi(b, ns, "keep").await;
+        condition(
+            &v.status?.conditions,
+            mignet::backend::protocol::LIVE_MIGRATABLE,
+        )
+        .cloned()
+    })
+    .await;
+    create_vmim(b, ns, "mig", "keep").await;
+    wait_phase(b, ns, "mig", MigrationPhase::Succeeded).await;
+    let raw = kubectl_ok(&["get", "vmi", "keep", "-n", ns, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&raw).expect("VMI JSON");
+    assert_eq!(v["status"]["guestOSInfo"]["name"], "Fedora Linux", "{raw}");
+    assert_eq!(
+        v["status"]["interfaces"][0]["ipAddress"], "10.244.1.7",
+        "{raw}"
+    );
+    assert_eq!(v["status"]["migrationState"]["completed"], true, "{raw}");
+    let raw = kubectl_ok(&["get", "vmim", "mig", "-n", ns, "-o", "json"]);
+    assert!(raw.contains("Succeeded"), "{raw}");
+}

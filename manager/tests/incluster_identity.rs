@@ -141,6 +141,7 @@ fn agent_settings(node: &str, root: &std::path::Path) -> AgentSettings {
         boot: GuestBoot::new(root.join("no-kernel"), root.join("no-initrd")),
         multifd_channels: None,
         shutdown_grace: Duration::ZERO,
+        launcher_root: None,
     }
 }
 

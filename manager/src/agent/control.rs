@@ -286,7 +286,17 @@ async fn pass<B: Backend>(
         if !here || core.vms.get(&key).is_some() || state.busy(&key) {
             continue;
         }
-        match core.vms.start(&vm_request(vmi)).await {
+        let started = if core.vms.in_launchers() {
+            // The VM's launcher pod runs QEMU; attach once it is up.
+            match core.vms.attach(&key).await {
+                Ok(Some(info)) => Ok(info),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            }
+        } else {
+            core.vms.start(&vm_request(vmi)).await
+        };
+        match started {
             Ok(info) => {
                 tracing::info!(vm = %key, pid = info.pid, "VM started");
                 if st.phase == Some(VmiPhase::Scheduled) {
@@ -306,6 +316,9 @@ async fn pass<B: Backend>(
             }
             Err(e) => tracing::warn!(vm = %key, error = %error_chain(&e), "cannot start VM"),
         }
+    }
+    for key in core.vms.forget_dead() {
+        tracing::info!(vm = %key, "the VM's launcher has ended");
     }
     for key in core.vms.keys() {
         if state.busy(&key) {
@@ -402,12 +415,17 @@ async fn pass<B: Backend>(
                 {
                     continue;
                 }
+                // Launcher mode: the target pod's QEMU, found by its name.
+                let launcher_dir = core.vms.in_launchers().then(|| {
+                    crate::launcher::run_dir_for(&ns, ms.target_pod.as_deref().unwrap_or_default())
+                });
                 let task = tokio::spawn(target_task(
                     backend.clone(),
                     core.clone(),
                     m.clone(),
                     vm_request(vmi),
                     params.clone(),
+                    launcher_dir,
                 ));
                 state.targets.insert(
                     uid.clone(),
@@ -642,9 +660,14 @@ async fn target_task<B: Backend>(
     m: VirtualMachineInstanceMigration,
     req: VmRequest,
     params: MigrationParams,
+    launcher_dir: Option<std::path::PathBuf>,
 ) {
     let uid = m.uid().unwrap_or_default();
-    let prepared = match core.prepare_target(&req, &uid, &params).await {
+    let prepared = match launcher_dir {
+        Some(dir) => core.prepare_launched_target(&req, &uid, &params, dir).await,
+        None => core.prepare_target(&req, &uid, &params).await,
+    };
+    let prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
             let reason = format!("preparing the target: {}", error_chain(&e));
@@ -909,6 +932,7 @@ mod tests {
                         guest: Some("1Gi".into()),
                     }),
                     resources: None,
+                    ..Default::default()
                 },
                 ..Default::default()
             },

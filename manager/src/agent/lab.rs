@@ -109,6 +109,7 @@ impl<B: Backend> InProcessAgents<B> {
             boot: self.boot.clone(),
             multifd_channels: self.multifd_channels,
             shutdown_grace: Duration::from_secs(30),
+            launcher_root: None,
         })
     }
 

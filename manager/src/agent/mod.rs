@@ -16,6 +16,7 @@ pub mod control;
 pub mod dataplane_rt;
 pub mod health;
 pub mod lab;
+pub mod node_labels;
 pub mod params;
 pub mod source;
 pub mod target;
@@ -66,6 +67,12 @@ pub enum AgentError {
     VmExists { key: String },
     #[error("VM {key} is not running on this node")]
     VmGone { key: String },
+    #[error("VM {key}: no launcher running in {run_dir:?} after {waited:?}")]
+    LauncherNotUp {
+        key: String,
+        run_dir: PathBuf,
+        waited: Duration,
+    },
     #[error("VM {key}")]
     Vm {
         key: String,
@@ -117,6 +124,10 @@ pub struct AgentSettings {
     pub multifd_channels: Option<u8>,
     /// On shutdown, in-flight migrations get this long to finish.
     pub shutdown_grace: Duration,
+    /// VMs run in launcher pods whose run directories are under this path
+    /// (cluster mode, [`crate::launcher::RUN_ROOT`]); `None`: the agent
+    /// starts QEMU itself under `state_dir` (lab mode).
+    pub launcher_root: Option<PathBuf>,
 }
 
 impl AgentSettings {
@@ -189,7 +200,10 @@ impl AgentCore {
             path: sockets_dir.clone(),
             source,
         })?;
-        let vms = VmRunner::new(&settings.state_dir, settings.boot.clone())?;
+        let vms = match &settings.launcher_root {
+            Some(root) => VmRunner::launched(root, settings.boot.clone())?,
+            None => VmRunner::new(&settings.state_dir, settings.boot.clone())?,
+        };
         let found = vms.reattach_all().await?;
         if !found.is_empty() {
             tracing::info!(node = %settings.node_name, vms = ?found, "reattached running VMs");

@@ -116,8 +116,15 @@ impl AgentCore {
         let bind_ip = self.migration_ip().await?.ip;
         let tls = self.tls.clone();
         let opts = self.proxy_options(Some(bind_ip));
-        let dir = self.sockets_dir.clone();
-        let (uid_s, target_c) = (uid.to_string(), target.clone());
+        // QEMU connects to the proxy's unix socket from where it runs: in a
+        // launcher pod that is the VM's run directory (the one path both pods
+        // mount), with a short name so the path fits a socket address.
+        let (dir, uid_s) = if self.vms.in_launchers() {
+            (vm.run_dir.clone(), uid.chars().take(8).collect::<String>())
+        } else {
+            (self.sockets_dir.clone(), uid.to_string())
+        };
+        let target_c = target.clone();
         // Outgoing connections are made by tasks of the data-plane runtime,
         // i.e. inside the agent's namespace, bound to the migration IP.
         let endpoints = self

@@ -34,9 +34,16 @@ pub struct PreparedTarget {
     pub migration_uid: String,
     endpoints: Option<TargetEndpoints>,
     process: Option<VmProcess>,
+    /// The destination QEMU runs in a launcher pod (the run directory is
+    /// the launcher's): never killed or removed here, its pod is.
+    launched: bool,
     qmp: Arc<QmpClient>,
     run_dir: PathBuf,
 }
+
+/// How long a target launcher may take to have its QEMU listening once its
+/// pod runs (image already on the node; QEMU starts in well under a second).
+const LAUNCHER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How the incoming side ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +79,59 @@ impl AgentCore {
         let qmp = QmpClient::connect_retry(process.qmp_socket(), Duration::from_secs(10))
             .await
             .map_err(qmp_err)?;
+        self.listen_for(req, uid, params, ip, Some(process), qmp, run_dir)
+            .await
+    }
+
+    /// Prepare to receive `req` into the destination QEMU that a target
+    /// launcher pod runs in `run_dir` (launcher mode), waiting for it to
+    /// come up.
+    pub async fn prepare_launched_target(
+        &self,
+        req: &VmRequest,
+        uid: &str,
+        params: &MigrationParams,
+        run_dir: PathBuf,
+    ) -> Result<PreparedTarget, AgentError> {
+        let ip = self.migration_ip().await?.ip;
+        let deadline = tokio::time::Instant::now() + LAUNCHER_START_TIMEOUT;
+        // The launcher writes its status once QEMU's sockets exist.
+        while !(crate::launcher::launcher_alive(&run_dir)
+            && crate::launcher::read_status(&run_dir).is_some())
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AgentError::LauncherNotUp {
+                    key: req.key.clone(),
+                    run_dir,
+                    waited: LAUNCHER_START_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let qmp = QmpClient::connect_retry(&run_dir.join("qmp.sock"), Duration::from_secs(10))
+            .await
+            .map_err(|source| AgentError::Qmp {
+                key: req.key.clone(),
+                source,
+            })?;
+        self.listen_for(req, uid, params, ip, None, qmp, run_dir)
+            .await
+    }
+
+    /// The destination QEMU (`qmp`) listens on a unix socket in `run_dir`;
+    /// the TLS listener on the migration IP relays to it.
+    #[allow(clippy::too_many_arguments)]
+    async fn listen_for(
+        &self,
+        req: &VmRequest,
+        uid: &str,
+        params: &MigrationParams,
+        ip: std::net::IpAddr,
+        process: Option<VmProcess>,
+        qmp: QmpClient,
+        run_dir: PathBuf,
+    ) -> Result<PreparedTarget, AgentError> {
+        let launched = process.is_none();
         let incoming = run_dir.join("incoming.sock");
         migration::prepare_destination(
             &qmp,
@@ -109,7 +169,8 @@ impl AgentCore {
             request: req.clone(),
             migration_uid: uid.to_string(),
             endpoints: Some(endpoints),
-            process: Some(process),
+            process,
+            launched,
             qmp: Arc::new(qmp),
             run_dir,
         })
@@ -138,7 +199,7 @@ impl PreparedTarget {
     pub async fn wait_incoming(&self, timeout: Duration) -> IncomingResult {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let alive = self.process.as_ref().is_some_and(VmProcess::is_alive);
+            let alive = self.alive();
             if !alive {
                 return IncomingResult::Failed {
                     reason: "destination QEMU exited".into(),
@@ -154,7 +215,7 @@ impl PreparedTarget {
                 }
                 // QMP gone: QEMU is exiting after a failed incoming stream.
                 Err(e) => {
-                    if !self.process.as_ref().is_some_and(VmProcess::is_alive) {
+                    if !self.alive() {
                         return IncomingResult::Failed {
                             reason: format!("destination QEMU exited ({e})"),
                         };
@@ -170,10 +231,28 @@ impl PreparedTarget {
         }
     }
 
+    fn alive(&self) -> bool {
+        if self.launched {
+            crate::launcher::launcher_alive(&self.run_dir)
+        } else {
+            self.process.as_ref().is_some_and(VmProcess::is_alive)
+        }
+    }
+
     /// The guest runs here: hand the QEMU to the runner (it now outlives the
     /// agent like any VM) and close the listener. Must run inside a tokio
     /// runtime: the connections get `RELAY_LINGER` to end on their own.
     pub fn commit(mut self, core: &AgentCore) -> Result<VmInfo, AgentError> {
+        if self.launched {
+            if let Some(endpoints) = self.endpoints.take() {
+                endpoints.linger(RELAY_LINGER);
+            }
+            return core.vms.adopt_launched(
+                self.request.clone(),
+                self.run_dir.clone(),
+                self.qmp.clone(),
+            );
+        }
         let process = self.process.take().ok_or_else(|| AgentError::VmGone {
             key: self.request.key.clone(),
         })?;

@@ -89,14 +89,29 @@ impl VmInfo {
 
 struct Managed {
     info: VmInfo,
-    /// `None` only transiently; the guard is detached on drop.
+    /// `None` only transiently (the guard is detached on drop), and always
+    /// for a VM in a launcher pod: its QEMU is the launcher's child.
     process: Option<VmProcess>,
+}
+
+/// Who starts a node's QEMUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The runner itself (lab mode): daemonized QEMUs under the state
+    /// directory.
+    Own,
+    /// Launcher pods (`mignet launcher`, cluster mode): the runner only
+    /// attaches to the run directories they make, never starts or kills a
+    /// QEMU (a VM's life is its pod's), and asks QEMU to quit over QMP when
+    /// the VM has left.
+    Launchers,
 }
 
 /// The node's VMs. Dropping it detaches every VM (they keep running).
 pub struct VmRunner {
     vms_dir: PathBuf,
     boot: GuestBoot,
+    mode: Mode,
     vms: Mutex<BTreeMap<String, Managed>>,
 }
 
@@ -136,10 +151,94 @@ impl VmRunner {
         Ok(VmRunner {
             vms_dir,
             boot,
+            mode: Mode::Own,
             vms: Mutex::new(BTreeMap::new()),
         })
     }
 
+    /// VMs run by launcher pods, whose run directories are under `root`
+    /// (the hostPath both mount, [`crate::launcher::RUN_ROOT`]).
+    pub fn launched(root: &Path, boot: GuestBoot) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(root).map_err(|source| AgentError::StateDir {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        Ok(VmRunner {
+            vms_dir: root.to_path_buf(),
+            boot,
+            mode: Mode::Launchers,
+            vms: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Whether QEMUs come from launcher pods.
+    pub fn in_launchers(&self) -> bool {
+        self.mode == Mode::Launchers
+    }
+
+    /// The root of the run directories.
+    pub fn vms_dir(&self) -> &Path {
+        &self.vms_dir
+    }
+
+    /// Launcher mode: attach to the running VM `key` a launcher pod on this
+    /// node runs (its directory has `vm.json` and a live launcher).
+    /// `Ok(None)` while no such launcher is up yet.
+    pub async fn attach(&self, key: &str) -> Result<Option<VmInfo>, AgentError> {
+        if let Some(info) = self.get(key) {
+            return Ok(Some(info));
+        }
+        let Ok(entries) = std::fs::read_dir(&self.vms_dir) else {
+            return Ok(None);
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some(req) = read_record(&dir).filter(|r| r.key == key) else {
+                continue;
+            };
+            if !crate::launcher::launcher_alive(&dir) {
+                continue;
+            }
+            let qmp = QmpClient::connect_retry(&dir.join("qmp.sock"), Duration::from_secs(10))
+                .await
+                .map_err(|source| AgentError::Qmp {
+                    key: key.to_string(),
+                    source,
+                })?;
+            return Ok(Some(self.adopt_launched(req, dir, Arc::new(qmp))?));
+        }
+        Ok(None)
+    }
+
+    /// Launcher mode: manage the VM in `run_dir` (a launcher's directory)
+    /// through `qmp`; records it as `vm.json` there, so a restarted agent
+    /// finds it again.
+    pub fn adopt_launched(
+        &self,
+        req: VmRequest,
+        run_dir: PathBuf,
+        qmp: Arc<QmpClient>,
+    ) -> Result<VmInfo, AgentError> {
+        write_record(&run_dir, &req)?;
+        let pid = std::fs::read_to_string(run_dir.join("qemu.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let info = VmInfo {
+            request: req,
+            pid,
+            run_dir,
+            qmp,
+        };
+        self.lock().insert(
+            info.request.key.clone(),
+            Managed {
+                info: info.clone(),
+                process: None,
+            },
+        );
+        Ok(info)
+    }
     pub fn boot(&self) -> &GuestBoot {
         &self.boot
     }
@@ -273,6 +372,11 @@ impl VmRunner {
     /// Find the VMs a previous agent left in the state directory. Directories
     /// whose QEMU is gone are removed. Returns the keys now managed.
     pub async fn reattach_all(&self) -> Result<Vec<String>, AgentError> {
+        if self.mode == Mode::Launchers {
+            // Each pass attaches to the VMIs of this node ([`Self::attach`]);
+            // directories belong to their launchers, never removed here.
+            return Ok(Vec::new());
+        }
         let entries = std::fs::read_dir(&self.vms_dir).map_err(|source| AgentError::StateDir {
             path: self.vms_dir.clone(),
             source,
@@ -305,11 +409,26 @@ impl VmRunner {
         Ok(found)
     }
 
-    /// Stop a VM (SIGTERM, then SIGKILL) and remove its directory.
+    /// Stop a VM (SIGTERM, then SIGKILL) and remove its directory. In
+    /// launcher mode: QMP `quit`, so QEMU ends and its launcher pod with it
+    /// (the launcher removes the directory).
     pub fn stop(&self, key: &str) -> Result<bool, AgentError> {
         let Some(mut m) = self.lock().remove(key) else {
             return Ok(false);
         };
+        if self.mode == Mode::Launchers {
+            // Sent from a task so that callers need not be async; a QEMU
+            // already gone answers nothing, which is stopped too.
+            let qmp = m.info.qmp.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = qmp
+                        .execute_timeout("quit", None, Duration::from_secs(5))
+                        .await;
+                });
+            }
+            return Ok(true);
+        }
         if let Some(mut p) = m.process.take() {
             p.kill().map_err(|source| AgentError::Vm {
                 key: key.to_string(),
@@ -320,12 +439,35 @@ impl VmRunner {
         Ok(true)
     }
 
-    /// Whether the VM's QEMU is still alive.
+    /// Whether the VM's QEMU is still alive (launcher mode: its launcher,
+    /// which lives exactly as long as QEMU).
     pub fn is_alive(&self, key: &str) -> bool {
-        self.lock()
-            .get(key)
-            .and_then(|m| m.process.as_ref())
-            .is_some_and(VmProcess::is_alive)
+        let vms = self.lock();
+        let Some(m) = vms.get(key) else {
+            return false;
+        };
+        match self.mode {
+            Mode::Own => m.process.as_ref().is_some_and(VmProcess::is_alive),
+            Mode::Launchers => crate::launcher::launcher_alive(&m.info.run_dir),
+        }
+    }
+
+    /// Forget VMs whose QEMU is gone (launcher mode: the pod ended), so the
+    /// next attach finds the VM's current launcher.
+    pub fn forget_dead(&self) -> Vec<String> {
+        if self.mode != Mode::Launchers {
+            return Vec::new();
+        }
+        let mut vms = self.lock();
+        let dead: Vec<String> = vms
+            .iter()
+            .filter(|(_, m)| !crate::launcher::launcher_alive(&m.info.run_dir))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &dead {
+            vms.remove(k);
+        }
+        dead
     }
 }
 

@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{preserve_unknown_object, QuantityValue};
+use super::{preserve_unknown_array, preserve_unknown_object, QuantityValue};
 
 // ---------------------------------------------------------------- VMI spec
 
@@ -36,6 +36,18 @@ pub struct VirtualMachineInstanceSpec {
     pub eviction_strategy: Option<EvictionStrategy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Copied onto the VM's launcher pod, as KubeVirt does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Copied onto the launcher pod (Kubernetes' `Toleration` shape; kept as
+    /// written, the API server validates it on the pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserve_unknown_array")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Copied onto the launcher pod (Kubernetes' `Affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -48,6 +60,35 @@ pub struct DomainSpec {
     pub memory: Option<Memory>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Devices>,
+}
+
+/// The disks of a domain: which volume each one shows and on which bus.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct Devices {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct Disk {
+    /// The volume (in `spec.volumes`) this disk shows.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskTarget>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskTarget {
+    /// `virtio` (the default), `sata` or `scsi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -147,6 +188,10 @@ pub struct VirtualMachineInstanceStatus {
     pub evacuation_node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_status: Vec<VolumeStatus>,
+    /// Launcher pods of this VMI: pod UID -> node (KubeVirt's field; two
+    /// entries while a migration's target pod runs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub active_pods: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -69,6 +69,13 @@ impl JsonSchema for QuantityValue {
 }
 
 /// Schema for an object whose unknown fields the apiserver must keep.
+pub(crate) fn preserve_unknown_array(_gen: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
 pub(crate) fn preserve_unknown_object(_gen: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",

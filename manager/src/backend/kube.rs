@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
@@ -95,7 +95,13 @@ impl KubeBackend {
                 VirtualMachine::api(client.clone(), ns),
                 tx.clone(),
             ));
-            tasks.push(spawn_watch(Node::api(client.clone(), ""), tx));
+            tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
+            // Only launcher pods: the controller never reads other pods.
+            tasks.push(spawn_watch_labelled(
+                Pod::api(client.clone(), ns),
+                crate::control::launcher::LAUNCHER_LABEL,
+                tx,
+            ));
         }
         Self {
             client,
@@ -110,13 +116,28 @@ impl KubeBackend {
 }
 
 fn spawn_watch<K: Kind>(api: kube::Api<K>, tx: Arc<watch::Sender<u64>>) -> JoinHandle<()> {
+    spawn_watch_with(api, watcher::Config::default(), tx)
+}
+
+/// Watch only the objects carrying `label` (any value).
+fn spawn_watch_labelled<K: Kind>(
+    api: kube::Api<K>,
+    label: &str,
+    tx: Arc<watch::Sender<u64>>,
+) -> JoinHandle<()> {
+    spawn_watch_with(api, watcher::Config::default().labels(label), tx)
+}
+
+fn spawn_watch_with<K: Kind>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+    tx: Arc<watch::Sender<u64>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Only "something changed" matters (the loops re-list), so the
         // stream's payload is dropped; errors are retried with backoff by
         // the watcher and wake nobody.
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(ev) = stream.next().await {
             if ev.is_ok() {
                 tx.send_modify(|n| *n = n.wrapping_add(1));

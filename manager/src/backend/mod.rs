@@ -82,7 +82,7 @@ pub mod protocol;
 use std::fmt;
 use std::future::Future;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -131,6 +131,10 @@ namespaced_kind!(VirtualMachineInstance);
 namespaced_kind!(VirtualMachineInstanceMigration);
 namespaced_kind!(VirtualMachine);
 namespaced_kind!(HyperConverged);
+// Launcher pods and the claims behind VM disks (cluster mode; the lab store
+// keeps the same kinds).
+namespaced_kind!(Pod);
+namespaced_kind!(PersistentVolumeClaim);
 
 impl Kind for Node {
     const NAMESPACED: bool = false;

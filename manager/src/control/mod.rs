@@ -26,6 +26,7 @@
 //! manager replica, one lab daemon): two controllers listing at the same
 //! time could each fill the free slots.
 
+pub mod launcher;
 pub mod views;
 pub mod vm;
 
@@ -33,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff;
 use kube::ResourceExt;
@@ -68,6 +69,12 @@ pub struct Settings {
     /// The cluster-wide default eviction strategy (KubeVirt's
     /// `evictionStrategy` in the KubeVirt CR); `None` = unset.
     pub default_eviction_strategy: Option<policy::EvictionStrategy>,
+    /// VMs run in launcher pods that Kubernetes places (cluster mode):
+    /// the controller makes a VMI's pod, takes its node from the pod, and
+    /// makes a target pod for each migration, whose node becomes the
+    /// migration's target. `None`: a scheduler of the caller's places VMIs
+    /// and the policy picks migration targets (the lab today).
+    pub launchers: Option<launcher::LauncherSettings>,
 }
 
 impl Default for Settings {
@@ -78,6 +85,7 @@ impl Default for Settings {
             node_selector: None,
             resync: Duration::from_secs(5),
             default_eviction_strategy: None,
+            launchers: None,
         }
     }
 }
@@ -129,6 +137,9 @@ pub struct Pass {
     pub vmis_adopted: u32,
     pub vmis_deleted: u32,
     pub vm_statuses_written: u32,
+    /// Launcher pods created (VMs and migration targets) and deleted.
+    pub pods_created: u32,
+    pub pods_deleted: u32,
     /// Writes that lost a race (stale resourceVersion); the next pass
     /// redoes them, soon.
     pub conflicts: u32,
@@ -187,6 +198,9 @@ struct World {
     vmis: HashMap<ObjectKey, VirtualMachineInstance>,
     vmims: Vec<VirtualMachineInstanceMigration>,
     vms: Vec<VirtualMachine>,
+    /// Launcher pods and claims (launcher mode only; empty otherwise).
+    pods: Vec<Pod>,
+    pvcs: Vec<PersistentVolumeClaim>,
 }
 
 impl World {
@@ -254,12 +268,23 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
         .await
         .map_err(list_err("VirtualMachineInstanceMigration"))?;
     let vms: Vec<VirtualMachine> = backend.list(ns).await.map_err(list_err("VirtualMachine"))?;
+    let (mut pods, mut pvcs) = (Vec::new(), Vec::new());
+    if settings.launchers.is_some() {
+        pods = backend.list(ns).await.map_err(list_err("Pod"))?;
+        pods.retain(|p: &Pod| p.labels().contains_key(launcher::LAUNCHER_LABEL));
+        pvcs = backend
+            .list(ns)
+            .await
+            .map_err(list_err("PersistentVolumeClaim"))?;
+    }
     Ok(World {
         limits,
         nodes,
         vmis: vmis.into_iter().map(|v| (views::vmi_key(&v), v)).collect(),
         vmims,
         vms,
+        pods,
+        pvcs,
     })
 }
 
@@ -285,16 +310,20 @@ fn settle<T>(
     }
 }
 
-/// Replace `obj`'s status and [`settle`] the outcome: the stored object, or
-/// None when the write lost a race.
+/// Write what changed in the status from `before` (as listed) to `after`
+/// and [`settle`] the outcome: the stored object, or None when the write
+/// lost a race. A merge patch conditional on `before`'s resourceVersion:
+/// status fields we do not model (another controller's, a newer KubeVirt's)
+/// are never erased.
 async fn write_status<B: Backend, K: crate::backend::Kind>(
     backend: &B,
-    obj: &K,
+    before: &K,
+    after: &K,
     pass: &mut Pass,
     what: &'static str,
     key: &(dyn std::fmt::Display + Sync),
 ) -> Result<Option<K>, ControlError> {
-    settle(backend.replace_status(obj).await, pass, what, key)
+    settle(backend.patch_status(before, after).await, pass, what, key)
 }
 
 fn time(now: jiff::Timestamp) -> Time {
@@ -353,8 +382,11 @@ pub async fn reconcile_once<B: Backend>(
 
     cancel_deleted(backend, &mut w, &mut pass).await?;
     admit_new(backend, &mut w, &mut pass, &t).await?;
-    advance_scheduling(backend, &mut w, &mut pass, &t).await?;
-    schedule(backend, &mut w, &mut pass, now, &t).await?;
+    advance_scheduling(backend, settings, &mut w, &mut pass, &t).await?;
+    schedule(backend, settings, &mut w, &mut pass, now, &t).await?;
+    if let Some(ls) = &settings.launchers {
+        launchers(backend, ls, &mut w, &mut pass, &t).await?;
+    }
     live_migratable(backend, &mut w, &mut pass, &t).await?;
     drain(backend, settings, &mut w, &mut pass, now).await?;
     // Last: a VM problem never holds up the migrations decided above.
@@ -410,7 +442,16 @@ async fn cancel_deleted<B: Backend>(
         if let Some(s) = vmi.status.as_mut().and_then(|s| s.migration_state.as_mut()) {
             s.abort_requested = Some(true);
         }
-        if let Some(v) = write_status(backend, &vmi, pass, "VMI abortRequested", &vmi_key).await? {
+        if let Some(v) = write_status(
+            backend,
+            &w.vmis[&vmi_key],
+            &vmi,
+            pass,
+            "VMI abortRequested",
+            &vmi_key,
+        )
+        .await?
+        {
             pass.aborts_requested += 1;
             w.vmis.insert(vmi_key, v);
         }
@@ -473,11 +514,14 @@ async fn admit_new<B: Backend>(
                     FINALIZER,
                 )
                 .await;
-                let Some(Some(mut m)) = settle(r, pass, "VMIM finalizer", &key)? else {
+                let Some(Some(before)) = settle(r, pass, "VMIM finalizer", &key)? else {
                     continue;
                 };
+                let mut m = before.clone();
                 enter_phase(&mut m, MigrationPhase::Pending, t.clone());
-                if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
+                if let Some(m) =
+                    write_status(backend, &before, &m, pass, "VMIM phase", &key).await?
+                {
                     pass.admitted += 1;
                     w.vmims[i] = m;
                 }
@@ -485,7 +529,9 @@ async fn admit_new<B: Backend>(
             Err(refusal) => {
                 let mut m = w.vmims[i].clone();
                 fail(&mut m, refusal.reason(), &refusal.to_string(), t);
-                if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
+                if let Some(m) =
+                    write_status(backend, &w.vmims[i], &m, pass, "VMIM phase", &key).await?
+                {
                     pass.refused += 1;
                     w.vmims[i] = m;
                 }
@@ -518,6 +564,7 @@ fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str, t:
 /// Pending migrations the policy starts, refuses or keeps waiting.
 async fn schedule<B: Backend>(
     backend: &B,
+    settings: &Settings,
     w: &mut World,
     pass: &mut Pass,
     now: jiff::Timestamp,
@@ -562,20 +609,37 @@ async fn schedule<B: Backend>(
         let st = m.status.get_or_insert_with(Default::default);
         st.conditions
             .retain(|c| c.type_ != protocol::PENDING_CONDITION);
+        let vmi_name = m.spec.vmi_name.clone();
         st.migration_state = Some(VirtualMachineInstanceMigrationState {
             migration_uid: m.metadata.uid.clone(),
             source_node: Some(start.source_node.clone()),
-            target_node: Some(start.target_node.clone()),
             start_timestamp: Some(t.clone()),
             mode: Some(MigrationMode::PreCopy),
             ..Default::default()
         });
-        let Some(m) = write_status(backend, &m, pass, "VMIM phase", &start.migration).await? else {
+        let ms = st.migration_state.as_mut().expect("just set");
+        if settings.launchers.is_some() {
+            // Kubernetes picks the target: the node the target pod lands on.
+            let uid = m.metadata.uid.as_deref().unwrap_or_default();
+            ms.target_pod = Some(launcher::pod_name(&vmi_name, uid));
+        } else {
+            ms.target_node = Some(start.target_node.clone());
+        }
+        let Some(m) = write_status(
+            backend,
+            &w.vmims[i],
+            &m,
+            pass,
+            "VMIM phase",
+            &start.migration,
+        )
+        .await?
+        else {
             continue;
         };
         pass.started += 1;
         w.vmims[i] = m;
-        hand_off(backend, w, i, pass, t).await?;
+        hand_off(backend, settings, w, i, pass, t).await?;
     }
 
     for r in decision.refuse {
@@ -584,7 +648,9 @@ async fn schedule<B: Backend>(
         };
         let mut m = w.vmims[i].clone();
         fail(&mut m, r.refusal.reason(), &r.refusal.to_string(), t);
-        if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &r.migration).await? {
+        if let Some(m) =
+            write_status(backend, &w.vmims[i], &m, pass, "VMIM phase", &r.migration).await?
+        {
             pass.refused += 1;
             w.vmims[i] = m;
         }
@@ -609,8 +675,15 @@ async fn schedule<B: Backend>(
             },
         );
         if changed {
-            if let Some(m) =
-                write_status(backend, &m, pass, "VMIM condition", &wt.migration).await?
+            if let Some(m) = write_status(
+                backend,
+                &w.vmims[i],
+                &m,
+                pass,
+                "VMIM condition",
+                &wt.migration,
+            )
+            .await?
             {
                 w.vmims[i] = m;
             }
@@ -624,6 +697,7 @@ async fn schedule<B: Backend>(
 /// agent.
 async fn advance_scheduling<B: Backend>(
     backend: &B,
+    settings: &Settings,
     w: &mut World,
     pass: &mut Pass,
     t: &Time,
@@ -631,7 +705,7 @@ async fn advance_scheduling<B: Backend>(
     for i in 0..w.vmims.len() {
         let m = &w.vmims[i];
         if m.status.as_ref().and_then(|s| s.phase) == Some(MigrationPhase::Scheduling) {
-            hand_off(backend, w, i, pass, t).await?;
+            hand_off(backend, settings, w, i, pass, t).await?;
         }
     }
     Ok(())
@@ -639,6 +713,7 @@ async fn advance_scheduling<B: Backend>(
 
 async fn hand_off<B: Backend>(
     backend: &B,
+    settings: &Settings,
     w: &mut World,
     i: usize,
     pass: &mut Pass,
@@ -647,10 +722,10 @@ async fn hand_off<B: Backend>(
     let m = &w.vmims[i];
     let key = views::vmim_key(m);
     let vmi_key = views::vmim_vmi_key(m);
-    let Some(state) = m.status.as_ref().and_then(|s| s.migration_state.clone()) else {
+    let Some(mut state) = m.status.as_ref().and_then(|s| s.migration_state.clone()) else {
         return Ok(());
     };
-    let Some(vmi) = w.vmis.get(&vmi_key) else {
+    if !w.vmis.contains_key(&vmi_key) {
         // The VMI went away after the start.
         let mut m = m.clone();
         fail(
@@ -659,26 +734,36 @@ async fn hand_off<B: Backend>(
             &format!("VMI {vmi_key} does not exist"),
             t,
         );
-        if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
+        if let Some(m) = write_status(backend, &w.vmims[i], &m, pass, "VMIM phase", &key).await? {
             w.vmims[i] = m;
         }
         return Ok(());
-    };
+    }
+    if let Some(ls) = &settings.launchers {
+        match target_pod(backend, ls, w, i, pass, t).await? {
+            Some(node) => state.target_node = Some(node),
+            None => return Ok(()),
+        }
+    }
+    let vmi = &w.vmis[&vmi_key];
     let recorded = vmi
         .status
         .as_ref()
         .and_then(|s| s.migration_state.as_ref())
-        .is_some_and(|s| s.migration_uid == state.migration_uid);
+        .is_some_and(|s| {
+            s.migration_uid == state.migration_uid && s.target_node == state.target_node
+        });
     if !recorded {
         let method = match policy::migratable::check_volumes(&views::vmi_view(vmi)) {
             Ok(policy::MigrationMethod::BlockMigration) => MigrationMethod::BlockMigration,
             _ => MigrationMethod::LiveMigration,
         };
-        let mut vmi = vmi.clone();
-        let st = vmi.status.get_or_insert_with(Default::default);
-        st.migration_state = Some(state);
+        let mut next = vmi.clone();
+        let st = next.status.get_or_insert_with(Default::default);
+        st.migration_state = Some(state.clone());
         st.migration_method = Some(method);
-        let Some(v) = write_status(backend, &vmi, pass, "VMI migrationState", &vmi_key).await?
+        let Some(v) =
+            write_status(backend, vmi, &next, pass, "VMI migrationState", &vmi_key).await?
         else {
             return Ok(());
         };
@@ -686,8 +771,302 @@ async fn hand_off<B: Backend>(
     }
     let mut m = w.vmims[i].clone();
     enter_phase(&mut m, MigrationPhase::Scheduled, t.clone());
-    if let Some(m) = write_status(backend, &m, pass, "VMIM phase", &key).await? {
+    if let Some(st) = m.status.as_mut() {
+        st.migration_state = Some(state);
+    }
+    if let Some(m) = write_status(backend, &w.vmims[i], &m, pass, "VMIM phase", &key).await? {
         w.vmims[i] = m;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------- launcher pods
+
+/// How long a migration's target pod may stay unschedulable before the
+/// migration fails (KubeVirt's default for the same wait).
+const TARGET_UNSCHEDULABLE_TIMEOUT_S: i64 = 300;
+/// The VMIM condition that says why its target pod waits.
+pub const TARGET_POD_CONDITION: &str = "TargetPodScheduled";
+
+/// When `m` entered Scheduling.
+fn scheduling_since(m: &VirtualMachineInstanceMigration) -> Option<Time> {
+    m.status
+        .as_ref()?
+        .phase_transition_timestamps
+        .iter()
+        .rev()
+        .find(|p| p.phase == MigrationPhase::Scheduling)
+        .map(|p| p.phase_transition_timestamp.clone())
+}
+
+/// Launcher mode: the migration's target pod, made on first call. Some(node)
+/// once it runs there; None while it is made or placed (a condition on the
+/// VMIM says why it waits), or once the migration failed because of it.
+async fn target_pod<B: Backend>(
+    backend: &B,
+    ls: &launcher::LauncherSettings,
+    w: &mut World,
+    i: usize,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<Option<String>, ControlError> {
+    let m = &w.vmims[i];
+    let key = views::vmim_key(m);
+    let vmi = &w.vmis[&views::vmim_vmi_key(m)];
+    let uid = m.metadata.uid.clone().unwrap_or_default();
+    let name = launcher::pod_name(&vmi.name_any(), &uid);
+    let pod = w
+        .pods
+        .iter()
+        .find(|p| p.namespace().as_deref() == Some(key.namespace.as_str()) && p.name_any() == name)
+        .map(launcher::PodView::of);
+    let failure = match pod {
+        None => {
+            let source = m
+                .status
+                .as_ref()
+                .and_then(|s| s.migration_state.as_ref())
+                .and_then(|s| s.source_node.clone())
+                .unwrap_or_default();
+            let host_model = vmi
+                .spec
+                .domain
+                .cpu
+                .as_ref()
+                .and_then(|c| c.model.as_deref())
+                .is_none_or(|m| m == "host-model");
+            // A host-model CPU runs only where the source's model is offered.
+            let required_labels = w
+                .nodes
+                .iter()
+                .find(|n| n.name_any() == source && host_model)
+                .and_then(|n| {
+                    policy::migratable::HostModelRequirement::of_source(&views::node_view(n))
+                })
+                .map(|r| {
+                    r.models
+                        .iter()
+                        .map(|m| format!("{}{m}", policy::migratable::HOST_MODEL_CPU_LABEL))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let role = launcher::Role::Target {
+                migration_uid: &uid,
+                source_node: &source,
+                required_labels,
+            };
+            match launcher::launcher_pod(vmi, &role, ls) {
+                Ok(pod) => {
+                    match backend.create(&pod).await {
+                        Ok(p) => {
+                            pass.pods_created += 1;
+                            tracing::info!(migration = %key, pod = %name, "target launcher pod created");
+                            w.pods.push(p);
+                        }
+                        Err(BackendError::AlreadyExists { .. }) => {}
+                        Err(e) => {
+                            settle::<()>(Err(e), pass, "target launcher pod", &key)?;
+                        }
+                    }
+                    return Ok(None);
+                }
+                Err(e) => (
+                    "TargetPodFailed",
+                    format!("cannot make the target pod: {e}"),
+                ),
+            }
+        }
+        Some(p) if p.finished() => (
+            "TargetPodFailed",
+            format!(
+                "target pod {} ended before the migration: {}",
+                p.name,
+                p.ended.unwrap_or_else(|| "no reason given".into())
+            ),
+        ),
+        Some(p) => {
+            if let Some(n) = p.running_on() {
+                return Ok(Some(n.to_owned()));
+            }
+            let Some(why) = p.unschedulable else {
+                return Ok(None);
+            };
+            let waited = scheduling_since(m)
+                .map(|s| t.0.as_second() - s.0.as_second())
+                .unwrap_or(0);
+            if waited < TARGET_UNSCHEDULABLE_TIMEOUT_S {
+                let mut next = m.clone();
+                let st = next.status.get_or_insert_with(Default::default);
+                let changed = set_condition(
+                    &mut st.conditions,
+                    VmiCondition {
+                        type_: TARGET_POD_CONDITION.into(),
+                        status: "False".into(),
+                        reason: Some("Unschedulable".into()),
+                        message: Some(why),
+                        last_transition_time: Some(t.clone()),
+                        ..Default::default()
+                    },
+                );
+                if changed {
+                    if let Some(v) =
+                        write_status(backend, &w.vmims[i], &next, pass, "VMIM condition", &key)
+                            .await?
+                    {
+                        w.vmims[i] = v;
+                    }
+                }
+                return Ok(None);
+            }
+            (
+                "TargetPodUnschedulable",
+                format!(
+                    "target pod {} could not be placed within {TARGET_UNSCHEDULABLE_TIMEOUT_S} s: {why}",
+                    p.name
+                ),
+            )
+        }
+    };
+    let mut next = w.vmims[i].clone();
+    fail(&mut next, failure.0, &failure.1, t);
+    if let Some(v) = write_status(backend, &w.vmims[i], &next, pass, "VMIM phase", &key).await? {
+        w.vmims[i] = v;
+    }
+    Ok(None)
+}
+
+/// Launcher mode: every VMI's pods -> its status (node, phase, conditions,
+/// active pods, volume status), and pods that no longer run it go.
+async fn launchers<B: Backend>(
+    backend: &B,
+    ls: &launcher::LauncherSettings,
+    w: &mut World,
+    pass: &mut Pass,
+    t: &Time,
+) -> Result<(), ControlError> {
+    use launcher::VmiAction;
+    let keys: Vec<ObjectKey> = w.vmis.keys().cloned().collect();
+    for key in keys {
+        let vmi = w.vmis[&key].clone();
+        let pods: Vec<launcher::PodView> = launcher::pods_of(&vmi, &w.pods)
+            .into_iter()
+            .map(launcher::PodView::of)
+            .collect();
+        // The target pod of a migration that is under way; a final or
+        // cancelled one's target goes.
+        let in_flight = w
+            .vmims
+            .iter()
+            .filter(|m| views::vmim_vmi_key(m) == key && m.metadata.deletion_timestamp.is_none())
+            .filter(|m| {
+                m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                    !matches!(
+                        p,
+                        MigrationPhase::Pending
+                            | MigrationPhase::Succeeded
+                            | MigrationPhase::Failed
+                    )
+                })
+            })
+            .find_map(|m| {
+                m.status
+                    .as_ref()?
+                    .migration_state
+                    .as_ref()?
+                    .target_pod
+                    .clone()
+            });
+        let create_error = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls).err();
+        let actions =
+            launcher::vmi_actions(&vmi, &pods, in_flight.as_deref(), create_error.as_ref());
+        let claims: std::collections::BTreeMap<String, &PersistentVolumeClaim> = w
+            .pvcs
+            .iter()
+            .filter(|c| c.namespace().as_deref() == Some(key.namespace.as_str()))
+            .map(|c| (c.name_any(), c))
+            .collect();
+        let mut next = vmi.clone();
+        let final_ = matches!(
+            vmi.status.as_ref().and_then(|s| s.phase),
+            Some(crate::api::VmiPhase::Succeeded | crate::api::VmiPhase::Failed)
+        );
+        if !final_ && vmi.metadata.deletion_timestamp.is_none() {
+            let vs = launcher::volume_status(&vmi, &claims);
+            next.status
+                .get_or_insert_with(Default::default)
+                .volume_status = vs;
+        }
+        for a in actions {
+            let st = next.status.get_or_insert_with(Default::default);
+            match a {
+                VmiAction::CreateSourcePod => {
+                    let Some(pod) = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls).ok()
+                    else {
+                        continue;
+                    };
+                    match backend.create(&pod).await {
+                        Ok(p) => {
+                            pass.pods_created += 1;
+                            tracing::info!(vmi = %key, pod = %p.name_any(), "launcher pod created");
+                            w.pods.push(p);
+                        }
+                        Err(BackendError::AlreadyExists { .. }) => {}
+                        Err(e) => {
+                            settle::<()>(Err(e), pass, "launcher pod", &key)?;
+                            continue;
+                        }
+                    }
+                    if matches!(st.phase, None | Some(crate::api::VmiPhase::Pending)) {
+                        st.phase = Some(crate::api::VmiPhase::Scheduling);
+                    }
+                }
+                VmiAction::Scheduled { node } => {
+                    st.node_name = Some(node);
+                    st.phase = Some(crate::api::VmiPhase::Scheduled);
+                }
+                VmiAction::Condition(c) => {
+                    set_condition(
+                        &mut st.conditions,
+                        VmiCondition {
+                            last_transition_time: Some(t.clone()),
+                            ..c
+                        },
+                    );
+                }
+                VmiAction::End {
+                    phase,
+                    reason,
+                    message,
+                } => {
+                    tracing::info!(vmi = %key, ?phase, %reason, %message, "VM ended");
+                    st.phase = Some(phase);
+                    set_condition(
+                        &mut st.conditions,
+                        VmiCondition {
+                            type_: vm::READY_CONDITION.into(),
+                            status: "False".into(),
+                            reason: Some(reason),
+                            message: Some(message),
+                            last_transition_time: Some(t.clone()),
+                            ..Default::default()
+                        },
+                    );
+                }
+                VmiAction::DeletePod { name } => {
+                    let r = backend.delete::<Pod>(&key.namespace, &name).await;
+                    if settle(r, pass, "launcher pod", &key)?.is_some() {
+                        tracing::info!(vmi = %key, pod = %name, "launcher pod no longer runs the VM; deleted");
+                        pass.pods_deleted += 1;
+                    }
+                }
+                VmiAction::ActivePods(m) => st.active_pods = m,
+            }
+        }
+        if next.status != vmi.status {
+            if let Some(v) = write_status(backend, &vmi, &next, pass, "VMI status", &key).await? {
+                w.vmis.insert(key, v);
+            }
+        }
     }
     Ok(())
 }
@@ -734,7 +1113,9 @@ async fn live_migratable<B: Backend>(
     }
     drop(index);
     for (key, vmi) in writes {
-        if let Some(v) = write_status(backend, &vmi, pass, "VMI condition", &key).await? {
+        if let Some(v) =
+            write_status(backend, &w.vmis[&key], &vmi, pass, "VMI condition", &key).await?
+        {
             pass.conditions_written += 1;
             w.vmis.insert(key, v);
         }
@@ -958,7 +1339,7 @@ async fn virtual_machines<B: Backend>(
             let mut updated = vm.clone();
             updated.status = Some(next);
             if let Some(v) =
-                write_status(backend, &updated, pass, "VirtualMachine status", &key).await?
+                write_status(backend, vm, &updated, pass, "VirtualMachine status", &key).await?
             {
                 pass.vm_statuses_written += 1;
                 w.vms[i] = v;

@@ -235,9 +235,11 @@ mod tests {
                                 guest: Some(QuantityValue::String("256Mi".into())),
                             }),
                             resources: None,
+                            ..Default::default()
                         },
                         eviction_strategy: Some(api::EvictionStrategy::LiveMigrate),
                         volumes: Vec::new(),
+                        ..Default::default()
                     },
                 },
             },

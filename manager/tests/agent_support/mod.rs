@@ -293,6 +293,7 @@ pub fn agent_settings(
         boot: boot.clone(),
         multifd_channels: multifd,
         shutdown_grace: std::time::Duration::ZERO,
+        launcher_root: None,
     }
 }
 

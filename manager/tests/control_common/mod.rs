@@ -138,6 +138,7 @@ pub async fn create_running_vmi<B: Backend>(
                     guest: Some("1Gi".into()),
                 }),
                 resources: None,
+                ..Default::default()
             },
             eviction_strategy: opts.eviction,
             volumes: vec![Volume {
@@ -148,6 +149,7 @@ pub async fn create_running_vmi<B: Backend>(
                 }),
                 ..Default::default()
             }],
+            ..Default::default()
         },
     );
     vmi.metadata.namespace = Some(ns.to_owned());
@@ -298,7 +300,9 @@ async fn sim_pass<B: Backend>(
             s.failed = Some(true);
             s.failure_reason = Some(ABORTED_BY_USER.to_owned());
             s.end_timestamp = Some(now());
-            b.replace_status(&v).await?;
+            // Merge patches, as the real agent writes: fields of other
+            // writers survive (the status-merge test relies on it).
+            b.patch_status(&vmi, &v).await?;
             let mut m = m.clone();
             enter_phase(&mut m, MigrationPhase::Failed, now());
             b.replace_status(&m).await?;
@@ -326,7 +330,7 @@ async fn sim_pass<B: Backend>(
                 s.target_node_domain_detected = Some(true);
                 s.target_direct_migration_node_ports =
                     BTreeMap::from([("49152".to_owned(), 0), ("49153".to_owned(), 49152)]);
-                b.replace_status(&v).await?;
+                b.patch_status(&vmi, &v).await?;
                 enter_phase(&mut m, MigrationPhase::TargetReady, now());
                 b.replace_status(&m).await?;
             }
@@ -362,7 +366,7 @@ async fn sim_pass<B: Backend>(
                 let s = st.migration_state.as_mut().unwrap();
                 s.completed = Some(true);
                 s.end_timestamp = Some(now());
-                b.replace_status(&v).await?;
+                b.patch_status(&vmi, &v).await?;
                 let mut m = b
                     .get::<VirtualMachineInstanceMigration>(ns, &m.name_any())
                     .await?
@@ -424,6 +428,7 @@ pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
         node_selector: Some((TEST_LABEL.to_owned(), test.to_owned())),
         resync: Duration::from_millis(500),
         default_eviction_strategy: None,
+        launchers: None,
     }
 }
 
@@ -523,7 +528,7 @@ pub fn spawn_observer<B: Backend>(
     (Task(t), out)
 }
 
-const LONG: Duration = Duration::from_secs(60);
+pub const LONG: Duration = Duration::from_secs(60);
 
 async fn get_vmim<B: Backend>(
     b: &B,
@@ -535,7 +540,7 @@ async fn get_vmim<B: Backend>(
         .expect("get VMIM")
 }
 
-async fn get_vmi<B: Backend>(b: &B, ns: &str, name: &str) -> VirtualMachineInstance {
+pub async fn get_vmi<B: Backend>(b: &B, ns: &str, name: &str) -> VirtualMachineInstance {
     b.get::<VirtualMachineInstance>(ns, name)
         .await
         .expect("get VMI")
@@ -557,7 +562,7 @@ pub async fn wait_phase<B: Backend>(
     .await
 }
 
-fn condition<'c>(
+pub fn condition<'c>(
     conds: &'c [mignet::api::VmiCondition],
     type_: &str,
 ) -> Option<&'c mignet::api::VmiCondition> {
@@ -1163,6 +1168,7 @@ pub async fn scenario_vm_lifecycle<B: Backend>(b: &B, ns: &str, test: &str) {
                     },
                     eviction_strategy: Some(EvictionStrategy::LiveMigrate),
                     volumes: Vec::new(),
+                    ..Default::default()
                 },
             },
         },
