@@ -32,7 +32,8 @@ bash "$here/k8s/down.sh" "$state" >/dev/null 2>&1 || true
 
 # Cluster mode on a real multi-node cluster (tests/cluster/README.md): the
 # bed is built (Kubernetes, Multus, release binaries, the mignet image), the
-# seed's network story runs on it, and the bed is taken down again.
+# seed's network story and then the seed's VM run on it (tests/cluster/e2e.sh),
+# and the bed is taken down again.
 t_cluster=$SECONDS
 # Built once (Kubernetes, Multus, release binaries, images) for every bed below.
 if built=$(bash "$here/cluster/build.sh" --env); then
@@ -45,10 +46,10 @@ else
     status=1
 fi
 t_cluster=$SECONDS
-if bash "$here/cluster/run.sh" bash "$here/cluster/e2e-network.sh"; then
-    echo "tests/run.sh: cluster e2e-network passed in $((SECONDS - t_cluster))s"
+if bash "$here/cluster/run.sh" bash "$here/cluster/e2e.sh"; then
+    echo "tests/run.sh: cluster e2e passed in $((SECONDS - t_cluster))s"
 else
-    echo "tests/run.sh: cluster e2e-network FAILED after $((SECONDS - t_cluster))s" >&2
+    echo "tests/run.sh: cluster e2e FAILED after $((SECONDS - t_cluster))s" >&2
     status=1
 fi
 # Nothing of that bed may remain, and down.sh must also clean up after a crash.
