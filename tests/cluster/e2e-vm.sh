@@ -205,7 +205,6 @@ host_marker=$("$ROOT/tests/guest/disk-marker.sh" "$PV_DIR/disk.img" | sed -n 's/
 ok "the marker is on the shared volume: $host_marker"
 wait_until 60 "LiveMigratable" sh -c "kubectl get vmi $VM -o jsonpath='{.status.conditions[?(@.type==\"LiveMigratable\")].status}' | grep -qx True"
 ok "LiveMigratable=True (claim ReadWriteMany: $(vmi_field '{.status.volumeStatus[0].persistentVolumeClaimInfo.accessModes}'))"
-id1=$(identity "$pod1")
 
 # ---- migration over migration0 -----------------------------------------------------
 step "kubectl create -f examples/vmim.yaml (vmiName: $VM)"
@@ -289,6 +288,17 @@ wait_until 60 "agents rolled out" ds_rolled_out
 wait_until 30 "guest ticking" ticking_past "$pod3" "$t"
 ok "every agent restarted; $pod3 unchanged ($id_before), guest at '$(guest_line "$pod3")'"
 
+step "the agent of the VM's node killed outright (kubectl delete --force --grace-period=0)"
+t=$(tick_of "$(guest_line "$pod3")")
+victim=$(agent_on "$node3")
+kubectl -n "$NS" delete pod "$victim" --force --grace-period=0 >/dev/null 2>&1
+replaced() { local a; a=$(agent_on "$node3"); [[ -n $a && $a != "$victim" ]]; }
+wait_until 120 "a new agent on $node3" replaced
+kubectl -n "$NS" rollout status ds/"$DS" --timeout=180s >/dev/null
+[[ $(identity "$pod3") == "$id_before" ]] || fail "killing the agent touched the VM: $id_before -> $(identity "$pod3")"
+wait_until 30 "guest ticking" ticking_past "$pod3" "$t"
+ok "agent $victim killed and replaced by $(agent_on "$node3"); $pod3 unchanged ($id_before)"
+
 step "a network change while the VM runs: the agents roll onto migration-net-b"
 kubectl -n "$NS" get net-attach-def migration-net-b >/dev/null 2>&1 || kubectl apply -f - >/dev/null <<EOF
 apiVersion: k8s.cni.cncf.io/v1
@@ -319,14 +329,97 @@ wait_until 60 "guest ticks" ticking_past "$pod4" "$t"
 ok "$node3 -> $(vmi_field '{.status.nodeName}') over $addr; guest: '$(guest_line "$pod4")'"
 set_network my-secondary-network
 
+# ---- what cannot migrate or cannot run --------------------------------------------------
+step "a ReadWriteOnce claim: the VM runs, LiveMigratable=False with the reason, a migration is refused"
+mkdir -p "$MIGNET_CLUSTER_STATE/pv/rwo"
+cp --sparse=always "$DISK_IMAGE" "$MIGNET_CLUSTER_STATE/pv/rwo/disk.img"
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: e2e-rwo
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: default, name: e2e-rwo}
+  hostPath: {path: $MIGNET_CLUSTER_STATE/pv/rwo, type: Directory}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: e2e-rwo
+  namespace: default
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  volumeName: e2e-rwo
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: vmi-rwo
+  namespace: default
+spec:
+  domain:
+    cpu: {model: host-model}
+    memory: {guest: 512Mi}
+    devices:
+      disks: [{name: rootdisk, disk: {bus: virtio}}]
+  volumes:
+    - name: rootdisk
+      persistentVolumeClaim: {claimName: e2e-rwo}
+EOF
+vmi_is() { [[ $(kubectl get vmi "$1" -o jsonpath="$2" 2>/dev/null) == "$3" ]]; }
+wait_until 180 "vmi-rwo Running" vmi_is vmi-rwo '{.status.phase}' Running
+wait_until 60 "vmi-rwo LiveMigratable=False" vmi_is vmi-rwo '{.status.conditions[?(@.type=="LiveMigratable")].status}' False
+lm=$(kubectl get vmi vmi-rwo -o jsonpath='{.status.conditions[?(@.type=="LiveMigratable")].reason}: {.status.conditions[?(@.type=="LiveMigratable")].message}')
+kubectl create -f - >/dev/null <<EOF
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstanceMigration
+metadata: {name: migration-rwo, namespace: default}
+spec: {vmiName: vmi-rwo}
+EOF
+vmim_is() { [[ $(vmim_phase "$1") == "$2" ]]; }
+wait_until 60 "migration-rwo Failed" vmim_is migration-rwo Failed
+ok "vmi-rwo: LiveMigratable $lm; migration-rwo refused: $(kubectl get vmim migration-rwo -o jsonpath='{.status.conditions[0].message}')"
+kubectl delete vmim migration-rwo >/dev/null
+kubectl delete vmi vmi-rwo --wait=false >/dev/null
+
+step "a VM no node can hold: the scheduler's reason on the VMI"
+kubectl create -f - >/dev/null <<EOF
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: vmi-huge, namespace: default}
+spec:
+  domain:
+    memory: {guest: 4000Gi}
+EOF
+wait_until 60 "PodScheduled=False on vmi-huge" vmi_is vmi-huge '{.status.conditions[?(@.type=="PodScheduled")].status}' False
+why=$(kubectl get vmi vmi-huge -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}')
+[[ $why == *"Insufficient memory"* ]] || fail "vmi-huge: PodScheduled message does not give the scheduler's reason: $why"
+ok "vmi-huge: PodScheduled=False: $why (phase $(kubectl get vmi vmi-huge -o jsonpath='{.status.phase}'))"
+kubectl delete vmi vmi-huge --wait=false >/dev/null
+
+# ---- identities -------------------------------------------------------------------------
+step "no component was refused by the API server"
+for p in $(kubectl -n "$NS" get pods -o name); do
+    refused=$(kubectl -n "$NS" logs "$p" --all-containers 2>&1 | grep -iE 'forbidden|code: 403|status: 403' | head -n 3 || true)
+    [[ -z $refused ]] || fail "$p was refused by the API server: $refused"
+done
+ok "no 403 in the logs of $(kubectl -n "$NS" get pods -o name | wc -l) pods (the manager making and deleting launcher pods, agents labelling their nodes)"
+
 # ---- cleanup ---------------------------------------------------------------------------
 step "delete the VM: its VMI and launcher pods go"
 kubectl delete -f "$ROOT/examples/vm.yaml" --wait=false >/dev/null
 wait_until 120 "VMI gone" sh -c "! kubectl get vmi $VM >/dev/null 2>&1"
 wait_until 120 "launcher pods gone" sh -c "[ -z \"\$(kubectl get pods -l vm.kubevirt.io/name=$VM -o name)\" ]"
 kubectl delete vmim --all >/dev/null
-kubectl delete pvc fedora-rwx --wait=false >/dev/null
-kubectl delete pv fedora-rwx --wait=false >/dev/null
+wait_until 120 "other VMIs gone" sh -c "[ -z \"\$(kubectl get vmi -o name)\" ]"
+kubectl delete pvc fedora-rwx e2e-rwo --wait=false >/dev/null
+kubectl delete pv fedora-rwx e2e-rwo --wait=false >/dev/null
 ok "VM, VMI and launcher pods deleted"
 
 printf '\ne2e-vm: the seed VM story held on the bed in %ds\n' "$((SECONDS - t0))"
