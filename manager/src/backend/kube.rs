@@ -29,8 +29,11 @@ pub struct KubeBackend {
 /// Which kinds a [`KubeBackend`] watches for its change signal.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Watched {
-    /// VMIs, VMIMs, HyperConvergeds, VMs and Nodes (controller, console).
+    /// VMIs, VMIMs, HyperConvergeds, VMs and Nodes (console, tests).
     Controller,
+    /// Those and launcher pods (the migration controller of `mignet
+    /// manager`, which makes and reads them).
+    ControllerWithPods,
     /// VMIs, VMIMs and HyperConvergeds (node agent).
     Agent,
 }
@@ -62,7 +65,12 @@ impl KubeBackend {
     /// the cluster bed: a 403 warning a second, and no wake-up on a
     /// HyperConverged change).
     pub fn for_controller(client: Client, namespace: Option<&str>, hco_namespace: &str) -> Self {
-        Self::watching(client, namespace, Some(hco_namespace), Watched::Controller)
+        Self::watching(
+            client,
+            namespace,
+            Some(hco_namespace),
+            Watched::ControllerWithPods,
+        )
     }
 
     /// The node agent's backend: watches only what the agent reads (VMIs,
@@ -90,13 +98,16 @@ impl KubeBackend {
             ),
             spawn_watch(HyperConverged::api(client.clone(), hco_ns), tx.clone()),
         ];
-        if watched == Watched::Controller {
+        if matches!(watched, Watched::Controller | Watched::ControllerWithPods) {
             tasks.push(spawn_watch(
                 VirtualMachine::api(client.clone(), ns),
                 tx.clone(),
             ));
             tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
-            // Only launcher pods: the controller never reads other pods.
+        }
+        if watched == Watched::ControllerWithPods {
+            // Only launcher pods: the controller never reads other pods, and
+            // only it may list them (the console's role has no pods).
             tasks.push(spawn_watch_labelled(
                 Pod::api(client.clone(), ns),
                 crate::control::launcher::LAUNCHER_LABEL,
