@@ -9,7 +9,12 @@
 //!   it again;
 //! - deleting the VM deletes its VMI and stops the guest (QEMU gone);
 //! - the seed's examples/vm.yaml (a ReadWriteMany claim) is refused with a
-//!   clear status: ErrorPvcNotFound, no QEMU started.
+//!   clear status: its launcher pod is unschedulable (the lab has no
+//!   storage), the VM shows ErrorUnschedulable, no QEMU started.
+//!
+//! Every QEMU is the child of a `mignet launcher` the lab kubelet runs for
+//! the VMI's launcher pod (made by the controller, bound by the lab
+//! scheduler), as in a cluster.
 
 mod lab_common;
 
@@ -45,6 +50,27 @@ fn placement(store: &Store) -> Option<(String, VmiPhase)> {
 fn single_qemu(lab: &Lab) -> Option<i32> {
     let pids = lifecycle::vm_processes(&lab.dir);
     (pids.len() == 1).then(|| pids[0])
+}
+
+/// `qemu` is the child of a `mignet launcher` of the lab, which runs the
+/// VMI's launcher pod: bound to `node`, Running.
+fn assert_launched(lab: &Lab, store: &Store, qemu: i32, node: &str) {
+    let launcher = parent_pid(qemu).expect("QEMU's parent");
+    assert!(
+        lifecycle::launcher_processes(&lab.dir).contains(&launcher),
+        "QEMU {qemu}'s parent {launcher} is a lab launcher"
+    );
+    let pods = wait_for("the launcher pod Running", Duration::from_secs(30), || {
+        let pods = launcher_pods(store);
+        pods.iter()
+            .any(|(_, n, phase)| n.as_deref() == Some(node) && phase == "Running")
+            .then_some(pods)
+    });
+    let v = vmi(store).unwrap();
+    let uid = v.metadata.uid.unwrap();
+    assert!(pods
+        .iter()
+        .all(|(p, _, _)| p.metadata.labels.as_ref().unwrap()["kubevirt.io/created-by"] == uid));
 }
 
 /// Wait until the VM's guest on `node` prints a tick after `after`.
@@ -94,6 +120,7 @@ fn a_virtual_machine_runs_migrates_halts_and_goes_with_its_vmi() {
             .contains("mignet.fill_mib=64")
     );
     let pid = wait_for("one QEMU", Duration::from_secs(30), || single_qemu(&lab));
+    assert_launched(&lab, &store, pid, &node);
     // The guest filled its memory (so the migration moves real pages).
     wait_for("guest memory filled", Duration::from_secs(90), || {
         serial_output(&lab.dir, &node, VM)
@@ -166,6 +193,15 @@ fn a_virtual_machine_runs_migrates_halts_and_goes_with_its_vmi() {
     );
     assert_ne!(new_pid, pid, "the target's QEMU runs the guest now");
     assert!(!pid_alive(pid), "the source QEMU exited");
+    assert_launched(&lab, &store, new_pid, &target);
+    wait_for(
+        "only the target's launcher pod",
+        Duration::from_secs(30),
+        || {
+            (launcher_pods(&store).len() == 1 && lifecycle::launcher_processes(&lab.dir).len() == 1)
+                .then_some(())
+        },
+    );
 
     // Halted: the controller deletes the VMI; the agent stops the guest.
     let text = std::fs::read_to_string(&lab_vm).unwrap();
@@ -216,16 +252,24 @@ fn a_virtual_machine_runs_migrates_halts_and_goes_with_its_vmi() {
         lab.ok(&["delete", "vm", VM]),
         "virtualmachine.kubevirt.io \"vm-fedora\" deleted\n"
     );
-    wait_for("VMI and QEMU gone", Duration::from_secs(60), || {
-        (vmi(&store).is_none() && lifecycle::vm_processes(&lab.dir).is_empty()).then_some(())
-    });
+    wait_for(
+        "VMI, QEMU, launcher and its pod gone",
+        Duration::from_secs(60),
+        || {
+            (vmi(&store).is_none()
+                && lifecycle::vm_processes(&lab.dir).is_empty()
+                && lifecycle::launcher_processes(&lab.dir).is_empty()
+                && launcher_pods(&store).is_empty())
+            .then_some(())
+        },
+    );
     assert!(!pid_alive(pid3));
 
     // The seed's VM names a claim: the lab says it cannot run it.
     let seed = examples().join("vm.yaml");
     lab.ok(&["create", "-f", seed.to_str().unwrap()]);
-    wait_for("ErrorPvcNotFound", Duration::from_secs(30), || {
-        (printable(&store).as_deref() == Some("ErrorPvcNotFound")).then_some(())
+    wait_for("ErrorUnschedulable", Duration::from_secs(30), || {
+        (printable(&store).as_deref() == Some("ErrorUnschedulable")).then_some(())
     });
     let msg = lab.ok(&[
         "get",
@@ -238,17 +282,40 @@ fn a_virtual_machine_runs_migrates_halts_and_goes_with_its_vmi() {
         msg.contains("fedora-rwx") && msg.contains("the lab has no storage"),
         "{msg}"
     );
-    assert!(lab.ok(&["get", "vm"]).contains("ErrorPvcNotFound"));
-    let v = vmi(&store).expect("the VMI exists, Pending");
-    assert_eq!(v.status.and_then(|s| s.phase), Some(VmiPhase::Pending));
+    assert!(lab.ok(&["get", "vm"]).contains("ErrorUnschedulable"));
+    let v = vmi(&store).expect("the VMI exists, not placed");
+    let st = v.status.unwrap();
+    assert_eq!((st.phase, st.node_name), (Some(VmiPhase::Scheduling), None));
+    // kube-scheduler's condition on the pod, copied to the VMI.
+    let pods = launcher_pods(&store);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].1, None, "the pod is not bound");
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .expect("PodScheduled on the VMI");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("False", Some("Unschedulable"))
+    );
+    assert!(
+        c.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the lab has no storage"),
+        "{c:?}"
+    );
     assert!(
         lifecycle::vm_processes(&lab.dir).is_empty(),
         "no guest started"
     );
     lab.ok(&["delete", "vm", VM]);
-    wait_for("the seed VM's VMI gone", Duration::from_secs(30), || {
-        vmi(&store).is_none().then_some(())
-    });
+    wait_for(
+        "the seed VM's VMI and pod gone",
+        Duration::from_secs(30),
+        || (vmi(&store).is_none() && launcher_pods(&store).is_empty()).then_some(()),
+    );
 
     lab.ok(&["lab", "down"]);
     assert!(lab.our_namespaces().is_empty());

@@ -416,8 +416,14 @@ async fn pass<B: Backend>(
                     continue;
                 }
                 // Launcher mode: the target pod's QEMU, found by its name.
+                // Under this agent's launcher root (the lab maps the
+                // hostPath to a directory per node).
                 let launcher_dir = core.vms.in_launchers().then(|| {
-                    crate::launcher::run_dir_for(&ns, ms.target_pod.as_deref().unwrap_or_default())
+                    let dir = crate::launcher::run_dir_for(
+                        &ns,
+                        ms.target_pod.as_deref().unwrap_or_default(),
+                    );
+                    core.vms.vms_dir().join(dir.file_name().unwrap_or_default())
                 });
                 let task = tokio::spawn(target_task(
                     backend.clone(),

@@ -109,7 +109,9 @@ impl<B: Backend> InProcessAgents<B> {
             boot: self.boot.clone(),
             multifd_channels: self.multifd_channels,
             shutdown_grace: Duration::from_secs(30),
-            launcher_root: None,
+            // The node's launcher pods run its VMs (the lab kubelet starts
+            // them); the agent attaches, as in a cluster.
+            launcher_root: Some(crate::lab::node_vms_dir(&self.dir, &pod.node)),
         })
     }
 

@@ -1,8 +1,10 @@
 //! The lab's control loop, run either by the background `mignet lab daemon`
 //! process or in-process by `mignet lab demo`: the network rollout, the
-//! kubelet+Multus emulation, the scheduler stand-in ([`super::scheduler`]),
-//! and (with [`run_full`]) the migration controller and one real agent per
-//! agent pod, both on a tokio runtime owned by this loop.
+//! kubelet+Multus emulation, the scheduler stand-in ([`super::scheduler`])
+//! and the kubelet for launcher pods ([`super::launchers`]), and (with
+//! [`run_full`]) the migration controller (in launcher mode, as in a
+//! cluster) and one real agent per agent pod, both on a tokio runtime owned
+//! by this loop.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,7 @@ use crate::control;
 
 use super::kubelet::{AgentRuntime, Kubelet};
 use super::state::LabState;
-use super::{plan, rollout, scheduler, LabConfig, LabError, LAB_NAMESPACE};
+use super::{launchers, plan, rollout, scheduler, LabConfig, LabError, LAB_NAMESPACE};
 use crate::store::Store;
 
 /// Run until `stop` is set. Each pass reconciles the rollout, then the agent
@@ -41,6 +43,7 @@ pub fn run_with_store(
 ) -> Result<(), LabError> {
     let cluster = plan::cluster_networks();
     let mut kubelet = Kubelet::new(cfg, store, runtime);
+    let mut launcher_pods = launchers::Launchers::new(cfg, store);
     while !stop.load(Ordering::SeqCst) {
         let before = store.revision()?;
         if let Err(e) = rollout::reconcile(store, &cluster) {
@@ -53,7 +56,10 @@ pub fn run_with_store(
             warn!(error = %e, "rollout reconcile failed");
         }
         if let Err(e) = scheduler::schedule(store) {
-            warn!(error = %e, "scheduling VMIs failed");
+            warn!(error = %e, "scheduling launcher pods failed");
+        }
+        if let Err(e) = launcher_pods.sync() {
+            warn!(error = %e, "launcher pod sync failed");
         }
         let after = store.revision()?;
         if after != before {
@@ -87,7 +93,9 @@ pub fn guest_boot() -> Result<GuestBoot, LabError> {
 /// controller and the real node agents ([`InProcessAgents`]) on a tokio
 /// runtime of its own. Runs until `stop` is set; then the agents are
 /// aborted (their VMs keep running until their VMIs are deleted or the lab
-/// is torn down) and the controller stops.
+/// is torn down) and the controller stops. The VMs' launcher processes
+/// are not this loop's children in any sense that matters: they outlive it
+/// and the next loop adopts them.
 pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
     let boot = guest_boot()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -111,6 +119,14 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
         namespace: None,
         hco_namespace: Some(LAB_NAMESPACE.to_owned()),
         resync: Duration::from_secs(1),
+        // Where and how a VM runs is the controller's decision, as in a
+        // cluster: it makes launcher pods, the lab scheduler binds them and
+        // the lab kubelet runs them.
+        launchers: Some(control::launcher::LauncherSettings {
+            image: "mignet:lab".into(),
+            image_pull_policy: None,
+            emulation_allowed: true,
+        }),
         ..Default::default()
     };
     let controller = rt.spawn(control::run(backend.clone(), settings, async move {

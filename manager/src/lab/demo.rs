@@ -648,7 +648,7 @@ fn migration_ip(p: &Pod) -> Option<IpAddr> {
 /// The newest serial console of `vmi-fedora` on `node` (each start or
 /// incoming migration gets a run directory of its own).
 fn serial_output(cfg: &LabConfig, node: &str) -> String {
-    let vms = cfg.dir.join("agents").join(node).join("state/vms");
+    let vms = super::node_vms_dir(&cfg.dir, node);
     let newest = std::fs::read_dir(&vms)
         .into_iter()
         .flatten()

@@ -17,16 +17,23 @@ use crate::store::Store;
 /// QEMU's TCG `qemu64`.
 pub const HOST_MODEL_LABEL: &str = "host-model-cpu.node.kubevirt.io/qemu64";
 
+/// A lab node's labels: its hostname, and what the agent puts on a cluster
+/// node (`agent::node_labels::desired`): schedulable for VMs, no KVM (lab
+/// guests run under TCG), host-model `qemu64`.
+pub fn node_labels(name: &str) -> std::collections::BTreeMap<String, String> {
+    let mut l = crate::agent::node_labels::desired(false, "qemu64");
+    l.insert("kubernetes.io/hostname".into(), name.into());
+    debug_assert!(l.contains_key(HOST_MODEL_LABEL));
+    l
+}
+
 fn node_object(cfg: &LabConfig, index: u32, name: &str) -> Node {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": name,
-            "labels": {
-                "kubernetes.io/hostname": name,
-                HOST_MODEL_LABEL: "true",
-            },
+            "labels": node_labels(name),
             "annotations": {
                 NETNS_ANNOTATION: netns_path(&cfg.node_ns(name)).display().to_string(),
             },
@@ -98,14 +105,21 @@ pub fn wait_for_agents(cfg: &LabConfig, timeout: Duration) -> Result<bool, LabEr
     }
 }
 
-/// Remove the lab: everything in the record (the daemon first, so no agent
-/// restarts a VM), then the VMs (QEMU processes outlive their agents by
-/// design, so a crashed lab can leave them) and the agents' state and PKI.
+/// Remove the lab: everything in the record (the daemon first, so no
+/// launcher pod is started again), then the VMs (launchers and their QEMUs
+/// outlive the daemon by design, so a crashed lab can leave them), the
+/// nodes' run directories and pod state, the agents' state and PKI.
 pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
     let mut report = topology::down(dir)?;
     let vm_errors = stop_vms(dir);
-    // The in-process agents' state (`agents/`) and the lab CA (`pki/`).
-    for sub in [dir.join("agents"), dir.join("pki")] {
+    // The nodes' launcher run directories (`vms/`) and pod state (`pods/`),
+    // the in-process agents' state (`agents/`) and the lab CA (`pki/`).
+    for sub in [
+        dir.join("vms"),
+        dir.join("pods"),
+        dir.join("agents"),
+        dir.join("pki"),
+    ] {
         if vm_errors.is_empty() && sub.exists() {
             if let Err(e) = std::fs::remove_dir_all(&sub) {
                 report
@@ -122,15 +136,49 @@ pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
     Ok(report)
 }
 
-/// Pids of processes whose command line names a path under `<dir>/agents/`
-/// (the QEMU of a lab VM: its QMP socket and serial log live there). Matched
-/// on our own directory, never on a process name.
+/// Whether a command line names a path of the lab's VMs: the nodes' run
+/// directories (`<dir>/vms/`) or the agents' state (`<dir>/agents/`).
+/// Matched on our own directory, never on a process name.
+fn names_lab_vm_path(dir: &std::path::Path, cmdline: &str) -> bool {
+    ["vms", "agents"]
+        .iter()
+        .any(|sub| cmdline.contains(&(dir.join(sub).display().to_string() + "/")))
+}
+
+fn cmdline(pid: i32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/cmdline")).ok()
+}
+
+/// Pids of the lab's QEMU processes: their command line names a QMP socket
+/// in a run directory of the lab.
 pub fn vm_processes(dir: &std::path::Path) -> Vec<i32> {
-    let needle = dir.join("agents").display().to_string() + "/";
     other_processes(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-            .unwrap_or(false)
+        cmdline(pid).is_some_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            names_lab_vm_path(dir, &c) && c.contains("/qmp.sock")
+        })
+    })
+}
+
+/// Pids of the lab's `mignet launcher` processes (`launcher --run-dir` in a
+/// node's run directory).
+pub fn launcher_processes(dir: &std::path::Path) -> Vec<i32> {
+    let root = dir.join("vms").display().to_string() + "/";
+    other_processes(|pid| {
+        cmdline(pid).is_some_and(|c| {
+            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+            args.windows(3).any(|w| {
+                w[0] == b"launcher" && w[1] == b"--run-dir" && w[2].starts_with(root.as_bytes())
+            })
+        })
+    })
+}
+
+/// Every process of the lab's VMs: QEMUs, launchers and the lab kubelet's
+/// wrappers around them (all name a path under `vms/` or `agents/`).
+pub fn lab_vm_processes(dir: &std::path::Path) -> Vec<i32> {
+    other_processes(|pid| {
+        cmdline(pid).is_some_and(|c| names_lab_vm_path(dir, &String::from_utf8_lossy(&c)))
     })
 }
 
@@ -148,23 +196,24 @@ fn other_processes(matches: impl Fn(i32) -> bool) -> Vec<i32> {
         .collect()
 }
 
-/// TERM, then KILL after 3 s, every lab VM; returns what could not be stopped.
+/// TERM, then KILL after 3 s, every lab VM process (launchers stop their
+/// QEMU on TERM); returns what could not be stopped.
 fn stop_vms(dir: &std::path::Path) -> Vec<String> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let pids = vm_processes(dir);
+    let pids = lab_vm_processes(dir);
     for &pid in &pids {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && !vm_processes(dir).is_empty() {
+    while Instant::now() < deadline && !lab_vm_processes(dir).is_empty() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for pid in vm_processes(dir) {
+    for pid in lab_vm_processes(dir) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     std::thread::sleep(Duration::from_millis(100));
-    vm_processes(dir)
+    lab_vm_processes(dir)
         .into_iter()
         .map(|pid| format!("VM process {pid} survived SIGKILL"))
         .collect()
@@ -189,7 +238,7 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
     for pid in daemon_processes(&cfg.dir) {
         out.push(format!("lab daemon process {pid}"));
     }
-    for pid in vm_processes(&cfg.dir) {
+    for pid in lab_vm_processes(&cfg.dir) {
         out.push(format!("VM process {pid}"));
     }
     for path in unix_sockets_under(&cfg.dir) {
@@ -201,6 +250,8 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
         cfg.ipam_dir(),
         cfg.cni_bin_dir(),
         cfg.log_file(),
+        cfg.dir.join("vms"),
+        cfg.dir.join("pods"),
         cfg.dir.join("agents"),
         cfg.dir.join("pki"),
         super::history::history_file(&cfg.dir),

@@ -11,7 +11,10 @@
 //!   binaries the NAD names, rolled one node at a time on change.
 //! - [`history`]: the kubelet's record of every agent pod stop/start, read
 //!   to check a roll kept at most one agent down.
-//! - [`scheduler`]: places new VMIs on the least-loaded schedulable node.
+//! - [`scheduler`]: kube-scheduler for launcher pods: binds each to the
+//!   least-loaded node that fits it, or says why none does.
+//! - [`launchers`]: the kubelet for launcher pods: runs `mignet launcher`
+//!   for each pod bound to a lab node and reports its status.
 //! - [`daemon`]: the loop that runs the above (and, in full, the migration
 //!   controller and the node agents) until stopped.
 //! - [`demo`]: `mignet lab demo`, the seed's story, checked step by step.
@@ -25,6 +28,7 @@ pub mod daemon;
 pub mod demo;
 pub mod history;
 pub mod kubelet;
+pub mod launchers;
 pub mod lifecycle;
 pub mod rollout;
 pub mod scheduler;
@@ -118,6 +122,14 @@ impl LabConfig {
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("daemon.log")
     }
+}
+
+/// The lab node's hostPath for launcher run directories (what
+/// `/var/run/mignet/vms` is on a cluster node): `<dir>/vms/<node>`. Kept
+/// short: the agent binds sockets in the run directories, and a unix socket
+/// path holds 107 bytes.
+pub fn node_vms_dir(lab_dir: &Path, node: &str) -> PathBuf {
+    lab_dir.join("vms").join(node)
 }
 
 pub fn store_dir(lab_dir: &Path) -> PathBuf {

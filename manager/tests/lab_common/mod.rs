@@ -182,11 +182,11 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// The newest serial console of VMI `name` (namespace mignet-system) on
-/// `node`: each start or incoming migration gets a run directory of its own
-/// under `<lab>/agents/<node>/state/vms/`.
+/// `node`: each launcher pod (a start, or a migration's target) has a run
+/// directory of its own under the node's `<lab>/vms/<node>/`.
 pub fn serial_output(dir: &std::path::Path, node: &str, name: &str) -> String {
-    let vms = dir.join("agents").join(node).join("state/vms");
-    let needle = format!("mignet-system_{name}-");
+    let vms = mignet::lab::node_vms_dir(dir, node);
+    let needle = format!("mignet-system_virt-launcher-{name}-");
     std::fs::read_dir(&vms)
         .into_iter()
         .flatten()
@@ -205,4 +205,40 @@ pub fn last_tick(serial: &str) -> Option<u64> {
     mignet_dataplane::qemu::testbed::ticks(serial)
         .last()
         .copied()
+}
+
+/// The parent of `pid` (field 4 of /proc/<pid>/stat).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The launcher pods in the store: (pod, spec.nodeName, status.phase).
+pub fn launcher_pods(
+    store: &mignet::store::Store,
+) -> Vec<(k8s_openapi::api::core::v1::Pod, Option<String>, String)> {
+    store
+        .list::<k8s_openapi::api::core::v1::Pod>(None)
+        .unwrap()
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(mignet::control::launcher::LAUNCHER_LABEL))
+        })
+        .map(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            (p, node, phase)
+        })
+        .collect()
 }
