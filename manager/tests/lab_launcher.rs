@@ -230,3 +230,60 @@ spec:
     assert_eq!(lab.leftovers(), Vec::<String>::new());
     println!("total {:.1} s", t_start.elapsed().as_secs_f64());
 }
+
+/// A launcher that fails: its pod ends Failed with the container's
+/// terminated exit code and message (the termination log), and the
+/// controller ends the VMI with that reason; nothing is left running.
+#[test]
+fn a_failing_launcher_fails_its_pod_and_vmi_with_the_reason() {
+    let lab = Lab::new("lfail");
+    lab.ok(&["lab", "up", "--nodes", "1"]);
+    let store = Store::open(lab.dir.join("store")).unwrap();
+    let vmi_yaml = std::env::temp_dir().join(format!("{}-bad.yaml", lab.prefix));
+    std::fs::write(
+        &vmi_yaml,
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: bad-cpu
+  namespace: mignet-system
+spec:
+  domain:
+    cpu:
+      model: no-such-cpu-model
+    memory:
+      guest: 64Mi
+"#,
+    )
+    .unwrap();
+    lab.ok(&["create", "-f", vmi_yaml.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&vmi_yaml);
+    let (pod, _, _) = wait_for("the launcher pod Failed", Duration::from_secs(60), || {
+        launcher_pods(&store)
+            .into_iter()
+            .find(|(_, _, phase)| phase == "Failed")
+    });
+    let cs = &pod.status.unwrap().container_statuses.unwrap()[0];
+    let t = cs.state.as_ref().unwrap().terminated.clone().unwrap();
+    let message = t.message.unwrap_or_default();
+    assert_eq!((cs.name.as_str(), t.exit_code), ("compute", 1), "{message}");
+    // The launcher's own words (its termination log).
+    assert!(message.contains("QEMU"), "{message}");
+    let st = wait_for("the VMI Failed", Duration::from_secs(30), || {
+        let st = store
+            .get::<VirtualMachineInstance>("mignet-system", "bad-cpu")
+            .unwrap()?
+            .status?;
+        (st.phase == Some(VmiPhase::Failed)).then_some(st)
+    });
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let why = ready.message.clone().unwrap_or_default();
+    assert!(
+        why.contains("launcher exited with code 1") && why.contains(&message),
+        "{why}"
+    );
+    assert!(lifecycle::launcher_processes(&lab.dir).is_empty());
+    assert!(lifecycle::vm_processes(&lab.dir).is_empty());
+    lab.ok(&["lab", "down"]);
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
