@@ -349,8 +349,11 @@ impl SharedLab {
             .unwrap_or_default()
     }
 
+    /// The node's launcher run directories (the lab kubelet runs each VM's
+    /// launcher pod there; run directories are named after the pod,
+    /// `<ns>_virt-launcher-<vm>-<uid>`).
     fn vms_dir(&self, node: &str) -> PathBuf {
-        self.dir().join("agents").join(node).join("state/vms")
+        mignet::lab::node_vms_dir(self.dir(), node)
     }
 
     /// Pids of the QEMU processes of VM `name` on `node` (their command
