@@ -55,15 +55,10 @@ mkdir -p "$out"
 exec 9>"$out/.disk.lock"
 flock 9
 
-need=()
-for p in qemu-system-x86 busybox-static cpio dosfstools mtools syslinux syslinux-common gcc libc6-dev; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "disk: installing ${need[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
+guest_need_packages disk qemu-system-x86 busybox-static cpio dosfstools mtools syslinux \
+    syslinux-common gcc libc6-dev
 # mtools refuses filesystems whose geometry does not look like a floppy's or
 # a partition's unless told to skip that check; ours is a plain image file.
 export MTOOLS_SKIP_CHECK=1
@@ -72,17 +67,10 @@ export MTOOLS_SKIP_CHECK=1
 # kernel package. The kernel is taken from that .deb here too (not from
 # build.sh's output) because the modules copied below must come from the
 # very same build as the kernel that loads them.
-kpkg="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-if [ -z "$kpkg" ]; then
-    apt-get update -qq
-    kpkg="$(apt-cache depends linux-image-cloud-amd64 \
-        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-fi
-[ -n "$kpkg" ] || { echo "disk: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+kpkg="$(guest_kernel_package disk)"
 
 versions="$(dpkg-query -W -f='${Package}=${Version} ' busybox-static syslinux syslinux-common)"
-stamp_want="$(cat "$0" "$here/memload.c" | sha256sum | cut -d' ' -f1) $kpkg $versions"
+stamp_want="$(cat "$0" "$here/lib.sh" "$here/memload.c" | sha256sum | cut -d' ' -f1) $kpkg $versions"
 if [ -f "$out/disk.stamp" ] && [ "$(cat "$out/disk.stamp")" = "$stamp_want" ] \
     && [ -s "$out/disk.img" ] && [ "${MIGNET_GUEST_BOOT_CHECK:-0}" != 1 ]; then
     echo "DISK_IMAGE=$out/disk.img"

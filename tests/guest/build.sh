@@ -24,27 +24,11 @@ mkdir -p "$out"
 exec 9>"$out/.lock"
 flock 9
 
-need=()
-for p in qemu-system-x86 busybox-static cpio gcc libc6-dev; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "guest: installing ${need[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
+guest_need_packages guest qemu-system-x86 busybox-static cpio gcc libc6-dev
 
-# The meta-package names the current versioned kernel package; resolving it
-# (rather than hard-coding an ABI number) keeps the script working as Debian
-# moves on. apt-cache needs package lists: update once if they are missing.
-kpkg="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-if [ -z "$kpkg" ]; then
-    apt-get update -qq
-    kpkg="$(apt-cache depends linux-image-cloud-amd64 \
-        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
-fi
-[ -n "$kpkg" ] || { echo "guest: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+kpkg="$(guest_kernel_package guest)"
 
 stamp_want="$(cat "$0" "$here/memload.c" | sha256sum | cut -d' ' -f1) $kpkg"
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp_want" ] \
