@@ -126,6 +126,34 @@ ds_rolled_out() {
     read -r gen obs want upd avail <<<"$s"
     [[ $gen == "$obs" && $want == "$NODES" && $upd == "$NODES" && $avail == "$NODES" ]]
 }
+# A hostPath PersistentVolume on DIR (a directory every node of the bed sees)
+# and the claim in default bound to it, both named NAME.
+volume_and_claim() { # volume_and_claim NAME ACCESS_MODE DIR
+    cat <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $1
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [$2]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: default, name: $1}
+  hostPath: {path: $3, type: Directory}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: $1
+  namespace: default
+spec:
+  accessModes: [$2]
+  storageClassName: ""
+  volumeName: $1
+  resources: {requests: {storage: 1Gi}}
+EOF
+}
 migrate() { # migrate NAME: create the seed's VMIM for the VM under NAME
     sed -e "s/^  name: migration-job$/  name: $1/" -e "s/vmiName: vmi-fedora/vmiName: $VM/" \
         "$ROOT/examples/vmim.yaml" | kubectl create -f - >/dev/null
@@ -156,30 +184,7 @@ step "the seed's claim fedora-rwx: a ReadWriteMany hostPath volume every node sh
 eval "$("$ROOT/tests/guest/build-disk.sh")"
 mkdir -p "$PV_DIR"
 cp --sparse=always "$DISK_IMAGE" "$PV_DIR/disk.img"
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: fedora-rwx
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ""
-  claimRef: {namespace: default, name: fedora-rwx}
-  hostPath: {path: $PV_DIR, type: Directory}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata:
-  name: fedora-rwx
-  namespace: default
-spec:
-  accessModes: [ReadWriteMany]
-  storageClassName: ""
-  volumeName: fedora-rwx
-  resources: {requests: {storage: 1Gi}}
-EOF
+volume_and_claim fedora-rwx ReadWriteMany "$PV_DIR" | kubectl apply -f - >/dev/null
 wait_until 60 "claim bound" sh -c "kubectl get pvc fedora-rwx -o jsonpath='{.status.phase}' | grep -qx Bound"
 ok "fedora-rwx Bound to $PV_DIR ($(du -h --apparent-size "$PV_DIR/disk.img" | cut -f1) disk.img from tests/guest/build-disk.sh)"
 
@@ -333,30 +338,8 @@ set_network my-secondary-network
 step "a ReadWriteOnce claim: the VM runs, LiveMigratable=False with the reason, a migration is refused"
 mkdir -p "$MIGNET_CLUSTER_STATE/pv/rwo"
 cp --sparse=always "$DISK_IMAGE" "$MIGNET_CLUSTER_STATE/pv/rwo/disk.img"
+volume_and_claim e2e-rwo ReadWriteOnce "$MIGNET_CLUSTER_STATE/pv/rwo" | kubectl apply -f - >/dev/null
 kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: e2e-rwo
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ""
-  claimRef: {namespace: default, name: e2e-rwo}
-  hostPath: {path: $MIGNET_CLUSTER_STATE/pv/rwo, type: Directory}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata:
-  name: e2e-rwo
-  namespace: default
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: ""
-  volumeName: e2e-rwo
-  resources: {requests: {storage: 1Gi}}
----
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata:
