@@ -60,6 +60,8 @@ enum Command {
         signer: SignerArgs,
         #[command(flatten)]
         launchers: LauncherPodArgs,
+        #[command(flatten)]
+        eviction: EvictionWebhookArgs,
     },
     /// Run the node agent: migration IP, mTLS listeners, proxy, QEMU driver.
     Agent(AgentArgs),
@@ -93,6 +95,35 @@ struct LauncherPodArgs {
     /// otherwise.
     #[arg(long)]
     use_emulation: bool,
+}
+
+/// The pods/eviction admission webhook: `kubectl drain` live-migrates
+/// LiveMigrate VMs (manager/src/kube_adapter/eviction.rs,
+/// deploy/base/eviction-webhook.yaml).
+#[derive(clap::Args)]
+struct EvictionWebhookArgs {
+    /// Serve the webhook (HTTPS, certificate from the --ca-secret CA) here;
+    /// unset: no webhook (drains then delete launcher pods, stopping VMs).
+    #[arg(long)]
+    eviction_webhook_addr: Option<std::net::SocketAddr>,
+    /// The Service (in --namespace) the API server calls the webhook through.
+    #[arg(long, default_value = "mignet-manager-webhook")]
+    eviction_webhook_service: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the manager keeps.
+    #[arg(long, default_value = "mignet-eviction")]
+    eviction_webhook_configuration: String,
+    /// Eviction strategy of VMIs without spec.evictionStrategy (KubeVirt's
+    /// cluster-wide evictionStrategy): None, LiveMigrate,
+    /// LiveMigrateIfPossible or External; unset = None. Used by the
+    /// webhook and the migration controller's drain.
+    #[arg(long, value_parser = parse_eviction_strategy)]
+    default_eviction_strategy: Option<mignet_policy::EvictionStrategy>,
+}
+
+fn parse_eviction_strategy(s: &str) -> Result<mignet_policy::EvictionStrategy, String> {
+    mignet_policy::EvictionStrategy::parse(s).ok_or_else(|| {
+        format!("{s:?}: expected None, LiveMigrate, LiveMigrateIfPossible or External")
+    })
 }
 
 /// Flags of `mignet agent` (deploy/base/agent.yaml passes the first five).
@@ -496,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
             ipam_reconcile_seconds,
             signer,
             launchers,
+            eviction,
         } => {
             let hco_namespace = namespace.clone();
             let settings = RolloutSettings {
@@ -541,6 +573,7 @@ async fn main() -> anyhow::Result<()> {
                         image_pull_policy: launchers.launcher_image_pull_policy,
                         emulation_allowed: launchers.use_emulation,
                     }),
+                    default_eviction_strategy: eviction.default_eviction_strategy,
                     ..Default::default()
                 };
                 tokio::spawn(mignet::control::run(
@@ -559,6 +592,8 @@ async fn main() -> anyhow::Result<()> {
                     mignet::kube_adapter::ipam::run(client.clone(), s, stopped(stop_rx.clone()));
                 tokio::spawn(ipam);
             }
+            let (signer_ca_secret, signer_ca_bundle) =
+                (signer.ca_secret.clone(), signer.ca_bundle_configmap.clone());
             if signer.agent_signer {
                 let s = mignet::kube_adapter::signer::SignerSettings {
                     namespace: settings.namespace.clone(),
@@ -580,6 +615,29 @@ async fn main() -> anyhow::Result<()> {
                     s,
                     stopped(stop_rx.clone()),
                 ));
+            }
+            if let Some(addr) = eviction.eviction_webhook_addr {
+                use mignet::kube_adapter::{eviction as ev, signer as sg};
+                let ca = sg::SignerSettings {
+                    namespace: settings.namespace.clone(),
+                    ca_secret: signer_ca_secret.clone(),
+                    ca_bundle: signer_ca_bundle.clone(),
+                    ..Default::default()
+                };
+                let s = ev::WebhookSettings {
+                    addr,
+                    namespace: settings.namespace.clone(),
+                    service: eviction.eviction_webhook_service,
+                    configuration: eviction.eviction_webhook_configuration,
+                    cluster_default: eviction.default_eviction_strategy,
+                    ..Default::default()
+                };
+                // Like the signer's CA: no webhook, no manager (restarted
+                // by its Deployment, visibly).
+                let webhook = ev::Webhook::start(client.clone(), &ca, s)
+                    .await
+                    .context("starting the eviction webhook")?;
+                tokio::spawn(webhook.run(stopped(stop_rx.clone())));
             }
             let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;

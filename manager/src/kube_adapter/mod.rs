@@ -2,6 +2,7 @@
 //! decisions. Thin by design; every decision lives in a pure module.
 
 pub mod conditions;
+pub mod eviction;
 pub mod ipam;
 pub mod rollout;
 pub mod signer;
