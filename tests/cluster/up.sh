@@ -192,6 +192,12 @@ in_cp setsid "$K8S_BIN/etcd" --name bed --data-dir "$STATE/cp/etcd" \
 echo $! >"$STATE/cp/etcd.pid"
 wait_until 30 etcd in_cp curl -sf http://127.0.0.1:2379/health
 
+# --enable-aggregator-routing=true: the apiserver calls webhook Services (the
+# manager's pods/eviction webhook) at an endpoint (pod) IP, which this
+# namespace routes to, instead of the ClusterIP, which nothing serves here
+# (no kube-proxy). Admission webhooks use the same resolver as the
+# aggregator (v1.35 cmd/kube-apiserver/app/server.go: buildServiceResolver
+# -> NewEndpointServiceResolver over EndpointSlices).
 log "kube-apiserver"
 in_cp setsid "$K8S_BIN/kube-apiserver" \
     --bind-address=0.0.0.0 --advertise-address="$CP_IP" --secure-port="$API_PORT_IN_CP" \
@@ -207,6 +213,7 @@ in_cp setsid "$K8S_BIN/kube-apiserver" \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --enable-admission-plugins=NodeRestriction \
+    --enable-aggregator-routing=true \
     --allow-privileged=true --profiling=false --v=1 \
     </dev/null >"$STATE/logs/kube-apiserver.log" 2>&1 &
 echo $! >"$STATE/cp/kube-apiserver.pid"
