@@ -568,10 +568,20 @@ async fn manager_runs_under_its_own_least_privilege_rbac() {
         "virtualmachineinstancemigrations",
         Some("default")
     ));
-    // The agent reads no Node (its backend watches VMIs, VMIMs and
-    // HyperConvergeds only); incluster_identity.rs runs it under its token.
+    // The agent lists and watches no Node (its backend watches VMIs, VMIMs
+    // and HyperConvergeds only); it reads and patches its own node's labels
+    // at start (kubevirt.io/schedulable, mignet.io/kvm, host-model CPU);
+    // incluster_identity.rs runs it under its token.
     assert!(!can(a, "list", "nodes", None));
-    assert!(!can(a, "patch", "nodes", None));
+    assert!(can(a, "patch", "nodes", None));
+    assert!(!can(a, "delete", "nodes", None));
+    // Launcher pods: the manager makes and removes them, never changes one;
+    // the agent touches no pod.
+    assert!(can(m, "create", "pods", Some("default")));
+    assert!(can(m, "delete", "pods", Some("default")));
+    assert!(!can(m, "update", "pods", Some("default")));
+    assert!(can(m, "list", "persistentvolumeclaims", Some("default")));
+    assert!(!can(a, "create", "pods", Some("default")));
     // The CA Secret by name only; no other Secret.
     assert!(can(m, "get", "secrets/mignet-ca", n));
     assert!(!can(m, "get", "secrets/other", n));

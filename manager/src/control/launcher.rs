@@ -521,6 +521,10 @@ pub enum VmiAction {
     DeletePod { name: String },
     /// `status.activePods` (pod UID -> node) changed.
     ActivePods(BTreeMap<String, String>),
+    /// The VM has left the node `status.evacuationNodeName` names (a drain
+    /// moved it): the mark goes, or a later cordon of that node alone would
+    /// evacuate the VM again once it is back there.
+    ClearEvacuation,
 }
 
 fn condition(type_: &str, status: &str, reason: &str, message: &str) -> VmiCondition {
@@ -646,6 +650,13 @@ pub fn vmi_actions(
         return out;
     };
 
+    if st
+        .evacuation_node_name
+        .as_deref()
+        .is_some_and(|e| e != node.as_str())
+    {
+        out.push(VmiAction::ClearEvacuation);
+    }
     // Placed: the pod on its node runs the VM. A pod elsewhere is either
     // the in-flight migration's target or left over.
     let runs_here = |p: &&PodView| p.node.as_deref() == Some(node.as_str()) && !p.deleting;
@@ -931,6 +942,27 @@ mod tests {
         let acts = vmi_actions(&v, &[src, tgt], None, None);
         assert!(acts.contains(&VmiAction::DeletePod { name: "src".into() }));
         assert!(!acts.contains(&VmiAction::DeletePod { name: "tgt".into() }));
+    }
+
+    #[test]
+    fn the_evacuation_mark_goes_once_the_vm_has_left_that_node() {
+        let mut v = vmi("a");
+        v.status = Some(VirtualMachineInstanceStatus {
+            node_name: Some("node1".into()),
+            phase: Some(VmiPhase::Running),
+            evacuation_node_name: Some("node1".into()),
+            ..Default::default()
+        });
+        let src = pod("src", Some("node1"), PodPhase::Running, None);
+        let acts = vmi_actions(&v, &[src.clone()], None, None);
+        assert!(
+            !acts.contains(&VmiAction::ClearEvacuation),
+            "still there: {acts:?}"
+        );
+        v.status.as_mut().unwrap().node_name = Some("node2".into());
+        let tgt = pod("tgt", Some("node2"), PodPhase::Running, Some("m1"));
+        let acts = vmi_actions(&v, &[src, tgt], None, None);
+        assert!(acts.contains(&VmiAction::ClearEvacuation), "{acts:?}");
     }
 
     #[test]

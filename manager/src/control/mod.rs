@@ -1060,6 +1060,7 @@ async fn launchers<B: Backend>(
                     }
                 }
                 VmiAction::ActivePods(m) => st.active_pods = m,
+                VmiAction::ClearEvacuation => st.evacuation_node_name = None,
             }
         }
         if next.status != vmi.status {
