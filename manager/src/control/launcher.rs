@@ -954,7 +954,7 @@ mod tests {
             ..Default::default()
         });
         let src = pod("src", Some("node1"), PodPhase::Running, None);
-        let acts = vmi_actions(&v, &[src.clone()], None, None);
+        let acts = vmi_actions(&v, std::slice::from_ref(&src), None, None);
         assert!(
             !acts.contains(&VmiAction::ClearEvacuation),
             "still there: {acts:?}"
