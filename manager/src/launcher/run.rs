@@ -143,6 +143,14 @@ pub async fn run(opts: LaunchOptions) -> Result<(), LauncherError> {
             status = child.wait() => break status,
             r = &mut ready, if waiting_for_qmp => {
                 waiting_for_qmp = false;
+                if r.is_err() {
+                    // A QEMU that refused its arguments (an unknown CPU
+                    // model, a bad disk) closes its sockets as it exits:
+                    // its own words on stderr say more than "no QMP".
+                    if let Ok(status) = tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                        break status;
+                    }
+                }
                 let written = r.and_then(|()| {
                     if spec.incoming {
                         // The agent writes vm.json once the migration lands.
