@@ -33,31 +33,14 @@
 # while it restarts fail, so kubectl drain exits and must be run again.
 # Documented there; this test drains a node the manager does not run on.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-: "${MIGNET_CLUSTER_STATE:?run inside the bed: tests/cluster/run.sh $0}"
-PATH=$MIGNET_K8S_BIN:$PATH
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HERE/lib.sh"
-NS=mignet-system
+SUITE=e2e-drain
+# shellcheck source-path=SCRIPTDIR source=e2e-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
 VM=vm-drain
 STOP=vm-stop
 WEBHOOK=mignet-eviction
-t0=$SECONDS
 WORK=$(mktemp -d /tmp/mignet-e2e-drain.XXXXXX)
 drained=
-
-passed=0
-ok() {
-    passed=$((passed + 1))
-    printf '   ok: %s\n' "$*"
-}
-fail() {
-    printf 'FAIL: %s\n' "$*" >&2
-    printf 'e2e-drain: %d passed, 1 failed\n' "$passed"
-    exit 1
-}
-step() { printf '\n== [%4ds] %s\n' "$((SECONDS - t0))" "$*"; }
 
 finish() {
     local rc=$?
@@ -268,4 +251,5 @@ wait_until 120 "VMs' launcher pods gone" sh -c "[ -z \"\$(kubectl get pods -l 'v
 kubectl delete vmim "${evac% *}" --ignore-not-found >/dev/null
 
 echo "e2e-drain: drain ${drain_s}s" >>"${MIGNET_E2E_REPORT:-/dev/null}"
-printf '\ne2e-drain: %d passed, 0 failed (%ds)\n' "$passed" "$((SECONDS - t0))"
+printf '\ne2e-drain: kubectl drain held on the bed in %ds\n' "$((SECONDS - t0))"
+all_passed

@@ -20,17 +20,9 @@
 #   - a NAD whose IPAM has no address to give stops the roll at the first agent,
 #     which stays NotReady with the IPAM's reason; the others keep working.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-: "${MIGNET_CLUSTER_STATE:?run inside the bed: tests/cluster/run.sh $0}"
-PATH=$MIGNET_K8S_BIN:$PATH
-# NODES and wait_until (whose die() is this test's fail() below).
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HERE/lib.sh"
-NS=mignet-system
-DS=mignet-agent
-AGENTS=app.kubernetes.io/name=mignet-agent
-t0=$SECONDS
+SUITE=e2e-network
+# shellcheck source-path=SCRIPTDIR source=e2e-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
 WORK=$(mktemp -d /tmp/mignet-e2e.XXXXXX)
 watch_pid=
 finish() {
@@ -56,18 +48,6 @@ step() {
     # Marks in the DaemonSet watch's log say which step a status belongs to.
     [[ -z $watch_pid ]] || echo "# $*" >>"$WORK/ds-watch.log"
 }
-passed=0
-ok() {
-    passed=$((passed + 1))
-    printf '   ok: %s\n' "$*"
-}
-fail() {
-    printf 'FAIL: %s\n' "$*" >&2
-    printf 'e2e-network: %d passed, 1 failed\n' "$passed"
-    exit 1
-}
-# lib.sh's helpers stop through die(): here that is a counted failure.
-die() { fail "$@"; }
 
 ds_field() { kubectl -n "$NS" get ds "$DS" -o jsonpath="$1"; }
 network_annotation() { ds_field '{.spec.template.metadata.annotations.k8s\.v1\.cni\.cncf\.io/networks}'; }
@@ -313,4 +293,4 @@ done
 ok "no 403 in the logs of $(kubectl -n "$NS" get pods -o name | wc -l) pods (manager, console, agents, installers)"
 
 printf '\ne2e-network: network story held on the bed in %ds\n' "$((SECONDS - t0))"
-printf 'e2e-network: %d passed, 0 failed\n' "$passed"
+all_passed

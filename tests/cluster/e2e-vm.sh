@@ -26,32 +26,13 @@
 #     rolls them) leave the VM's launcher pod, QEMU and guest untouched, and
 #     the restarted agents migrate it again.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-: "${MIGNET_CLUSTER_STATE:?run inside the bed: tests/cluster/run.sh $0}"
-PATH=$MIGNET_K8S_BIN:$PATH
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HERE/lib.sh"
-NS=mignet-system
-DS=mignet-agent
-AGENTS=app.kubernetes.io/name=mignet-agent
+SUITE=e2e-vm
+# shellcheck source-path=SCRIPTDIR source=e2e-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
 VM=vm-fedora
-t0=$SECONDS
 WORK=$(mktemp -d /tmp/mignet-e2e-vm.XXXXXX)
 PV_DIR=$MIGNET_CLUSTER_STATE/pv/fedora-rwx
 
-passed=0
-ok() {
-    passed=$((passed + 1))
-    printf '   ok: %s\n' "$*"
-}
-fail() {
-    printf 'FAIL: %s\n' "$*" >&2
-    printf 'e2e-vm: %d passed, 1 failed\n' "$passed"
-    exit 1
-}
-die() { fail "$@"; }
-step() { printf '\n== [%4ds] %s\n' "$((SECONDS - t0))" "$*"; }
 
 finish() {
     local rc=$?
@@ -406,4 +387,4 @@ kubectl delete pv fedora-rwx e2e-rwo --wait=false >/dev/null
 ok "VM, VMI and launcher pods deleted"
 
 printf '\ne2e-vm: the seed VM story held on the bed in %ds\n' "$((SECONDS - t0))"
-printf 'e2e-vm: %d passed, 0 failed\n' "$passed"
+all_passed
