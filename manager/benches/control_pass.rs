@@ -2,6 +2,9 @@
 //! the lab's local store: list + decide + writes, as lab mode runs it.
 //! Prints a table; no assertion on time.
 //!
+//! A second table: launcher mode (`Settings::launchers`, both modes run it
+//! now), where a pass over new VMIs makes one launcher pod per VMI.
+//!
 //! Run: `cargo bench -p mignet --bench control_pass`
 
 use std::collections::BTreeMap;
@@ -125,6 +128,61 @@ async fn main() {
             let ms = t.elapsed().as_secs_f64() * 1e3;
             let writes = store.revision().unwrap() - before;
             println!("| {nodes} | {vmis} | {vmims} | {label} | {ms:.1} | {writes} |");
+        }
+        drop(backend);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    println!();
+    println!("launcher mode: new VMIs, one launcher pod each");
+    println!();
+    println!("| VMIs | pass | ms | writes | per VMI (ms) |");
+    println!("|---|---|---|---|---|");
+    for vmis in [12usize, 500, 1000] {
+        let dir = std::env::temp_dir().join(format!(
+            "mignet-bench-launchers-{}-{vmis}",
+            std::process::id()
+        ));
+        let store = Arc::new(Store::open(&dir).unwrap());
+        for i in 0..vmis {
+            let mut v = VirtualMachineInstance::new(
+                &format!("vm{i}"),
+                VirtualMachineInstanceSpec {
+                    domain: DomainSpec {
+                        memory: Some(Memory {
+                            guest: Some("1Gi".into()),
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            );
+            v.metadata.namespace = Some(NS.into());
+            store.create(&v).unwrap();
+        }
+        let backend = LocalBackend::new(store.clone());
+        let settings = Settings {
+            namespace: Some(NS.into()),
+            launchers: Some(mignet::control::launcher::LauncherSettings {
+                image: "mignet:dev".into(),
+                image_pull_policy: None,
+                emulation_allowed: true,
+            }),
+            ..Default::default()
+        };
+        for label in [
+            "1: a launcher pod per VMI, VMIs Scheduling",
+            "2: steady (pods not placed yet)",
+        ] {
+            let before = store.revision().unwrap();
+            let t = Instant::now();
+            reconcile_once(&backend, &settings, k8s_openapi::jiff::Timestamp::now())
+                .await
+                .unwrap();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let writes = store.revision().unwrap() - before;
+            let per = ms / vmis as f64;
+            println!("| {vmis} | {label} | {ms:.1} | {writes} | {per:.2} |");
         }
         drop(backend);
         let _ = std::fs::remove_dir_all(&dir);
