@@ -136,30 +136,8 @@ fn a_vms_launcher_outlives_agent_restarts_and_a_network_roll() {
     );
 
     // 2. A network change: every agent pod is restarted, one at a time.
-    let nad2 = std::env::temp_dir().join(format!("{}-nad2.yaml", lab.prefix));
-    std::fs::write(
-        &nad2,
-        r#"apiVersion: k8s.cni.cncf.io/v1
-kind: NetworkAttachmentDefinition
-metadata:
-  name: second-network
-spec:
-  config: '{"cniVersion":"0.3.1","name":"migration-bridge-2","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.6.0/24"}}'
-"#,
-    )
-    .unwrap();
-    lab.ok(&["create", "-f", nad2.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&nad2);
     let history_before = history::read(&lab.dir).unwrap().len();
-    let hco2 = std::env::temp_dir().join(format!("{}-hco2.yaml", lab.prefix));
-    let seed_hco = std::fs::read_to_string(ex.join("hyperconverged.yaml")).unwrap();
-    std::fs::write(
-        &hco2,
-        seed_hco.replace("network: my-secondary-network", "network: second-network"),
-    )
-    .unwrap();
-    lab.ok(&["apply", "-f", hco2.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&hco2);
+    switch_to_second_network(&lab);
     wait_for(
         "every agent restarted on the new network",
         Duration::from_secs(120),

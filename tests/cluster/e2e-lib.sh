@@ -31,6 +31,18 @@ fail() {
 # lib.sh's helpers stop through die(): in a suite that is a counted failure.
 die() { fail "$@"; }
 step() { printf '\n== [%4ds] %s\n' "$((SECONDS - t0))" "$*"; }
+# Every component runs under its own ServiceAccount; a request its role does
+# not allow shows up as a 403 in its log (kube-rs watchers retry refused
+# watches forever, so this is the only place they surface). One counted
+# step over every pod of mignet's namespace; WHAT says what was exercised.
+no_refusals() { # no_refusals WHAT
+    local p refused
+    for p in $(kubectl -n "$NS" get pods -o name); do
+        refused=$(kubectl -n "$NS" logs "$p" --all-containers 2>&1 | grep -iE 'forbidden|code: 403|status: 403' | head -n 3 || true)
+        [[ -z $refused ]] || fail "$p was refused by the API server: $refused"
+    done
+    ok "no 403 in the logs of $(kubectl -n "$NS" get pods -o name | wc -l) pods ($1)"
+}
 # The suite's last line when every step passed.
 all_passed() {
     printf '%s: %d passed, 0 failed\n' "$SUITE" "$passed"

@@ -286,11 +286,7 @@ kill "$pf_pid" 2>/dev/null || true
 # its role does not allow shows up as a 403 in its log (kube-rs watchers
 # retry refused watches forever, so this is the only place they surface).
 step "no component was refused by the API server"
-for p in $(kubectl -n "$NS" get pods -o name); do
-    refused=$(kubectl -n "$NS" logs "$p" --all-containers 2>&1 | grep -iE 'forbidden|code: 403|status: 403' | head -n 3 || true)
-    [[ -z $refused ]] || fail "$p was refused by the API server: $refused"
-done
-ok "no 403 in the logs of $(kubectl -n "$NS" get pods -o name | wc -l) pods (manager, console, agents, installers)"
+no_refusals "manager, console, agents, installers"
 
 printf '\ne2e-network: network story held on the bed in %ds\n' "$((SECONDS - t0))"
 all_passed

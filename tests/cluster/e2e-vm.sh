@@ -369,11 +369,7 @@ kubectl delete vmi vmi-huge --wait=false >/dev/null
 
 # ---- identities -------------------------------------------------------------------------
 step "no component was refused by the API server"
-for p in $(kubectl -n "$NS" get pods -o name); do
-    refused=$(kubectl -n "$NS" logs "$p" --all-containers 2>&1 | grep -iE 'forbidden|code: 403|status: 403' | head -n 3 || true)
-    [[ -z $refused ]] || fail "$p was refused by the API server: $refused"
-done
-ok "no 403 in the logs of $(kubectl -n "$NS" get pods -o name | wc -l) pods (the manager making and deleting launcher pods, agents labelling their nodes)"
+no_refusals "the manager making and deleting launcher pods, agents labelling their nodes"
 
 # ---- cleanup ---------------------------------------------------------------------------
 step "delete the VM: its VMI and launcher pods go"

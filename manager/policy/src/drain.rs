@@ -103,10 +103,7 @@ pub fn plan_evacuations(
         if vmi.phase.is_final() {
             continue;
         }
-        let strategy = vmi
-            .eviction_strategy
-            .or(cluster_default)
-            .unwrap_or(EvictionStrategy::None);
+        let strategy = EvictionStrategy::effective(vmi.eviction_strategy, cluster_default);
         let action = match strategy {
             EvictionStrategy::None => DrainAction::Stop,
             EvictionStrategy::External => DrainAction::External,

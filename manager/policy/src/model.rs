@@ -179,6 +179,13 @@ impl EvictionStrategy {
             _ => Option::None,
         }
     }
+
+    /// The strategy that applies: the VMI's own, else the cluster default,
+    /// else `None` (KubeVirt's rule; the drain plan and the eviction webhook
+    /// both ask this).
+    pub fn effective(vmi: Option<Self>, cluster_default: Option<Self>) -> Self {
+        vmi.or(cluster_default).unwrap_or(Self::None)
+    }
 }
 
 /// A persistent volume's access mode (from the claim's status).

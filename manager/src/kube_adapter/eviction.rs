@@ -139,17 +139,16 @@ impl Verdict {
     }
 }
 
-/// The effective eviction strategy: the VMI's, else the cluster default,
-/// else `None` (the rule of [`policy::plan_evacuations`], KubeVirt's).
+/// The effective eviction strategy, by the policy's one rule (also the drain
+/// plan's).
 pub fn effective_strategy(
     vmi: &VirtualMachineInstance,
     cluster_default: Option<EvictionStrategy>,
 ) -> EvictionStrategy {
-    vmi.spec
-        .eviction_strategy
-        .map(views::eviction_to_policy)
-        .or(cluster_default)
-        .unwrap_or(EvictionStrategy::None)
+    EvictionStrategy::effective(
+        vmi.spec.eviction_strategy.map(views::eviction_to_policy),
+        cluster_default,
+    )
 }
 
 /// The VMI's `LiveMigratable` condition: `Some(true)`/`Some(false)`, with

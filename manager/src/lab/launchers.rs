@@ -535,12 +535,7 @@ impl<'a> Launchers<'a> {
             .unwrap_or_else(|_| now_time());
         let host_ip = plan::node_index(&rec.node).map(|i| plan::node_ip(i).to_string());
         self.patch_status(pod, |p| {
-            let image = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default();
+            let image = image_of(p);
             let st = p.status.get_or_insert_with(Default::default);
             st.phase = Some("Running".into());
             st.host_ip = host_ip.clone();
@@ -582,12 +577,7 @@ impl<'a> Launchers<'a> {
         let started = rec.started_at.parse().map(Time).ok();
         let finished = now_time();
         self.patch_status(pod, |p| {
-            let image = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default();
+            let image = image_of(p);
             let st = p.status.get_or_insert_with(Default::default);
             st.phase = Some(
                 if exit_code == 0 {
@@ -666,6 +656,15 @@ fn set_conditions(st: &mut k8s_openapi::api::core::v1::PodStatus, ready: &str, t
             ..Default::default()
         });
     }
+}
+
+/// The launcher container's image, as a kubelet reports it in the status.
+fn image_of(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -242,3 +242,34 @@ pub fn launcher_pods(
         })
         .collect()
 }
+
+/// Create the NAD `second-network` (10.200.6.0/24, the seed's shape) and
+/// `apply` the seed's HyperConverged naming it; the agents then roll onto
+/// it. The files live outside the lab dir (`down` removes only what the
+/// lab made) and are removed at once. Returns `apply`'s output.
+pub fn switch_to_second_network(lab: &Lab) -> String {
+    let nad2 = std::env::temp_dir().join(format!("{}-nad2.yaml", lab.prefix));
+    std::fs::write(
+        &nad2,
+        r#"apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata:
+  name: second-network
+spec:
+  config: '{"cniVersion":"0.3.1","name":"migration-bridge-2","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.6.0/24"}}'
+"#,
+    )
+    .unwrap();
+    lab.ok(&["create", "-f", nad2.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&nad2);
+    let hco2 = std::env::temp_dir().join(format!("{}-hco2.yaml", lab.prefix));
+    let seed_hco = std::fs::read_to_string(examples().join("hyperconverged.yaml")).unwrap();
+    std::fs::write(
+        &hco2,
+        seed_hco.replace("network: my-secondary-network", "network: second-network"),
+    )
+    .unwrap();
+    let out = lab.ok(&["apply", "-f", hco2.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&hco2);
+    out
+}
