@@ -21,7 +21,8 @@ use kube::ResourceExt;
 
 use crate::agent::control::vm_request;
 use crate::api::{
-    PersistentVolumeClaimInfo, VirtualMachineInstance, VmiCondition, VmiPhase, VolumeStatus,
+    MigrationPhase, PersistentVolumeClaimInfo, VirtualMachineInstance,
+    VirtualMachineInstanceMigration, VmiCondition, VmiPhase, VolumeStatus,
 };
 use crate::launcher::{self as launch, Boot, DiskSpec, LaunchSpec};
 
@@ -498,6 +499,116 @@ pub fn pods_of<'p>(vmi: &VirtualMachineInstance, pods: &'p [Pod]) -> Vec<&'p Pod
             p.namespace() == ns && p.labels().get(CREATED_BY_LABEL).map(String::as_str) == Some(uid)
         })
         .collect()
+}
+
+/// How long a migration's target pod may stay unschedulable before the
+/// migration fails (KubeVirt's default for the same wait).
+pub const TARGET_UNSCHEDULABLE_TIMEOUT_S: i64 = 300;
+
+/// What to do about a migration's target pod (in Scheduling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetStep {
+    /// No pod yet: make it.
+    Create,
+    /// It runs on `node`: the migration's target.
+    Ready { node: String },
+    /// Made, not placed or not started yet.
+    Wait,
+    /// The scheduler cannot place it (yet): say why on the VMIM.
+    Unschedulable { message: String },
+    /// The migration fails with this reason.
+    Fail {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The step for a target pod (`None`: not made yet) that has waited
+/// `waited_s` seconds since the migration entered Scheduling.
+pub fn target_step(pod: Option<&PodView>, waited_s: i64) -> TargetStep {
+    let Some(p) = pod else {
+        return TargetStep::Create;
+    };
+    if p.finished() {
+        return TargetStep::Fail {
+            reason: "TargetPodFailed",
+            message: format!(
+                "target pod {} ended before the migration: {}",
+                p.name,
+                p.ended.clone().unwrap_or_else(|| "no reason given".into())
+            ),
+        };
+    }
+    if let Some(node) = p.running_on() {
+        return TargetStep::Ready {
+            node: node.to_owned(),
+        };
+    }
+    match &p.unschedulable {
+        None => TargetStep::Wait,
+        Some(why) if waited_s < TARGET_UNSCHEDULABLE_TIMEOUT_S => TargetStep::Unschedulable {
+            message: why.clone(),
+        },
+        Some(why) => TargetStep::Fail {
+            reason: "TargetPodUnschedulable",
+            message: format!(
+                "target pod {} could not be placed within {TARGET_UNSCHEDULABLE_TIMEOUT_S} s: {why}",
+                p.name
+            ),
+        },
+    }
+}
+
+/// The node labels a migration's target must carry: a host-model CPU (the
+/// default model) runs only where the source's host model is offered.
+pub fn target_required_labels(
+    vmi: &VirtualMachineInstance,
+    source: Option<&mignet_policy::NodeView>,
+) -> Vec<String> {
+    let host_model = vmi
+        .spec
+        .domain
+        .cpu
+        .as_ref()
+        .and_then(|c| c.model.as_deref())
+        .is_none_or(|m| m == "host-model");
+    source
+        .filter(|_| host_model)
+        .and_then(mignet_policy::migratable::HostModelRequirement::of_source)
+        .map(|r| {
+            r.models
+                .iter()
+                .map(|m| format!("{}{m}", mignet_policy::migratable::HOST_MODEL_CPU_LABEL))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The target pod of the VMI's migration that is under way, among `vmims`
+/// (the VMI's own): started (past Pending), not final, not being deleted.
+/// A final or cancelled migration's target pod is not in flight, so it goes.
+pub fn in_flight_target<'m>(
+    vmims: impl IntoIterator<Item = &'m VirtualMachineInstanceMigration>,
+) -> Option<String> {
+    vmims
+        .into_iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter(|m| {
+            m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                !matches!(
+                    p,
+                    MigrationPhase::Pending | MigrationPhase::Succeeded | MigrationPhase::Failed
+                )
+            })
+        })
+        .find_map(|m| {
+            m.status
+                .as_ref()?
+                .migration_state
+                .as_ref()?
+                .target_pod
+                .clone()
+        })
 }
 
 /// One change to a VMI's status or pods that its pods call for.
@@ -986,6 +1097,103 @@ mod tests {
         assert!(!acts
             .iter()
             .any(|a| matches!(a, VmiAction::DeletePod { .. })));
+    }
+
+    #[test]
+    fn target_steps_from_the_pod_and_the_wait() {
+        assert_eq!(target_step(None, 0), TargetStep::Create);
+        let mut p = pod("tgt", None, PodPhase::Pending, Some("m1"));
+        assert_eq!(target_step(Some(&p), 0), TargetStep::Wait);
+        p.unschedulable = Some("0/3 nodes are available".into());
+        assert_eq!(
+            target_step(Some(&p), 299),
+            TargetStep::Unschedulable {
+                message: "0/3 nodes are available".into()
+            }
+        );
+        assert!(matches!(
+            target_step(Some(&p), 300),
+            TargetStep::Fail { reason: "TargetPodUnschedulable", message } if message.contains("0/3 nodes")
+        ));
+        p.unschedulable = None;
+        p.node = Some("node2".into());
+        p.phase = PodPhase::Running;
+        assert_eq!(
+            target_step(Some(&p), 0),
+            TargetStep::Ready {
+                node: "node2".into()
+            }
+        );
+        p.phase = PodPhase::Failed;
+        p.ended = Some("launcher exited with code 1: QEMU".into());
+        assert!(matches!(
+            target_step(Some(&p), 0),
+            TargetStep::Fail { reason: "TargetPodFailed", message } if message.contains("QEMU")
+        ));
+    }
+
+    #[test]
+    fn host_model_targets_need_the_sources_model_named_ones_do_not() {
+        let node = mignet_policy::NodeView {
+            name: "node1".into(),
+            unschedulable: false,
+            taints: Vec::new(),
+            allocatable_memory: 1 << 34,
+            labels: BTreeMap::from([(
+                "host-model-cpu.node.kubevirt.io/qemu64".to_owned(),
+                "true".to_owned(),
+            )]),
+        };
+        let mut v = vmi("a");
+        assert_eq!(
+            target_required_labels(&v, Some(&node)),
+            vec!["host-model-cpu.node.kubevirt.io/qemu64".to_string()]
+        );
+        assert!(target_required_labels(&v, None).is_empty());
+        v.spec.domain.cpu.as_mut().unwrap().model = Some("Haswell".into());
+        assert!(target_required_labels(&v, Some(&node)).is_empty());
+    }
+
+    #[test]
+    fn only_a_started_unfinished_migrations_target_is_in_flight() {
+        use crate::api::{
+            VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationState,
+            VirtualMachineInstanceMigrationStatus,
+        };
+        let m = |phase: MigrationPhase| {
+            let mut m = VirtualMachineInstanceMigration::new(
+                "m",
+                VirtualMachineInstanceMigrationSpec {
+                    vmi_name: "a".into(),
+                },
+            );
+            m.status = Some(VirtualMachineInstanceMigrationStatus {
+                phase: Some(phase),
+                migration_state: Some(VirtualMachineInstanceMigrationState {
+                    target_pod: Some("tgt".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            m
+        };
+        assert_eq!(
+            in_flight_target([&m(MigrationPhase::Running)]).as_deref(),
+            Some("tgt")
+        );
+        for p in [
+            MigrationPhase::Pending,
+            MigrationPhase::Succeeded,
+            MigrationPhase::Failed,
+        ] {
+            assert_eq!(in_flight_target([&m(p)]), None, "{p:?}");
+        }
+        let mut deleting = m(MigrationPhase::Scheduling);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        assert_eq!(in_flight_target([&deleting]), None);
     }
 
     #[test]

@@ -782,9 +782,6 @@ async fn hand_off<B: Backend>(
 
 // ---------------------------------------------------- launcher pods
 
-/// How long a migration's target pod may stay unschedulable before the
-/// migration fails (KubeVirt's default for the same wait).
-const TARGET_UNSCHEDULABLE_TIMEOUT_S: i64 = 300;
 /// The VMIM condition that says why its target pod waits.
 pub const TARGET_POD_CONDITION: &str = "TargetPodScheduled";
 
@@ -810,6 +807,7 @@ async fn target_pod<B: Backend>(
     pass: &mut Pass,
     t: &Time,
 ) -> Result<Option<String>, ControlError> {
+    use launcher::TargetStep;
     let m = &w.vmims[i];
     let key = views::vmim_key(m);
     let vmi = &w.vmis[&views::vmim_vmi_key(m)];
@@ -820,40 +818,28 @@ async fn target_pod<B: Backend>(
         .iter()
         .find(|p| p.namespace().as_deref() == Some(key.namespace.as_str()) && p.name_any() == name)
         .map(launcher::PodView::of);
-    let failure = match pod {
-        None => {
+    let waited = scheduling_since(m)
+        .map(|s| t.0.as_second() - s.0.as_second())
+        .unwrap_or(0);
+    let (reason, message) = match launcher::target_step(pod.as_ref(), waited) {
+        TargetStep::Ready { node } => return Ok(Some(node)),
+        TargetStep::Wait => return Ok(None),
+        TargetStep::Create => {
             let source = m
                 .status
                 .as_ref()
                 .and_then(|s| s.migration_state.as_ref())
                 .and_then(|s| s.source_node.clone())
                 .unwrap_or_default();
-            let host_model = vmi
-                .spec
-                .domain
-                .cpu
-                .as_ref()
-                .and_then(|c| c.model.as_deref())
-                .is_none_or(|m| m == "host-model");
-            // A host-model CPU runs only where the source's model is offered.
-            let required_labels = w
+            let source_view = w
                 .nodes
                 .iter()
-                .find(|n| n.name_any() == source && host_model)
-                .and_then(|n| {
-                    policy::migratable::HostModelRequirement::of_source(&views::node_view(n))
-                })
-                .map(|r| {
-                    r.models
-                        .iter()
-                        .map(|m| format!("{}{m}", policy::migratable::HOST_MODEL_CPU_LABEL))
-                        .collect()
-                })
-                .unwrap_or_default();
+                .find(|n| n.name_any() == source)
+                .map(views::node_view);
             let role = launcher::Role::Target {
                 migration_uid: &uid,
                 source_node: &source,
-                required_labels,
+                required_labels: launcher::target_required_labels(vmi, source_view.as_ref()),
             };
             match launcher::launcher_pod(vmi, &role, ls) {
                 Ok(pod) => {
@@ -871,64 +857,38 @@ async fn target_pod<B: Backend>(
                     return Ok(None);
                 }
                 Err(e) => (
-                    "TargetPodFailed",
+                    "TargetPodFailed".to_owned(),
                     format!("cannot make the target pod: {e}"),
                 ),
             }
         }
-        Some(p) if p.finished() => (
-            "TargetPodFailed",
-            format!(
-                "target pod {} ended before the migration: {}",
-                p.name,
-                p.ended.unwrap_or_else(|| "no reason given".into())
-            ),
-        ),
-        Some(p) => {
-            if let Some(n) = p.running_on() {
-                return Ok(Some(n.to_owned()));
-            }
-            let Some(why) = p.unschedulable else {
-                return Ok(None);
-            };
-            let waited = scheduling_since(m)
-                .map(|s| t.0.as_second() - s.0.as_second())
-                .unwrap_or(0);
-            if waited < TARGET_UNSCHEDULABLE_TIMEOUT_S {
-                let mut next = m.clone();
-                let st = next.status.get_or_insert_with(Default::default);
-                let changed = set_condition(
-                    &mut st.conditions,
-                    VmiCondition {
-                        type_: TARGET_POD_CONDITION.into(),
-                        status: "False".into(),
-                        reason: Some("Unschedulable".into()),
-                        message: Some(why),
-                        last_transition_time: Some(t.clone()),
-                        ..Default::default()
-                    },
-                );
-                if changed {
-                    if let Some(v) =
-                        write_status(backend, &w.vmims[i], &next, pass, "VMIM condition", &key)
-                            .await?
-                    {
-                        w.vmims[i] = v;
-                    }
+        TargetStep::Unschedulable { message } => {
+            let mut next = m.clone();
+            let st = next.status.get_or_insert_with(Default::default);
+            let changed = set_condition(
+                &mut st.conditions,
+                VmiCondition {
+                    type_: TARGET_POD_CONDITION.into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some(message),
+                    last_transition_time: Some(t.clone()),
+                    ..Default::default()
+                },
+            );
+            if changed {
+                if let Some(v) =
+                    write_status(backend, &w.vmims[i], &next, pass, "VMIM condition", &key).await?
+                {
+                    w.vmims[i] = v;
                 }
-                return Ok(None);
             }
-            (
-                "TargetPodUnschedulable",
-                format!(
-                    "target pod {} could not be placed within {TARGET_UNSCHEDULABLE_TIMEOUT_S} s: {why}",
-                    p.name
-                ),
-            )
+            return Ok(None);
         }
+        TargetStep::Fail { reason, message } => (reason.to_owned(), message),
     };
     let mut next = w.vmims[i].clone();
-    fail(&mut next, failure.0, &failure.1, t);
+    fail(&mut next, &reason, &message, t);
     if let Some(v) = write_status(backend, &w.vmims[i], &next, pass, "VMIM phase", &key).await? {
         w.vmims[i] = v;
     }
@@ -954,28 +914,8 @@ async fn launchers<B: Backend>(
             .collect();
         // The target pod of a migration that is under way; a final or
         // cancelled one's target goes.
-        let in_flight = w
-            .vmims
-            .iter()
-            .filter(|m| views::vmim_vmi_key(m) == key && m.metadata.deletion_timestamp.is_none())
-            .filter(|m| {
-                m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
-                    !matches!(
-                        p,
-                        MigrationPhase::Pending
-                            | MigrationPhase::Succeeded
-                            | MigrationPhase::Failed
-                    )
-                })
-            })
-            .find_map(|m| {
-                m.status
-                    .as_ref()?
-                    .migration_state
-                    .as_ref()?
-                    .target_pod
-                    .clone()
-            });
+        let in_flight =
+            launcher::in_flight_target(w.vmims.iter().filter(|m| views::vmim_vmi_key(m) == key));
         let create_error = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls).err();
         let actions =
             launcher::vmi_actions(&vmi, &pods, in_flight.as_deref(), create_error.as_ref());
