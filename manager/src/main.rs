@@ -164,11 +164,6 @@ struct AgentArgs {
     /// Network namespace for the agent's sockets (lab); default: our own.
     #[arg(long)]
     netns: Option<String>,
-    /// Guest kernel and initramfs for the VMs this agent runs (lab image).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    #[arg(long)]
-    initrd: Option<PathBuf>,
     /// Multifd channels per migration; 0 = one connection.
     #[arg(long, default_value_t = 4)]
     multifd_channels: u8,
@@ -351,7 +346,7 @@ async fn label_node(client: &kube::Client, node: &str) -> anyhow::Result<()> {
         node_labels::host_cpu_model()
     } else {
         // TCG: what `host-model` becomes in the launcher.
-        mignet::agent::GuestBoot::new("", "").default_cpu_model
+        mignet::agent::vm::TCG_HOST_MODEL.to_owned()
     };
     let want = node_labels::desired(kvm_usable, &model);
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
@@ -376,11 +371,10 @@ async fn label_node(client: &kube::Client, node: &str) -> anyhow::Result<()> {
 async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     use mignet::agent::certificate::{self, CertificateSettings};
     use mignet::agent::{AgentCore, AgentHealth, AgentSettings, Gate, GuestBoot, Readiness};
-    let guest = mignet_dataplane::qemu::testbed::GuestImage::cache_dir();
-    let boot = GuestBoot::new(
-        a.kernel.unwrap_or_else(|| guest.join("vmlinuz")),
-        a.initrd.unwrap_or_else(|| guest.join("initramfs.img")),
-    );
+    // The agent never starts a QEMU here (VMs run in launcher pods): the
+    // guest boot only matters to a runner that does (lab tests, benches).
+    let (kernel, initrd) = mignet::launcher::guest_files();
+    let boot = GuestBoot::new(kernel, initrd);
     let settings = AgentSettings {
         node_name: a.node_name,
         pod_ip: a.pod_ip,

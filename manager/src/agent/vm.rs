@@ -22,6 +22,10 @@ use super::AgentError;
 /// Name of the file that records what a run directory holds.
 const RECORD_FILE: &str = "vm.json";
 
+/// The CPU model `host-model` becomes under TCG (which has no host model):
+/// what the launcher runs and what the agent labels its node with.
+pub const TCG_HOST_MODEL: &str = "qemu64";
+
 /// Kernel and initramfs every VM boots (the lab's guest image).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestBoot {
@@ -41,7 +45,7 @@ impl GuestBoot {
             kernel: kernel.into(),
             initrd: initrd.into(),
             base_cmdline: "console=ttyS0 quiet panic=-1".into(),
-            default_cpu_model: "qemu64".into(),
+            default_cpu_model: TCG_HOST_MODEL.into(),
         }
     }
 }
