@@ -916,9 +916,9 @@ async fn launchers<B: Backend>(
         // cancelled one's target goes.
         let in_flight =
             launcher::in_flight_target(w.vmims.iter().filter(|m| views::vmim_vmi_key(m) == key));
-        let create_error = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls).err();
+        let source_pod = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls);
         let actions =
-            launcher::vmi_actions(&vmi, &pods, in_flight.as_deref(), create_error.as_ref());
+            launcher::vmi_actions(&vmi, &pods, in_flight.as_deref(), source_pod.as_ref().err());
         let claims: std::collections::BTreeMap<String, &PersistentVolumeClaim> = w
             .pvcs
             .iter()
@@ -940,11 +940,11 @@ async fn launchers<B: Backend>(
             let st = next.status.get_or_insert_with(Default::default);
             match a {
                 VmiAction::CreateSourcePod => {
-                    let Some(pod) = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls).ok()
-                    else {
+                    // vmi_actions asks for a pod only when it could be built.
+                    let Ok(pod) = &source_pod else {
                         continue;
                     };
-                    match backend.create(&pod).await {
+                    match backend.create(pod).await {
                         Ok(p) => {
                             pass.pods_created += 1;
                             tracing::info!(vmi = %key, pod = %p.name_any(), "launcher pod created");
