@@ -700,9 +700,11 @@ pub fn vmi_actions(
     if vmi.metadata.deletion_timestamp.is_some()
         || matches!(st.phase, Some(VmiPhase::Succeeded | VmiPhase::Failed))
     {
-        // Over: its pods go (the owner reference would take them with the
-        // VMI; a final VMI may stay around for its status).
-        for p in pods.iter().filter(|p| !p.deleting) {
+        // Over: pods still running go (a migration target, a VM whose VMI
+        // was deleted). A finished pod stays, as KubeVirt keeps it, so that
+        // `kubectl logs` and its terminated status still say why the VM
+        // ended; the owner reference takes it with the VMI.
+        for p in pods.iter().filter(|p| !p.deleting && !p.finished()) {
             out.push(VmiAction::DeletePod {
                 name: p.name.clone(),
             });
@@ -1053,6 +1055,21 @@ mod tests {
         let acts = vmi_actions(&v, &[src, tgt], None, None);
         assert!(acts.contains(&VmiAction::DeletePod { name: "src".into() }));
         assert!(!acts.contains(&VmiAction::DeletePod { name: "tgt".into() }));
+    }
+
+    #[test]
+    fn an_ended_vm_keeps_its_finished_pod_and_loses_running_ones() {
+        let mut v = vmi("a");
+        v.status = Some(VirtualMachineInstanceStatus {
+            node_name: Some("node1".into()),
+            phase: Some(VmiPhase::Failed),
+            ..Default::default()
+        });
+        let mut src = pod("src", Some("node1"), PodPhase::Failed, None);
+        src.ended = Some("launcher exited with code 1: QEMU".into());
+        let tgt = pod("tgt", Some("node2"), PodPhase::Running, Some("m1"));
+        let acts = vmi_actions(&v, &[src, tgt], None, None);
+        assert_eq!(acts, vec![VmiAction::DeletePod { name: "tgt".into() }]);
     }
 
     #[test]
