@@ -671,10 +671,10 @@ async fn agent_binary_is_not_ready_until_the_manager_signs_its_certificate() {
             .arg(root.join("ca.crt"))
             .arg("--state-dir")
             .arg(root.join("state"))
-            .arg("--kernel")
-            .arg(root.join("no-kernel"))
-            .arg("--initrd")
-            .arg(root.join("no-initrd"))
+            // The launcher pods' run directories: inside the test's own
+            // directory, never the host's /var/run/mignet.
+            .arg("--launcher-root")
+            .arg(root.join("vms"))
             .args(["--namespace", n, "--http-addr", &addr])
             .args(["--graceful-shutdown-seconds", "0"])
             .env("KUBECONFIG", &kubeconfig)
