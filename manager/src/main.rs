@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mignet::console::LoginLimits;
 use mignet::{parse_cidrs, ClusterNetworks, RolloutSettings};
 
 #[derive(Parser)]
@@ -268,10 +269,30 @@ struct ConsoleArgs {
     /// `--lab-dir`: the cluster from the kubeconfig / in-cluster config.
     #[arg(long)]
     lab_dir: Option<PathBuf>,
+    /// Failed token checks (login or bearer) from one client within 15
+    /// minutes that are answered at once; each further attempt waits 1 s,
+    /// doubling up to 8 s, before its token is checked.
+    #[arg(long, default_value_t = LoginLimits::DEFAULT.failures_before_delay, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    login_failures_before_delay: u32,
+    /// Failed token checks from one client within 15 minutes that lock it
+    /// out: refused with 429 for --login-lockout-seconds, tokens unchecked.
+    #[arg(long, default_value_t = LoginLimits::DEFAULT.failures_before_lockout, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    login_failures_before_lockout: u32,
+    /// How long a locked-out client is refused (429 with Retry-After).
+    #[arg(long, default_value_t = LoginLimits::DEFAULT.lockout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    login_lockout_seconds: u64,
 }
 
 async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
-    use mignet::console::{auth, Authenticator, KubeAuthenticator, TokenFile};
+    use mignet::console::{auth, Authenticator, KubeAuthenticator, Settings, TokenFile};
+    let settings = Settings {
+        login: LoginLimits {
+            failures_before_delay: a.login_failures_before_delay,
+            failures_before_lockout: a.login_failures_before_lockout,
+            lockout: Duration::from_secs(a.login_lockout_seconds),
+            ..LoginLimits::DEFAULT
+        },
+    };
     let lab_dir = match (a.lab, a.lab_dir) {
         (_, Some(dir)) => Some(dir),
         (true, None) => Some(mignet::lab::LabConfig::dir_from_env()),
@@ -311,7 +332,7 @@ async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
             users.join(", ")
         );
         let backend = mignet::backend::LocalBackend::new(store);
-        mignet::console::serve(a.listen, backend, Arc::new(tokens)).await?
+        mignet::console::serve_with(a.listen, backend, Arc::new(tokens), settings).await?
     } else {
         let client = kube::Client::try_default()
             .await
@@ -321,7 +342,7 @@ async fn run_console(a: ConsoleArgs) -> anyhow::Result<()> {
             None => Arc::new(KubeAuthenticator::new(client.clone())),
         };
         let backend = mignet::backend::KubeBackend::new(client, None);
-        mignet::console::serve(a.listen, backend, auth).await?
+        mignet::console::serve_with(a.listen, backend, auth, settings).await?
     };
     println!("mignet console: open http://{}/", console.addr);
     tracing::info!(addr = %console.addr, "console: serving");

@@ -2,18 +2,21 @@
 //! and Origin checks, and the JSON API the pages poll. Decisions about
 //! what to show live in [`super::view`].
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use super::auth::{constant_time_eq, User};
+use super::auth::{constant_time_eq, AuthError, User};
+use super::throttle::{Refusal, RefusalReason, Throttle, Verdict};
 use super::{log_backend_error, view, App};
 use crate::api::{
     MigrationPhase, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
@@ -81,6 +84,8 @@ async fn security_headers(mut res: Response) -> Response {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// `Retry-After` seconds (429 from the login throttle).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -88,17 +93,33 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut res = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: r.message(),
+            retry_after: Some(r.retry_after_secs()),
+        }
     }
 }
 
@@ -119,6 +140,106 @@ impl From<BackendError> for ApiError {
         }
         ApiError::new(status, message)
     }
+}
+
+// ------------------------------------------------------------ throttle
+
+/// The peer address of the connection: [`super::serve_with`] serves the
+/// router with connect info. Without it (the router used in-process, as
+/// some tests do) there is no client to count and nothing is throttled.
+fn peer(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+fn lock(t: &Mutex<Throttle>) -> MutexGuard<'_, Throttle> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A token check the throttle refused (429): the token was not looked at.
+#[derive(Debug)]
+struct Refused {
+    client: IpAddr,
+    refusal: Refusal,
+}
+
+impl Refused {
+    /// Whole seconds, rounded up, at least one.
+    fn retry_after_secs(&self) -> u64 {
+        let d = self.refusal.retry_after;
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+    }
+
+    /// Why, and until when, in words.
+    fn message(&self) -> String {
+        let secs = self.retry_after_secs();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let until =
+            k8s_openapi::jiff::Timestamp::from_second(now.as_second().saturating_add(secs as i64))
+                .map_or_else(|_| "later".to_owned(), |t| t.to_string());
+        let client = self.client;
+        match self.refusal.reason {
+            RefusalReason::LockedOut { failures } => format!(
+                "Too many failed logins from {client} ({failures} invalid tokens): \
+                 locked out until {until} (in {secs} s). Tokens from {client} are not \
+                 checked until then."
+            ),
+            RefusalReason::Busy => format!(
+                "Too many login attempts at once from {client} after failed logins: \
+                 try again in {secs} s, one at a time."
+            ),
+        }
+    }
+}
+
+/// Check `token` under the throttle of `peer`: wait first when it has
+/// failed before (sleeping outside the lock), refuse without checking
+/// when it is locked out; count the outcome.
+async fn authenticate<B: Backend>(
+    app: &App<B>,
+    peer: Option<IpAddr>,
+    token: &str,
+) -> Result<Result<Option<User>, AuthError>, Refused> {
+    if let Some(client) = peer {
+        let verdict = lock(&app.throttle).check(client, Instant::now());
+        match verdict {
+            Verdict::Go => {}
+            Verdict::Wait(delay) => {
+                tracing::debug!(%client, delay_ms = delay.as_millis() as u64, "console: slowing a token check after failed logins");
+                tokio::time::sleep(delay).await;
+                // Attempts waiting in parallel: one of them may have
+                // locked the client out meanwhile.
+                let locked = lock(&app.throttle).locked_out(client, Instant::now());
+                if let Some(refusal) = locked {
+                    return Err(Refused { client, refusal });
+                }
+            }
+            Verdict::Refuse(refusal) => {
+                tracing::debug!(%client, ?refusal, "console: token check refused (throttled)");
+                return Err(Refused { client, refusal });
+            }
+        }
+    }
+    let result = app.auth.authenticate(token).await;
+    if let Some(client) = peer {
+        let lockout = {
+            let mut t = lock(&app.throttle);
+            match &result {
+                Ok(Some(_)) => {
+                    t.success(client);
+                    None
+                }
+                Ok(None) => t.failure(client, Instant::now()),
+                // Could not tell (API server down): not the client's fault.
+                Err(_) => None,
+            }
+        };
+        if let Some(l) = lockout {
+            tracing::warn!(%client, failures = l.failures, lockout_seconds = l.duration.as_secs(), "console: too many failed logins, client locked out");
+        }
+    }
+    Ok(result)
 }
 
 // ------------------------------------------------------ authentication
@@ -159,7 +280,7 @@ impl<B: Backend> FromRequestParts<Arc<App<B>>> for Authed {
         app: &Arc<App<B>>,
     ) -> Result<Self, Self::Rejection> {
         if let Some(token) = bearer(&parts.headers) {
-            return match app.auth.authenticate(token).await {
+            return match authenticate(app, peer(&parts.extensions), token).await? {
                 Ok(Some(user)) => Ok(Authed {
                     user,
                     session: None,
@@ -264,6 +385,17 @@ async fn login_page() -> Response {
     html(LOGIN_HTML.replace("<!--ERROR-->", ""))
 }
 
+/// The connection's peer address, if known (see [`peer`]).
+struct Peer(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(peer(&parts.extensions)))
+    }
+}
+
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
@@ -271,6 +403,7 @@ struct LoginForm {
 
 async fn login<B: Backend>(
     State(app): State<Arc<App<B>>>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -287,7 +420,16 @@ async fn login<B: Backend>(
         );
         (status, html(page)).into_response()
     };
-    let user = match app.auth.authenticate(form.token.trim()).await {
+    let checked = match authenticate(&app, peer, form.token.trim()).await {
+        Ok(c) => c,
+        Err(r) => {
+            let mut res = refused(StatusCode::TOO_MANY_REQUESTS, &r.message());
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
+            return res;
+        }
+    };
+    let user = match checked {
         Ok(Some(u)) => u,
         Ok(None) => {
             tracing::info!("console: login refused (invalid token)");

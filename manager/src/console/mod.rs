@@ -15,9 +15,13 @@
 //!   `Origin` equal to the console's own. Bearer requests carry no ambient
 //!   credential, so they need neither.
 //! - Logs name users, never tokens, session ids or CSRF tokens.
+//! - Token checks are throttled per client ([`throttle`]): repeated bad
+//!   tokens (login form or bearer) are slowed, then refused with 429 for a
+//!   while without being checked.
 
 pub mod auth;
 mod handlers;
+pub mod throttle;
 pub mod view;
 
 use std::collections::HashMap;
@@ -31,6 +35,7 @@ use crate::api::VirtualMachineInstanceMigration;
 use crate::backend::{protocol, Backend, BackendError};
 
 pub use auth::{AuthError, Authenticator, KubeAuthenticator, TokenFile, User};
+pub use throttle::LoginLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -55,21 +60,37 @@ pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Progress samples kept per migration (at one per agent update, minutes).
 const HISTORY_LIMIT: usize = 2000;
 
+/// The console's settings beyond where it listens and whom it asks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Throttling of token checks per client.
+    pub login: LoginLimits,
+}
+
 /// Shared state of the handlers.
 pub struct App<B: Backend> {
     pub backend: B,
     pub auth: Arc<dyn Authenticator>,
     pub sessions: auth::Sessions,
+    /// Failed token checks per client. Locked only for quick, synchronous
+    /// updates: the delays are slept outside it.
+    pub throttle: Mutex<throttle::Throttle>,
     /// Progress samples per VMIM uid, recorded by [`record_progress`].
     pub history: Mutex<HashMap<String, Vec<view::Sample>>>,
 }
 
 impl<B: Backend> App<B> {
+    /// With the default [`Settings`].
     pub fn new(backend: B, auth: Arc<dyn Authenticator>) -> Self {
+        Self::with_settings(backend, auth, Settings::default())
+    }
+
+    pub fn with_settings(backend: B, auth: Arc<dyn Authenticator>, settings: Settings) -> Self {
         Self {
             backend,
             auth,
             sessions: auth::Sessions::new(SESSION_TTL),
+            throttle: Mutex::new(throttle::Throttle::new(settings.login)),
             history: Mutex::new(HashMap::new()),
         }
     }
@@ -107,11 +128,21 @@ impl Drop for Console {
     }
 }
 
-/// Bind now (a port conflict fails start-up) and serve in the background.
+/// [`serve_with`] the default [`Settings`].
 pub async fn serve<B: Backend>(
     addr: SocketAddr,
     backend: B,
     auth: Arc<dyn Authenticator>,
+) -> Result<Console, ConsoleError> {
+    serve_with(addr, backend, auth, Settings::default()).await
+}
+
+/// Bind now (a port conflict fails start-up) and serve in the background.
+pub async fn serve_with<B: Backend>(
+    addr: SocketAddr,
+    backend: B,
+    auth: Arc<dyn Authenticator>,
+    settings: Settings,
 ) -> Result<Console, ConsoleError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -119,11 +150,12 @@ pub async fn serve<B: Backend>(
     let bound = listener
         .local_addr()
         .map_err(|source| ConsoleError::Bind { addr, source })?;
-    let app = Arc::new(App::new(backend, auth));
+    let app = Arc::new(App::with_settings(backend, auth, settings));
     let recorder = tokio::spawn(record_progress(app.clone()));
-    let router = handlers::router(app);
+    // The peer address is the throttle's client key.
+    let service = handlers::router(app).into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move {
-        if let Err(source) = axum::serve(listener, router).await {
+        if let Err(source) = axum::serve(listener, service).await {
             let e = ConsoleError::Serve {
                 addr: bound,
                 source,
