@@ -412,8 +412,39 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http_on(s, addr, method, path, headers, body).await
+}
+
+/// [`http`] from the source address `from` (any 127.0.0.0/8 address works
+/// on loopback): the console sees a different client.
+pub async fn http_from(
+    from: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let sock = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .unwrap();
+    sock.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let s = sock.connect(addr).await.unwrap();
+    http_on(s, addr, method, path, headers, body).await
+}
+
+async fn http_on(
+    mut s: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
