@@ -204,6 +204,19 @@ async fn bad_tokens_are_slowed_then_refused_until_the_lockout_ends() {
         r.body
     );
     assert!(r.body.contains("<form"), "the login page, with the reason");
+    // "until" names the lockout's end as a UTC time, about now + lockout.
+    let until: k8s_openapi::jiff::Timestamp = r
+        .body
+        .split("locked out until ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no end time: {}", r.body));
+    let left = until.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!(
+        (0..=LOCKOUT.as_secs() as i64 + 1).contains(&left),
+        "ends in {left} s"
+    );
     assert!(r.header("set-cookie").is_none(), "{r:?}");
     let (r, _) = s.api(me, ADMIN_TOKEN).await;
     assert_eq!(r.status, 429, "{r:?}");

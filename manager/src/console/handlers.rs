@@ -724,6 +724,39 @@ mod tests {
     }
 
     #[test]
+    fn throttle_refusals_say_why_and_round_retry_after_up() {
+        use std::time::Duration;
+        let refused = |reason, ms| Refused {
+            client: "192.0.2.7".parse().unwrap(),
+            refusal: Refusal {
+                reason,
+                retry_after: Duration::from_millis(ms),
+            },
+        };
+        let locked = RefusalReason::LockedOut { failures: 10 };
+        for (ms, secs) in [(0, 1), (1, 1), (1000, 1), (1001, 2), (300_000, 300)] {
+            assert_eq!(refused(locked, ms).retry_after_secs(), secs, "{ms} ms");
+        }
+        let m = refused(locked, 300_000).message();
+        assert!(
+            m.starts_with(
+                "Too many failed logins from 192.0.2.7 (10 invalid tokens): locked out until 20"
+            ) && m.contains("Z (in 300 s)"),
+            "{m}"
+        );
+        let e = ApiError::from(refused(RefusalReason::Busy, 2500));
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after, Some(3));
+        assert!(
+            e.message.contains("at once from 192.0.2.7"),
+            "{}",
+            e.message
+        );
+        let res = e.into_response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
     fn suffix_alphabet() {
         let s = name_suffix().unwrap();
         assert_eq!(s.len(), 5);
