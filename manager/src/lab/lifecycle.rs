@@ -14,12 +14,12 @@ use crate::store::Store;
 
 /// Label a node carries for each CPU model it supports as host-model
 /// (KubeVirt's `host-model-cpu.node.kubevirt.io/<model>`). Lab nodes all run
-/// QEMU's TCG `qemu64`.
-pub const HOST_MODEL_LABEL: &str = "host-model-cpu.node.kubevirt.io/qemu64";
+/// TCG's host model (`agent::vm::TCG_HOST_MODEL`).
+pub const HOST_MODEL_LABEL: &str = "host-model-cpu.node.kubevirt.io/kvm64";
 
 /// A lab node's labels: its hostname, and what the agent puts on a cluster
 /// node (`agent::node_labels::desired`): schedulable for VMs, no KVM (lab
-/// guests run under TCG), host-model `qemu64`.
+/// guests run under TCG), host-model `kvm64`.
 pub fn node_labels(name: &str) -> std::collections::BTreeMap<String, String> {
     let mut l = crate::agent::node_labels::desired(false, crate::agent::vm::TCG_HOST_MODEL);
     l.insert("kubernetes.io/hostname".into(), name.into());

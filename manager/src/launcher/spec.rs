@@ -223,7 +223,7 @@ impl LaunchSpec {
 
     /// The QEMU command for this spec in `run_dir`, with `accel` chosen.
     /// Maps the CPU model like the agent's `VmRunner::spec` for TCG (the
-    /// guest boot's default, `qemu64`, for unset / host-model /
+    /// guest boot's default, `kvm64`, for unset / host-model /
     /// host-passthrough); with KVM those become `host`.
     pub fn vm_spec(&self, run_dir: &Path, accel: Accel, second_qmp: &Path) -> VmSpec {
         let req = &self.request;
@@ -415,7 +415,7 @@ mod tests {
         let v = s.vm_spec(dir, Accel::Tcg, &sock);
         assert_eq!(
             (v.cpu_model.as_str(), v.vcpus, v.accel, v.daemonize),
-            ("qemu64", 1, Accel::Tcg, false)
+            ("kvm64", 1, Accel::Tcg, false)
         );
         assert!(v.kernel_boot && v.incoming_defer);
         assert_eq!(v.cmdline, "console=ttyS0 quiet panic=-1 mignet.fill_mib=8");

@@ -149,7 +149,10 @@ pub struct VmSpec {
     pub qemu_binary: PathBuf,
     pub memory_mib: u64,
     pub vcpus: u32,
-    /// `-cpu` model; `qemu64` is what TCG on these machines runs reliably.
+    /// `-cpu` model. Under TCG the default is `kvm64`, not `qemu64`: a guest
+    /// with qemu64's AMD vendor loses memory writes made during a
+    /// multi-pass precopy migration in QEMU 7.2 (see the manager's
+    /// `agent::vm::TCG_HOST_MODEL`).
     pub cpu_model: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -182,7 +185,7 @@ pub struct VmSpec {
 
 impl VmSpec {
     /// A small TCG guest with defaults that work on these machines:
-    /// 256 MiB, 1 vCPU, `qemu64`, serial console on ttyS0.
+    /// 256 MiB, 1 vCPU, `kvm64`, serial console on ttyS0.
     pub fn new(
         name: impl Into<String>,
         run_dir: impl Into<PathBuf>,
@@ -194,7 +197,7 @@ impl VmSpec {
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             memory_mib: 256,
             vcpus: 1,
-            cpu_model: "qemu64".into(),
+            cpu_model: "kvm64".into(),
             kernel: kernel.into(),
             initrd: initrd.into(),
             cmdline: "console=ttyS0 quiet panic=-1".into(),
@@ -708,7 +711,7 @@ mod tests {
                 "-name",
                 "t1",
                 "-cpu",
-                "qemu64",
+                "kvm64",
                 "-m",
                 "256",
                 "-smp",
