@@ -90,6 +90,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A failing test's lab kept for a post-mortem, on request only
+        // (then `MIGNET_LAB_DIR=<dir> MIGNET_LAB_PREFIX=<prefix> mignet lab down`).
+        if std::thread::panicking() && std::env::var_os("MIGNET_LAB_KEEP_ON_FAILURE").is_some() {
+            eprintln!(
+                "lab kept: MIGNET_LAB_DIR={} MIGNET_LAB_PREFIX={}",
+                self.dir.display(),
+                self.prefix
+            );
+            return;
+        }
         // Idempotent; does nothing if the test already took the lab down.
         let _ = self.run(&["lab", "down"]);
         for ns in self.our_namespaces() {
