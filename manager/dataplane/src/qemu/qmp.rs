@@ -65,7 +65,8 @@ pub struct QmpEvent {
     pub timestamp_us: u64,
 }
 
-type Reply = Result<Value, (String, String)>;
+/// A reply: the `return` value, or the error's `(class, desc)`.
+pub type Reply = Result<Value, (String, String)>;
 type Pending = Arc<Mutex<PendingMap>>;
 
 #[derive(Default)]
@@ -326,14 +327,18 @@ async fn read_loop(
     p.waiters.clear();
 }
 
+/// One line from QEMU, classified by [`route`].
+#[doc(hidden)]
 #[derive(Debug, PartialEq)]
-enum Routed {
+pub enum Routed {
     Event(QmpEvent),
     Reply(u64, Reply),
 }
 
-/// Classifies one line from QEMU. Pure, so the protocol rules are unit-tested.
-fn route(line: &str) -> Option<Routed> {
+/// Classifies one line from QEMU. Pure, so the protocol rules are unit-tested
+/// (and fuzzed: `tests/fuzz`, target `qmp`).
+#[doc(hidden)]
+pub fn route(line: &str) -> Option<Routed> {
     let v: Value = serde_json::from_str(line).ok()?;
     if let Some(name) = v.get("event").and_then(Value::as_str) {
         let ts = v
@@ -341,7 +346,9 @@ fn route(line: &str) -> Option<Routed> {
             .map(|t| {
                 let s = t.get("seconds").and_then(Value::as_u64).unwrap_or(0);
                 let us = t.get("microseconds").and_then(Value::as_u64).unwrap_or(0);
-                s * 1_000_000 + us
+                // Saturating: a bogus timestamp must not kill the reader
+                // task (overflow checks) nor wrap to an early time.
+                s.saturating_mul(1_000_000).saturating_add(us)
             })
             .unwrap_or(0);
         return Some(Routed::Event(QmpEvent {
@@ -385,6 +392,12 @@ mod tests {
                 timestamp_us: 2_000_005,
             }))
         );
+        // Found by tests/fuzz (qmp): seconds * 10^6 overflowed and the
+        // panic ended the reader task. Saturated now.
+        let r = route(
+            r#"{"timestamp": {"seconds": 1764900000000000002, "microseconds": 0}, "event": "STOP"}"#,
+        );
+        assert!(matches!(r, Some(Routed::Event(e)) if e.timestamp_us == u64::MAX));
     }
 
     #[test]
