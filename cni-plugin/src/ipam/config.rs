@@ -709,6 +709,13 @@ fn opt_str(m: &Map<String, Value>, key: &str, field: &str) -> CniResult<Option<S
     }
 }
 
+/// The largest offset from the network address that lies inside `subnet`
+/// (0 for a /32 or /128).
+pub fn max_offset(subnet: IpNetwork) -> u128 {
+    let host_bits = u32::from(max_prefix(subnet)) - u32::from(subnet.prefix());
+    u128::MAX.checked_shr(128 - host_bits).unwrap_or(0)
+}
+
 fn max_prefix(n: IpNetwork) -> u8 {
     if n.is_ipv4() {
         32

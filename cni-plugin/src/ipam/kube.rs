@@ -111,9 +111,10 @@ pub fn orip_name(network_name: &str, ip: IpAddr) -> String {
 }
 
 /// A pool read from the API: the allocations we understand, plus keys that
-/// are not decimal `u128` offsets (e.g. whereabouts' negative /64 offsets,
-/// its #83). Those are kept verbatim on every write but never allocated
-/// from, so we neither lose nor reuse what another writer recorded.
+/// are not decimal `u128` offsets inside the subnet (e.g. whereabouts'
+/// negative /64 offsets, its #83). Those are kept verbatim on every write
+/// but never allocated from, so we neither lose nor reuse what another
+/// writer recorded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParsedPool {
     pub pool: Pool,
@@ -142,9 +143,13 @@ pub fn parse_pool(
         ));
     }
     let mut out = ParsedPool::default();
+    let max = super::config::max_offset(subnet);
     for (k, a) in &spec.allocations {
         match k.parse::<u128>() {
-            Ok(o) if o.to_string() == *k => {
+            // An offset outside the subnet (another writer's bug) is kept
+            // verbatim like any foreign key: used, it would hand out an
+            // address outside the range.
+            Ok(o) if o.to_string() == *k && o <= max => {
                 out.pool.allocations.insert(o, a.clone());
             }
             _ => {
@@ -1766,6 +1771,23 @@ mod tests {
         assert_eq!(p.pool.allocations.len(), 1);
         assert_eq!(p.pool.allocations[&big].id, "a");
         assert_eq!(p.foreign.len(), 2);
+        assert_eq!(pool_spec(subnet, &p), spec);
+    }
+
+    #[test]
+    fn offsets_outside_the_subnet_are_kept_but_never_used() {
+        // Found by tests/fuzz (ipam_pool): used, offset 1000 of a /24 made a
+        // repeated ADD answer 10.0.3.232.
+        let subnet: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
+        let mut spec = IPPoolSpec {
+            range: "10.0.0.0/24".into(),
+            allocations: BTreeMap::new(),
+        };
+        spec.allocations.insert("255".into(), alloc("a", "ns/a"));
+        spec.allocations.insert("1000".into(), alloc("b", "ns/b"));
+        let p = parse_pool("x", &spec, subnet).unwrap();
+        assert_eq!(p.pool.allocations.keys().collect::<Vec<_>>(), [&255]);
+        assert!(p.foreign.contains_key("1000"));
         assert_eq!(pool_spec(subnet, &p), spec);
     }
 
