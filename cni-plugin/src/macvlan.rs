@@ -178,26 +178,30 @@ fn normalize_keys(v: &mut serde_json::Value) {
     }
 }
 
-/// The first known key whose value has the wrong JSON type.
+/// The first known key whose value does not decode, checked with the very
+/// types `RawConf` decodes it into (a hand-kept list of JSON types missed
+/// nested fields such as `ipam.type` and ranges such as `bcqueuelen`).
 fn bad_field(v: &serde_json::Value) -> &'static str {
     use serde_json::Value as V;
-    let is = |key: &str, ok: fn(&V) -> bool| v.get(key).is_some_and(|x| !x.is_null() && !ok(x));
-    type Check = (&'static str, fn(&V) -> bool);
+    fn fails<T: serde::de::DeserializeOwned>(v: &V, key: &str) -> bool {
+        v.get(key).is_some_and(|x| T::deserialize(x).is_err())
+    }
+    type Check = (&'static str, fn(&V, &str) -> bool);
     let checks: [Check; 10] = [
-        ("cniVersion", V::is_string),
-        ("master", V::is_string),
-        ("mode", V::is_string),
-        ("mtu", V::is_i64),
-        ("mac", V::is_string),
-        ("linkInContainer", V::is_boolean),
-        ("bcqueuelen", V::is_u64),
-        ("ipam", V::is_object),
-        ("dns", V::is_object),
-        ("runtimeConfig", V::is_object),
+        ("cniVersion", fails::<Option<String>>),
+        ("master", fails::<Option<String>>),
+        ("mode", fails::<Option<String>>),
+        ("mtu", fails::<Option<i64>>),
+        ("mac", fails::<Option<String>>),
+        ("linkInContainer", fails::<Option<bool>>),
+        ("bcqueuelen", fails::<Option<u32>>),
+        ("ipam", fails::<Option<RawIpam>>),
+        ("dns", fails::<Option<Dns>>),
+        ("runtimeConfig", fails::<Option<RawRuntimeConfig>>),
     ];
     checks
         .iter()
-        .find(|(k, ok)| is(k, *ok))
+        .find(|(k, fails)| fails(v, k))
         .map(|(k, _)| *k)
         .unwrap_or("?")
 }
@@ -1131,6 +1135,14 @@ mod tests {
                 Code::InvalidConfig,
             ),
             (r#"{"mtu":"big"}"#, "mtu", Code::Decode),
+            // Nested and out-of-range values (found by tests/fuzz).
+            (r#"{"ipam":{"type":5}}"#, "field \"ipam\"", Code::Decode),
+            (r#"{"bcqueuelen":5000000000}"#, "bcqueuelen", Code::Decode),
+            (
+                r#"{"dns":{"nameservers":"x"}}"#,
+                "field \"dns\"",
+                Code::Decode,
+            ),
             (r#"{not json"#, "network config", Code::Decode),
         ] {
             let e = conf(json).unwrap_err();
