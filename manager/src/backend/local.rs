@@ -121,13 +121,26 @@ impl Backend for LocalBackend {
     async fn get<K: Kind>(&self, namespace: &str, name: &str) -> Result<Option<K>, BackendError> {
         let (ns, n) = (ns_of::<K>(namespace), name.to_owned());
         self.blocking(Op::Get, ObjectRef::new::<K>(namespace, name), move |s| {
-            s.get::<K>(&ns, &n)
+            match s.get::<K>(&ns, &n) {
+                // A key the store refuses (e.g. a namespace with capitals
+                // from a console URL) names no object: not found, as the API
+                // server answers, instead of a server error.
+                Err(StoreError::Invalid { .. }) => Ok(None),
+                other => other,
+            }
         })
         .await
     }
 
     async fn list<K: Kind>(&self, namespace: Option<&str>) -> Result<Vec<K>, BackendError> {
         let ns = namespace.map(ns_of::<K>).filter(|n| !n.is_empty());
+        if ns
+            .as_deref()
+            .is_some_and(|n| !crate::config::is_dns1123_label(n))
+        {
+            // No object lives in a namespace that cannot exist.
+            return Ok(Vec::new());
+        }
         let object = ObjectRef::new::<K>(namespace.unwrap_or(""), "*");
         self.blocking(Op::List, object, move |s| s.list::<K>(ns.as_deref()))
             .await

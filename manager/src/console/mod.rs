@@ -35,6 +35,10 @@ use crate::api::VirtualMachineInstanceMigration;
 use crate::backend::{protocol, Backend, BackendError};
 
 pub use auth::{AuthError, Authenticator, KubeAuthenticator, TokenFile, User};
+/// The console's routes without a listener (the fuzz target `console_api`
+/// drives them in-process).
+#[doc(hidden)]
+pub use handlers::router;
 pub use throttle::LoginLimits;
 
 #[derive(Debug, thiserror::Error)]

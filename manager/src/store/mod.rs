@@ -259,7 +259,16 @@ impl Store {
     ) -> Result<Vec<Value>, StoreError> {
         let kind_dir = self.root.join("objects").join(kind);
         let namespaces: Vec<String> = match namespace {
-            Some(ns) => vec![ns_dir(ns).to_owned()],
+            Some(ns) => {
+                // The namespace becomes a path component, as in a key: the
+                // same check keeps `..` and `/` from leaving the store.
+                if !ns.is_empty() && !crate::config::is_dns1123_label(ns) {
+                    return Err(StoreError::Invalid {
+                        reason: format!("namespace {ns:?} is not a DNS-1123 label"),
+                    });
+                }
+                vec![ns_dir(ns).to_owned()]
+            }
             None => fs::list_dir(&kind_dir)?,
         };
         let mut out = Vec::new();
