@@ -6,7 +6,8 @@
 //! one reply `{"return": ...}` or `{"error": {"class", "desc"}}` carrying the
 //! same `id`. Asynchronous events (`{"event": ...}`) can arrive at any time,
 //! also between a request and its reply, so one reader task routes every line:
-//! replies to the waiting caller by id, events to a broadcast channel.
+//! replies to the waiting caller by id, events to a broadcast channel that
+//! ends (`Closed`) when the connection does.
 //!
 //! QEMU serves one QMP client per socket at a time; a second connection waits
 //! until the first closes.
@@ -83,7 +84,10 @@ pub struct QmpClient {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
-    events: broadcast::Sender<QmpEvent>,
+    /// Weak: the reader task holds the only strong sender, so subscribers
+    /// see `Closed` once the connection is gone (QEMU exited) rather than
+    /// waiting forever.
+    events: broadcast::WeakSender<QmpEvent>,
     greeting: Value,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -134,13 +138,14 @@ impl QmpClient {
         }
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(256);
-        let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
+        let weak_events = events.downgrade();
+        let reader = tokio::spawn(read_loop(lines, pending.clone(), events));
         let client = QmpClient {
             path: path.to_path_buf(),
             writer: tokio::sync::Mutex::new(write),
             pending,
             next_id: AtomicU64::new(1),
-            events,
+            events: weak_events,
             greeting,
             reader,
         };
@@ -180,9 +185,13 @@ impl QmpClient {
     }
 
     /// Events from now on. A receiver that falls more than 256 events behind
-    /// sees `Lagged` and skips ahead.
+    /// sees `Lagged` and skips ahead; it sees `Closed` after the last event
+    /// once the connection is gone (at once if it already is).
     pub fn subscribe(&self) -> broadcast::Receiver<QmpEvent> {
-        self.events.subscribe()
+        match self.events.upgrade() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
     }
 
     /// Runs a command with the default timeout and returns its `return` value.
@@ -252,7 +261,8 @@ impl QmpClient {
         }
     }
 
-    /// Waits for the next event named `name` (after this call) within `timeout`.
+    /// Waits for the next event named `name` (after this call) within `timeout`;
+    /// `None` on timeout or once the connection is gone.
     pub async fn wait_event(&self, name: &str, timeout: Duration) -> Option<QmpEvent> {
         let mut rx = self.subscribe();
         tokio::time::timeout(timeout, async {
@@ -491,6 +501,7 @@ mod tests {
             other => panic!("expected a command error, got {other:?}"),
         }
         assert_eq!(events.recv().await.unwrap().name, "STOP");
+        let mut events_until_close = client.subscribe();
         let t = client
             .execute_timeout("slow", None, Duration::from_millis(100))
             .await;
@@ -508,6 +519,16 @@ mod tests {
             "{r:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+        // Event receivers end with the connection, old and new ones alike.
+        let closed = tokio::time::timeout(Duration::from_secs(5), events_until_close.recv()).await;
+        assert!(
+            matches!(closed, Ok(Err(broadcast::error::RecvError::Closed))),
+            "{closed:?}"
+        );
+        assert!(matches!(
+            client.subscribe().try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
