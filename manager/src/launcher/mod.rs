@@ -13,19 +13,40 @@
 //! | `launcher.lock` | launcher | `flock`ed for the launcher's lifetime: [`launcher_alive`] |
 //! | `launcher.json` | launcher | [`LauncherStatus`]: spec, accelerator, start time |
 //! | `qmp.sock` | QEMU | QMP for the agent (QEMU serves one client; the launcher never connects) |
-//! | `launcher-qmp.sock` | QEMU | the launcher's own QMP (readiness probe) |
+//! | `launcher-qmp.sock` | QEMU | the launcher's own QMP: readiness, then held while QEMU runs to watch its events (why the VM ended) |
 //! | `serial.log`, `qemu.pid` | QEMU | guest console, QEMU's pid (in the pod's pid namespace) |
 //! | `vm.json` | launcher / agent | the `VmRequest` (`agent::vm` format); written by the launcher once QMP answers, except for `incoming` launches, where the agent writes it when the migration completes |
 //!
 //! When QEMU exits the launcher removes the directory (the lock last) and
-//! exits 0 if QEMU did, 1 otherwise. Exit 2: invalid spec; 3: no KVM and
-//! emulation not allowed. Failure messages also go to
-//! `/dev/termination-log` (the container's termination message).
+//! exits with one of these codes (the pod's container exit code; the
+//! controller turns non-zero into a `Failed` VMI with the message):
 //!
-//! Pure parts: [`spec`] (validation, the QEMU command) and [`accel`] (the
-//! choice); the I/O is in `run`.
+//! | code | meaning |
+//! |---|---|
+//! | 0 | QEMU exited 0 and the VM ended normally: the guest powered off (`guest-shutdown`), the launcher stopped it on SIGTERM (`host-signal`), or it was told to `quit` over QMP (`host-qmp-quit`, the source after a migration); also when why is unknown |
+//! | 1 | anything else: QEMU failed to start or exited non-zero (its stderr in the message), QEMU stopped the VM after a host-side error (`host-error`), I/O errors |
+//! | 2 | the launch spec cannot run |
+//! | 3 | no usable KVM and emulation not allowed |
+//! | 4 | the guest reset itself (a reboot, or a kernel panic: the guest boots with `panic=-1`) or reported a panic; QEMU runs with `-no-reboot`, so the VM ended although QEMU exited 0 |
+//!
+//! Why QEMU ended comes from its `SHUTDOWN` event (`reason`) and
+//! `GUEST_PANICKED`, read on `launcher-qmp.sock`: the launcher connects once
+//! QEMU starts and keeps the session until QEMU closes it ([`guest_end`]).
+//! If that connection is lost or an event is missed, QEMU's exit status
+//! decides alone and the reason is logged as unknown. A SIGTERM is passed
+//! on to QEMU as a signal, never over that session.
+//!
+//! Failure messages go to stderr and to `/dev/termination-log` (the
+//! container's termination message). For exit 4 the message says what
+//! happened in words, then the console's `Kernel panic` line if it has one
+//! and its last lines.
+//!
+//! Pure parts: [`spec`] (validation, the QEMU command), [`accel`] (the
+//! choice) and [`guest_end`] (QMP events and console to an exit code and
+//! words); the I/O is in `run`.
 
 pub mod accel;
+pub mod guest_end;
 mod run;
 pub mod spec;
 
@@ -113,15 +134,29 @@ pub enum LauncherError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    /// QEMU exited 0, but the VM did not end normally (a guest reset or
+    /// panic, a host-side error).
+    #[error("{message}")]
+    VmEnded {
+        ending: guest_end::Ending,
+        /// [`guest_end::failure_message`]: what happened, then the console.
+        message: String,
+    },
 }
 
 impl LauncherError {
     /// The launcher's exit code for this error: 2 for a spec that cannot
-    /// run, 3 for missing KVM without `useEmulation`, 1 for the rest.
+    /// run, 3 for missing KVM without `useEmulation`, 4 for a guest that
+    /// reset itself or panicked, 1 for the rest.
     pub fn exit_code(&self) -> i32 {
         match self {
             LauncherError::Spec(_) | LauncherError::RunDirTooLong { .. } => 2,
             LauncherError::Accel(_) => 3,
+            LauncherError::VmEnded { ending, .. } => match ending.exit_code() {
+                // Never 0 for an error.
+                0 => 1,
+                code => code,
+            },
             _ => 1,
         }
     }
@@ -265,5 +300,16 @@ mod tests {
         assert_eq!(accel.exit_code(), 3);
         let busy = LauncherError::Busy { dir: "/d".into() };
         assert_eq!(busy.exit_code(), 1);
+        for (ending, code) in [
+            (guest_end::Ending::GuestReset, 4),
+            (guest_end::Ending::GuestPanic, 4),
+            (guest_end::Ending::HostError, 1),
+        ] {
+            let e = LauncherError::VmEnded {
+                ending,
+                message: "the words".into(),
+            };
+            assert_eq!((e.exit_code(), e.to_string().as_str()), (code, "the words"));
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The launcher's I/O: run directory and lock, status file, QEMU as a
-//! direct child, console copy, signals, clean-up.
+//! direct child, its QMP events, console copy, signals, clean-up.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -14,6 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::guest_end::{self, ConsoleTail, Ending};
 use super::{
     accel, check_run_dir, spec, LaunchSpec, LauncherError, LauncherStatus, LAUNCHER_QMP, LOCK_FILE,
     SPEC_ENV, STATUS_FILE,
@@ -32,6 +33,10 @@ const LOCK_RETRY: Duration = Duration::from_secs(2);
 const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// QEMU stderr lines kept for the exit message.
 const STDERR_LINES: usize = 8;
+/// After QEMU exited, how long the event watcher may take to read what
+/// QEMU wrote before it closed the socket (the SHUTDOWN event is written
+/// before QEMU exits; this is a bound, normally a few milliseconds).
+const EVENTS_DRAIN: Duration = Duration::from_secs(2);
 
 /// What `mignet launcher` was given.
 #[derive(Debug, Clone)]
@@ -134,10 +139,14 @@ pub async fn run(opts: LaunchOptions) -> Result<(), LauncherError> {
     let console = tokio::spawn(copy_console(vm.serial_log(), tail_stop_rx));
 
     // 7-9. Wait for QMP (then vm.json), for QEMU to exit, or for a signal.
+    // The QMP session stays open while QEMU runs: its events say why QEMU
+    // ended. It is only read; SIGTERM goes to QEMU as a signal.
     let ready = wait_qmp(&launcher_qmp);
     tokio::pin!(ready);
     let mut waiting_for_qmp = true;
     let mut failure: Option<LauncherError> = None;
+    let seen = Arc::new(Mutex::new(guest_end::Events::default()));
+    let mut watcher: Option<tokio::task::JoinHandle<()>> = None;
     let exit = loop {
         tokio::select! {
             status = child.wait() => break status,
@@ -151,7 +160,8 @@ pub async fn run(opts: LaunchOptions) -> Result<(), LauncherError> {
                         break status;
                     }
                 }
-                let written = r.and_then(|()| {
+                let written = r.and_then(|qmp| {
+                    watcher = Some(tokio::spawn(watch_events(qmp, seen.clone())));
                     if spec.incoming {
                         // The agent writes vm.json once the migration lands.
                         Ok(())
@@ -178,9 +188,20 @@ pub async fn run(opts: LaunchOptions) -> Result<(), LauncherError> {
         }
     };
 
-    // 10. The console's last lines, then the directory goes.
+    // 10. The console's last lines and QEMU's last events, then the
+    // directory goes.
     let _ = tail_stop.send(true);
-    let _ = console.await;
+    let mut console_tail = console.await.unwrap_or_default();
+    console_tail.finish();
+    if let Some(mut w) = watcher {
+        // QEMU is gone, so the session ends at its socket's EOF. Should it
+        // not, what was seen so far stands.
+        if tokio::time::timeout(EVENTS_DRAIN, &mut w).await.is_err() {
+            tracing::warn!("QMP events not drained {EVENTS_DRAIN:?} after QEMU exited");
+            w.abort();
+        }
+    }
+    let ending = Ending::of(&seen.lock().unwrap_or_else(|p| p.into_inner()));
     let stderr = tokio::time::timeout(Duration::from_secs(2), stderr_tail)
         .await
         .ok()
@@ -191,8 +212,14 @@ pub async fn run(opts: LaunchOptions) -> Result<(), LauncherError> {
         return Err(e);
     }
     match exit {
+        // QEMU's status decides first: 0 can still hide a lost VM.
+        Ok(status) if status.success() && ending.exit_code() != 0 => {
+            let message = guest_end::failure_message(&ending, &console_tail);
+            tracing::warn!(vm = %spec.request.key, "QEMU exited 0, but {}", ending.describe());
+            Err(LauncherError::VmEnded { ending, message })
+        }
         Ok(status) if status.success() => {
-            tracing::info!(vm = %spec.request.key, "QEMU exited 0");
+            tracing::info!(vm = %spec.request.key, "QEMU exited 0: {}", ending.describe());
             Ok(())
         }
         Ok(status) => Err(LauncherError::QemuExited {
@@ -353,18 +380,39 @@ fn write_record(dir: &Path, spec: &LaunchSpec) -> Result<(), LauncherError> {
 
 /// Ready = QEMU answers on the launcher's own QMP socket (both sockets are
 /// listening before QEMU's main loop runs, so `qmp.sock` is then ready too).
-/// The session is closed at once: nothing is sent to the VM.
-async fn wait_qmp(socket: &Path) -> Result<(), LauncherError> {
-    match QmpClient::connect_retry(socket, QMP_TIMEOUT).await {
-        Ok(qmp) => {
-            drop(qmp);
-            Ok(())
-        }
-        Err(e) => Err(LauncherError::NoQmp {
+/// The session is kept for [`watch_events`]; nothing is sent to the VM.
+async fn wait_qmp(socket: &Path) -> Result<QmpClient, LauncherError> {
+    QmpClient::connect_retry(socket, QMP_TIMEOUT)
+        .await
+        .map_err(|e| LauncherError::NoQmp {
             socket: socket.to_path_buf(),
             detail: e.to_string(),
-        }),
+        })
+}
+
+/// Records QEMU's events into `seen` until the session ends (QEMU closed
+/// it by exiting, or it was lost). A lost session only costs the reason:
+/// QEMU's exit status still decides, the ending is then unknown.
+async fn watch_events(qmp: QmpClient, seen: Arc<Mutex<guest_end::Events>>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = qmp.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(ev) => {
+                if matches!(ev.name.as_str(), "SHUTDOWN" | "GUEST_PANICKED" | "RESET") {
+                    tracing::info!(event = %ev.name, data = %ev.data, "QEMU event");
+                }
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .observe(&ev.name, &ev.data);
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} QMP events missed (the watcher fell behind)");
+            }
+            Err(RecvError::Closed) => break,
+        }
     }
+    tracing::debug!("launcher QMP session ended");
 }
 
 /// SIGTERM (QEMU shuts the VM down and exits 0), SIGKILL after the grace.
@@ -409,8 +457,12 @@ fn spawn_stderr_copy(child: &mut tokio::process::Child) -> tokio::task::JoinHand
 }
 
 /// Copies the guest console (serial.log) to stdout as it grows, until told
-/// to stop; then copies what is left once more.
-async fn copy_console(serial: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// to stop; then copies what is left once more. Returns its last lines.
+async fn copy_console(
+    serial: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> ConsoleTail {
+    let mut tail = ConsoleTail::default();
     let mut offset = 0u64;
     loop {
         let last = *stop.borrow();
@@ -421,13 +473,14 @@ async fn copy_console(serial: PathBuf, mut stop: tokio::sync::watch::Receiver<bo
                 && !buf.is_empty()
             {
                 offset += buf.len() as u64;
+                tail.push(&buf);
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&buf);
                 let _ = out.flush();
             }
         }
         if last {
-            return;
+            return tail;
         }
         tokio::select! {
             _ = tokio::time::sleep(TAIL_EVERY) => {}
@@ -451,6 +504,73 @@ mod tests {
         report_failure("boom", &log);
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "boom");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fake QEMU on a unix socket: greeting, `qmp_capabilities`, then
+    /// `lines` and a close.
+    async fn fake_qmp(lines: &'static [&'static str]) -> (PathBuf, tokio::task::JoinHandle<()>) {
+        use tokio::io::AsyncWriteExt as _;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mignet-launcher-qmp-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("q.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut input = BufReader::new(r).lines();
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            let caps: serde_json::Value =
+                serde_json::from_str(&input.next_line().await.unwrap().unwrap()).unwrap();
+            w.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", caps["id"]).as_bytes())
+                .await
+                .unwrap();
+            // Give the watcher time to subscribe.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for l in lines {
+                w.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        });
+        (sock, server)
+    }
+
+    /// The watcher ends by itself when QEMU closes the session, with the
+    /// SHUTDOWN written just before; a session lost without one leaves the
+    /// ending unknown (exit 0 stays 0) instead of failing or hanging.
+    #[tokio::test]
+    async fn event_watcher_records_shutdown_and_survives_a_lost_session() {
+        let cases: [(&'static [&'static str], Ending); 3] = [
+            (
+                &[
+                    r#"{"event": "RESET", "data": {"guest": true, "reason": "guest-reset"}}"#,
+                    r#"{"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-reset"}}"#,
+                ],
+                Ending::GuestReset,
+            ),
+            (
+                &[r#"{"event": "SHUTDOWN", "data": {"guest": false, "reason": "host-signal"}}"#],
+                Ending::Host("host-signal".into()),
+            ),
+            (&[r#"{"event": "STOP"}"#, "garbage"], Ending::Unknown),
+        ];
+        for (lines, want) in cases {
+            let (sock, server) = fake_qmp(lines).await;
+            let qmp = wait_qmp(&sock).await.unwrap();
+            let seen = Arc::new(Mutex::new(guest_end::Events::default()));
+            tokio::time::timeout(Duration::from_secs(5), watch_events(qmp, seen.clone()))
+                .await
+                .expect("the watcher ends with the session");
+            server.await.unwrap();
+            assert_eq!(Ending::of(&seen.lock().unwrap()), want, "{lines:?}");
+        }
     }
 
     #[test]
