@@ -1,6 +1,9 @@
 //! `mignet launcher` as the real binary, with the lab guest under TCG: the
 //! run directory's files, the console on stdout, QMP for the agent, SIGTERM,
-//! clean-up, and the exit codes of a spec that cannot run.
+//! clean-up, the exit codes of a spec that cannot run, and how the VM ended
+//! (QEMU exits 0 for all of these under -no-reboot): a guest power-off,
+//! SIGTERM and a `quit` after a migration exit 0, a guest reboot or kernel
+//! panic exits 4 with the words and the panic line.
 //!
 //! Run as root: `cargo test -p mignet --test launcher`.
 
@@ -250,6 +253,13 @@ async fn launcher_runs_the_guest_and_stops_on_sigterm() {
     l.sigterm();
     let s = l.wait(Duration::from_secs(30));
     assert_eq!(s.code(), Some(0), "stderr: {}", l.stderr());
+    // The launcher held its QMP session through the stop and read why.
+    assert!(
+        l.stdout()
+            .contains("QEMU exited 0: QEMU was stopped by a signal (host-signal"),
+        "{}",
+        l.stdout()
+    );
     eprintln!(
         "launcher: tick 2 and checks after {:?}, SIGTERM to exit {:?}",
         stopped - t0,
@@ -483,4 +493,195 @@ async fn qemu_failing_exits_1_with_its_stderr() {
     );
     assert!(l.stderr().contains(&msg), "{}", l.stderr());
     assert!(!dir.exists());
+}
+
+/// The launcher's own log lines (tracing writes to stdout, with the console).
+fn log_lines(out: &str) -> String {
+    out.lines()
+        .filter(|l| l.contains("mignet::launcher"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A launch of the lab guest with `kernel_args`, its termination log in the
+/// test's directory.
+fn start_with_args(tmp: &TestDir, kernel_args: &str, incoming: bool) -> (Launcher, PathBuf) {
+    let mut s = spec(&tmp.key(), true, incoming);
+    s.request.kernel_args = kernel_args.into();
+    let term_log = tmp.0.join("termination-log");
+    std::fs::write(&term_log, "").unwrap();
+    let l = Launcher::start(
+        &tmp.run_dir(),
+        &serde_json::to_string(&s).unwrap(),
+        &["--termination-log", term_log.to_str().unwrap()],
+    );
+    (l, term_log)
+}
+
+const RESET_WORDS: &str = "the guest reset itself (a reboot or a kernel panic); QEMU runs with -no-reboot, so the VM ended";
+
+/// Exit 4, the words first in the termination log and on stderr, the run
+/// directory gone; returns the termination message.
+fn assert_guest_reset(l: &mut Launcher, term_log: &Path, run_dir: &Path) -> String {
+    let s = l.wait(Duration::from_secs(60));
+    assert_eq!(
+        s.code(),
+        Some(4),
+        "stderr: {}\nlog: {}",
+        l.stderr(),
+        log_lines(&l.stdout())
+    );
+    let msg = std::fs::read_to_string(term_log).unwrap();
+    assert!(msg.starts_with(RESET_WORDS), "{msg}");
+    assert!(msg.contains("\nthe console's last lines:\n"), "{msg}");
+    assert!(msg.len() < 4096, "{} bytes", msg.len());
+    assert!(
+        l.stderr().contains(&format!("mignet launcher: {msg}")),
+        "{}",
+        l.stderr()
+    );
+    assert!(!run_dir.exists());
+    msg
+}
+
+/// A guest kernel panic (an NMI nobody claims, with `unknown_nmi_panic=1`:
+/// the guest kernel panics, `panic=-1` resets, `-no-reboot` ends QEMU with
+/// 0) is exit 4 with the panic line, not a clean shutdown.
+#[tokio::test]
+async fn guest_kernel_panic_exits_4_with_the_panic_line() {
+    let tmp = TestDir::new();
+    let dir = tmp.run_dir();
+    let (mut l, term_log) = start_with_args(&tmp, "unknown_nmi_panic=1", false);
+    wait_for("tick 2 in serial.log", Duration::from_secs(120), || {
+        std::fs::read_to_string(dir.join("serial.log")).is_ok_and(|s| s.contains("tick 2"))
+    })
+    .await;
+    let qmp = QmpClient::connect(&dir.join("qmp.sock")).await.unwrap();
+    qmp.execute("inject-nmi", None).await.unwrap();
+    let msg = assert_guest_reset(&mut l, &term_log, &dir);
+    assert!(
+        msg.contains("\nthe console shows a kernel panic: [")
+            && msg.contains("] Kernel panic - not syncing: NMI: Not continuing\n"),
+        "{msg}"
+    );
+    // The console's last lines: the panic's trace, up to its last line.
+    let (_, last) = msg.split_once("\nthe console's last lines:\n").unwrap();
+    assert_eq!(
+        last.lines().count(),
+        launcher::guest_end::CONSOLE_LINES,
+        "{msg}"
+    );
+    assert!(
+        last.lines().last().unwrap().contains("] Kernel Offset: "),
+        "{msg}"
+    );
+    assert!(
+        log_lines(&l.stdout()).contains(r#""reason":"guest-reset""#),
+        "{}",
+        l.stdout()
+    );
+    assert_eq!(qemus_named(&tmp.key()), Vec::<i32>::new());
+}
+
+/// The guest's own reboot (its init runs `reboot -f`) ends QEMU under
+/// -no-reboot: exit 4 with the words, no panic line; a guest power-off
+/// (`poweroff -f`) stays exit 0, read as guest-shutdown.
+#[tokio::test]
+async fn guest_reboot_exits_4_and_guest_poweroff_exits_0() {
+    let tmp = TestDir::new();
+    let dir = tmp.run_dir();
+    // Kernel arguments after `--` go to init: busybox runs the applet.
+    let (mut l, term_log) = start_with_args(&tmp, "rdinit=/bin/busybox -- reboot -f", false);
+    let msg = assert_guest_reset(&mut l, &term_log, &dir);
+    assert!(!msg.contains("Kernel panic"), "{msg}");
+    assert!(msg.contains("reboot: Restarting system"), "{msg}");
+
+    let tmp = TestDir::new();
+    let dir = tmp.run_dir();
+    let (mut l, term_log) = start_with_args(&tmp, "rdinit=/bin/busybox -- poweroff -f", false);
+    let s = l.wait(Duration::from_secs(60));
+    assert_eq!(s.code(), Some(0), "stderr: {}", l.stderr());
+    assert!(
+        l.stdout()
+            .contains("QEMU exited 0: the guest shut itself down (guest-shutdown)"),
+        "{}",
+        log_lines(&l.stdout())
+    );
+    assert_eq!(std::fs::read_to_string(&term_log).unwrap(), "");
+    assert!(!dir.exists());
+}
+
+/// The incident: a guest that panics right after arriving by live
+/// migration. The source launcher, told to `quit` as the agent does after a
+/// migration, exits 0 (host-qmp-quit); the target launcher, whose session
+/// was opened while QEMU waited in `inmigrate`, exits 4 with the panic.
+#[tokio::test]
+async fn panic_after_migration_fails_the_target_and_quit_keeps_the_source_clean() {
+    let src_tmp = TestDir::new();
+    let dst_tmp = TestDir::new();
+    let (src_dir, dst_dir) = (src_tmp.run_dir(), dst_tmp.run_dir());
+    let (mut src, _) = start_with_args(&src_tmp, "unknown_nmi_panic=1", false);
+    let (mut dst, dst_log) = start_with_args(&dst_tmp, "unknown_nmi_panic=1", true);
+    wait_for("tick 2 on the source", Duration::from_secs(120), || {
+        std::fs::read_to_string(src_dir.join("serial.log")).is_ok_and(|s| s.contains("tick 2"))
+    })
+    .await;
+    let src_qmp = QmpClient::connect(&src_dir.join("qmp.sock")).await.unwrap();
+    let dst_qmp = QmpClient::connect_retry(&dst_dir.join("qmp.sock"), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; target stderr:\n{}", dst.stderr()));
+    let uri = format!("unix:{}", dst_tmp.0.join("mig.sock").display());
+    dst_qmp
+        .execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+        .await
+        .unwrap();
+    src_qmp
+        .execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )
+        .await
+        .unwrap();
+    src_qmp
+        .execute("migrate", Some(serde_json::json!({ "uri": uri })))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = src_qmp.execute("query-migrate", None).await.unwrap();
+        match m["status"].as_str() {
+            Some("completed") => break,
+            Some("failed") | Some("cancelled") => panic!("migration: {m}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "migration not done: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("ticks on the target", Duration::from_secs(30), || {
+        std::fs::read_to_string(dst_dir.join("serial.log")).is_ok_and(|s| s.contains("tick"))
+    })
+    .await;
+
+    // The source ends as the agent ends it: exit 0.
+    let _ = src_qmp.execute("quit", None).await;
+    drop(src_qmp);
+    assert_eq!(
+        src.wait(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        src.stderr()
+    );
+    assert!(
+        src.stdout()
+            .contains("QEMU exited 0: QEMU was told to quit over QMP (host-qmp-quit"),
+        "{}",
+        log_lines(&src.stdout())
+    );
+
+    dst_qmp.execute("inject-nmi", None).await.unwrap();
+    let msg = assert_guest_reset(&mut dst, &dst_log, &dst_dir);
+    assert!(
+        msg.contains("] Kernel panic - not syncing: NMI: Not continuing"),
+        "{msg}"
+    );
 }
