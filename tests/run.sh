@@ -30,6 +30,16 @@ status=0
 cargo test --workspace --locked -- --test-threads="${MIGNET_TEST_THREADS:-2}" || status=$?
 bash "$here/k8s/down.sh" "$state" >/dev/null 2>&1 || true
 
+# Bounded fuzzing of the parsers of hostile input (tests/fuzz/README.md):
+# corpus and regressions replayed, then each AFL++ target for a fixed time.
+t_fuzz=$SECONDS
+if bash "$here/fuzz/run.sh"; then
+    echo "tests/run.sh: fuzzing passed in $((SECONDS - t_fuzz))s"
+else
+    echo "tests/run.sh: fuzzing FAILED after $((SECONDS - t_fuzz))s" >&2
+    status=1
+fi
+
 # Cluster mode on a real multi-node cluster (tests/cluster/README.md): the
 # bed is built (Kubernetes, Multus, release binaries, the mignet image), the
 # seed's network story and then the seed's VM run on it (tests/cluster/e2e.sh),

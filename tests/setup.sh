@@ -34,6 +34,27 @@ fi
 # the cache; the builds now use a throwaway one, so free the disk.
 rm -rf "${MIGNET_CACHE:-$HOME/.cache/mignet}/go/build"
 
+# Fuzzing (tests/fuzz/): cargo-afl and the AFL++ it builds from the sources it
+# ships (stable Rust; no nightly, no download besides the crate), cached under
+# ${MIGNET_CACHE:-~/.cache/mignet}/fuzz; AFL++ is rebuilt only for a new rustc.
+# The version must match the `afl` crate in tests/fuzz/Cargo.lock.
+afl_version=0.18.2
+fuzz_cache="${MIGNET_CACHE:-$HOME/.cache/mignet}/fuzz"
+if ! grep -qx "cargo-afl $afl_version.*" "$fuzz_cache/cargo-afl/version" 2>/dev/null \
+    || [ ! -x "$fuzz_cache/cargo-afl/bin/cargo-afl" ]; then
+    echo "setup: cargo-afl $afl_version"
+    cargo install --quiet --locked cargo-afl --version "$afl_version" \
+        --root "$fuzz_cache/cargo-afl" --target-dir "$fuzz_cache/build"
+    echo "cargo-afl $afl_version" >"$fuzz_cache/cargo-afl/version"
+    rm -rf "$fuzz_cache/build"
+fi
+rustc_version="$(rustc --version | awk '{print $2}')"
+if ! compgen -G "$fuzz_cache/share/afl.rs/rustc-$rustc_version-*/afl.rs-$afl_version/afl-llvm/afl-compiler-rt.o" >/dev/null; then
+    echo "setup: AFL++ for rustc $rustc_version"
+    (cd "$fuzz_cache" && PATH="$fuzz_cache/cargo-afl/bin:$PATH" XDG_DATA_HOME="$fuzz_cache/share" \
+        cargo afl config --build --force >/dev/null)
+fi
+
 # Go-built test tooling (cached under ${MIGNET_CACHE:-~/.cache/mignet}) and the
 # guest image. `--lab` prepares only what the lab demo needs (no Kubernetes build).
 steps=("$here/guest/build.sh")
