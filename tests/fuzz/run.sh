@@ -29,8 +29,9 @@ export XDG_DATA_HOME="$cache/fuzz/share"
 export CARGO_TARGET_DIR="${MIGNET_FUZZ_TARGET_DIR:-$root/target/fuzz}"
 # cargo-afl builds every crate (kube, axum, tokio, ...) at opt-level 3 with
 # one codegen unit: 11 minutes here. At opt-level 0 with 16 units (rustc's
-# last -C wins, and cargo-afl appends RUSTFLAGS after its own) the same build
-# takes about 2, and short runs find as much: the budget is minutes, not hours.
+# last -C wins, and cargo-afl appends RUSTFLAGS after its own) it takes 2 to 5
+# minutes on a shared machine; the targets run slower, which matters less
+# than the build within a budget of seconds per target.
 export AFL_OPT_LEVEL="${AFL_OPT_LEVEL:-0}"
 export RUSTFLAGS="-C codegen-units=16"
 manifest="$here/Cargo.toml"
