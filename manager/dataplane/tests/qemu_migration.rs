@@ -449,3 +449,70 @@ async fn migration_over_tcp_between_namespaces_with_multifd() {
     // VM guards go first, then the run directories, then the namespaces.
     drop((src_qmp, dst_qmp, src, dst));
 }
+
+/// A migration left behind by a dead relay: the peer accepted every
+/// channel, read the first bytes and then neither reads nor closes (as a
+/// relay task that outlived its agent). A cancel of it may hang; the next
+/// `start_source`, to a real destination while that peer still holds its
+/// connections, must end it first (cancel, then QEMU's `yank` of the
+/// migration's sockets) and then migrate: the guest continues on the
+/// destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_migration_ends_one_a_dead_relay_left_behind() {
+    use std::io::Read as _;
+    let p = pair("stale", 256, 96, 0).await;
+    let hole_path = p._dirs.1.join("stuck.sock");
+    let hole = std::os::unix::net::UnixListener::bind(&hole_path).unwrap();
+    // Accept every channel, read a little, then hold them silently.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for c in hole.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            h.lock().unwrap().push(c);
+        }
+    });
+    let settings = MigrationSettings {
+        multifd_channels: Some(2),
+        max_bandwidth: 0,
+        downtime_limit_ms: 300,
+    };
+    migration::start_source(
+        &p.src_qmp,
+        &settings,
+        &format!("unix:{}", hole_path.display()),
+    )
+    .await
+    .unwrap();
+    // Let the channels fill their socket buffers and block.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = migration::query(&p.src_qmp, Side::Source).await.unwrap();
+    p.src_qmp.execute("migrate_cancel", None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_cancel = migration::query(&p.src_qmp, Side::Source).await.unwrap();
+    eprintln!(
+        "stuck migration: {:?}, 2 s after migrate_cancel: {:?}",
+        stuck.status, after_cancel.status
+    );
+    // The new migration, while the dead relay still holds its connections.
+    migration::prepare_destination(&p.dst_qmp, &settings, &p.uri)
+        .await
+        .unwrap();
+    let report = migration::run_monitored(
+        &p.src_qmp,
+        &settings,
+        &p.uri,
+        &limits(60, 800, 256, 30),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Completed, "{:?}", report.last);
+    assert_eq!(wait_state(&p.dst_qmp, "running").await, "running");
+    wait_tick_after(&p.dst, None, Duration::from_secs(20))
+        .await
+        .unwrap();
+    drop(held);
+}

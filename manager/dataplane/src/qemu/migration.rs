@@ -246,21 +246,50 @@ pub async fn prepare_destination(
     Ok(())
 }
 
-/// Configures the source and starts the migration to `uri`.
+/// Configures the source and starts the migration to `uri`. A migration
+/// QEMU still runs from an earlier attempt (its agent died mid-way) is
+/// ended first ([`end_stale`]); QEMU refuses a new one while it lasts
+/// ("There's a migration process in progress").
 pub async fn start_source(
     source: &QmpClient,
     settings: &MigrationSettings,
     uri: &str,
 ) -> Result<(), MigrationError> {
+    end_stale(source).await?;
     configure(source, Side::Source, settings).await?;
-    source
-        .execute("migrate", Some(json!({ "uri": uri })))
-        .await
-        .map_err(|e| MigrationError::Qmp {
-            side: Side::Source,
-            step: "migrate",
-            source: e,
-        })?;
+    let migrate = || source.execute("migrate", Some(json!({ "uri": uri })));
+    let r = match migrate().await {
+        // An earlier migration is over but its cleanup waits for a channel
+        // thread blocked on a socket: its yank instance is still
+        // registered. Yanking unblocks it; the cleanup then runs.
+        Err(QmpError::Command { desc, .. }) if desc.contains("duplicate yank instance") => {
+            tracing::warn!(
+                "the source QEMU still cleans up an earlier migration; yanking its sockets"
+            );
+            let _ = source
+                .execute(
+                    "yank",
+                    Some(json!({ "instances": [{ "type": "migration" }] })),
+                )
+                .await;
+            let deadline = tokio::time::Instant::now() + AFTER_YANK;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match migrate().await {
+                    Err(QmpError::Command { desc, .. })
+                        if desc.contains("duplicate yank instance")
+                            && tokio::time::Instant::now() < deadline => {}
+                    r => break r,
+                }
+            }
+        }
+        r => r,
+    };
+    r.map_err(|e| MigrationError::Qmp {
+        side: Side::Source,
+        step: "migrate",
+        source: e,
+    })?;
     Ok(())
 }
 
@@ -308,6 +337,53 @@ async fn send_cancel(source: &QmpClient) -> Result<(), MigrationError> {
             step: "migrate_cancel",
             source: e,
         })
+}
+
+/// How long a cancel may take before its sockets are yanked, and how long
+/// after the yank.
+const CANCEL_BEFORE_YANK: Duration = Duration::from_secs(5);
+const AFTER_YANK: Duration = Duration::from_secs(10);
+
+/// Ends whatever migration the source QEMU still runs: `migrate_cancel`,
+/// and when that does not settle (a channel blocked on a peer that neither
+/// reads nor closes, e.g. a relay that outlived its agent), QEMU's `yank`
+/// of the migration's sockets, which unblocks the channels so the cancel
+/// completes. Nothing to do when QEMU runs no migration. Returns the final
+/// status, or `NotOver` if even the yank did not end it.
+pub async fn cancel_hard(source: &QmpClient) -> Result<MigrationStatus, MigrationError> {
+    let now = query(source, Side::Source).await?;
+    if now.status.is_terminal() || now.status == MigrationStatus::None {
+        return Ok(now.status);
+    }
+    // A cancel that finds the migration just ended is not an error.
+    let _ = send_cancel(source).await;
+    match wait_over(source, CANCEL_BEFORE_YANK).await {
+        Ok(s) => return Ok(s.status),
+        Err(MigrationError::NotOver { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    source
+        .execute(
+            "yank",
+            Some(json!({ "instances": [{ "type": "migration" }] })),
+        )
+        .await
+        .map_err(|e| MigrationError::Qmp {
+            side: Side::Source,
+            step: "yank",
+            source: e,
+        })?;
+    wait_over(source, AFTER_YANK).await.map(|s| s.status)
+}
+
+/// Before a new migration: end one QEMU still runs from an earlier attempt.
+async fn end_stale(source: &QmpClient) -> Result<(), MigrationError> {
+    let now = query(source, Side::Source).await?;
+    if now.status.is_terminal() || now.status == MigrationStatus::None {
+        return Ok(());
+    }
+    tracing::warn!(status = ?now.status, "the source QEMU still runs an earlier migration; ending it first");
+    cancel_hard(source).await.map(|_| ())
 }
 
 /// Polls `query-migrate` until the migration is over (completed, failed or
@@ -427,16 +503,8 @@ pub async fn run_monitored_until(
     interval: Duration,
     cancel_requested: impl std::future::Future<Output = ()>,
 ) -> Result<MigrationReport, MigrationError> {
-    configure(source, Side::Source, settings).await?;
+    start_source(source, settings, uri).await?;
     let start = tokio::time::Instant::now();
-    source
-        .execute("migrate", Some(json!({ "uri": uri })))
-        .await
-        .map_err(|e| MigrationError::Qmp {
-            side: Side::Source,
-            step: "migrate",
-            source: e,
-        })?;
     let mut cancel_requested = std::pin::pin!(cancel_requested);
     let mut state = MonitorState::new(Duration::ZERO);
     let mut samples = Vec::new();
