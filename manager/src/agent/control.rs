@@ -577,8 +577,39 @@ enum End {
     AbortedBeforeStart,
 }
 
+/// What an end writes into a migrationState: the same fields on the VMI
+/// and on the VMIM.
+fn apply_end(ms: &mut VirtualMachineInstanceMigrationState, end: &End, t: &Time) {
+    ms.end_timestamp = Some(t.clone());
+    match end {
+        End::Completed { .. } => ms.completed = Some(true),
+        End::Failed(reason) => {
+            ms.failed = Some(true);
+            ms.failure_reason = Some(reason.clone());
+        }
+        End::Aborted { confirmed } => {
+            ms.failed = Some(true);
+            ms.failure_reason = Some(protocol::ABORTED_BY_USER.to_string());
+            ms.abort_status = Some(if *confirmed {
+                MigrationAbortStatus::Succeeded
+            } else {
+                MigrationAbortStatus::Failed
+            });
+        }
+        End::AbortedBeforeStart => {
+            ms.failed = Some(true);
+            ms.failure_reason = Some(protocol::ABORTED_BY_USER.to_string());
+            ms.abort_status = Some(MigrationAbortStatus::Succeeded);
+        }
+    }
+}
+
 /// Record how migration `uid` ended: the VMI's migrationState first (one
-/// write, with nodeName on success), then the VMIM's final phase.
+/// write, with nodeName on success), then the VMIM's final phase with the
+/// same end and, when it failed, a `Failed` condition. The VMIM carries the
+/// reason itself: when the VMI is gone or replaced by then (a guest that
+/// died with its source QEMU, restarted by its VirtualMachine), the VMIM is
+/// the only place that still says why.
 async fn record_end<B: Backend>(
     backend: &B,
     m: &VirtualMachineInstanceMigration,
@@ -588,30 +619,9 @@ async fn record_end<B: Backend>(
     let t = now();
     update_state(backend, m, uid, |st| {
         let ms = st.migration_state.get_or_insert_with(Default::default);
-        ms.end_timestamp = Some(t.clone());
-        match &end {
-            End::Completed { target } => {
-                ms.completed = Some(true);
-                st.node_name = Some(target.clone());
-            }
-            End::Failed(reason) => {
-                ms.failed = Some(true);
-                ms.failure_reason = Some(reason.clone());
-            }
-            End::Aborted { confirmed } => {
-                ms.failed = Some(true);
-                ms.failure_reason = Some(protocol::ABORTED_BY_USER.to_string());
-                ms.abort_status = Some(if *confirmed {
-                    MigrationAbortStatus::Succeeded
-                } else {
-                    MigrationAbortStatus::Failed
-                });
-            }
-            End::AbortedBeforeStart => {
-                ms.failed = Some(true);
-                ms.failure_reason = Some(protocol::ABORTED_BY_USER.to_string());
-                ms.abort_status = Some(MigrationAbortStatus::Succeeded);
-            }
+        apply_end(ms, &end, &t);
+        if let End::Completed { target } = &end {
+            st.node_name = Some(target.clone());
         }
     })
     .await?;
@@ -630,7 +640,29 @@ async fn record_end<B: Backend>(
             ) {
                 return false;
             }
-            enter_phase(m, final_phase, now());
+            enter_phase(m, final_phase, t.clone());
+            let st = m.status.get_or_insert_with(Default::default);
+            let ms = st.migration_state.get_or_insert_with(Default::default);
+            apply_end(ms, &end, &t);
+            if let Some(reason) = ms.failure_reason.clone() {
+                crate::control::set_condition(
+                    &mut st.conditions,
+                    crate::api::VmiCondition {
+                        type_: protocol::FAILED_CONDITION.into(),
+                        status: "True".into(),
+                        reason: Some(
+                            match end {
+                                End::Failed(_) => "MigrationFailed",
+                                _ => "AbortedByUser",
+                            }
+                            .into(),
+                        ),
+                        message: Some(reason),
+                        last_transition_time: Some(t.clone()),
+                        ..Default::default()
+                    },
+                );
+            }
             true
         },
     )
@@ -727,10 +759,61 @@ async fn target_task<B: Backend>(
             }
         },
         IncomingResult::Failed { reason } => {
-            // The source records the outcome; it knows why.
+            // The source records the outcome; this is the target's half of
+            // why, for it to add.
             tracing::info!(vm = %req.key, %reason, "incoming migration did not complete");
+            let note = format!("target {}: {reason}", core.node_name());
+            let r = modify(
+                &backend,
+                &m.namespace().unwrap_or_default(),
+                &m.name_any(),
+                |m: &mut VirtualMachineInstanceMigration| {
+                    m.annotations_mut().insert(
+                        protocol::TARGET_FAILURE_ANNOTATION.to_string(),
+                        note.clone(),
+                    );
+                    true
+                },
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "target failure note not written");
+            }
         }
     }
+}
+
+/// A failure reason with the target's note added, when the target wrote
+/// one. It may land a moment after the source saw its stream break, so a
+/// failure waits up to 2 s for it.
+async fn with_target_note<B: Backend>(
+    backend: &B,
+    m: &VirtualMachineInstanceMigration,
+    end: End,
+) -> End {
+    let End::Failed(reason) = end else {
+        return end;
+    };
+    for _ in 0..20 {
+        let note = backend
+            .get::<VirtualMachineInstanceMigration>(
+                &m.namespace().unwrap_or_default(),
+                &m.name_any(),
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|m| {
+                m.annotations()
+                    .get(protocol::TARGET_FAILURE_ANNOTATION)
+                    .cloned()
+            });
+        if let Some(note) = note {
+            return End::Failed(format!("{reason}; {note}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    End::Failed(reason)
 }
 
 async fn source_task<B: Backend>(
@@ -811,8 +894,14 @@ async fn source_task<B: Backend>(
             },
             _ => End::Failed(r.failure_reason().unwrap_or_default()),
         },
+        // A QMP error is what a dead QEMU looks like from here; say which.
+        Err(e) if source_exited(&core, &key).await => End::Failed(format!(
+            "the source QEMU exited during the migration (the guest is lost with it): {}",
+            error_chain(&e)
+        )),
         Err(e) => End::Failed(error_chain(&e)),
     };
+    let end = with_target_note(&backend, &m, end).await;
     let completed = matches!(end, End::Completed { .. });
     retrying("migration end", || {
         record_end(&backend, &m, &uid, end.clone())
@@ -824,6 +913,18 @@ async fn source_task<B: Backend>(
             tracing::warn!(vm = %key, error = %error_chain(&e), "cannot stop migrated source VM");
         }
     }
+}
+
+/// Whether VM `key`'s QEMU has gone. Its launcher outlives QEMU by the
+/// moment it takes to copy the console's last lines, hence the short wait.
+async fn source_exited(core: &AgentCore, key: &str) -> bool {
+    for _ in 0..30 {
+        if !core.vms.is_alive(key) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 fn progress_of(r: &super::SourceResult) -> Progress {
@@ -897,7 +998,11 @@ async fn recover_orphan_source<B: Backend>(
         Some(vm) => match migration::query(&vm.qmp, Side::Source).await {
             Ok(s) if s.status == MigrationStatus::Completed => Some(MigrationStatus::Completed),
             Ok(s) if !s.status.is_terminal() => {
-                let _ = migration::cancel(&vm.qmp, Duration::from_secs(5)).await;
+                // Its relay died with the old agent; a channel may still be
+                // blocked on it, which only a yank ends.
+                if let Err(e) = migration::cancel_hard(&vm.qmp).await {
+                    tracing::warn!(vm = %key, error = %error_chain(&e), "ending the orphaned migration in QEMU failed");
+                }
                 Some(s.status)
             }
             Ok(s) => Some(s.status),
@@ -921,6 +1026,37 @@ async fn recover_orphan_source<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_end_carries_its_reason_and_time() {
+        let t = Time(jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let mut ms = VirtualMachineInstanceMigrationState::default();
+        apply_end(&mut ms, &End::Failed("the target QEMU exited".into()), &t);
+        assert_eq!(
+            (
+                ms.failed,
+                ms.failure_reason.as_deref(),
+                ms.end_timestamp.as_ref()
+            ),
+            (Some(true), Some("the target QEMU exited"), Some(&t))
+        );
+        let mut ms = VirtualMachineInstanceMigrationState::default();
+        apply_end(&mut ms, &End::Aborted { confirmed: false }, &t);
+        assert_eq!(
+            ms.failure_reason.as_deref(),
+            Some(protocol::ABORTED_BY_USER)
+        );
+        assert_eq!(ms.abort_status, Some(MigrationAbortStatus::Failed));
+        let mut ms = VirtualMachineInstanceMigrationState::default();
+        apply_end(
+            &mut ms,
+            &End::Completed {
+                target: "n2".into(),
+            },
+            &t,
+        );
+        assert_eq!((ms.completed, ms.failed), (Some(true), None));
+    }
     use crate::api::{Cpu, DomainSpec, Memory, VirtualMachineInstanceSpec};
 
     #[test]

@@ -13,6 +13,12 @@ pub const FINALIZER: &str = "mignet.io/migration";
 /// it never races the phase writes on the status subresource.
 pub const PROGRESS_ANNOTATION: &str = "mignet.io/progress";
 
+/// VMIM annotation the target agent writes when the incoming side of a
+/// migration ends without the guest running there (why, in words). From
+/// the source a dead target is only a broken pipe; the source agent adds
+/// this to the failure reason it records.
+pub const TARGET_FAILURE_ANNOTATION: &str = "mignet.io/target-failure";
+
 /// Marks a VMIM created for a node drain; the value is the drained node.
 /// KubeVirt's own annotation key, so the policy gives it evacuation
 /// priority.
