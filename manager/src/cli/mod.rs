@@ -376,7 +376,10 @@ fn delete(
             "resource(s) were provided, but no name was specified".into(),
         ));
     }
-    if !r.user_writable {
+    // Pods are the lab's to create, but deleting one is what an operator
+    // does to restart an agent or stop a launcher, and the lab kubelet
+    // handles both as a kubelet does (lab/kubelet.rs, lab/launchers.rs).
+    if !r.user_writable && r.kind != "Pod" {
         return Err(CliError::Usage(format!(
             "{} objects belong to the lab",
             r.kind

@@ -207,6 +207,37 @@ fn delete_waits_for_finalizers_only_when_asked() {
 }
 
 #[test]
+fn delete_pod_is_allowed_and_waits_for_the_kubelets_finalizer() {
+    let (_t, store) = tmp();
+    store
+        .create_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "mignet-agent-node1", "namespace": LAB_NAMESPACE,
+                "finalizers": [crate::lab::kubelet::KUBELET_FINALIZER]
+            },
+            "spec": {"containers": [{"name": "agent", "image": "mignet"}]}
+        }))
+        .unwrap();
+    let out = run_on(
+        &store,
+        Verb::Delete {
+            resource: "pod".into(),
+            names: vec!["mignet-agent-node1".into()],
+            namespace: LAB_NAMESPACE.into(),
+            wait: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(out, "pod \"mignet-agent-node1\" deleted\n");
+    let pod = store
+        .get::<k8s_openapi::api::core::v1::Pod>(LAB_NAMESPACE, "mignet-agent-node1")
+        .unwrap()
+        .expect("held by the kubelet's finalizer until it has stopped the pod");
+    assert!(pod.metadata.deletion_timestamp.is_some());
+}
+
+#[test]
 fn apply_creates_then_configures_then_is_unchanged() {
     let (_t, store) = tmp();
     let apply = |f: &str| {

@@ -83,6 +83,9 @@ impl AgentRuntime for NoAgent {
     fn stop(&self, _pod: &AgentPod) {}
 }
 
+/// The lab kubelet's finalizer on agent pods (see `start_pod`).
+pub const KUBELET_FINALIZER: &str = "mignet.io/lab-kubelet";
+
 pub fn pod_name(node: &str) -> String {
     format!("{AGENT_DAEMONSET}-{node}")
 }
@@ -218,10 +221,17 @@ impl<'a> Kubelet<'a> {
                 backing_off: self.retry_at.get(node).is_some_and(|t| Instant::now() < *t),
             };
             let others_unavailable = available.iter().any(|(n, ok)| n != node && !ok);
-            match roll_step(state, others_unavailable) {
-                RollStep::Keep | RollStep::Later => continue,
-                RollStep::Hold => break,
-                RollStep::Replace => {}
+            // A pod someone deleted is stopped and replaced at once, as the
+            // kubelet and the DaemonSet controller do: no rollout budget.
+            let deleted = pod
+                .as_ref()
+                .is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+            if !deleted {
+                match roll_step(state, others_unavailable) {
+                    RollStep::Keep | RollStep::Later => continue,
+                    RollStep::Hold => break,
+                    RollStep::Replace => {}
+                }
             }
             available.insert(node.to_owned(), false);
             if let Some(p) = &pod {
@@ -339,6 +349,11 @@ impl<'a> Kubelet<'a> {
                 "namespace": LAB_NAMESPACE,
                 "labels": {"app": AGENT_DAEMONSET},
                 "annotations": annotations,
+                // The lab store deletes a pod without finalizers at once,
+                // and its attachment records go with it. This one holds a
+                // `delete pod` until stop_pod has run CNI DEL (a kubelet's
+                // graceful deletion); without it the pod's IPAM address leaked.
+                "finalizers": [KUBELET_FINALIZER],
                 "ownerReferences": [{
                     "apiVersion": "apps/v1", "kind": "DaemonSet",
                     "name": AGENT_DAEMONSET, "uid": "", "controller": true
@@ -565,6 +580,27 @@ impl<'a> Kubelet<'a> {
         }
     }
 
+    /// Drop [`KUBELET_FINALIZER`] from pod `name` (a pod being deleted then
+    /// goes).
+    fn release(&self, name: &str) -> Result<(), crate::store::StoreError> {
+        loop {
+            let Some(mut pod) = self.store.get::<Pod>(LAB_NAMESPACE, name)? else {
+                return Ok(());
+            };
+            let Some(f) = pod.metadata.finalizers.as_mut() else {
+                return Ok(());
+            };
+            if !f.iter().any(|x| x == KUBELET_FINALIZER) {
+                return Ok(());
+            }
+            f.retain(|x| x != KUBELET_FINALIZER);
+            match self.store.update(&pod) {
+                Err(e) if e.is_conflict() => continue,
+                r => return r.map(|_| ()),
+            }
+        }
+    }
+
     /// Stop a pod: agent, CNI DEL of every recorded attachment, namespace,
     /// object. Errors are logged and the stop goes on: a DEL that fails
     /// must not keep the old pod (and its node) down forever.
@@ -614,6 +650,9 @@ impl<'a> Kubelet<'a> {
             }
         } else {
             let _ = LabState::forget_namespace(&self.cfg.dir, &agent_ns);
+        }
+        if let Err(e) = self.release(&name) {
+            warn!(pod = %name, error = %e, "removing the kubelet's finalizer failed");
         }
         if let Err(e) = self.store.delete_typed::<Pod>(LAB_NAMESPACE, &name) {
             if !e.is_not_found() {
