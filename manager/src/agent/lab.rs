@@ -145,6 +145,10 @@ impl<B: Backend> AgentRuntime for InProcessAgents<B> {
         Ok(())
     }
 
+    fn is_running(&self, node: &str) -> bool {
+        InProcessAgents::is_running(self, node)
+    }
+
     fn stop(&self, pod: &AgentPod) {
         // The VMs outlive their agent; the next agent of this node reattaches.
         if let Some(t) = self

@@ -72,6 +72,12 @@ pub struct AgentPod {
 pub trait AgentRuntime: Send + Sync {
     fn start(&self, pod: &AgentPod) -> Result<(), String>;
     fn stop(&self, pod: &AgentPod);
+    /// Whether the agent of `node`'s pod runs in this runtime. False after
+    /// the lab daemon restarted (its agents died with the old one) or the
+    /// agent ended: the kubelet then restarts the container in its pod.
+    fn is_running(&self, _node: &str) -> bool {
+        true
+    }
 }
 
 pub struct NoAgent;
@@ -220,6 +226,17 @@ impl<'a> Kubelet<'a> {
                 available: available[node],
                 backing_off: self.retry_at.get(node).is_some_and(|t| Instant::now() < *t),
             };
+            // The pod is there and ready but its agent is not running (the
+            // daemon restarted): restart the container in place, as a
+            // kubelet does, keeping the pod, its namespace and addresses.
+            if let Some(p) = pod.as_ref().filter(|p| {
+                available[node]
+                    && p.metadata.deletion_timestamp.is_none()
+                    && !self.runtime.is_running(node)
+            }) {
+                self.restart_container(node, p);
+                continue;
+            }
             let others_unavailable = available.iter().any(|(n, ok)| n != node && !ok);
             // A pod someone deleted is stopped and replaced at once, as the
             // kubelet and the DaemonSet controller do: no rollout budget.
@@ -577,6 +594,47 @@ impl<'a> Kubelet<'a> {
             ifname,
             config,
             container_id,
+        }
+    }
+
+    /// Start the agent of a running pod again (a container restart): the
+    /// pod's addresses come from its status and network-status annotation.
+    fn restart_container(&self, node: &str, pod: &Pod) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let networks = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(NETWORK_STATUS_ANNOTATION))
+            .and_then(|v| serde_json::from_str::<Vec<serde_json::Value>>(v).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["default"] != json!(true))
+            .filter_map(|e| {
+                let ifname = e["interface"].as_str()?.to_owned();
+                let ips = e["ips"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|ip| ip.as_str().map(str::to_owned))
+                    .collect();
+                Some((ifname, ips))
+            })
+            .collect();
+        let agent = AgentPod {
+            node: node.to_owned(),
+            pod_name: name.clone(),
+            netns: self.cfg.agent_ns(node),
+            pod_ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default(),
+            networks,
+        };
+        info!(%node, pod = %name, "agent not running in its pod; restarting the container");
+        if let Err(e) = self.runtime.start(&agent) {
+            warn!(%node, pod = %name, error = %e, "restarting the agent failed");
+            history::record(&self.cfg.dir, node, &name, PodStep::NotReady, None, Some(e));
         }
     }
 
