@@ -585,14 +585,25 @@ pub fn target_required_labels(
 }
 
 /// The target pod of the VMI's migration that is under way, among `vmims`
-/// (the VMI's own): started (past Pending), not final, not being deleted.
-/// A final or cancelled migration's target pod is not in flight, so it goes.
+/// (the VMI's own): started (past Pending) and not final. A final
+/// migration's target pod is not in flight, so it goes; so does a cancelled
+/// one's before its stream can start (before TargetReady).
+///
+/// A cancelled migration whose stream may already be running keeps its
+/// target until the source records the outcome. The cancel can lose the
+/// race with the switch-over. When it did, that target pod was the only
+/// copy of the guest, and the soak saw the VM lost when it went.
 pub fn in_flight_target<'m>(
     vmims: impl IntoIterator<Item = &'m VirtualMachineInstanceMigration>,
 ) -> Option<String> {
     vmims
         .into_iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter(|m| {
+            let phase = m.status.as_ref().and_then(|s| s.phase);
+            let cancelled_early = m.metadata.deletion_timestamp.is_some()
+                && phase.is_some_and(|p| p < MigrationPhase::TargetReady);
+            !cancelled_early
+        })
         .filter(|m| {
             m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
                 !matches!(
@@ -1211,6 +1222,13 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::now(),
             ));
         assert_eq!(in_flight_target([&deleting]), None);
+        // Cancelled while its stream may run: the switch-over can win the
+        // race, so the target stays until the outcome is recorded.
+        for p in [MigrationPhase::TargetReady, MigrationPhase::Running] {
+            let mut cancelled = m(p);
+            cancelled.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
+            assert_eq!(in_flight_target([&cancelled]).as_deref(), Some("tgt"), "{p:?}");
+        }
     }
 
     #[test]
