@@ -7,9 +7,12 @@
 //! `<pool>.json`, and fsync the directory once. A crash at any point leaves
 //! either the old or the new file; a stale `.tmp` is simply overwritten by the
 //! next writer (writers are serialised by the lock, so one fixed name is safe).
+//! Every temp file is written before the first rename, so a write that fails
+//! (a full disk) changes no pool, and a failed operation removes its temp
+//! files.
 
 use super::allocator::{Allocation, Pool};
-use crate::error::{CniError, CniResult};
+use crate::error::{CniError, CniResult, Code};
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -103,7 +106,7 @@ impl FileStore {
     ) -> CniResult<R> {
         match open {
             Open::Create => std::fs::create_dir_all(&self.dir)
-                .map_err(|e| CniError::io(format!("create store dir {}", self.dir.display()), e))?,
+                .map_err(|e| store_io(format!("create store dir {}", self.dir.display()), e))?,
             Open::Existing => {
                 if !self.dir.is_dir() {
                     let mut empty = vec![Pool::default(); keys.len()];
@@ -117,13 +120,18 @@ impl FileStore {
             .map(|k| self.load(k))
             .collect::<CniResult<Vec<_>>>()?;
         let out = decide(&mut pools)?;
-        let mut wrote = false;
+        // Write every changed pool's temp file first and rename only when
+        // all are written: with several pools (dual stack), a write that
+        // fails on the second must not leave the first one renamed, which
+        // would be half an allocation.
+        let mut staged = Staged(Vec::new());
         for (k, p) in keys.iter().zip(&pools) {
             if p.dirty {
-                self.save(k, p)?;
-                wrote = true;
+                staged.0.push(self.write_tmp(k, p)?);
             }
         }
+        let wrote = !staged.0.is_empty();
+        staged.commit()?;
         if wrote && self.fsync {
             // Make the renames durable before we report success.
             let d = File::open(&self.dir)
@@ -152,7 +160,7 @@ impl FileStore {
                 .truncate(false)
                 .write(true)
                 .open(&path)
-                .map_err(|e| CniError::io(format!("open lock {}", path.display()), e))?;
+                .map_err(|e| store_io(format!("open lock {}", path.display()), e))?;
             loop {
                 match Flock::lock(f, FlockArg::LockExclusive) {
                     Ok(l) => {
@@ -177,22 +185,83 @@ impl FileStore {
         decode_pool_file(&path, key, &bytes)
     }
 
-    fn save(&self, key: &PoolKey, pool: &Pool) -> CniResult<()> {
+    fn tmp_path(&self, key: &PoolKey) -> PathBuf {
+        self.dir.join(format!("{}.json.tmp", key.name))
+    }
+
+    /// Write `<pool>.json.tmp` for `pool`; returns `(tmp, pool file)` for
+    /// the rename. On failure the temp file is removed: on a full disk it
+    /// would otherwise stay behind, partial, taking space.
+    fn write_tmp(&self, key: &PoolKey, pool: &Pool) -> CniResult<(PathBuf, PathBuf)> {
         let path = self.pool_path(key);
-        let tmp = self.dir.join(format!("{}.json.tmp", key.name));
+        let tmp = self.tmp_path(key);
         let bytes = encode_pool_file(key, pool)?;
-        let io =
-            |what: &str, e: std::io::Error| CniError::io(format!("{what} {}", tmp.display()), e);
-        let mut f = File::create(&tmp).map_err(|e| io("create", e))?;
-        f.write_all(&bytes).map_err(|e| io("write", e))?;
-        if self.fsync {
-            // The data must be on disk before the rename can be: otherwise a
-            // power loss can leave an empty file under the pool's name.
-            f.sync_data().map_err(|e| io("fsync", e))?;
+        let write = || -> Result<(), (&str, std::io::Error)> {
+            let mut f = File::create(&tmp).map_err(|e| ("create", e))?;
+            f.write_all(&bytes).map_err(|e| ("write", e))?;
+            if self.fsync {
+                // The data must be on disk before the rename can be: otherwise a
+                // power loss can leave an empty file under the pool's name.
+                f.sync_data().map_err(|e| ("fsync", e))?;
+            }
+            Ok(())
+        };
+        match write() {
+            Ok(()) => Ok((tmp, path)),
+            Err((what, e)) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(store_io(
+                    format!(
+                        "{what} {} (the new version of pool file {})",
+                        tmp.display(),
+                        path.display()
+                    ),
+                    e,
+                ))
+            }
         }
-        drop(f);
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| CniError::io(format!("rename {} to {}", tmp.display(), path.display()), e))
+    }
+}
+
+/// Temp files written and not yet renamed over their pool files: `(tmp,
+/// pool file)`. Dropping it removes those left, so a failed operation leaves
+/// no temp file behind.
+struct Staged(Vec<(PathBuf, PathBuf)>);
+
+impl Staged {
+    /// Rename each temp file over its pool file, in order.
+    fn commit(mut self) -> CniResult<()> {
+        while let Some((tmp, path)) = self.0.first() {
+            std::fs::rename(tmp, path).map_err(|e| {
+                store_io(format!("rename {} to {}", tmp.display(), path.display()), e)
+            })?;
+            self.0.remove(0);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.0 {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// A store I/O error for `what` (which names the file). A full filesystem
+/// (ENOSPC, or EDQUOT over a quota) is code 11, a transient condition
+/// (SPEC §5): the runtime should retry once space is freed. When it comes
+/// from creating the directory, a lock or a temp file, or from writing one,
+/// no rename has happened yet, so the operation changed no pool. Any other
+/// I/O error is code 5.
+fn store_io(what: String, e: std::io::Error) -> CniError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            CniError::new(Code::TryAgainLater, format!("{what}: {e}"))
+                .with_details("the IPAM store's filesystem is full; retry once space is freed")
+        }
+        _ => CniError::io(what, e),
     }
 }
 
@@ -242,7 +311,6 @@ pub fn encode_pool_file(key: &PoolKey, pool: &Pool) -> CniResult<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Code;
 
     /// A fresh directory under the temp dir, removed on drop (also on panic).
     struct TempDir(PathBuf);
@@ -358,6 +426,25 @@ mod tests {
         std::fs::write(s.pool_path(&key), b"{garbage").unwrap();
         let e = s.read_pool(&key).unwrap_err();
         assert!(e.msg.contains("corrupt"), "{}", e.msg);
+    }
+
+    #[test]
+    fn a_full_filesystem_is_try_again_later_and_other_io_errors_are_code_5() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = store_io(
+                "write /s/p.json.tmp".into(),
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert_eq!(e.code, Code::TryAgainLater);
+            assert!(e.msg.starts_with("write /s/p.json.tmp: "), "{}", e.msg);
+            assert!(e.details.contains("full"), "{}", e.details);
+        }
+        let e = store_io(
+            "write /s/p.json.tmp".into(),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert_eq!(e.code, Code::Io);
+        assert!(e.msg.contains("/s/p.json.tmp"), "{}", e.msg);
     }
 
     #[test]
