@@ -16,10 +16,12 @@ fi
 # (test-bed certificates), procps/psmisc (process checks), jq. The cluster
 # bed (tests/cluster/): containerd + runc (one runtime per node), socat (the
 # root namespace's way to the apiserver), iptables (the kubernetes Service
-# in each node), mmdebstrap (the mignet image from Debian packages).
+# in each node), mmdebstrap (the mignet image from Debian packages). The
+# reliability suite (manager/tests/lab_faults.rs): nftables (dropping the
+# migration segment's packets), ss from iproute2, mount from util-linux.
 pkgs=(iproute2 containernetworking-plugins qemu-system-x86 qemu-utils busybox-static cpio
       openssl procps psmisc jq curl ca-certificates gcc libc6-dev chromium chromium-driver
-      containerd runc socat iptables mmdebstrap)
+      containerd runc socat iptables mmdebstrap nftables util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
