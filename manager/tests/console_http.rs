@@ -8,7 +8,6 @@
 mod console_support;
 mod control_common;
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use console_support::*;
@@ -16,35 +15,6 @@ use control_common::{create_running_vmi, eventually, VmiOpts};
 use kube::ResourceExt;
 
 const MIGRATE: &str = "/api/vms/lab/vm/migrate";
-
-/// Everything the process logs (mignet at debug), to check that no secret
-/// is logged. Installed before anything else logs.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = buf.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("mignet=debug")
-            .with_ansi(false)
-            .with_writer(move || LogWriter(w.clone()))
-            .init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_token_or_csrf_are_rejected() {

@@ -13,10 +13,10 @@ mod control_common;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use console_support::{http_from, Reply, TempDir, ADMIN_TOKEN, VIEWER_TOKEN};
+use console_support::{captured_logs, http_from, Reply, TempDir, ADMIN_TOKEN, VIEWER_TOKEN};
 use mignet::backend::LocalBackend;
 use mignet::console::auth::AuthFuture;
 use mignet::console::{Authenticator, Console, LoginLimits, Settings, TokenFile};
@@ -136,34 +136,6 @@ fn retry_after(r: &Reply) -> u64 {
         .unwrap_or_else(|| panic!("429 without Retry-After: {r:?}"))
         .parse()
         .unwrap_or_else(|_| panic!("Retry-After not in seconds: {r:?}"))
-}
-
-/// Everything mignet logs in this test binary.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = buf.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("mignet=debug")
-            .with_ansi(false)
-            .with_writer(move || LogWriter(w.clone()))
-            .init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

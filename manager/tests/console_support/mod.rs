@@ -475,3 +475,33 @@ async fn http_on(
         body: body.to_owned(),
     }
 }
+
+/// Everything the process logs (mignet at debug), to check that no secret
+/// is logged. Installed before anything else logs (once per test binary).
+pub fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("mignet=debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(w.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
