@@ -98,6 +98,13 @@ fn a_vms_launcher_outlives_agent_restarts_and_a_network_roll() {
     untouched(&lab, &store, launcher, qemu);
     let t0 = tick_past(&lab, "node1", 0, "a tick");
 
+    // 0. A second daemon for the same lab is refused: two would each run a
+    //    controller, a kubelet and agents for the same nodes.
+    let second = lab.run(&["lab", "daemon"]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("a lab daemon already runs for"), "{err}");
+
     // 1. The lab daemon dies (SIGKILL: no chance to tidy up) with its
     //    controller, kubelets and every in-process agent.
     let daemon = lab.daemon_pid().unwrap();

@@ -102,6 +102,7 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
         LabCommand::Daemon => {
             let dir = LabConfig::dir_from_env();
             let state = LabState::load(&dir)?.ok_or(LabError::NotUp { dir: dir.clone() })?;
+            let _one_daemon = daemon::take_daemon_lock(&dir)?;
             // Started by hand (say after a crash): record ourselves so
             // `lab down` stops us too. `lab up` recorded the pid already.
             let me = std::process::id() as i32;

@@ -1227,7 +1227,11 @@ mod tests {
         for p in [MigrationPhase::TargetReady, MigrationPhase::Running] {
             let mut cancelled = m(p);
             cancelled.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
-            assert_eq!(in_flight_target([&cancelled]).as_deref(), Some("tgt"), "{p:?}");
+            assert_eq!(
+                in_flight_target([&cancelled]).as_deref(),
+                Some("tgt"),
+                "{p:?}"
+            );
         }
     }
 

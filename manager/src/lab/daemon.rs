@@ -145,6 +145,41 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
     result
 }
 
+/// The one-daemon lock of the lab at `dir`, held for the daemon's life
+/// (`<dir>/agents/daemon.lock`; `lab down` removes it with `agents/`). A
+/// second daemon, say one started by hand while the first still runs, is
+/// refused: two would each run a controller, a kubelet and a set of agents
+/// for the same nodes.
+pub fn take_daemon_lock(
+    dir: &std::path::Path,
+) -> Result<nix::fcntl::Flock<std::fs::File>, LabError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let agents = dir.join("agents");
+    let path = agents.join("daemon.lock");
+    let io = |op: &'static str, source| LabError::Io {
+        op,
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&agents).map_err(|e| io("creating the directory of", e))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io("opening", e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            LabError::DaemonRunning {
+                dir: dir.to_path_buf(),
+                pids: super::lifecycle::daemon_processes(dir),
+            }
+        } else {
+            io("locking", std::io::Error::from(errno))
+        }
+    })
+}
+
 /// Start `mignet lab daemon` in the background (own process group, so a
 /// terminal's Ctrl-C does not reach it), logging to `daemon.log`, and record
 /// its pid for `lab down`.

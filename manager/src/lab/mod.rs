@@ -212,6 +212,8 @@ pub enum LabError {
     NotUp { dir: PathBuf },
     #[error("a lab is already up in {dir} (run `mignet lab down` first)")]
     AlreadyUp { dir: PathBuf },
+    #[error("a lab daemon already runs for {dir} (pids {pids:?}): two would both run the controller, the kubelet and the agents; stop it first")]
+    DaemonRunning { dir: PathBuf, pids: Vec<i32> },
     #[error("network namespace {name} already exists and is not this lab's (a leftover? remove it with `ip netns del {name}`)")]
     NamespaceExists { name: String },
     #[error("{nodes} nodes requested; the lab supports 1 to 250")]
