@@ -379,3 +379,80 @@ async fn agents_migrate_a_vmi_through_the_protocol_and_abort_on_request() {
     )
     .await;
 }
+
+/// The source agent died between the two writes of a migration's end: the
+/// VMI already says completed (nodeName = target) while the VMIM is still
+/// Running. The next agent of the source node must finish the record
+/// (Succeeded) instead of leaving the VMIM Running for good; the lab's
+/// daemon-kill fault at 90 % of a transfer hit this window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_recorded_only_on_the_vmi_is_finished_by_the_next_agent() {
+    let store = TempStore::new();
+    let b = store.backend.clone();
+    let topo = Topology::new("mgah", 1, true);
+    let n1 = topo.nodes[0].clone();
+    let pki = Pki::new("cluster CA");
+    let core1 = Arc::new(
+        AgentCore::start(agent_settings(&topo, &n1, &pki, &guest_boot(), Some(2)))
+            .await
+            .unwrap(),
+    );
+    let mut v = VirtualMachineInstance::new(
+        "vm1",
+        VirtualMachineInstanceSpec {
+            domain: DomainSpec {
+                memory: Some(Memory {
+                    guest: Some("128Mi".into()),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    v.metadata.namespace = Some(NS.into());
+    let mut v = b.create(&v).await.unwrap();
+    v.status = Some(VirtualMachineInstanceStatus {
+        node_name: Some("elsewhere".into()),
+        phase: Some(VmiPhase::Running),
+        ..Default::default()
+    });
+    b.replace_status(&v).await.unwrap();
+    schedule(&b, "mig-half", &n1.name, "elsewhere").await;
+    let uid = vmim(&b, "mig-half").await.uid().unwrap();
+    // What the dead agent had written: the VMI's end, and the VMIM Running.
+    modify_status(&b, NS, "vm1", |v: &mut VirtualMachineInstance| {
+        let ms = v.status.as_mut().unwrap().migration_state.as_mut().unwrap();
+        ms.completed = Some(true);
+        ms.end_timestamp = Some(now());
+        true
+    })
+    .await
+    .unwrap();
+    modify_status(
+        &b,
+        NS,
+        "mig-half",
+        |m: &mut VirtualMachineInstanceMigration| {
+            for p in [
+                MigrationPhase::PreparingTarget,
+                MigrationPhase::TargetReady,
+                MigrationPhase::Running,
+            ] {
+                enter_phase(m, p, now());
+            }
+            true
+        },
+    )
+    .await
+    .unwrap();
+    // The new agent of the source node.
+    let _a1 = Task(tokio::spawn(mignet::agent::run_with_core(
+        b.clone(),
+        core1.clone(),
+        std::future::pending(),
+    )));
+    wait_phase(&b, "mig-half", MigrationPhase::Succeeded).await;
+    let m = vmim(&b, "mig-half").await;
+    let ms = m.status.unwrap().migration_state.unwrap();
+    assert_eq!((ms.completed, ms.failed), (Some(true), None), "{uid}");
+}

@@ -484,6 +484,19 @@ async fn pass<B: Backend>(
                 recover_orphan_source(backend, core, m, &uid, &key_of(vmi)).await?;
                 state.done.insert(uid.clone());
             }
+            // The previous agent recorded the end on the VMI and died before
+            // the VMIM's final phase (the two writes of `record_end`): finish
+            // the record, or the VMIM stays Running for good.
+            MigrationPhase::Running
+                if is_source && ms.completed == Some(true) && !state.sources.contains_key(&uid) =>
+            {
+                let target = ms.target_node.clone().unwrap_or_default();
+                tracing::info!(migration = %uid, "completed before the agent restarted; recording the end");
+                record_end(backend, m, &uid, End::Completed { target }).await?;
+                // The paused source, if the old agent did not stop it.
+                let _ = core.vms.stop(&key_of(vmi));
+                state.done.insert(uid.clone());
+            }
             MigrationPhase::PreparingTarget | MigrationPhase::TargetReady
                 if is_target && !state.targets.contains_key(&uid) =>
             {
