@@ -66,14 +66,8 @@ fn untouched(lab: &Lab, store: &Store, launcher: i32, qemu: i32) {
 fn a_vms_launcher_outlives_agent_restarts_and_a_network_roll() {
     let t_start = std::time::Instant::now();
     let lab = Lab::new("lch");
-    lab.ok(&["lab", "up", "--nodes", &NODES.to_string()]);
+    up_with_seed_network(&lab, NODES);
     let ex = examples();
-    lab.ok(&["create", "-f", ex.join("nad.yaml").to_str().unwrap()]);
-    lab.ok(&[
-        "apply",
-        "-f",
-        ex.join("hyperconverged.yaml").to_str().unwrap(),
-    ]);
     let store = Store::open(lab.dir.join("store")).unwrap();
     lab.ok(&["create", "-f", ex.join("lab/vmi.yaml").to_str().unwrap()]);
     wait_for(

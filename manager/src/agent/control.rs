@@ -494,7 +494,9 @@ async fn pass<B: Backend>(
                 tracing::info!(migration = %uid, "completed before the agent restarted; recording the end");
                 record_end(backend, m, &uid, End::Completed { target }).await?;
                 // The paused source, if the old agent did not stop it.
-                let _ = core.vms.stop(&key_of(vmi));
+                if let Err(e) = core.vms.stop(&key_of(vmi)) {
+                    tracing::warn!(vm = %key_of(vmi), error = %error_chain(&e), "cannot stop migrated source VM");
+                }
                 state.done.insert(uid.clone());
             }
             MigrationPhase::PreparingTarget | MigrationPhase::TargetReady
@@ -653,28 +655,18 @@ async fn record_end<B: Backend>(
             ) {
                 return false;
             }
-            enter_phase(m, final_phase, t.clone());
             let st = m.status.get_or_insert_with(Default::default);
             let ms = st.migration_state.get_or_insert_with(Default::default);
             apply_end(ms, &end, &t);
-            if let Some(reason) = ms.failure_reason.clone() {
-                crate::control::set_condition(
-                    &mut st.conditions,
-                    crate::api::VmiCondition {
-                        type_: protocol::FAILED_CONDITION.into(),
-                        status: "True".into(),
-                        reason: Some(
-                            match end {
-                                End::Failed(_) => "MigrationFailed",
-                                _ => "AbortedByUser",
-                            }
-                            .into(),
-                        ),
-                        message: Some(reason),
-                        last_transition_time: Some(t.clone()),
-                        ..Default::default()
-                    },
-                );
+            match (final_phase, ms.failure_reason.clone()) {
+                (MigrationPhase::Failed, Some(reason)) => {
+                    let label = match end {
+                        End::Failed(_) => "MigrationFailed",
+                        _ => "AbortedByUser",
+                    };
+                    crate::control::fail(m, label, &reason, &t);
+                }
+                _ => enter_phase(m, final_phase, t.clone()),
             }
             true
         },

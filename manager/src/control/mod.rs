@@ -541,7 +541,9 @@ async fn admit_new<B: Backend>(
     Ok(())
 }
 
-fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str, t: &Time) {
+/// Final phase Failed with a `Failed` condition saying why (the
+/// controller's refusals and the agents' recorded failures alike).
+pub(crate) fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str, t: &Time) {
     enter_phase(m, MigrationPhase::Failed, t.clone());
     let st = m.status.get_or_insert_with(Default::default);
     set_condition(

@@ -185,6 +185,19 @@ pub fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+/// `lab up` with `nodes`, then the seed's NAD and HyperConverged (network
+/// my-secondary-network, the seed's limits), as the README's walkthrough.
+pub fn up_with_seed_network(lab: &Lab, nodes: u32) {
+    lab.ok(&["lab", "up", "--nodes", &nodes.to_string()]);
+    let ex = examples();
+    lab.ok(&["create", "-f", ex.join("nad.yaml").to_str().unwrap()]);
+    lab.ok(&[
+        "apply",
+        "-f",
+        ex.join("hyperconverged.yaml").to_str().unwrap(),
+    ]);
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))

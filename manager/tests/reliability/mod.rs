@@ -70,34 +70,12 @@ pub struct Guest {
     pub dirty_mib_s: u32,
 }
 
-impl Guest {
-    pub const SMALL: Guest = Guest {
-        memory_mib: 128,
-        fill_mib: 32,
-        dirty_mib_s: 1,
-    };
-}
-
 impl Bed {
     /// `lab up` with `nodes`, the seed's NAD, and the seed's HyperConverged
     /// with `limits` (edit-config changes) applied on top.
     pub fn up(tag: &str, nodes: u32, limits: &[&str]) -> Bed {
-        Self::up_with(tag, nodes, limits, |_| {})
-    }
-
-    /// As [`Bed::up`], with `prepare` run on the lab's identity before
-    /// `lab up` (e.g. to mount a filesystem of its own at its directory).
-    pub fn up_with(tag: &str, nodes: u32, limits: &[&str], prepare: impl FnOnce(&Lab)) -> Bed {
         let lab = Lab::new(tag);
-        prepare(&lab);
-        lab.ok(&["lab", "up", "--nodes", &nodes.to_string()]);
-        let ex = examples();
-        lab.ok(&["create", "-f", ex.join("nad.yaml").to_str().unwrap()]);
-        lab.ok(&[
-            "apply",
-            "-f",
-            ex.join("hyperconverged.yaml").to_str().unwrap(),
-        ]);
+        up_with_seed_network(&lab, nodes);
         let store = Store::open(lab.dir.join("store")).unwrap();
         let bed = Bed {
             lab,
@@ -221,12 +199,8 @@ impl Bed {
             .collect()
     }
 
-    /// Every VM of `uids` still runs the same VMI (never restarted).
-    pub fn same_vmis(&self, uids: &BTreeMap<String, String>) -> Result<(), String> {
-        self.same_vmis_but_tcg_crashes(&mut uids.clone(), &mut BTreeMap::new())
-    }
-
-    /// As [`Bed::same_vmis`], except for one known fault outside mignet.
+    /// Every VM of `uids` still runs the same VMI (never restarted), except
+    /// for one known fault outside mignet.
     /// Debian's QEMU 7.2 under TCG sometimes loses guest memory writes
     /// during a multi-pass precopy, and the guest then panics on the target
     /// right after it arrives (RELIABILITY.md). The launcher reports that as
@@ -477,7 +451,7 @@ impl Bed {
                 continue;
             };
             if let Some(m) = v["allocations"].as_object() {
-                out.extend(m.iter().map(|(ip, owner)| format!("{ip} {}", show(owner))));
+                out.extend(m.iter().map(|(ip, owner)| format!("{ip} {owner}")));
             }
         }
         out.sort();
@@ -664,9 +638,4 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-}
-
-/// `json!` of a value the check prints.
-pub fn show(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }

@@ -248,14 +248,14 @@ pub async fn prepare_destination(
 
 /// Configures the source and starts the migration to `uri`. A migration
 /// QEMU still runs from an earlier attempt (its agent died mid-way) is
-/// ended first ([`end_stale`]); QEMU refuses a new one while it lasts
+/// ended first ([`cancel_hard`]); QEMU refuses a new one while it lasts
 /// ("There's a migration process in progress").
 pub async fn start_source(
     source: &QmpClient,
     settings: &MigrationSettings,
     uri: &str,
 ) -> Result<(), MigrationError> {
-    end_stale(source).await?;
+    cancel_hard(source).await?;
     configure(source, Side::Source, settings).await?;
     let migrate = || source.execute("migrate", Some(json!({ "uri": uri })));
     let r = match migrate().await {
@@ -266,12 +266,9 @@ pub async fn start_source(
             tracing::warn!(
                 "the source QEMU still cleans up an earlier migration; yanking its sockets"
             );
-            let _ = source
-                .execute(
-                    "yank",
-                    Some(json!({ "instances": [{ "type": "migration" }] })),
-                )
-                .await;
+            // Retried below whatever the yank answered: the migrate's
+            // answer is what counts.
+            let _ = yank(source).await;
             let deadline = tokio::time::Instant::now() + AFTER_YANK;
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -355,6 +352,7 @@ pub async fn cancel_hard(source: &QmpClient) -> Result<MigrationStatus, Migratio
     if now.status.is_terminal() || now.status == MigrationStatus::None {
         return Ok(now.status);
     }
+    tracing::warn!(status = ?now.status, "the source QEMU still runs a migration; ending it");
     // A cancel that finds the migration just ended is not an error.
     let _ = send_cancel(source).await;
     match wait_over(source, CANCEL_BEFORE_YANK).await {
@@ -362,28 +360,23 @@ pub async fn cancel_hard(source: &QmpClient) -> Result<MigrationStatus, Migratio
         Err(MigrationError::NotOver { .. }) => {}
         Err(e) => return Err(e),
     }
+    yank(source).await.map_err(|e| MigrationError::Qmp {
+        side: Side::Source,
+        step: "yank",
+        source: e,
+    })?;
+    wait_over(source, AFTER_YANK).await.map(|s| s.status)
+}
+
+/// QEMU's `yank` of the migration's sockets: blocked channel threads see
+/// their sockets shut down and end.
+async fn yank(source: &QmpClient) -> Result<Value, QmpError> {
     source
         .execute(
             "yank",
             Some(json!({ "instances": [{ "type": "migration" }] })),
         )
         .await
-        .map_err(|e| MigrationError::Qmp {
-            side: Side::Source,
-            step: "yank",
-            source: e,
-        })?;
-    wait_over(source, AFTER_YANK).await.map(|s| s.status)
-}
-
-/// Before a new migration: end one QEMU still runs from an earlier attempt.
-async fn end_stale(source: &QmpClient) -> Result<(), MigrationError> {
-    let now = query(source, Side::Source).await?;
-    if now.status.is_terminal() || now.status == MigrationStatus::None {
-        return Ok(());
-    }
-    tracing::warn!(status = ?now.status, "the source QEMU still runs an earlier migration; ending it first");
-    cancel_hard(source).await.map(|_| ())
 }
 
 /// Polls `query-migrate` until the migration is over (completed, failed or
