@@ -56,9 +56,9 @@ pub struct ProxyOptions {
     /// Source side: bind outgoing connections to this address (the migration IP)
     /// so they cannot leave through another interface.
     pub bind_ip: Option<std::net::IpAddr>,
-    /// Application-level cap on source-to-target bytes, shared by all
-    /// connections of one migration. QEMU's max-bandwidth is the primary cap;
-    /// this one exists for peers that cannot be trusted to set it.
+    /// Cap on source-to-target plaintext bytes, shared by all connections of
+    /// one migration: the agent's `bandwidthPerMigration`. QEMU's own
+    /// max-bandwidth overshoots by whole multifd packets, this does not.
     pub rate_limit: Option<Arc<RateLimit>>,
 }
 

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use mignet_dataplane::proxy::{CountersSnapshot, SourceEndpoints, RELAY_LINGER, STREAM_MEMORY};
+use mignet_dataplane::proxy::{
+    CountersSnapshot, RateLimit, SourceEndpoints, RELAY_LINGER, STREAM_MEMORY,
+};
 use mignet_dataplane::qemu::migration::{self, Outcome, Side};
 
 use super::params::MigrationParams;
@@ -115,7 +117,8 @@ impl AgentCore {
         })?;
         let bind_ip = self.migration_ip().await?.ip;
         let tls = self.tls.clone();
-        let opts = self.proxy_options(Some(bind_ip));
+        let mut opts = self.proxy_options(Some(bind_ip));
+        opts.rate_limit = params.proxy_rate_limit().map(RateLimit::new);
         // QEMU connects to the proxy's unix socket from where it runs: in a
         // launcher pod that is the VM's run directory (the one path both pods
         // mount), with a short name so the path fits a socket address.
