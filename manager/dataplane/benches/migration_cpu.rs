@@ -89,6 +89,19 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// read- and write-family system calls process `pid` made so far
+/// (`syscr` + `syscw` of /proc/PID/io: read, readv, recvmsg, write, writev,
+/// sendmsg, ...; not epoll or futex).
+fn rw_syscalls(pid: u32) -> f64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "syscr" | "syscw").then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Machine-wide busy CPU-seconds so far, from /proc/stat.
 fn machine_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -391,6 +404,8 @@ struct Run {
     m: MigrationMeasurement,
     cpu: Cpu,
     rss_mib: f64,
+    /// The proxies' read/write system calls per MiB carried.
+    calls_per_mib: f64,
 }
 
 /// The guest now running and where.
@@ -559,6 +574,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     m: r.0,
                     cpu: r.1,
                     rss_mib: r.2,
+                    calls_per_mib: r.3,
                 });
             }
         }
@@ -579,7 +595,7 @@ async fn one(
     guest: &mut Guest,
     path: Path_,
     settings: &MigrationSettings,
-) -> Result<Result<(MigrationMeasurement, Cpu, f64), String>, Box<dyn std::error::Error>> {
+) -> Result<Result<(MigrationMeasurement, Cpu, f64, f64), String>, Box<dyn std::error::Error>> {
     let (src, dst) = (guest.side, 1 - guest.side);
     let dir = RunDir::new("cpu")?;
     let (procs, listen, connect) = bed.proxies(path, src, dst, dir.path(), None)?;
@@ -616,9 +632,11 @@ async fn one(
     // loaded everything.
     wait_destination(&dqmp).await;
     let rss = procs.iter().map(|p| peak_rss_mib(p.pid())).sum();
+    let calls: f64 = procs.iter().map(|p| rw_syscalls(p.pid())).sum();
+    let calls_per_mib = calls / (m.transferred as f64 / MIB);
     procs.into_iter().for_each(ProxyProc::stop);
     guest.arrived(dvm, dqmp, dir)?;
-    Ok(Ok((m, cpu, rss)))
+    Ok(Ok((m, cpu, rss, calls_per_mib)))
 }
 
 async fn wait_destination(dqmp: &QmpClient) {
@@ -653,7 +671,7 @@ fn print_table(
     );
     println!("CPU-seconds per GiB transferred (user+sys per process; machine = all busy CPU on the machine during the migration)");
     println!(
-        "| {:<20} | {:<8} | {:>11} | {:>7} | {:>8} | {:>8} | {:>7} | {:>7} | {:>9} | {:>15} |",
+        "| {:<20} | {:<8} | {:>11} | {:>7} | {:>8} | {:>8} | {:>7} | {:>7} | {:>9} | {:>12} | {:>15} |",
         "configuration",
         "path",
         "failed/runs",
@@ -663,11 +681,12 @@ fn print_table(
         "proxies",
         "machine",
         "proxy RSS",
+        "rw calls/MiB",
         "vs kubevirt"
     );
     println!(
-        "|{:-<22}|{:-<10}|{:->13}|{:->9}|{:->10}|{:->10}|{:->9}|{:->9}|{:->11}|{:->17}|",
-        "", "", "", "", "", "", "", "", "", ""
+        "|{:-<22}|{:-<10}|{:->13}|{:->9}|{:->10}|{:->10}|{:->9}|{:->9}|{:->11}|{:->14}|{:->17}|",
+        "", "", "", "", "", "", "", "", "", "", ""
     );
     let mut verdicts = Vec::new();
     for (ci, (label, _)) in cases.iter().enumerate() {
@@ -692,6 +711,7 @@ fn print_table(
                 per(|c| c.proxies),
                 per(|c| c.busy),
                 med(rs.iter().map(|r| r.rss_mib).collect()),
+                med(rs.iter().map(|r| r.calls_per_mib).collect()),
             ])
         };
         let kv = stats(Path_::Kubevirt);
@@ -706,7 +726,7 @@ fn print_table(
                 _ => "-".into(),
             };
             println!(
-                "| {:<20} | {:<8} | {:>11} | {:>7.1} | {:>8.2} | {:>8.2} | {:>7} | {:>7.2} | {:>9} | {:>15} |",
+                "| {:<20} | {:<8} | {:>11} | {:>7.1} | {:>8.2} | {:>8.2} | {:>7} | {:>7.2} | {:>9} | {:>12} | {:>15} |",
                 label,
                 path.label(),
                 {
@@ -720,6 +740,7 @@ fn print_table(
                 if path == Path_::Direct { "-".into() } else { format!("{:.2}", v[3]) },
                 v[4],
                 if path == Path_::Direct { "-".into() } else { format!("{:.1} MiB", v[5]) },
+                if path == Path_::Direct { "-".into() } else { format!("{:.0}", v[6]) },
                 vs
             );
         }
