@@ -44,12 +44,8 @@ use_cached_or_lock ready "$OUT"
 go_env
 
 log "cold build: $KV_MOD $KV_VERSION migration-proxy with $("$GO" version)"
-modjson=$("$GO" mod download -json "$KV_MOD@$KV_VERSION") || die "go mod download $KV_MOD@$KV_VERSION failed"
-field() { sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p" <<<"$modjson" | head -1; }
-gomod=$(field GoMod)
-srcdir=$(field Dir)
-[[ -f $gomod && -d $srcdir/pkg/virt-handler/migration-proxy ]] || die "module download gave no go.mod/migration-proxy: $modjson"
-goline=$(grep -m1 '^go ' "$gomod" || echo 'go 1.24')
+go_mod_download "$KV_MOD" "$KV_VERSION"
+[[ -d $srcdir/pkg/virt-handler/migration-proxy ]] || die "$KV_MOD $KV_VERSION has no pkg/virt-handler/migration-proxy"
 
 SRC=$ROOT/src/wrapper
 rm -rf "$SRC"

@@ -35,12 +35,7 @@ use_cached_or_lock ready "$OUT"
 go_env
 
 log "cold build: whereabouts $WA_VERSION with $("$GO" version)"
-modjson=$("$GO" mod download -json "$WA_MOD@$WA_VERSION") || die "go mod download $WA_MOD@$WA_VERSION failed"
-field() { sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p" <<<"$modjson" | head -1; }
-gomod=$(field GoMod)
-srcdir=$(field Dir)
-[[ -f $gomod && -d $srcdir ]] || die "module download gave no go.mod/dir: $modjson"
-goline=$(grep -m1 '^go ' "$gomod" || echo 'go 1.24')
+go_mod_download "$WA_MOD" "$WA_VERSION"
 
 SRC=$ROOT/src/wrapper
 rm -rf "$SRC"

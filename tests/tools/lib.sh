@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the tests/tools/build-*.sh scripts: logging, timing, the Go
 # environment and the cache-then-lock dance. Source it after setting TOOL
 # (the log tag) and ROOT (this tool's cache directory).
@@ -56,4 +57,18 @@ go_env() {
     export GOTOOLCHAIN=local
     export CGO_ENABLED=0
     unset GOFLAGS
+}
+
+# go_mod_download MOD VERSION: fetch a module through the proxy and set
+# gomod (the go.mod the proxy serves), srcdir (its source tree) and goline
+# (its `go` directive, for a wrapper module's own go.mod).
+# shellcheck disable=SC2034 # gomod, srcdir, goline are for the caller
+go_mod_download() {
+    local json
+    json=$("$GO" mod download -json "$1@$2") || die "go mod download $1@$2 failed"
+    _field() { sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}$/\1/p" <<<"$json" | head -1; }
+    gomod=$(_field GoMod)
+    srcdir=$(_field Dir)
+    [[ -f $gomod && -d $srcdir ]] || die "module download gave no go.mod/dir: $json"
+    goline=$(grep -m1 '^go ' "$gomod" || echo 'go 1.24')
 }
