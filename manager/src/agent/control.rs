@@ -682,14 +682,20 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, BackendError>>,
 {
-    for attempt in 0..10u32 {
+    const ATTEMPTS: u32 = 10;
+    for attempt in 1..=ATTEMPTS {
         match f().await {
             Ok(v) => return Some(v),
-            Err(e) if e.is_retryable() => {
-                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                // Said from the third failure on: a retry that keeps failing
+                // is never silent.
+                if attempt >= 3 {
+                    tracing::warn!(what, attempt, error = %error_chain(&e), "status write failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(100 << (attempt - 1).min(4))).await;
             }
             Err(e) => {
-                tracing::warn!(what, error = %error_chain(&e), "status write failed");
+                tracing::warn!(what, attempt, error = %error_chain(&e), "status write failed; giving up");
                 return None;
             }
         }

@@ -109,9 +109,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
+    let written = f
+        .write_all(bytes)
+        .map_err(io("writing", &tmp))
+        .and_then(|()| f.sync_all().map_err(io("syncing", &tmp)));
     drop(f);
+    if let Err(e) = written {
+        // A half-written temp file holds space a full disk needs back.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
     sync_dir(dir)
 }

@@ -321,7 +321,7 @@ impl Store {
         let stored =
             fs::read_json(&path)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
         check_version(&key, &obj, &stored)?;
-        let rv = fs::read_revision(&self.revision_path())? + 1;
+        let rv = self.next_version(&stored)?;
 
         let map = as_object(&mut obj)?;
         match stored.get("status") {
@@ -376,7 +376,7 @@ impl Store {
         let mut stored =
             fs::read_json(&path)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
         check_version(&key, &obj, &stored)?;
-        let rv = fs::read_revision(&self.revision_path())? + 1;
+        let rv = self.next_version(&stored)?;
         let map = as_object(&mut stored)?;
         match obj.get("status") {
             Some(s) if !s.is_null() => map.insert("status".into(), s.clone()),
@@ -396,7 +396,7 @@ impl Store {
         let path = self.object_path(key);
         let mut stored =
             fs::read_json(&path)?.ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
-        let rv = fs::read_revision(&self.revision_path())? + 1;
+        let rv = self.next_version(&stored)?;
         let meta = metadata(as_object(&mut stored)?);
         let has_finalizers = meta
             .get("finalizers")
@@ -484,6 +484,17 @@ impl Store {
 
     // ------------------------------------------------------------ plumbing
 
+    /// The resourceVersion for a write of the existing object `stored`:
+    /// past the revision and past `stored`'s own version. The second matters
+    /// when a write failed between its object and its revision (a full disk):
+    /// the object then carries a version the revision never reached, and
+    /// handing that version out again for newer content would make watchers
+    /// that saw it skip the newer object.
+    fn next_version(&self, stored: &Value) -> Result<u64, StoreError> {
+        let rev = fs::read_revision(&self.revision_path())?;
+        Ok(rev.max(stored_version(stored)) + 1)
+    }
+
     fn lock_path(&self) -> PathBuf {
         self.root.join("store.lock")
     }
@@ -501,8 +512,10 @@ impl Store {
     }
 
     /// Write (or remove) the object, then the revision. Called with the lock
-    /// held. The object goes first: a crash in between leaves a revision
-    /// one behind the newest object, and the next write moves past both.
+    /// held. The object goes first, so a reader that sees the revision move
+    /// finds the object that moved it. A crash or a full disk in between
+    /// leaves a revision one behind the newest object; the next write moves
+    /// past both ([`Store::next_version`]).
     fn commit(&self, key: &Key, rv: u64, obj: Option<&Value>) -> Result<(), StoreError> {
         let path = self.object_path(key);
         match obj {

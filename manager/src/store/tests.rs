@@ -320,3 +320,57 @@ fn a_write_after_the_store_was_removed_fails_and_brings_nothing_back() {
     assert!(s.create_value(vmim("m2")).is_err());
     assert!(!d.0.exists(), "a late write recreated {}", d.0.display());
 }
+
+/// A write that cannot finish (a full disk: ENOSPC) is simulated by a
+/// directory where the write's temp file goes, so creating it fails.
+fn block_temp_of(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = path
+        .parent()
+        .unwrap()
+        .join(format!(".{name}.tmp.{}", std::process::id()));
+    std::fs::create_dir(&tmp).unwrap();
+    tmp
+}
+
+#[test]
+fn a_write_that_fails_at_the_revision_never_hands_its_version_out_again() {
+    let d = temp();
+    let s = Store::open(&d.0).unwrap();
+    let o = s.create_value(vmim("m1")).unwrap();
+    let key = Key::of(&o).unwrap();
+    let blocked = block_temp_of(&d.0.join("revision"));
+    let mut changed = o.clone();
+    changed["spec"]["vmiName"] = json!("other");
+    assert!(s.update_value(changed).is_err());
+    std::fs::remove_dir(&blocked).unwrap();
+    // The object went to disk before the revision failed; whoever reads it
+    // now sees its version, and the next write must be newer than that.
+    let seen = s.get_value(&key).unwrap().unwrap();
+    let mut again = seen.clone();
+    again["spec"]["vmiName"] = json!("third");
+    let next = s.update_value(again).unwrap();
+    assert!(rv(&next) > rv(&seen), "{} after {}", rv(&next), rv(&seen));
+    assert_eq!(s.revision().unwrap(), rv(&next));
+    let status = s.update_status_value(next.clone()).unwrap();
+    assert!(rv(&status) > rv(&next));
+}
+
+#[test]
+fn a_write_that_fails_at_the_object_never_reuses_a_resource_version() {
+    let d = temp();
+    let s = Store::open(&d.0).unwrap();
+    let o = s.create_value(vmim("m1")).unwrap();
+    let path = s.object_path(&Key::of(&o).unwrap());
+    let blocked = block_temp_of(&path);
+    let mut changed = o.clone();
+    changed["spec"]["vmiName"] = json!("other");
+    assert!(s.update_value(changed.clone()).is_err());
+    assert_eq!(s.get_value(&Key::of(&o).unwrap()).unwrap().unwrap(), o);
+    std::fs::remove_dir(&blocked).unwrap();
+    // Every version handed out is newer than every one before, whatever
+    // failed in between: watchers skip what they have already seen.
+    let next = s.update_value(changed).unwrap();
+    assert!(rv(&next) > rv(&o), "{} after {}", rv(&next), rv(&o));
+    assert!(s.revision().unwrap() >= rv(&next));
+}
