@@ -52,6 +52,7 @@ enum Fault {
     SourceLinkDown,
     TargetLinkDown,
     SegmentDrops,
+    DiskFull,
 }
 
 impl Fault {
@@ -67,6 +68,9 @@ impl Fault {
             Fault::SourceLinkDown => "source migration0 down for 3 s, then up",
             Fault::TargetLinkDown => "target migration0 down for 3 s, then up",
             Fault::SegmentDrops => "every packet on the source's migration0 dropped for 3 s (nft)",
+            Fault::DiskFull => {
+                "the lab's filesystem full for 3 s (the store, the IPAM file store, the run directories, the logs)"
+            }
         }
     }
 }
@@ -81,6 +85,7 @@ const CASES: &[(Fault, &[u32])] = &[
     (Fault::SourceLinkDown, &[50]),
     (Fault::TargetLinkDown, &[50]),
     (Fault::SegmentDrops, &[50]),
+    (Fault::DiskFull, &[50]),
 ];
 
 struct Row {
@@ -184,6 +189,20 @@ fn inject(bed: &Bed, fault: Fault, source: &str, vmim: &str) {
             std::thread::sleep(Duration::from_secs(3));
             sh(&["ip", "-n", &ns, "link", "set", "migration0", "up"]);
         }
+        Fault::DiskFull => {
+            // Fill the lab's own tmpfs to the last byte, hold, free it.
+            let ballast = bed.lab.dir.join("ballast");
+            let mut f = std::fs::File::create(&ballast).unwrap();
+            let chunk = vec![0x5au8; 1 << 20];
+            use std::io::Write as _;
+            while f.write_all(&chunk).is_ok() {}
+            let small = [0x5au8; 512];
+            while f.write_all(&small).is_ok() {}
+            let _ = f.sync_all();
+            std::thread::sleep(Duration::from_secs(3));
+            drop(f);
+            std::fs::remove_file(&ballast).unwrap();
+        }
         Fault::SegmentDrops => {
             let ns = bed.agent_ns(source);
             let nft = |rules: &str| {
@@ -202,6 +221,40 @@ fn inject(bed: &Bed, fault: Fault, source: &str, vmim: &str) {
                  }\n");
             std::thread::sleep(Duration::from_secs(3));
             nft("delete table inet mignet_fault\n");
+        }
+    }
+}
+
+/// A tmpfs mounted at a directory, unmounted (lazily, so a straggling
+/// process cannot keep it) when dropped.
+#[derive(Default)]
+struct TmpfsMount(std::cell::RefCell<Option<std::path::PathBuf>>);
+
+impl TmpfsMount {
+    fn mount(&self, dir: &std::path::Path, size: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "mignet-lab-faults",
+            dir.to_str().unwrap(),
+        ]);
+        *self.0.borrow_mut() = Some(dir.to_path_buf());
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // A kept lab (lab_common's MIGNET_LAB_KEEP_ON_FAILURE) keeps its files.
+        if std::thread::panicking() && std::env::var_os("MIGNET_LAB_KEEP_ON_FAILURE").is_some() {
+            return;
+        }
+        if let Some(dir) = self.0.borrow_mut().take() {
+            let _ = Command::new("umount").arg("-l").arg(&dir).status();
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 }
@@ -354,10 +407,15 @@ fn write_table(text: &str) {
 #[test]
 fn faults_during_a_migration_never_lose_the_vm() {
     let t0 = Instant::now();
-    let bed = Bed::up(
+    // The lab lives on a tmpfs of its own, so "disk full" fills that one
+    // filesystem and nothing of the machine's. Unmounted after the lab is
+    // down (locals drop in reverse order).
+    let mount = TmpfsMount::default();
+    let bed = Bed::up_with(
         "flt",
         2,
         &["bandwidthPerMigration=16Mi", "progressTimeout=20"],
+        |lab| mount.mount(&lab.dir, "256m"),
     );
     bed.vm(VM, GUEST);
     bed.wait_booted(&[VM]);

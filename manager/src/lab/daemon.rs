@@ -168,16 +168,30 @@ pub fn take_daemon_lock(
         .write(true)
         .open(&path)
         .map_err(|e| io("opening", e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        if errno == nix::errno::Errno::EWOULDBLOCK {
-            LabError::DaemonRunning {
-                dir: dir.to_path_buf(),
-                pids: super::lifecycle::daemon_processes(dir),
+    // A daemon that was just killed holds the lock until its last thread
+    // has exited, a while after its process stops looking like a daemon
+    // (its command line goes with its memory, first). A lock held with no
+    // daemon to be seen is that, and is waited for (up to 10 s), not
+    // refused: lab_faults' restart after a SIGKILL was refused this way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                let pids = super::lifecycle::daemon_processes(dir);
+                if !pids.is_empty() || std::time::Instant::now() >= deadline {
+                    return Err(LabError::DaemonRunning {
+                        dir: dir.to_path_buf(),
+                        pids,
+                    });
+                }
+                file = f;
+                std::thread::sleep(Duration::from_millis(100));
             }
-        } else {
-            io("locking", std::io::Error::from(errno))
+            Err((_, errno)) => return Err(io("locking", std::io::Error::from(errno))),
         }
-    })
+    }
 }
 
 /// Start `mignet lab daemon` in the background (own process group, so a

@@ -74,7 +74,14 @@ impl Bed {
     /// `lab up` with `nodes`, the seed's NAD, and the seed's HyperConverged
     /// with `limits` (edit-config changes) applied on top.
     pub fn up(tag: &str, nodes: u32, limits: &[&str]) -> Bed {
+        Self::up_with(tag, nodes, limits, |_| {})
+    }
+
+    /// As [`Bed::up`], with `prepare` run on the lab's identity before
+    /// `lab up` (lab_faults mounts a filesystem of its own at its directory).
+    pub fn up_with(tag: &str, nodes: u32, limits: &[&str], prepare: impl FnOnce(&Lab)) -> Bed {
         let lab = Lab::new(tag);
+        prepare(&lab);
         up_with_seed_network(&lab, nodes);
         let store = Store::open(lab.dir.join("store")).unwrap();
         let bed = Bed {
