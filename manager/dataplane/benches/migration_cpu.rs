@@ -189,19 +189,19 @@ fn window(samples: &[Sample], from: Instant, to: Instant) -> (Cpu, f64) {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path_ {
+enum Via {
     Direct,
     Mignet,
     Kubevirt,
 }
 
-impl Path_ {
-    const ALL: [Path_; 3] = [Path_::Direct, Path_::Mignet, Path_::Kubevirt];
+impl Via {
+    const ALL: [Via; 3] = [Via::Direct, Via::Mignet, Via::Kubevirt];
     fn label(self) -> &'static str {
         match self {
-            Path_::Direct => "direct",
-            Path_::Mignet => "mignet",
-            Path_::Kubevirt => "kubevirt",
+            Via::Direct => "direct",
+            Via::Mignet => "mignet",
+            Via::Kubevirt => "kubevirt",
         }
     }
 }
@@ -226,32 +226,32 @@ impl ProxyProc {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let stdout = child.stdout.take();
+        let mut me = ProxyProc {
+            child,
+            ready: String::new(),
+        };
         let mut line = String::new();
-        let stdout = child.stdout.take().ok_or("no stdout")?;
         // `ready` arrives within milliseconds; a proxy that fails exits and
         // closes stdout, so this read does not hang.
-        BufReader::new(stdout)
+        BufReader::new(stdout.ok_or("no stdout")?)
             .read_line(&mut line)
             .map_err(|e| e.to_string())?;
         let Some(rest) = line.trim().strip_prefix("ready") else {
-            let _ = child.kill();
-            let _ = child.wait();
             return Err(format!(
                 "{} {args:?} did not become ready (printed {line:?})",
                 bin.display()
             ));
         };
-        Ok(ProxyProc {
-            ready: rest.trim().to_string(),
-            child,
-        })
+        me.ready = rest.trim().to_string();
+        Ok(me)
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// SIGTERM, then wait (SIGKILL after 15 s).
+    /// SIGTERM, then wait (SIGKILL after 15 s, by `Drop`).
     fn stop(mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -262,8 +262,17 @@ impl ProxyProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+}
+
+/// A proxy never outlives the run that started it, whichever way the run
+/// ends (an error in the other side's start, a failed migration, a panic).
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -293,7 +302,7 @@ impl Bed {
     /// connects to.
     fn proxies(
         &mut self,
-        path: Path_,
+        path: Via,
         src: usize,
         dst: usize,
         dir: &Path,
@@ -316,11 +325,11 @@ impl Bed {
         };
         let s = |x: &dyn std::fmt::Display| x.to_string();
         let (target, source) = match path {
-            Path_::Direct => {
+            Via::Direct => {
                 let uri = format!("tcp:{}:{}", self.ip(dst), 4600 + self.hop);
                 return Ok((Vec::new(), uri.clone(), uri));
             }
-            Path_::Mignet => {
+            Via::Mignet => {
                 let target = ProxyProc::spawn(
                     self.ns(dst),
                     &self.ours,
@@ -351,7 +360,7 @@ impl Bed {
                     ProxyProc::spawn(self.ns(src), &self.ours, &dir.join("source.log"), &args)?;
                 (target, source)
             }
-            Path_::Kubevirt => {
+            Via::Kubevirt => {
                 let port = 4800 + self.hop;
                 let mut args = vec![
                     s(&"target"),
@@ -400,7 +409,7 @@ impl Bed {
 
 struct Run {
     case: usize,
-    path: Path_,
+    path: Via,
     m: MigrationMeasurement,
     cpu: Cpu,
     rss_mib: f64,
@@ -535,7 +544,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     for (ci, (label, settings)) in cases.iter().enumerate() {
         let mut attempts = 0;
         loop {
-            let todo: Vec<Path_> = Path_::ALL
+            let todo: Vec<Via> = Via::ALL
                 .into_iter()
                 .filter(|p| {
                     runs.iter()
@@ -593,7 +602,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 async fn one(
     bed: &mut Bed,
     guest: &mut Guest,
-    path: Path_,
+    path: Via,
     settings: &MigrationSettings,
 ) -> Result<Result<(MigrationMeasurement, Cpu, f64, f64), String>, Box<dyn std::error::Error>> {
     let (src, dst) = (guest.side, 1 - guest.side);
@@ -660,7 +669,7 @@ fn med(mut v: Vec<f64>) -> f64 {
 fn print_table(
     cases: &[(&str, MigrationSettings)],
     runs: &[Run],
-    failures: &[(usize, Path_)],
+    failures: &[(usize, Via)],
     bed: &Bed,
     repeat: u64,
 ) {
@@ -690,7 +699,7 @@ fn print_table(
     );
     let mut verdicts = Vec::new();
     for (ci, (label, _)) in cases.iter().enumerate() {
-        let stats = |path: Path_| {
+        let stats = |path: Via| {
             let rs: Vec<&Run> = runs
                 .iter()
                 .filter(|r| r.case == ci && r.path == path)
@@ -714,11 +723,11 @@ fn print_table(
                 med(rs.iter().map(|r| r.calls_per_mib).collect()),
             ])
         };
-        let kv = stats(Path_::Kubevirt);
-        for path in Path_::ALL {
+        let kv = stats(Via::Kubevirt);
+        for path in Via::ALL {
             let Some(v) = stats(path) else { continue };
             let vs = match (path, kv) {
-                (Path_::Mignet, Some(k)) => {
+                (Via::Mignet, Some(k)) => {
                     let (rate, cpu) = (v[0] / k[0], v[3] / k[3]);
                     verdicts.push((label, rate, cpu));
                     format!("{rate:.2}x, {cpu:.2}x CPU")
@@ -737,10 +746,10 @@ fn print_table(
                 v[0],
                 v[1],
                 v[2],
-                if path == Path_::Direct { "-".into() } else { format!("{:.2}", v[3]) },
+                if path == Via::Direct { "-".into() } else { format!("{:.2}", v[3]) },
                 v[4],
-                if path == Path_::Direct { "-".into() } else { format!("{:.1} MiB", v[5]) },
-                if path == Path_::Direct { "-".into() } else { format!("{:.0}", v[6]) },
+                if path == Via::Direct { "-".into() } else { format!("{:.1} MiB", v[5]) },
+                if path == Via::Direct { "-".into() } else { format!("{:.0}", v[6]) },
                 vs
             );
         }
@@ -782,7 +791,7 @@ async fn cap_sweep(
                 let dir = RunDir::new("cap")?;
                 let cap = cap_mib << 20;
                 let (procs, listen, connect) = bed.proxies(
-                    if ours { Path_::Mignet } else { Path_::Direct },
+                    if ours { Via::Mignet } else { Via::Direct },
                     src,
                     dst,
                     dir.path(),

@@ -70,7 +70,7 @@ pub fn steady_rate(
     let active: Vec<usize> = samples
         .windows(2)
         .enumerate()
-        .filter(|(_, w)| w[1].bytes - w[0].bytes > idle_bytes)
+        .filter(|(_, w)| w[1].bytes.saturating_sub(w[0].bytes) > idle_bytes)
         .map(|(i, _)| i)
         .collect();
     let (first, last) = (*active.first()?, *active.last()? + 1);
@@ -83,7 +83,10 @@ pub fn steady_rate(
         return None;
     }
     let secs = span.as_secs_f64();
-    let (db, dp) = (b.bytes - a.bytes, b.packets - a.packets);
+    let (db, dp) = (
+        b.bytes.saturating_sub(a.bytes),
+        b.packets.saturating_sub(a.packets),
+    );
     Some((stream_bytes(db, dp, tls) / secs, db as f64 / secs, span))
 }
 
