@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::lifecycle::Phase;
 use crate::model::Timestamp;
 
@@ -62,12 +63,11 @@ pub fn on_delete(phase: Phase, abort: Option<AbortStatus>) -> CancelStep {
     }
 }
 
-/// First retry delay of an evacuation after a failure; doubles with every
-/// further consecutive failure (KubeVirt: 20 s, doubling).
-pub const EVACUATION_BACKOFF_BASE: Duration = Duration::from_secs(20);
-/// Our cap on that delay (a choice: a node drain should keep retrying at
-/// least every few minutes).
-pub const EVACUATION_BACKOFF_MAX: Duration = Duration::from_secs(320);
+/// The evacuation retry: 20 s after the first failure, doubling with every
+/// further consecutive failure (KubeVirt's numbers), capped at 320 s (our
+/// choice: a node drain should keep retrying at least every few minutes).
+pub const EVACUATION_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(20), Duration::from_secs(320));
 
 /// When an evacuation of a VMI whose previous `failures` consecutive
 /// evacuations failed (the last one at `last_failure`) may start; feeds
@@ -76,10 +76,7 @@ pub fn evacuation_not_before(failures: u32, last_failure: Timestamp) -> Option<T
     if failures == 0 {
         return None;
     }
-    let factor = 1u64 << (failures - 1).min(16);
-    let delay = EVACUATION_BACKOFF_BASE
-        .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
-        .min(EVACUATION_BACKOFF_MAX);
+    let delay = EVACUATION_BACKOFF.delay(failures);
     Some(Timestamp(last_failure.0.saturating_add(
         i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
     )))

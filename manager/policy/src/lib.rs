@@ -17,12 +17,14 @@
 //!   VM's printable status, and VMIs whose VM is gone.
 //! - [`cancel`]: the steps of cancelling a deleted VMIM (finalizer, abort
 //!   request, abort status) and the evacuation retry backoff.
+//! - [`backoff`]: the one exponential retry backoff every retry loop uses.
 //!
 //! No I/O and no clock: the adapters pass [`model`] views and `now`. The
 //! in-flight abort decision (progress / completion timeouts) lives with the
 //! monitor in `mignet-dataplane`.
 
 pub mod admission;
+pub mod backoff;
 pub mod cancel;
 pub mod drain;
 pub mod index;
@@ -33,6 +35,7 @@ pub mod scheduler;
 pub mod vm;
 
 pub use admission::{admit, Refusal};
+pub use backoff::Backoff;
 pub use cancel::{evacuation_not_before, on_delete, AbortStatus, CancelStep};
 pub use drain::{plan_evacuations, BlockReason, DrainAction, DrainEntry, EvacuationPlan};
 pub use index::{ClusterIndex, NoTarget};
