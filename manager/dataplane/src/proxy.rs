@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use crate::counters::{CountersSnapshot, MigrationCounters};
+pub use crate::rate_limit::RateLimit;
 use crate::session::{self, Direction, Which};
 use crate::tls::ReloadingTls;
 
@@ -76,42 +78,6 @@ impl Default for ProxyOptions {
             rate_limit: None,
         }
     }
-}
-
-/// Per-migration counters, shared with whoever reports status.
-#[derive(Debug, Default)]
-pub struct MigrationCounters {
-    /// Plaintext bytes carried from the source QEMU towards the target QEMU.
-    pub to_target: AtomicU64,
-    /// Plaintext bytes carried back from the target QEMU to the source QEMU.
-    pub from_target: AtomicU64,
-    /// Connections fully established (TLS up and, on the target, QEMU connected).
-    pub connections: AtomicU64,
-    /// Target side: peers refused during the TLS handshake (or timed out in it).
-    pub refused: AtomicU64,
-    /// Connections that failed after being accepted (connect, backend, relay errors).
-    pub failed: AtomicU64,
-}
-
-impl MigrationCounters {
-    pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
-            to_target: self.to_target.load(Ordering::Relaxed),
-            from_target: self.from_target.load(Ordering::Relaxed),
-            connections: self.connections.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CountersSnapshot {
-    pub to_target: u64,
-    pub from_target: u64,
-    pub connections: u64,
-    pub refused: u64,
-    pub failed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -842,52 +808,9 @@ impl Drop for SourceEndpoints {
     }
 }
 
-/// A pacing limiter: bytes are admitted on a virtual clock advancing at
-/// `bytes_per_sec`; up to `burst` of idle time may be banked, so a short pause
-/// does not turn into a long burst afterwards.
-#[derive(Debug)]
-pub struct RateLimit {
-    bytes_per_sec: u64,
-    burst: Duration,
-    next: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-impl RateLimit {
-    pub fn new(bytes_per_sec: u64) -> Arc<Self> {
-        Arc::new(RateLimit {
-            bytes_per_sec: bytes_per_sec.max(1),
-            burst: Duration::from_millis(20),
-            next: std::sync::Mutex::new(None),
-        })
-    }
-
-    pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec
-    }
-
-    /// Book `n` bytes at `now`; returns how long to wait before sending them.
-    pub fn reserve(&self, n: usize, now: std::time::Instant) -> Duration {
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let floor = now.checked_sub(self.burst).unwrap_or(now);
-        let start = next.map_or(floor, |t| t.max(floor));
-        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
-        let done = start + cost;
-        *next = Some(done);
-        done.saturating_duration_since(now)
-    }
-
-    pub async fn take(&self, n: usize) {
-        let wait = self.reserve(n, std::time::Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[tokio::test]
     async fn relay_carries_half_close_and_counts_both_ways() {
@@ -922,20 +845,5 @@ mod tests {
         assert_eq!(copied.unwrap(), (100_000, 4));
         assert_eq!(up.load(Ordering::Relaxed), 100_000);
         assert_eq!(down.load(Ordering::Relaxed), 4);
-    }
-
-    #[test]
-    fn rate_limit_paces_on_a_virtual_clock() {
-        let l = RateLimit::new(1000);
-        let t0 = Instant::now();
-        // The first 20 ms of burst credit covers 20 bytes without waiting.
-        assert_eq!(l.reserve(20, t0), Duration::ZERO);
-        // Then every byte costs a millisecond.
-        assert_eq!(l.reserve(100, t0), Duration::from_millis(100));
-        assert_eq!(l.reserve(100, t0), Duration::from_millis(200));
-        // After a long idle period only the burst is banked, not the whole pause.
-        let later = t0 + Duration::from_secs(10);
-        assert_eq!(l.reserve(20, later), Duration::ZERO);
-        assert_eq!(l.reserve(10, later), Duration::from_millis(10));
     }
 }

@@ -33,7 +33,8 @@ use rustls::{ClientConfig, ConnectionTrafficSecrets, ProtocolVersion, ServerConf
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::proxy::RateLimit;
+use crate::counters::MigrationCounters;
+use crate::rate_limit::RateLimit;
 use crate::record::{
     self, DirectionKeys, PostHandshake, RecordError, CONTENT_ALERT, CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE, MAX_FRAGMENT, MAX_RECORD,
@@ -459,7 +460,7 @@ impl Established {
 /// One direction's byte counter and optional pacing.
 #[derive(Debug, Clone)]
 pub struct Direction {
-    pub counter: Arc<crate::proxy::MigrationCounters>,
+    pub counter: Arc<MigrationCounters>,
     pub which: Which,
     pub limit: Option<Arc<RateLimit>>,
 }

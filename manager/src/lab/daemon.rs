@@ -74,7 +74,7 @@ pub fn run_with_store(
 /// The guest image the lab's VMs boot: `tests/guest/build.sh`'s cache, built
 /// on first use when this binary runs from its checkout.
 pub fn guest_boot() -> Result<GuestBoot, LabError> {
-    use mignet_dataplane::qemu::testbed::GuestImage;
+    use mignet_dataplane::qemu::lab_guest::GuestImage;
     let dir = GuestImage::cache_dir();
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.img"));
     if kernel.is_file() && initrd.is_file() {

@@ -664,7 +664,7 @@ fn serial_output(cfg: &LabConfig, node: &str) -> String {
 }
 
 fn last_tick(serial: &str) -> Option<u64> {
-    mignet_dataplane::qemu::testbed::ticks(serial)
+    mignet_dataplane::qemu::lab_guest::ticks(serial)
         .last()
         .copied()
 }

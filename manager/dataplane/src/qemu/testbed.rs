@@ -1,6 +1,6 @@
-//! Helpers for tests, benchmarks and the lab that run real QEMU guests: the
-//! guest image built by `tests/guest/build.sh`, per-VM run directories that
-//! clean up after themselves, serial-console tick parsing, and a reusable
+//! Helpers for tests and benchmarks that run real QEMU guests: per-VM run
+//! directories that clean up after themselves, network-namespace pairs,
+//! waiting on the serial console, and a reusable
 //! migration measurement (used by the `qemu_direct` benchmark and by the
 //! through-the-agents benchmark, which passes other URIs).
 
@@ -8,22 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub use super::lab_guest::{ticks, GuestImage, GuestImageError};
 use super::migration::{self, MigrationError, MigrationSettings, MigrationStatus, Outcome};
 use super::process::{process_alive, VmError, VmProcess, VmSpec};
 use super::qmp::{QmpClient, QmpError};
 use crate::monitor::MonitorConfig;
 
-/// The test guest's kernel and initramfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestImage {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum TestbedError {
-    #[error("guest image build script {script:?} failed: {detail}")]
-    GuestBuild { script: PathBuf, detail: String },
+    #[error(transparent)]
+    GuestImage(#[from] GuestImageError),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -39,65 +33,6 @@ pub enum TestbedError {
     },
     #[error("migration did not complete: {outcome:?}")]
     NotCompleted { outcome: Outcome },
-}
-
-impl GuestImage {
-    /// The cache directory `tests/guest/build.sh` writes to.
-    pub fn cache_dir() -> PathBuf {
-        let base = std::env::var_os("MIGNET_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-                PathBuf::from(home).join(".cache/mignet")
-            });
-        base.join("guest")
-    }
-
-    /// Returns the guest image, running `tests/guest/build.sh` first (it is
-    /// fast when everything is already built).
-    pub fn ensure() -> Result<GuestImage, TestbedError> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/guest/build.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .map_err(|e| TestbedError::GuestBuild {
-                script: script.clone(),
-                detail: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(TestbedError::GuestBuild {
-                script,
-                detail: format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-        let dir = GuestImage::cache_dir();
-        Ok(GuestImage {
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initramfs.img"),
-        })
-    }
-
-    /// A VM spec for this guest. `fill_mib`/`dirty_mib_s` drive the guest's
-    /// memory workload (see `tests/guest/build.sh`).
-    pub fn vm_spec(
-        &self,
-        name: &str,
-        run_dir: &Path,
-        memory_mib: u64,
-        fill_mib: u64,
-        dirty_mib_s: u64,
-    ) -> VmSpec {
-        let mut spec = VmSpec::new(name, run_dir, &self.kernel, &self.initrd);
-        spec.memory_mib = memory_mib;
-        spec.cmdline = format!(
-            "console=ttyS0 quiet panic=-1 mignet.fill_mib={fill_mib} mignet.dirty_mib_s={dirty_mib_s}"
-        );
-        spec
-    }
 }
 
 /// A short, unique directory under /tmp for one VM (unix socket paths must
@@ -213,15 +148,6 @@ fn ip(args: &[&str]) -> std::io::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
-}
-
-/// All `tick N` numbers on a serial console, in order.
-pub fn ticks(serial: &str) -> Vec<u64> {
-    serial
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
 }
 
 /// Waits until the VM's serial console contains `needle`.

@@ -17,9 +17,11 @@
 //! - in post-copy nothing is aborted: the guest already runs on the target,
 //!   and cancelling would lose it (KubeVirt does the same).
 
+pub mod sample;
+
 use std::time::Duration;
 
-use crate::qemu::migration::{MigrationSample, MigrationStatus};
+pub use sample::{MigrationSample, MigrationStatus, RamStats};
 
 const GIB: u128 = 1 << 30;
 
@@ -247,7 +249,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu::migration::RamStats;
 
     const MIB: u64 = 1 << 20;
 
