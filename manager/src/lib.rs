@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod demo;
 pub mod http;
 pub mod kube_adapter;
 pub mod lab;
@@ -22,6 +23,18 @@ pub mod store;
 pub use config::{ConfigError, EffectiveMigrationConfig, FieldError};
 pub use kube_adapter::rollout::{RolloutError, RolloutSettings};
 pub use rollout::{ClusterNetworks, Decision, NetworkRef};
+
+/// An error and its sources on one line (logs, conditions, CLI messages).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 /// Errors of the `mignet` binary's commands, one variant per command.
 #[derive(Debug, thiserror::Error)]

@@ -519,6 +519,11 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         // Synchronous: the lab and its verbs block on ip/CNI commands and
         // files; nothing else runs on this runtime meanwhile.
+        // The demo drives the CLI verbs, so it runs above the CLI.
+        Command::Local(mignet::cli::Verb::Lab(mignet::cli::lab::LabCommand::Demo {
+            nodes,
+            keep,
+        })) => mignet::demo::run_command(nodes, keep)?,
         Command::Local(verb) => mignet::cli::run(verb)?,
         Command::Agent(args) => run_agent(args).await?,
         Command::Console(args) => run_console(args).await?,

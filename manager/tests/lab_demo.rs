@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use ipnetwork::IpNetwork;
 use lab_common::Lab;
 use mignet::api::{MigrationAbortStatus, VmiPhase};
-use mignet::lab::demo::{self, DemoOptions, MIGRATION_RANGE};
+use mignet::demo::{self, DemoOptions, MIGRATION_RANGE};
 
 #[test]
 fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::control::launcher::{KVM_LABEL, SCHEDULABLE_LABEL};
+use crate::backend::protocol::{KVM_LABEL, SCHEDULABLE_LABEL};
 use mignet_policy::migratable::HOST_MODEL_CPU_LABEL;
 
 /// The model name as a label-name segment: `[A-Za-z0-9._-]`, at most 63

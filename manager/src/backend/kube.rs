@@ -11,11 +11,10 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backend, BackendError, Changes, Kind, ObjectRef, Op};
+use super::{protocol, Backend, BackendError, Changes, Kind, ObjectRef, Op};
 use crate::api::{
     HyperConverged, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
-use crate::kube_adapter::FIELD_MANAGER;
 
 /// The cluster-mode backend: a kube client plus one watcher per kind
 /// feeding the change signal.
@@ -110,7 +109,7 @@ impl KubeBackend {
             // only it may list them (the console's role has no pods).
             tasks.push(spawn_watch_labelled(
                 Pod::api(client.clone(), ns),
-                crate::control::launcher::LAUNCHER_LABEL,
+                protocol::LAUNCHER_LABEL,
                 tx,
             ));
         }
@@ -175,7 +174,7 @@ fn map_err(op: Op, object: ObjectRef, e: kube::Error) -> BackendError {
             _ => {}
         }
     }
-    if crate::kube_adapter::is_transient(&e) {
+    if is_transient(&e) {
         BackendError::Transient {
             op,
             object,
@@ -224,13 +223,6 @@ fn patch_body<K: Kind>(
         }
     }
     Ok(patch)
-}
-
-fn patch_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    }
 }
 
 fn ns_of<K: Kind>(obj: &K) -> String {
@@ -326,3 +318,30 @@ impl Backend for KubeBackend {
 /// How long a watcher waits before a retry is the watcher's own backoff;
 /// this is only the poll period suggested to loops that also tick.
 pub const SUGGESTED_TICK: Duration = Duration::from_secs(5);
+
+/// Field manager for every write the manager makes, so `managedFields`
+/// says who set what.
+pub const FIELD_MANAGER: &str = "mignet-manager";
+
+/// Whether retrying the same request later can succeed: conflicts,
+/// throttling, server errors and transport failures can; a 4xx such as
+/// Forbidden or Invalid needs a human.
+pub fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => {
+            status.code == 409 || status.code == 429 || status.code >= 500 || status.code == 0
+        }
+        kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) | kube::Error::InferConfig(_) => {
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Parameters for our merge patches: a fixed field manager.
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    }
+}

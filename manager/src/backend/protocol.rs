@@ -3,6 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Every launcher pod carries this label; its value is the pod's role
+/// (`source` or `target`). The controller watches only these pods.
+pub const LAUNCHER_LABEL: &str = "mignet.io/launcher";
+
+/// Node label the agent sets: `true` when it runs on the node (KubeVirt's
+/// label), so VMs only land where a migration endpoint exists.
+pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
+
+/// Node label the agent sets: `true` when KVM really works there.
+pub const KVM_LABEL: &str = "mignet.io/kvm";
+
 /// Finalizer the controller puts on every admitted VMIM: a delete only
 /// marks it, so a running migration can be aborted and its outcome
 /// recorded before the object goes.

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 
+use super::lab_status as status;
 use super::CliError;
 use crate::api::{EvictionStrategy, VirtualMachineInstance};
 use crate::lab::state::LabState;
-use crate::lab::{daemon, demo, lifecycle, open_store, status, LabConfig, LabError};
+use crate::lab::{daemon, lifecycle, open_store, LabConfig, LabError};
 use crate::store::Store;
 
 #[derive(clap::Subcommand, Debug)]
@@ -121,7 +122,11 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
             print!("{}", drain(&node, false)?);
             Ok(())
         }
-        LabCommand::Demo { nodes, keep } => demo(nodes, keep),
+        // The demo drives the CLI, so it sits above it: the binary runs
+        // it (crate::demo) and never hands it to cli::run.
+        LabCommand::Demo { .. } => Err(CliError::Usage(
+            "`mignet lab demo` is run by the mignet binary (mignet::demo::run_command)".into(),
+        )),
     }
 }
 
@@ -168,17 +173,4 @@ pub fn drain_on(store: &Store, node: &str, cordon: bool) -> Result<String, CliEr
         }
     }
     Ok(out)
-}
-
-/// The narrated story ([`crate::lab::demo`]); any failed step makes the
-/// command exit non-zero.
-fn demo(nodes: u32, keep: bool) -> Result<(), CliError> {
-    let opts = demo::DemoOptions {
-        nodes,
-        keep,
-        examples: demo::examples_dir(),
-    };
-    demo::run(&opts)
-        .map(|_| ())
-        .map_err(|e| CliError::Failed(crate::agent::error_chain(&e)))
 }

@@ -11,6 +11,7 @@ pub mod describe;
 pub mod edit_config;
 pub mod jsonpath;
 pub mod lab;
+pub mod lab_status;
 pub mod resources;
 pub mod table;
 

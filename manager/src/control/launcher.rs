@@ -24,22 +24,15 @@ use crate::api::{
     MigrationPhase, PersistentVolumeClaimInfo, VirtualMachineInstance,
     VirtualMachineInstanceMigration, VmiCondition, VmiPhase, VolumeStatus,
 };
+pub use crate::backend::protocol::{KVM_LABEL, LAUNCHER_LABEL, SCHEDULABLE_LABEL};
 use crate::launcher::{self as launch, Boot, DiskSpec, LaunchSpec};
 
-/// Every launcher pod carries this label; its value is the pod's role
-/// (`source` or `target`). The controller watches only these pods.
-pub const LAUNCHER_LABEL: &str = "mignet.io/launcher";
 /// The VMI's UID (KubeVirt's label of the same name).
 pub const CREATED_BY_LABEL: &str = "kubevirt.io/created-by";
 /// The VMI's name, for `kubectl get pods -l`.
 pub const VMI_NAME_LABEL: &str = "vm.kubevirt.io/name";
 /// The migration a target pod was made for (KubeVirt's label).
 pub const MIGRATION_LABEL: &str = "kubevirt.io/migrationJobUID";
-/// Node label the agent sets: `true` when it runs on the node (KubeVirt's
-/// label), so VMs only land where a migration endpoint exists.
-pub const SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
-/// Node label the agent sets: `true` when KVM really works there.
-pub const KVM_LABEL: &str = "mignet.io/kvm";
 /// Where a disk's claim is mounted in the launcher pod; the image is
 /// `<mount>/disk.img` (KubeVirt's filesystem-mode layout).
 pub const DISKS_ROOT: &str = "/var/run/mignet/disks";

@@ -54,11 +54,11 @@ use tokio_rustls::server::TlsStream;
 
 use super::signer::{ensure_ca, SignerSettings};
 use super::FIELD_MANAGER;
-use crate::agent::error_chain;
 use crate::api::{VirtualMachineInstance, VmiPhase};
 use crate::backend::protocol::LIVE_MIGRATABLE;
 use crate::control::launcher::{CREATED_BY_LABEL, LAUNCHER_LABEL, MIGRATION_LABEL, VMI_NAME_LABEL};
 use crate::control::views;
+use crate::error_chain;
 
 /// The path the API server posts AdmissionReviews to.
 pub const PATH: &str = "/eviction";

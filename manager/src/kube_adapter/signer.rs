@@ -35,7 +35,7 @@ use kube::{Api, Client, ResourceExt};
 use mignet_dataplane::certs::{self, CertError, ClusterCa, Role, Validity};
 
 use super::FIELD_MANAGER;
-use crate::agent::error_chain;
+use crate::error_chain;
 
 /// The signerName agents ask for.
 pub const SIGNER_NAME: &str = "mignet.io/agent";

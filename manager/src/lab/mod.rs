@@ -25,7 +25,6 @@
 pub mod annotation;
 pub mod cni;
 pub mod daemon;
-pub mod demo;
 pub mod history;
 pub mod kubelet;
 pub mod launchers;
@@ -33,7 +32,6 @@ pub mod lifecycle;
 pub mod rollout;
 pub mod scheduler;
 pub mod state;
-pub mod status;
 pub mod topology;
 
 use std::net::Ipv4Addr;

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use super::kubelet::NETWORK_STATUS_ANNOTATION;
-use super::state::{is_alive, LabState};
-use super::{netns_exists, open_store, LabError, HYPERCONVERGED, LAB_NAMESPACE};
+use super::table::Table;
 use crate::api::{HyperConverged, VirtualMachineInstance};
-use crate::cli::table::Table;
+use crate::lab::kubelet::NETWORK_STATUS_ANNOTATION;
+use crate::lab::state::{is_alive, LabState};
+use crate::lab::{netns_exists, open_store, LabError, HYPERCONVERGED, LAB_NAMESPACE};
 
 pub fn render(dir: &Path) -> Result<String, LabError> {
     let state = LabState::load(dir)?.ok_or_else(|| LabError::NotUp {

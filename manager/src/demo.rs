@@ -17,14 +17,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use super::kubelet::NETWORK_STATUS_ANNOTATION;
-use super::{daemon, lifecycle, status, LabConfig, LabError, LAB_NAMESPACE};
 use crate::api::{
     MigrationAbortStatus, MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceMigrationSpec, VmiPhase,
 };
 use crate::backend::protocol::{Progress, EVACUATION_ANNOTATION, PROGRESS_ANNOTATION};
+use crate::cli::lab_status as status;
 use crate::cli::{self, CliError, Verb};
+use crate::lab::kubelet::NETWORK_STATUS_ANNOTATION;
+use crate::lab::{daemon, lifecycle, LabConfig, LabError, LAB_NAMESPACE};
 use crate::store::{Store, StoreError};
 
 /// The seed's migration range (examples/nad.yaml).
@@ -107,6 +108,19 @@ fn fail(step: &'static str, detail: impl Into<String>) -> DemoError {
 
 fn say(s: &str) {
     println!("\n==> {s}");
+}
+
+/// `mignet lab demo`, as the binary runs it: any failed step makes the
+/// command exit non-zero, with the whole error chain.
+pub fn run_command(nodes: u32, keep: bool) -> Result<(), crate::cli::CliError> {
+    let opts = DemoOptions {
+        nodes,
+        keep,
+        examples: examples_dir(),
+    };
+    run(&opts)
+        .map(|_| ())
+        .map_err(|e| crate::cli::CliError::Failed(crate::agent::error_chain(&e)))
 }
 
 /// Run the demo. The daemon loop ([`daemon::run_full`]: rollout, kubelet,
@@ -519,7 +533,7 @@ fn story(
                     "progressTimeout=3600".into()
                 ],
                 namespace: LAB_NAMESPACE.into(),
-                hyperconverged: super::HYPERCONVERGED.into(),
+                hyperconverged: crate::lab::HYPERCONVERGED.into(),
             },
         )?
     );
@@ -616,7 +630,7 @@ fn rolled_out(store: &Store) -> Result<bool, DemoError> {
     let hco: Option<Value> = store.get_value(&crate::store::Key::new(
         "HyperConverged",
         LAB_NAMESPACE,
-        super::HYPERCONVERGED,
+        crate::lab::HYPERCONVERGED,
     ))?;
     Ok(hco
         .as_ref()
@@ -648,7 +662,7 @@ fn migration_ip(p: &Pod) -> Option<IpAddr> {
 /// The newest serial console of `vmi-fedora` on `node` (each start or
 /// incoming migration gets a run directory of its own).
 fn serial_output(cfg: &LabConfig, node: &str) -> String {
-    let vms = super::node_vms_dir(&cfg.dir, node);
+    let vms = crate::lab::node_vms_dir(&cfg.dir, node);
     let newest = std::fs::read_dir(&vms)
         .into_iter()
         .flatten()
