@@ -255,7 +255,70 @@ pub struct VmiView {
 
 // ------------------------------------------------------------- migrations
 
-pub use crate::lifecycle::Phase;
+/// `VirtualMachineInstanceMigration` phases, in KubeVirt's order. The
+/// transitions between them are [`crate::lifecycle`]'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Pending,
+    Scheduling,
+    Scheduled,
+    PreparingTarget,
+    TargetReady,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Pending,
+        Phase::Scheduling,
+        Phase::Scheduled,
+        Phase::PreparingTarget,
+        Phase::TargetReady,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::Failed,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+
+    /// Counts against the limits: any phase after Pending up to Running.
+    /// (KubeVirt counts migrations that are running or already have a
+    /// target pod, i.e. everything past Pending.)
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Scheduling
+                | Phase::Scheduled
+                | Phase::PreparingTarget
+                | Phase::TargetReady
+                | Phase::Running
+        )
+    }
+
+    /// Read `status.phase` back; unknown strings (e.g. the decentralized
+    /// `WaitingForSync`, which mignet does not use) give `None`.
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// KubeVirt's spelling, as written to `status.phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Scheduling => "Scheduling",
+            Phase::Scheduled => "Scheduled",
+            Phase::PreparingTarget => "PreparingTarget",
+            Phase::TargetReady => "TargetReady",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
 
 /// Who asked for a migration; evacuations start ahead of user requests
 /// (KubeVirt gives them the system-critical priority).
