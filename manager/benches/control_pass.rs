@@ -168,7 +168,7 @@ async fn main() {
         let backend = LocalBackend::new(store.clone());
         let settings = Settings {
             namespace: Some(NS.into()),
-            launchers: Some(mignet::control::launcher::LauncherSettings {
+            launchers: Some(mignet::control::launcher_pod::LauncherSettings {
                 image: "mignet:dev".into(),
                 image_pull_policy: None,
                 emulation_allowed: true,

@@ -588,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
                 let settings = mignet::control::Settings {
                     namespace: migrations_namespace.clone(),
                     hco_namespace: Some(hco_namespace.clone()),
-                    launchers: Some(mignet::control::launcher::LauncherSettings {
+                    launchers: Some(mignet::control::launcher_pod::LauncherSettings {
                         image: launchers.launcher_image,
                         image_pull_policy: launchers.launcher_image_pull_policy,
                         emulation_allowed: launchers.use_emulation,

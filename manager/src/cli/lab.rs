@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use super::lab_status as status;
 use super::CliError;
 use crate::api::{EvictionStrategy, VirtualMachineInstance};
-use crate::lab::state::LabState;
+use crate::lab::inventory::LabInventory;
 use crate::lab::{daemon, lifecycle, open_store, LabConfig, LabError};
 use crate::store::Store;
 
@@ -102,13 +102,13 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
         }
         LabCommand::Daemon => {
             let dir = LabConfig::dir_from_env();
-            let state = LabState::load(&dir)?.ok_or(LabError::NotUp { dir: dir.clone() })?;
+            let state = LabInventory::load(&dir)?.ok_or(LabError::NotUp { dir: dir.clone() })?;
             let _one_daemon = daemon::take_daemon_lock(&dir)?;
             // Started by hand (say after a crash): record ourselves so
             // `lab down` stops us too. `lab up` recorded the pid already.
             let me = std::process::id() as i32;
             if !state.processes.iter().any(|p| p.pid == me) {
-                LabState::record_process(&dir, me, "lab daemon")?;
+                LabInventory::record_process(&dir, me, "lab daemon")?;
             }
             let stop = AtomicBool::new(false);
             daemon::run_full(&state.config, &stop)?;

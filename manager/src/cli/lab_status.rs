@@ -7,12 +7,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 
 use super::table::Table;
 use crate::api::{HyperConverged, VirtualMachineInstance};
+use crate::lab::inventory::{is_alive, LabInventory};
 use crate::lab::kubelet::NETWORK_STATUS_ANNOTATION;
-use crate::lab::state::{is_alive, LabState};
 use crate::lab::{netns_exists, open_store, LabError, HYPERCONVERGED, LAB_NAMESPACE};
 
 pub fn render(dir: &Path) -> Result<String, LabError> {
-    let state = LabState::load(dir)?.ok_or_else(|| LabError::NotUp {
+    let state = LabInventory::load(dir)?.ok_or_else(|| LabError::NotUp {
         dir: dir.to_owned(),
     })?;
     let store = open_store(dir)?;

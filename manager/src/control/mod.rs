@@ -26,7 +26,7 @@
 //! manager replica, one lab daemon): two controllers listing at the same
 //! time could each fill the free slots.
 
-pub mod launcher;
+pub mod launcher_pod;
 pub mod views;
 pub mod vm;
 
@@ -74,7 +74,7 @@ pub struct Settings {
     /// makes a target pod for each migration, whose node becomes the
     /// migration's target. `None`: a scheduler of the caller's places VMIs
     /// and the policy picks migration targets (the lab today).
-    pub launchers: Option<launcher::LauncherSettings>,
+    pub launchers: Option<launcher_pod::LauncherSettings>,
 }
 
 impl Default for Settings {
@@ -271,7 +271,7 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
     let (mut pods, mut pvcs) = (Vec::new(), Vec::new());
     if settings.launchers.is_some() {
         pods = backend.list(ns).await.map_err(list_err("Pod"))?;
-        pods.retain(|p: &Pod| p.labels().contains_key(launcher::LAUNCHER_LABEL));
+        pods.retain(|p: &Pod| p.labels().contains_key(launcher_pod::LAUNCHER_LABEL));
         pvcs = backend
             .list(ns)
             .await
@@ -623,7 +623,7 @@ async fn schedule<B: Backend>(
         if settings.launchers.is_some() {
             // Kubernetes picks the target: the node the target pod lands on.
             let uid = m.metadata.uid.as_deref().unwrap_or_default();
-            ms.target_pod = Some(launcher::pod_name(&vmi_name, uid));
+            ms.target_pod = Some(launcher_pod::pod_name(&vmi_name, uid));
         } else {
             ms.target_node = Some(start.target_node.clone());
         }
@@ -803,27 +803,27 @@ fn scheduling_since(m: &VirtualMachineInstanceMigration) -> Option<Time> {
 /// VMIM says why it waits), or once the migration failed because of it.
 async fn target_pod<B: Backend>(
     backend: &B,
-    ls: &launcher::LauncherSettings,
+    ls: &launcher_pod::LauncherSettings,
     w: &mut World,
     i: usize,
     pass: &mut Pass,
     t: &Time,
 ) -> Result<Option<String>, ControlError> {
-    use launcher::TargetStep;
+    use launcher_pod::TargetStep;
     let m = &w.vmims[i];
     let key = views::vmim_key(m);
     let vmi = &w.vmis[&views::vmim_vmi_key(m)];
     let uid = m.metadata.uid.clone().unwrap_or_default();
-    let name = launcher::pod_name(&vmi.name_any(), &uid);
+    let name = launcher_pod::pod_name(&vmi.name_any(), &uid);
     let pod = w
         .pods
         .iter()
         .find(|p| p.namespace().as_deref() == Some(key.namespace.as_str()) && p.name_any() == name)
-        .map(launcher::PodView::of);
+        .map(launcher_pod::PodView::of);
     let waited = scheduling_since(m)
         .map(|s| t.0.as_second() - s.0.as_second())
         .unwrap_or(0);
-    let (reason, message) = match launcher::target_step(pod.as_ref(), waited) {
+    let (reason, message) = match launcher_pod::target_step(pod.as_ref(), waited) {
         TargetStep::Ready { node } => return Ok(Some(node)),
         TargetStep::Wait => return Ok(None),
         TargetStep::Create => {
@@ -838,12 +838,12 @@ async fn target_pod<B: Backend>(
                 .iter()
                 .find(|n| n.name_any() == source)
                 .map(views::node_view);
-            let role = launcher::Role::Target {
+            let role = launcher_pod::Role::Target {
                 migration_uid: &uid,
                 source_node: &source,
-                required_labels: launcher::target_required_labels(vmi, source_view.as_ref()),
+                required_labels: launcher_pod::target_required_labels(vmi, source_view.as_ref()),
             };
-            match launcher::launcher_pod(vmi, &role, ls) {
+            match launcher_pod::launcher_pod(vmi, &role, ls) {
                 Ok(pod) => {
                     match backend.create(&pod).await {
                         Ok(p) => {
@@ -901,26 +901,27 @@ async fn target_pod<B: Backend>(
 /// active pods, volume status), and pods that no longer run it go.
 async fn launchers<B: Backend>(
     backend: &B,
-    ls: &launcher::LauncherSettings,
+    ls: &launcher_pod::LauncherSettings,
     w: &mut World,
     pass: &mut Pass,
     t: &Time,
 ) -> Result<(), ControlError> {
-    use launcher::VmiAction;
+    use launcher_pod::VmiAction;
     let keys: Vec<ObjectKey> = w.vmis.keys().cloned().collect();
     for key in keys {
         let vmi = w.vmis[&key].clone();
-        let pods: Vec<launcher::PodView> = launcher::pods_of(&vmi, &w.pods)
+        let pods: Vec<launcher_pod::PodView> = launcher_pod::pods_of(&vmi, &w.pods)
             .into_iter()
-            .map(launcher::PodView::of)
+            .map(launcher_pod::PodView::of)
             .collect();
         // The target pod of a migration that is under way; a final or
         // cancelled one's target goes.
-        let in_flight =
-            launcher::in_flight_target(w.vmims.iter().filter(|m| views::vmim_vmi_key(m) == key));
-        let source_pod = launcher::launcher_pod(&vmi, &launcher::Role::Source, ls);
+        let in_flight = launcher_pod::in_flight_target(
+            w.vmims.iter().filter(|m| views::vmim_vmi_key(m) == key),
+        );
+        let source_pod = launcher_pod::launcher_pod(&vmi, &launcher_pod::Role::Source, ls);
         let actions =
-            launcher::vmi_actions(&vmi, &pods, in_flight.as_deref(), source_pod.as_ref().err());
+            launcher_pod::vmi_actions(&vmi, &pods, in_flight.as_deref(), source_pod.as_ref().err());
         let claims: std::collections::BTreeMap<String, &PersistentVolumeClaim> = w
             .pvcs
             .iter()
@@ -933,7 +934,7 @@ async fn launchers<B: Backend>(
             Some(crate::api::VmiPhase::Succeeded | crate::api::VmiPhase::Failed)
         );
         if !final_ && vmi.metadata.deletion_timestamp.is_none() {
-            let vs = launcher::volume_status(&vmi, &claims);
+            let vs = launcher_pod::volume_status(&vmi, &claims);
             next.status
                 .get_or_insert_with(Default::default)
                 .volume_status = vs;

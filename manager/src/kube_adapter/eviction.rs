@@ -56,13 +56,15 @@ use super::signer::{ensure_ca, SignerSettings};
 use super::FIELD_MANAGER;
 use crate::api::{VirtualMachineInstance, VmiPhase};
 use crate::backend::protocol::LIVE_MIGRATABLE;
-use crate::control::launcher::{CREATED_BY_LABEL, LAUNCHER_LABEL, MIGRATION_LABEL, VMI_NAME_LABEL};
+use crate::control::launcher_pod::{
+    CREATED_BY_LABEL, LAUNCHER_LABEL, MIGRATION_LABEL, VMI_NAME_LABEL,
+};
 use crate::control::views;
 use crate::error_chain;
 
 /// The path the API server posts AdmissionReviews to.
 pub const PATH: &str = "/eviction";
-/// Every launcher pod's name starts so ([`crate::control::launcher::pod_name`]);
+/// Every launcher pod's name starts so ([`crate::control::launcher_pod::pod_name`]);
 /// the webhook configuration's `matchConditions` sends only such evictions.
 pub const LAUNCHER_NAME_PREFIX: &str = "virt-launcher-";
 /// HTTP status of a denial: `kubectl drain` retries on 429 (every 5 s) and

@@ -1,6 +1,6 @@
 //! The lab's control loop, run either by the background `mignet lab daemon`
 //! process or in-process by `mignet lab demo`: the network rollout, the
-//! kubelet+Multus emulation, the scheduler stand-in ([`super::scheduler`])
+//! kubelet+Multus emulation, the scheduler stand-in ([`super::placement`])
 //! and the kubelet for launcher pods ([`super::launchers`]), and (with
 //! [`run_full`]) the migration controller (in launcher mode, as in a
 //! cluster) and one real agent per agent pod, both on a tokio runtime owned
@@ -19,9 +19,9 @@ use crate::agent::GuestBoot;
 use crate::backend::LocalBackend;
 use crate::control;
 
+use super::inventory::LabInventory;
 use super::kubelet::{AgentRuntime, Kubelet};
-use super::state::LabState;
-use super::{launchers, plan, rollout, scheduler, LabConfig, LabError, LAB_NAMESPACE};
+use super::{launchers, placement, plan, rollout, LabConfig, LabError, LAB_NAMESPACE};
 use crate::store::Store;
 
 /// Run until `stop` is set. Each pass reconciles the rollout, then the agent
@@ -55,7 +55,7 @@ pub fn run_with_store(
         if let Err(e) = rollout::reconcile(store, &cluster) {
             warn!(error = %e, "rollout reconcile failed");
         }
-        if let Err(e) = scheduler::schedule(store) {
+        if let Err(e) = placement::schedule(store) {
             warn!(error = %e, "scheduling launcher pods failed");
         }
         if let Err(e) = launcher_pods.sync() {
@@ -122,7 +122,7 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
         // Where and how a VM runs is the controller's decision, as in a
         // cluster: it makes launcher pods, the lab scheduler binds them and
         // the lab kubelet runs them.
-        launchers: Some(control::launcher::LauncherSettings {
+        launchers: Some(control::launcher_pod::LauncherSettings {
             image: "mignet:lab".into(),
             image_pull_policy: None,
             emulation_allowed: true,
@@ -233,6 +233,6 @@ pub fn spawn(cfg: &LabConfig) -> Result<i32, LabError> {
             source,
         })?;
     let pid = child.id() as i32;
-    LabState::record_process(&cfg.dir, pid, "lab daemon")?;
+    LabInventory::record_process(&cfg.dir, pid, "lab daemon")?;
     Ok(pid)
 }

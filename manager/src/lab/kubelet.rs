@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use super::annotation;
 use super::cni::CniCall;
 use super::history::{self, PodStep};
-use super::state::LabState;
+use super::inventory::LabInventory;
 use super::topology::add_namespace;
 use super::{ip, netns_exists, netns_path, plan, LabConfig, LabError};
 use super::{AGENT_DAEMONSET, LAB_NAMESPACE, NETNS_ANNOTATION};
@@ -397,7 +397,7 @@ impl<'a> Kubelet<'a> {
         // A namespace left by a crashed lab process is ours (the record
         // says so): replace it.
         if netns_exists(&agent_ns) {
-            let ours = LabState::load(&self.cfg.dir)?
+            let ours = LabInventory::load(&self.cfg.dir)?
                 .is_some_and(|s| s.namespaces.iter().any(|n| n == &agent_ns));
             if !ours {
                 return Err(LabError::NamespaceExists { name: agent_ns });
@@ -412,7 +412,7 @@ impl<'a> Kubelet<'a> {
         }
         let gw = plan::pod_gateway(index).to_string();
         let pod_ip = plan::agent_ip(index).to_string();
-        LabState::record_link(&self.cfg.dir, &node_ns, AGENT_VETH)?;
+        LabInventory::record_link(&self.cfg.dir, &node_ns, AGENT_VETH)?;
         ip(&[
             "-n", &node_ns, "link", "add", AGENT_VETH, "type", "veth", "peer", "name", "eth0",
             "netns", &agent_ns,
@@ -702,12 +702,12 @@ impl<'a> Kubelet<'a> {
         if netns_exists(&agent_ns) {
             match ip(&["netns", "del", &agent_ns]) {
                 Ok(_) => {
-                    let _ = LabState::forget_namespace(&self.cfg.dir, &agent_ns);
+                    let _ = LabInventory::forget_namespace(&self.cfg.dir, &agent_ns);
                 }
                 Err(e) => warn!(%node, error = %e, "removing agent namespace failed"),
             }
         } else {
-            let _ = LabState::forget_namespace(&self.cfg.dir, &agent_ns);
+            let _ = LabInventory::forget_namespace(&self.cfg.dir, &agent_ns);
         }
         if let Err(e) = self.release(&name) {
             warn!(pod = %name, error = %e, "removing the kubelet's finalizer failed");

@@ -40,9 +40,9 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::state::{self, ProcessRecord};
+use super::inventory::{self, ProcessRecord};
 use super::{netns_path, plan, LabConfig, LabError};
-use crate::control::launcher::{CONTAINER, LAUNCHER_LABEL};
+use crate::control::launcher_pod::{CONTAINER, LAUNCHER_LABEL};
 use crate::launcher::{self as launch, Boot, LaunchSpec};
 use crate::store::Store;
 
@@ -293,7 +293,7 @@ impl<'a> Launchers<'a> {
             let pod = by_key
                 .get(&(rec.namespace.clone(), rec.name.clone()))
                 .filter(|p| p.metadata.uid.as_deref() == Some(rec.uid.as_str()));
-            let alive = state::is_alive(&rec.wrapper) || launch::launcher_alive(&rec.run_dir);
+            let alive = inventory::is_alive(&rec.wrapper) || launch::launcher_alive(&rec.run_dir);
             let deleted = pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
             if deleted {
                 if alive {
@@ -455,7 +455,7 @@ impl<'a> Launchers<'a> {
             run_dir: run_dir.clone(),
             wrapper: ProcessRecord {
                 pid,
-                start_time: state::process_start_time(pid).unwrap_or(0),
+                start_time: inventory::process_start_time(pid).unwrap_or(0),
                 what: format!("launcher pod {name}"),
             },
             grace_seconds: pod
@@ -484,7 +484,7 @@ impl<'a> Launchers<'a> {
                 match pid {
                     Some(p) => signal(p, Signal::SIGTERM),
                     // Not started yet: the wrapper, before it starts one.
-                    None if state::is_alive(&rec.wrapper) => {
+                    None if inventory::is_alive(&rec.wrapper) => {
                         signal(rec.wrapper.pid, Signal::SIGTERM)
                     }
                     None => {}
@@ -497,7 +497,7 @@ impl<'a> Launchers<'a> {
                 if let Some(p) = pid {
                     signal(p, Signal::SIGKILL);
                 }
-                if state::is_alive(&rec.wrapper) {
+                if inventory::is_alive(&rec.wrapper) {
                     signal(rec.wrapper.pid, Signal::SIGKILL);
                 }
                 Ok(())
@@ -671,7 +671,7 @@ fn image_of(p: &Pod) -> String {
 mod tests {
     use super::*;
     use crate::api::{VirtualMachineInstance, VirtualMachineInstanceSpec};
-    use crate::control::launcher::{launcher_pod, LauncherSettings, Role};
+    use crate::control::launcher_pod::{launcher_pod, LauncherSettings, Role};
 
     fn pod() -> Pod {
         let mut v = VirtualMachineInstance::new("vm-fedora", VirtualMachineInstanceSpec::default());

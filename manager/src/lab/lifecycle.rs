@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 
-use super::state::LabState;
+use super::inventory::LabInventory;
 use super::topology::{self, DownReport};
 use super::{cni, netns_path, plan, rollout, LabConfig, LabError};
 use super::{AGENT_DAEMONSET, LAB_NAMESPACE, NETNS_ANNOTATION};
@@ -53,7 +53,7 @@ fn node_object(cfg: &LabConfig, index: u32, name: &str) -> Node {
 /// Create the lab: record, CNI path, topology, seed objects (Nodes, the
 /// agent DaemonSet). On failure, everything created so far is removed.
 pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
-    LabState::create(cfg)?;
+    LabInventory::create(cfg)?;
     let result = (|| {
         cni::install_plugins(cfg)?;
         topology::up(cfg)?;
@@ -255,7 +255,7 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
         cfg.dir.join("agents"),
         cfg.dir.join("pki"),
         super::history::history_file(&cfg.dir),
-        super::state::lock_path(&cfg.dir),
+        super::inventory::lock_path(&cfg.dir),
     ] {
         if p.exists() {
             out.push(format!("file {}", p.display()));

@@ -26,12 +26,12 @@ pub mod annotation;
 pub mod cni;
 pub mod daemon;
 pub mod history;
+pub mod inventory;
 pub mod kubelet;
 pub mod launchers;
 pub mod lifecycle;
+pub mod placement;
 pub mod rollout;
-pub mod scheduler;
-pub mod state;
 pub mod topology;
 
 use std::net::Ipv4Addr;

@@ -7,7 +7,7 @@
 
 use mignet_cni::netns::{set_sysctl, NetNs};
 
-use super::state::{is_alive, LabState};
+use super::inventory::{is_alive, LabInventory};
 use super::{ip, netns_exists, netns_path, plan, LabConfig, LabError};
 
 /// Bridge of the pod/node network, in the switch namespace.
@@ -27,7 +27,7 @@ pub fn add_namespace(cfg: &LabConfig, ns: &str) -> Result<(), LabError> {
             name: ns.to_owned(),
         });
     }
-    LabState::record_namespace(&cfg.dir, ns)?;
+    LabInventory::record_namespace(&cfg.dir, ns)?;
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     Ok(())
@@ -41,7 +41,7 @@ pub fn up(cfg: &LabConfig) -> Result<(), LabError> {
     let sw = cfg.switch_ns();
     add_namespace(cfg, &sw)?;
     for br in [POD_BRIDGE, MIGRATION_BRIDGE] {
-        LabState::record_link(&cfg.dir, &sw, br)?;
+        LabInventory::record_link(&cfg.dir, &sw, br)?;
         ip(&["-n", &sw, "link", "add", br, "type", "bridge"])?;
         ip(&["-n", &sw, "link", "set", br, "up"])?;
     }
@@ -53,8 +53,8 @@ pub fn up(cfg: &LabConfig) -> Result<(), LabError> {
             (format!("n{i}-pod"), POD_BRIDGE, NODE_POD_NIC),
             (format!("n{i}-mig"), MIGRATION_BRIDGE, NODE_MIGRATION_NIC),
         ] {
-            LabState::record_link(&cfg.dir, &sw, &port)?;
-            LabState::record_link(&cfg.dir, &ns, nic)?;
+            LabInventory::record_link(&cfg.dir, &sw, &port)?;
+            LabInventory::record_link(&cfg.dir, &ns, nic)?;
             ip(&[
                 "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", nic, "netns", &ns,
             ])?;
@@ -102,7 +102,7 @@ pub struct DownReport {
 /// of stopping at the first. No record = nothing to do.
 pub fn down(dir: &std::path::Path) -> Result<DownReport, LabError> {
     let mut report = DownReport::default();
-    let Some(state) = LabState::load(dir)? else {
+    let Some(state) = LabInventory::load(dir)? else {
         return Ok(report);
     };
     for p in &state.processes {
@@ -117,7 +117,7 @@ pub fn down(dir: &std::path::Path) -> Result<DownReport, LabError> {
         }
     }
     // Re-read: the daemon may have recorded agent namespaces until it stopped.
-    let state = LabState::load(dir)?.unwrap_or(state);
+    let state = LabInventory::load(dir)?.unwrap_or(state);
     for ns in state.namespaces.iter().rev() {
         if !netns_exists(ns) {
             continue;
@@ -154,7 +154,7 @@ pub fn down(dir: &std::path::Path) -> Result<DownReport, LabError> {
     for f in [
         cfg.log_file(),
         super::history::history_file(dir),
-        super::state::lock_path(dir),
+        super::inventory::lock_path(dir),
         cfg.state_file(),
     ] {
         if let Err(e) = std::fs::remove_file(&f) {
@@ -176,7 +176,7 @@ fn stop_process(pid: i32) -> Result<(), nix::Error> {
     let gone = |pid: Pid| {
         // Reap it if it is our child (the demo's case); ignore otherwise.
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        super::state::process_start_time(pid.as_raw()).is_none()
+        super::inventory::process_start_time(pid.as_raw()).is_none()
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map(|s| s.contains(") Z "))
                 .unwrap_or(true)

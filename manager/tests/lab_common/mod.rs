@@ -252,7 +252,7 @@ pub fn launcher_pods(
             p.metadata
                 .labels
                 .as_ref()
-                .is_some_and(|l| l.contains_key(mignet::control::launcher::LAUNCHER_LABEL))
+                .is_some_and(|l| l.contains_key(mignet::control::launcher_pod::LAUNCHER_LABEL))
         })
         .map(|p| {
             let node = p.spec.as_ref().and_then(|s| s.node_name.clone());

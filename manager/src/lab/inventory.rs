@@ -19,7 +19,7 @@ pub struct ProcessRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabState {
+pub struct LabInventory {
     pub config: LabConfig,
     /// In creation order; removed in reverse.
     #[serde(default)]
@@ -33,8 +33,8 @@ pub struct LabState {
     pub links: Vec<(String, String)>,
 }
 
-impl LabState {
-    pub fn load(dir: &Path) -> Result<Option<LabState>, LabError> {
+impl LabInventory {
+    pub fn load(dir: &Path) -> Result<Option<LabInventory>, LabError> {
         let path = state_file(dir);
         match sfs::read_json(&path) {
             Ok(None) => Ok(None),
@@ -71,7 +71,7 @@ impl LabState {
 
     /// Read-modify-write under the state lock (the daemon and the CLI both
     /// record things).
-    pub fn update<T>(dir: &Path, f: impl FnOnce(&mut LabState) -> T) -> Result<T, LabError> {
+    pub fn update<T>(dir: &Path, f: impl FnOnce(&mut LabInventory) -> T) -> Result<T, LabError> {
         let _lock = lock(dir)?;
         let mut s = Self::load(dir)?.ok_or_else(|| LabError::NotUp {
             dir: dir.to_owned(),
@@ -180,16 +180,16 @@ mod tests {
             prefix: "x".into(),
             nodes: 2,
         };
-        LabState::create(&cfg).unwrap();
+        LabInventory::create(&cfg).unwrap();
         assert!(matches!(
-            LabState::create(&cfg),
+            LabInventory::create(&cfg),
             Err(LabError::AlreadyUp { .. })
         ));
-        LabState::record_namespace(&dir, "x-sw").unwrap();
-        LabState::record_namespace(&dir, "x-node1").unwrap();
-        LabState::record_namespace(&dir, "x-sw").unwrap();
-        LabState::forget_namespace(&dir, "x-node1").unwrap();
-        let s = LabState::load(&dir).unwrap().unwrap();
+        LabInventory::record_namespace(&dir, "x-sw").unwrap();
+        LabInventory::record_namespace(&dir, "x-node1").unwrap();
+        LabInventory::record_namespace(&dir, "x-sw").unwrap();
+        LabInventory::forget_namespace(&dir, "x-node1").unwrap();
+        let s = LabInventory::load(&dir).unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(s.namespaces, vec!["x-sw".to_owned()]);
         assert_eq!(s.config, cfg);

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::LabError;
-use crate::control::launcher::LAUNCHER_LABEL;
+use crate::control::launcher_pod::LAUNCHER_LABEL;
 use crate::store::Store;
 
 /// The node label kube-scheduler's hostname affinity names.
@@ -347,7 +347,7 @@ mod tests {
         PersistentVolumeClaimVolumeSource, VirtualMachineInstance, VirtualMachineInstanceSpec,
         Volume,
     };
-    use crate::control::launcher::{launcher_pod, LauncherSettings, Role};
+    use crate::control::launcher_pod::{launcher_pod, LauncherSettings, Role};
 
     fn settings() -> LauncherSettings {
         LauncherSettings {
@@ -420,7 +420,7 @@ mod tests {
         // A node without the agent's labels (no migration endpoint) is no target.
         let mut bare = node("node2");
         bare.labels
-            .remove(crate::control::launcher::SCHEDULABLE_LABEL);
+            .remove(crate::control::launcher_pod::SCHEDULABLE_LABEL);
         assert!(place(&pod, &[node("node1"), bare], &BTreeMap::new()).is_err());
     }
 
