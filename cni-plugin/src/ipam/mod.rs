@@ -3,7 +3,8 @@
 //! `ipam.kubernetes` (module `kube`).
 //!
 //! Layout follows the reference plugins: config (pure parsing), allocator
-//! (pure decisions), store (file I/O), then the verbs below. macvlan calls
+//! (pure decisions), store (file I/O), kube (IPPool I/O, with the pure
+//! ippool and reconcile_plan beside it), then the verbs below. macvlan calls
 //! `Whereabouts` in-process through `skel::Plugin` with the same `CmdArgs`;
 //! the `mignet-ipam` binary runs it through `skel::run`.
 
@@ -11,7 +12,11 @@ pub mod allocator;
 pub mod config;
 pub mod flatfile;
 #[cfg(feature = "k8s")]
+pub mod ippool;
+#[cfg(feature = "k8s")]
 pub mod kube;
+#[cfg(feature = "k8s")]
+pub mod reconcile_plan;
 pub mod store;
 
 use crate::error::{plugin_codes, CniError, CniResult, Code};
