@@ -32,7 +32,8 @@
 //!
 //! This file is the I/O: the decisions it asks are pure and live next door
 //! (`ippool`: the resources and their patch; `allocator::Pool::pick`: which
-//! address to claim; `reconcile_plan`: what the reconciler frees).
+//! address to claim; `reconcile_plan`: what the reconciler frees;
+//! `mignet_policy::Backoff`: how long to wait after a conflict).
 
 use super::allocator::{Allocation, Owner, Pool};
 use super::config::{IpRange, KubeConf, NetConf};
@@ -79,13 +80,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// millisecond backoff cannot do that: a conflicting write costs the API
 /// server a full decode, validation and encode of the pool, so writers
 /// retrying faster than the server completes writes only add load.
+///
+/// The window is `mignet_policy::Backoff`'s; this type adds the slot clamp,
+/// the count of conflicts and the random source (the policy crate takes
+/// none).
 #[derive(Debug)]
-pub struct Backoff {
+pub struct ConflictBackoff {
     state: u64,
-    attempt: u32,
+    conflicts: u32,
 }
 
-impl Backoff {
+impl ConflictBackoff {
     /// At most 2^5 = 32 slots.
     pub const MAX_EXP: u32 = 5;
     /// Slot bounds: a write measured faster or slower than this is clamped.
@@ -95,9 +100,9 @@ impl Backoff {
     pub const MAX_SLOT: Duration = Duration::from_millis(40);
 
     pub fn new(seed: u64) -> Self {
-        Backoff {
+        ConflictBackoff {
             state: seed | 1,
-            attempt: 0,
+            conflicts: 0,
         }
     }
 
@@ -109,14 +114,19 @@ impl Backoff {
         self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// The windows for a measured round trip `slot`: `delay(n)` is the
+    /// window after the n-th conflict. The policy's `delay(n)` is
+    /// `base * 2^(n-1)`, so a base of two slots gives 2^n slots.
+    pub fn windows(slot: Duration) -> mignet_policy::Backoff {
+        let slot = slot.clamp(Self::MIN_SLOT, Self::MAX_SLOT);
+        mignet_policy::Backoff::new(slot * 2, slot * (1 << Self::MAX_EXP))
+    }
+
     /// The delay after the next conflict, given the last write's round trip.
     pub fn next_delay(&mut self, slot: Duration) -> Duration {
-        self.attempt += 1;
-        let slot = slot.clamp(Self::MIN_SLOT, Self::MAX_SLOT);
-        let window = 1u64 << self.attempt.min(Self::MAX_EXP);
-        // Uniform in [0, window) slots, at microsecond resolution.
-        let span = slot.as_micros() as u64 * window;
-        Duration::from_micros(self.random() % span.max(1))
+        self.conflicts += 1;
+        let random = self.random();
+        Self::windows(slot).jittered(self.conflicts, random)
     }
 }
 
@@ -705,7 +715,7 @@ impl KubeStore {
     /// is an ordinary orphan (as if it died after its own write): DEL, GC
     /// or reconcile frees it.
     async fn add_one(&self, key: &PoolKey, range: &IpRange, owner: &Owner) -> CniResult<Added> {
-        let mut rng = Backoff::new(seed());
+        let mut rng = ConflictBackoff::new(seed());
         // Offsets reserved by someone else (seen during this ADD).
         let mut taken: BTreeSet<u128> = BTreeSet::new();
         let started = std::time::Instant::now();
@@ -1073,7 +1083,7 @@ impl KubeStore {
                 return self.remove_where(key, plain).await.map(|_| ());
             }
         }
-        let mut backoff = Backoff::new(seed());
+        let mut backoff = ConflictBackoff::new(seed());
         let started = std::time::Instant::now();
         let mut attempts = 0;
         let mut carry = Some((obj, parsed));
@@ -1129,7 +1139,7 @@ impl KubeStore {
         key: &PoolKey,
         mut select: impl FnMut(u128, &Allocation) -> bool,
     ) -> CniResult<Vec<(u128, Allocation)>> {
-        let mut backoff = Backoff::new(seed());
+        let mut backoff = ConflictBackoff::new(seed());
         let started = std::time::Instant::now();
         let mut attempts = 0;
         while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
@@ -1410,18 +1420,29 @@ mod tests {
     #[test]
     fn backoff_window_doubles_per_conflict_in_slots_and_is_capped() {
         let slot = Duration::from_millis(40);
-        let mut b = Backoff::new(42);
+        let mut b = ConflictBackoff::new(42);
         let ds: Vec<Duration> = (0..40).map(|_| b.next_delay(slot)).collect();
         assert!(ds[0] < slot * 2);
         assert!(ds[1] < slot * 4);
-        let cap = slot * (1 << Backoff::MAX_EXP);
+        let cap = slot * (1 << ConflictBackoff::MAX_EXP);
         assert!(ds.iter().all(|d| *d < cap), "{ds:?}");
         // Jittered, and the late window is really used.
         let distinct: HashSet<Duration> = ds.iter().copied().collect();
         assert!(distinct.len() > 30, "{ds:?}");
         assert!(ds[10..].iter().any(|d| *d > cap / 2), "{ds:?}");
         // Slots are clamped.
-        let mut b = Backoff::new(7);
-        assert!(b.next_delay(Duration::from_secs(60)) < Backoff::MAX_SLOT * 2);
+        let mut b = ConflictBackoff::new(7);
+        assert!(b.next_delay(Duration::from_secs(60)) < ConflictBackoff::MAX_SLOT * 2);
+        // The window after the n-th conflict is 2^n slots, capped at
+        // 2^MAX_EXP, the slot clamped to [MIN_SLOT, MAX_SLOT].
+        let windows = |slot: Duration| -> Vec<Duration> {
+            let w = ConflictBackoff::windows(slot);
+            (1..=7).map(|n| w.delay(n)).collect()
+        };
+        let ms = Duration::from_millis;
+        let in_slots = |s: Duration| [2, 4, 8, 16, 32, 32, 32].map(|k| s * k).to_vec();
+        assert_eq!(windows(ms(10)), in_slots(ms(10)));
+        assert_eq!(windows(ms(60_000)), in_slots(ConflictBackoff::MAX_SLOT));
+        assert_eq!(windows(Duration::ZERO), in_slots(ConflictBackoff::MIN_SLOT));
     }
 }
