@@ -36,6 +36,7 @@
 //! `mignet_policy::Backoff`: how long to wait after a conflict).
 
 use super::allocator::{Allocation, Owner, Pool};
+use super::backend::{exhausted, Store};
 use super::config::{IpRange, KubeConf, NetConf};
 use super::ippool::{
     orip_name, orip_owned_by, pending_selector, pool_label, write_patch, IPPool,
@@ -44,7 +45,7 @@ use super::ippool::{
 };
 use super::reconcile_plan::{network_name_of, OripState, Orphan, PodState, PoolState};
 use super::store::PoolKey;
-use crate::error::{plugin_codes, CniError, CniResult, Code};
+use crate::error::{CniError, CniResult, Code};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -172,17 +173,6 @@ fn api_err(what: &str, e: kube::Error) -> CniError {
     CniError::new(code, format!("{what}{hint}")).with_details(crate::error::chain(&e))
 }
 
-fn exhausted(range: &IpRange) -> CniError {
-    CniError::new(
-        Code::Plugin(plugin_codes::RANGE_EXHAUSTED),
-        format!(
-            "range exhausted: no free address in {} {}",
-            range.field,
-            range.describe()
-        ),
-    )
-}
-
 fn contention(pool: &str, attempts: u32, spent: Duration) -> CniError {
     CniError::new(
         Code::TryAgainLater,
@@ -251,16 +241,6 @@ pub async fn connect(conf: &KubeConf) -> CniResult<(Client, String)> {
         .with_details(crate::error::chain(&e))
     })?;
     Ok((client, ns))
-}
-
-/// Run `f` on a current-thread runtime made for this one call: only the
-/// Kubernetes path pays for a runtime; the file store stays synchronous.
-pub fn block_on<T>(f: impl std::future::Future<Output = CniResult<T>>) -> CniResult<T> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CniError::io("start the async runtime", e))?;
-    rt.block_on(f)
 }
 
 /// The current claim epoch.
@@ -1187,92 +1167,148 @@ impl KubeStore {
 
 // ------------------------------------------------------------- the verbs
 
-/// ADD: one address per range. If a later range fails, the addresses this
-/// ADD newly took in earlier ranges are freed again.
-pub async fn add(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
-    let store = KubeStore::open(conf).await?;
-    let keys = super::pool_keys(conf);
-    let mut done: Vec<(usize, Added)> = Vec::new();
-    for (i, (key, range)) in keys.iter().zip(&conf.ipam.ranges).enumerate() {
-        match store.add_one(key, range, owner).await {
-            Ok(a) => done.push((i, a)),
-            Err(e) => {
-                for (j, a) in &done {
-                    if !a.existing {
-                        let off = a.offset;
-                        let _ = store
-                            .remove_where(&keys[*j], |o, x| {
-                                o == off && x.id == owner.container_id && x.ifname == owner.ifname
-                            })
-                            .await;
+impl KubeStore {
+    /// ADD: one address per range. If a later range fails, the addresses
+    /// this ADD newly took in earlier ranges are freed again.
+    pub async fn add(
+        &self,
+        keys: &[PoolKey],
+        ranges: &[IpRange],
+        owner: &Owner,
+    ) -> CniResult<Vec<u128>> {
+        let mut done: Vec<(usize, Added)> = Vec::new();
+        for (i, (key, range)) in keys.iter().zip(ranges).enumerate() {
+            match self.add_one(key, range, owner).await {
+                Ok(a) => done.push((i, a)),
+                Err(e) => {
+                    for (j, a) in &done {
+                        if !a.existing {
+                            let off = a.offset;
+                            let _ = self
+                                .remove_where(&keys[*j], |o, x| {
+                                    o == off
+                                        && x.id == owner.container_id
+                                        && x.ifname == owner.ifname
+                                })
+                                .await;
+                        }
                     }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
+        Ok(done.into_iter().map(|(_, a)| a.offset).collect())
     }
-    Ok(done.into_iter().map(|(_, a)| a.offset).collect())
-}
 
-/// DEL: free what (container ID, ifname) holds in every pool of the config.
-pub async fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
-    let store = KubeStore::open(conf).await?;
-    // Every pool, even after one fails (whereabouts stops at the first
-    // pool without an entry); the first error is reported.
-    let mut first_err = None;
-    for key in super::pool_keys(conf) {
-        if let Err(e) = store.release(&key, container_id, ifname).await {
-            first_err.get_or_insert(e);
+    /// DEL: free what (container ID, ifname) holds in every pool.
+    pub async fn del(&self, keys: &[PoolKey], container_id: &str, ifname: &str) -> CniResult<()> {
+        // Every pool, even after one fails (whereabouts stops at the first
+        // pool without an entry); the first error is reported.
+        let mut first_err = None;
+        for key in keys {
+            if let Err(e) = self.release(key, container_id, ifname).await {
+                first_err.get_or_insert(e);
+            }
         }
+        first_err.map_or(Ok(()), Err)
     }
-    first_err.map_or(Ok(()), Err)
+
+    /// CHECK: the offset (container ID, ifname) holds in each pool, in order.
+    pub async fn find(
+        &self,
+        keys: &[PoolKey],
+        container_id: &str,
+        ifname: &str,
+    ) -> CniResult<Vec<Option<u128>>> {
+        let mut out = Vec::new();
+        for key in keys {
+            out.push(match self.read(key).await? {
+                Some((_, p)) => p.pool.find(container_id, ifname),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// GC: free every allocation whose (container ID, ifname) is not valid.
+    pub async fn gc(
+        &self,
+        keys: &[PoolKey],
+        valid: &HashSet<(String, String)>,
+    ) -> CniResult<usize> {
+        let mut n = 0;
+        for key in keys {
+            n += self
+                .remove_where(key, |_, a| {
+                    !valid.contains(&(a.id.clone(), a.ifname.clone()))
+                })
+                .await?
+                .len();
+        }
+        Ok(n)
+    }
+
+    /// STATUS: the API answers and the IPPool resource is served.
+    pub async fn status(&self) -> CniResult<()> {
+        self.pools()
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| {
+                let mut err = api_err(&format!("list IPPools in {}", self.namespace), e);
+                err.code = Code::Unavailable;
+                err
+            })?;
+        Ok(())
+    }
 }
 
-/// CHECK: the offset (container ID, ifname) holds in each pool, in order.
-pub async fn find(
-    conf: &NetConf,
-    container_id: &str,
-    ifname: &str,
-) -> CniResult<Vec<Option<u128>>> {
-    let store = KubeStore::open(conf).await?;
-    let mut out = Vec::new();
-    for key in super::pool_keys(conf) {
-        out.push(match store.read(&key).await? {
-            Some((_, p)) => p.pool.find(container_id, ifname),
-            None => None,
-        });
-    }
-    Ok(out)
+/// The store for the synchronous CNI verbs: a connected `KubeStore` and the
+/// current-thread runtime it was connected on (the client's connection
+/// tasks live there), made for this one CNI call. Only the Kubernetes path
+/// pays for a runtime; the file store stays synchronous.
+pub struct BlockingKubeStore {
+    rt: tokio::runtime::Runtime,
+    store: KubeStore,
 }
 
-/// GC: free every allocation whose (container ID, ifname) is not valid.
-pub async fn gc(conf: &NetConf, valid: &HashSet<(String, String)>) -> CniResult<usize> {
-    let store = KubeStore::open(conf).await?;
-    let mut n = 0;
-    for key in super::pool_keys(conf) {
-        n += store
-            .remove_where(&key, |_, a| {
-                !valid.contains(&(a.id.clone(), a.ifname.clone()))
-            })
-            .await?
-            .len();
+impl BlockingKubeStore {
+    pub fn open(conf: &NetConf) -> CniResult<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::io("start the async runtime", e))?;
+        let store = rt.block_on(KubeStore::open(conf))?;
+        Ok(BlockingKubeStore { rt, store })
     }
-    Ok(n)
 }
 
-/// STATUS: the API answers and the IPPool resource is served.
-pub async fn status(conf: &NetConf) -> CniResult<()> {
-    let store = KubeStore::open(conf).await?;
-    store
-        .pools()
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| {
-            let mut err = api_err(&format!("list IPPools in {}", store.namespace), e);
-            err.code = Code::Unavailable;
-            err
-        })?;
-    Ok(())
+impl Store for BlockingKubeStore {
+    fn add(&self, pools: &[PoolKey], ranges: &[IpRange], owner: &Owner) -> CniResult<Vec<u128>> {
+        self.rt.block_on(self.store.add(pools, ranges, owner))
+    }
+
+    fn del(&self, pools: &[PoolKey], container_id: &str, ifname: &str) -> CniResult<()> {
+        self.rt
+            .block_on(self.store.del(pools, container_id, ifname))
+    }
+
+    fn find(
+        &self,
+        pools: &[PoolKey],
+        container_id: &str,
+        ifname: &str,
+    ) -> CniResult<Vec<Option<u128>>> {
+        self.rt
+            .block_on(self.store.find(pools, container_id, ifname))
+    }
+
+    fn gc(&self, pools: &[PoolKey], valid: &HashSet<(String, String)>) -> CniResult<()> {
+        self.rt.block_on(self.store.gc(pools, valid)).map(|_| ())
+    }
+
+    fn status(&self) -> CniResult<()> {
+        self.rt.block_on(self.store.status())
+    }
 }
 
 // ------------------------------------------------------------ reconciler
