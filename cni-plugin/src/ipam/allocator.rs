@@ -267,6 +267,23 @@ impl Pool {
         a.lowest_free()
     }
 
+    /// The offset a writer racing others should claim: without contention
+    /// (`window` 1) the lowest free one outside `taken`; with it, a random
+    /// one of the lowest `window` free ones, so writers that read the pool
+    /// at the same moment rarely pick the same address. A window wider than
+    /// what is free falls back to the lowest free offset.
+    pub fn pick(
+        &self,
+        range: &IpRange,
+        taken: &BTreeSet<u128>,
+        window: usize,
+        random: u64,
+    ) -> Option<u128> {
+        let nth = (random % window.max(1) as u64) as usize;
+        self.nth_free_avoiding(range, taken, nth)
+            .or_else(|| self.lowest_free_avoiding(range, taken))
+    }
+
     /// Free what (container ID, ifname) holds; true if something was freed.
     pub fn release(&mut self, container_id: &str, ifname: &str) -> bool {
         let before = self.allocations.len();
@@ -475,5 +492,30 @@ mod tests {
         }
         // 10,000 consecutive allocations stay one interval.
         assert_eq!(a.blocked.intervals(), 1);
+    }
+
+    #[test]
+    fn pick_is_lowest_free_alone_and_spreads_within_the_window() {
+        let range = range(r#""range":"10.0.0.0/28""#);
+        let mut pool = Pool::default();
+        pool.assign(&range, &owner("a", "net1", Some("ns/a")));
+        pool.assign(&range, &owner("b", "net1", Some("ns/b")));
+        let taken: BTreeSet<u128> = [4].into();
+        // Window 1: the lowest free address outside `taken`, whatever the
+        // random number.
+        for r in [0, 1, 7, u64::MAX] {
+            assert_eq!(pool.pick(&range, &taken, 1, r), Some(3));
+        }
+        // Window 4: one of the four lowest free ones (3, 5, 6, 7), each
+        // reachable.
+        let got: BTreeSet<u128> = (0..64)
+            .filter_map(|r| pool.pick(&range, &taken, 4, r))
+            .collect();
+        assert_eq!(got, [3, 5, 6, 7].into());
+        // A window wider than what is free still finds an address.
+        assert!(pool.pick(&range, &taken, 1024, 999).is_some());
+        // Nothing free: None.
+        let all: BTreeSet<u128> = (1..=14).collect();
+        assert_eq!(Pool::default().pick(&range, &all, 8, 3), None);
     }
 }

@@ -29,19 +29,36 @@
 //!
 //! An allocation is reported only after the write that stores it returned
 //! success; a failed or exhausted ADD releases the reservation it made.
+//!
+//! This file is the I/O: the decisions it asks are pure and live next door
+//! (`ippool`: the resources and their patch; `allocator::Pool::pick`: which
+//! address to claim; `reconcile_plan`: what the reconciler frees;
+//! `mignet_policy::Backoff`: how long to wait after a conflict).
 
 use super::allocator::{Allocation, Owner, Pool};
+use super::backend::{exhausted, Store};
 use super::config::{IpRange, KubeConf, NetConf};
+use super::ippool::{
+    orip_name, orip_owned_by, pending_selector, pool_label, write_patch, IPPool,
+    OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec, ParsedPool, CLAIM_EPOCH_SECS,
+    EPOCH_LABEL, FIELD_MANAGER, OFFSET_ANNOTATION, POOL_LABEL, RELEASE_LABEL,
+};
+use super::reconcile_plan::{network_name_of, OripState, Orphan, PodState, PoolState};
 use super::store::PoolKey;
-use crate::error::{plugin_codes, CniError, CniResult, Code};
+use crate::error::{CniError, CniResult, Code};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, CustomResource, ResourceExt};
-use serde::{Deserialize, Serialize};
+use kube::{Client, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
+
+// Their old paths, still named outside this crate (tests/fuzz/src/ipam_pool.rs
+// and manager/src/kube_adapter/ipam.rs's docs); the module's own uses are
+// here too.
+pub use super::ippool::{parse_pool, pool_spec, IPPoolSpec};
+pub use super::reconcile_plan::plan_reconcile;
 
 /// The namespace whereabouts uses when the kubeconfig's context names none.
 pub const DEFAULT_NAMESPACE: &str = "kube-system";
@@ -56,246 +73,6 @@ const MAX_CLAIM_STEPS: u32 = 256;
 /// Per-request timeouts; an ADD must finish well inside kubelet's 4 min.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// whereabouts' IPPool spec.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "whereabouts.cni.cncf.io",
-    version = "v1alpha1",
-    kind = "IPPool",
-    namespaced,
-    schema = "disabled"
-)]
-pub struct IPPoolSpec {
-    /// The subnet in CIDR notation.
-    pub range: String,
-    /// Decimal offset from the network address -> owner. Offsets are full
-    /// 128-bit here; whereabouts reads them as signed 64-bit.
-    #[serde(default)]
-    pub allocations: BTreeMap<String, Allocation>,
-}
-
-/// whereabouts' OverlappingRangeIPReservation spec. `containerid` is in its
-/// schema but whereabouts never writes it; we do, so ownership is exact.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "whereabouts.cni.cncf.io",
-    version = "v1alpha1",
-    kind = "OverlappingRangeIPReservation",
-    namespaced,
-    schema = "disabled"
-)]
-pub struct OverlappingRangeIPReservationSpec {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub containerid: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub ifname: String,
-    #[serde(default)]
-    pub podref: String,
-}
-
-// ---------------------------------------------------------------- pure parts
-
-/// whereabouts' ORIP name: the address with ':' -> '-' (a trailing ':'
-/// gets a '0' first), prefixed by `<network_name>-` when there is one.
-pub fn orip_name(network_name: &str, ip: IpAddr) -> String {
-    let mut s = ip.to_string();
-    if s.ends_with(':') {
-        s.push('0');
-    }
-    let s = s.replace(':', "-");
-    if network_name.is_empty() {
-        s
-    } else {
-        format!("{network_name}-{s}")
-    }
-}
-
-/// A pool read from the API: the allocations we understand, plus keys that
-/// are not decimal `u128` offsets inside the subnet (e.g. whereabouts'
-/// negative /64 offsets, its #83). Those are kept verbatim on every write
-/// but never allocated from, so we neither lose nor reuse what another
-/// writer recorded.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ParsedPool {
-    pub pool: Pool,
-    pub foreign: BTreeMap<String, Allocation>,
-}
-
-/// Parse an IPPool spec for `subnet`; a pool holding another range is an
-/// error (two configs disagreeing about one pool name).
-pub fn parse_pool(
-    name: &str,
-    spec: &IPPoolSpec,
-    subnet: ipnetwork::IpNetwork,
-) -> CniResult<ParsedPool> {
-    let same = spec
-        .range
-        .parse::<ipnetwork::IpNetwork>()
-        .ok()
-        .is_some_and(|r| r.network() == subnet.network() && r.prefix() == subnet.prefix());
-    if !same {
-        return Err(CniError::new(
-            Code::Io,
-            format!(
-                "IPPool {name} holds range {:?} but {subnet} was expected",
-                spec.range
-            ),
-        ));
-    }
-    let mut out = ParsedPool::default();
-    let max = super::config::max_offset(subnet);
-    for (k, a) in &spec.allocations {
-        match k.parse::<u128>() {
-            // An offset outside the subnet (another writer's bug) is kept
-            // verbatim like any foreign key: used, it would hand out an
-            // address outside the range.
-            Ok(o) if o.to_string() == *k && o <= max => {
-                out.pool.allocations.insert(o, a.clone());
-            }
-            _ => {
-                out.foreign.insert(k.clone(), a.clone());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The spec to write back for a parsed pool.
-pub fn pool_spec(subnet: ipnetwork::IpNetwork, p: &ParsedPool) -> IPPoolSpec {
-    let mut allocations = p.foreign.clone();
-    for (o, a) in &p.pool.allocations {
-        allocations.insert(o.to_string(), a.clone());
-    }
-    IPPoolSpec {
-        range: subnet.to_string(),
-        allocations,
-    }
-}
-
-/// Whether a reservation belongs to `owner`: the same container, or (for
-/// reservations whereabouts wrote, without a container id) the same pod and
-/// interface.
-pub fn orip_owned_by(r: &OverlappingRangeIPReservationSpec, owner: &Owner) -> bool {
-    if !r.containerid.is_empty() && r.containerid == owner.container_id {
-        return true;
-    }
-    match &owner.podref {
-        Some(p) => r.podref == *p && (r.ifname.is_empty() || r.ifname == owner.ifname),
-        None => false,
-    }
-}
-
-/// What a pod object says about the attachments that name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodState {
-    /// `<namespace>/<name>`.
-    pub podref: String,
-    /// Succeeded or Failed: its sandbox is gone, so are its addresses.
-    pub finished: bool,
-}
-
-/// One allocation the reconciler frees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Orphan {
-    pub pool: String,
-    pub offset: u128,
-    pub allocation: Allocation,
-}
-
-/// The reconciler's decision.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReconcilePlan {
-    /// Pool entries whose pod is gone.
-    pub free: Vec<Orphan>,
-    /// ORIPs (name, uid, resourceVersion) that no pool entry backs and that
-    /// are older than the grace period.
-    pub delete_orips: Vec<(String, String, String)>,
-}
-
-/// A reservation as the reconciler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OripState {
-    pub name: String,
-    pub uid: String,
-    pub resource_version: String,
-    /// Seconds since creation at decision time.
-    pub age_secs: i64,
-}
-
-/// A pool as the reconciler sees it: its name, subnet and allocations.
-#[derive(Debug, Clone)]
-pub struct PoolState {
-    pub name: String,
-    pub subnet: ipnetwork::IpNetwork,
-    pub allocations: BTreeMap<u128, Allocation>,
-}
-
-/// Pure reconcile decision.
-///
-/// An allocation is orphaned when its `podref` names no pod, or a pod that
-/// has finished. A pod that exists under that name keeps the address even
-/// when it is a *new* pod reusing the name (a StatefulSet replica): our ADD
-/// hands the entry of `(podref, ifname)` to the new sandbox (it only swaps
-/// the container id), so the address is the live pod's, and freeing it would
-/// be whereabouts' #176 (a duplicate address). The IPPool schema has no pod
-/// UID to tell the two apart, and it does not need one: the only cost is
-/// that a recreated pod which no longer attaches this network keeps the
-/// address until it is deleted. Entries without a podref (the runtime gave
-/// no pod) are left to CNI GC, which knows the live container ids.
-///
-/// A reservation is an orphan when no pool entry backs it (its name is not
-/// the ORIP name of any allocated address) and it is older than
-/// `grace_secs`: younger ones may belong to an ADD between its two writes.
-pub fn plan_reconcile(
-    pools: &[PoolState],
-    pods: &[PodState],
-    orips: &[OripState],
-    grace_secs: i64,
-) -> ReconcilePlan {
-    let live: HashSet<&str> = pods
-        .iter()
-        .filter(|p| !p.finished)
-        .map(|p| p.podref.as_str())
-        .collect();
-    let mut plan = ReconcilePlan::default();
-    let mut backed: HashSet<String> = HashSet::new();
-    for p in pools {
-        let net = network_name_of(&p.name, p.subnet);
-        for (&off, a) in &p.allocations {
-            let orphan = !a.podref.is_empty() && !live.contains(a.podref.as_str());
-            if orphan {
-                plan.free.push(Orphan {
-                    pool: p.name.clone(),
-                    offset: off,
-                    allocation: a.clone(),
-                });
-            } else {
-                let ip = super::config::from_u128(
-                    p.subnet.network(),
-                    super::config::ip_to_u128(p.subnet.network()) + off,
-                );
-                backed.insert(orip_name(net, ip));
-            }
-        }
-    }
-    for o in orips {
-        if !backed.contains(&o.name) && o.age_secs >= grace_secs {
-            plan.delete_orips
-                .push((o.name.clone(), o.uid.clone(), o.resource_version.clone()));
-        }
-    }
-    plan
-}
-
-/// The network_name a pool name carries: `<network_name>-<range>`.
-pub fn network_name_of(pool_name: &str, subnet: ipnetwork::IpNetwork) -> &str {
-    let suffix = PoolKey::new("", subnet).name;
-    pool_name
-        .strip_suffix(suffix.as_str())
-        .and_then(|p| p.strip_suffix('-'))
-        .unwrap_or("")
-}
-
 /// Binary exponential backoff with full jitter, in slots of one write's
 /// round trip (as Ethernet does): after the n-th conflict, wait a random
 /// number of slots in [0, 2^n), n capped at `MAX_EXP`. With k writers on one
@@ -304,13 +81,17 @@ pub fn network_name_of(pool_name: &str, subnet: ipnetwork::IpNetwork) -> &str {
 /// millisecond backoff cannot do that: a conflicting write costs the API
 /// server a full decode, validation and encode of the pool, so writers
 /// retrying faster than the server completes writes only add load.
+///
+/// The window is `mignet_policy::Backoff`'s; this type adds the slot clamp,
+/// the count of conflicts and the random source (the policy crate takes
+/// none).
 #[derive(Debug)]
-pub struct Backoff {
+pub struct ConflictBackoff {
     state: u64,
-    attempt: u32,
+    conflicts: u32,
 }
 
-impl Backoff {
+impl ConflictBackoff {
     /// At most 2^5 = 32 slots.
     pub const MAX_EXP: u32 = 5;
     /// Slot bounds: a write measured faster or slower than this is clamped.
@@ -320,9 +101,9 @@ impl Backoff {
     pub const MAX_SLOT: Duration = Duration::from_millis(40);
 
     pub fn new(seed: u64) -> Self {
-        Backoff {
+        ConflictBackoff {
             state: seed | 1,
-            attempt: 0,
+            conflicts: 0,
         }
     }
 
@@ -334,14 +115,19 @@ impl Backoff {
         self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// The windows for a measured round trip `slot`: `delay(n)` is the
+    /// window after the n-th conflict. The policy's `delay(n)` is
+    /// `base * 2^(n-1)`, so a base of two slots gives 2^n slots.
+    pub fn windows(slot: Duration) -> mignet_policy::Backoff {
+        let slot = slot.clamp(Self::MIN_SLOT, Self::MAX_SLOT);
+        mignet_policy::Backoff::new(slot * 2, slot * (1 << Self::MAX_EXP))
+    }
+
     /// The delay after the next conflict, given the last write's round trip.
     pub fn next_delay(&mut self, slot: Duration) -> Duration {
-        self.attempt += 1;
-        let slot = slot.clamp(Self::MIN_SLOT, Self::MAX_SLOT);
-        let window = 1u64 << self.attempt.min(Self::MAX_EXP);
-        // Uniform in [0, window) slots, at microsecond resolution.
-        let span = slot.as_micros() as u64 * window;
-        Duration::from_micros(self.random() % span.max(1))
+        self.conflicts += 1;
+        let random = self.random();
+        Self::windows(slot).jittered(self.conflicts, random)
     }
 }
 
@@ -385,17 +171,6 @@ fn api_err(what: &str, e: kube::Error) -> CniError {
         _ => "",
     };
     CniError::new(code, format!("{what}{hint}")).with_details(crate::error::chain(&e))
-}
-
-fn exhausted(range: &IpRange) -> CniError {
-    CniError::new(
-        Code::Plugin(plugin_codes::RANGE_EXHAUSTED),
-        format!(
-            "range exhausted: no free address in {} {}",
-            range.field,
-            range.describe()
-        ),
-    )
 }
 
 fn contention(pool: &str, attempts: u32, spent: Duration) -> CniError {
@@ -468,101 +243,12 @@ pub async fn connect(conf: &KubeConf) -> CniResult<(Client, String)> {
     Ok((client, ns))
 }
 
-/// Run `f` on a current-thread runtime made for this one call: only the
-/// Kubernetes path pays for a runtime; the file store stays synchronous.
-pub fn block_on<T>(f: impl std::future::Future<Output = CniResult<T>>) -> CniResult<T> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CniError::io("start the async runtime", e))?;
-    rt.block_on(f)
-}
-
-/// Label on our reservations naming their pool (pending-claim lookup).
-pub const POOL_LABEL: &str = "ipam.mignet.io/ippool";
-/// Label a DEL puts on its reservation before taking its entry out: a
-/// release pending in that pool (value: the pool label).
-pub const RELEASE_LABEL: &str = "ipam.mignet.io/release";
-/// Annotation on our reservations: the offset in that pool.
-pub const OFFSET_ANNOTATION: &str = "ipam.mignet.io/offset";
-/// Label on our reservations: when they were made, in epochs of
-/// `CLAIM_EPOCH_SECS`. The pending-claim lookup selects the current and the
-/// previous epoch only, so it returns the few claims of ADDs in flight, not
-/// every reservation the pool ever got (the pool label stays on all of
-/// them). A claim older than that is either committed or its ADD commits it
-/// itself (a waiter writes after `MAX_WAITS`): the lookup only finds work
-/// to combine, correctness never depends on it.
-pub const EPOCH_LABEL: &str = "ipam.mignet.io/claim-epoch";
-/// Seconds per claim epoch.
-pub const CLAIM_EPOCH_SECS: u64 = 32;
-/// Field manager of every write, whichever name the binary was installed
-/// under.
-pub const FIELD_MANAGER: &str = "mignet-ipam";
-
 /// The current claim epoch.
 fn claim_epoch() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / CLAIM_EPOCH_SECS)
         .unwrap_or(0)
-}
-
-/// The write of a pool: a JSON Patch that holds only on version `rv`
-/// (a `test` of `/metadata/resourceVersion`, as whereabouts writes), then
-/// adds, replaces or removes just the entries that differ from `old`.
-///
-/// Why a patch and not a PUT of the whole object with the same
-/// precondition: a failed test is rejected right after the server applied
-/// a few small ops to its cached copy, while a stale PUT is decoded and
-/// validated in full (300 entries) before etcd refuses it; and a good write
-/// sends a few hundred bytes instead of the pool. The first op resets
-/// `managedFields` (one empty entry is the documented reset): otherwise the
-/// server records every allocation key per writer there, which more than
-/// doubles the object that every ADD reads and every write re-encodes
-/// (300 entries: 123 KB with, 47 KB without, measured in IPAM.md).
-/// Nobody server-side-applies IPPools (whereabouts and we patch them), so
-/// that record has no reader.
-pub fn write_patch(old: &IPPoolSpec, rv: &str, new: &IPPoolSpec) -> serde_json::Value {
-    let mut ops = vec![
-        serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
-        serde_json::json!({"op": "replace", "path": "/metadata/managedFields", "value": [{}]}),
-    ];
-    if old.allocations.is_empty() {
-        // The map may be absent on the server: write it whole.
-        ops.push(serde_json::json!({
-            "op": "add", "path": "/spec/allocations", "value": new.allocations
-        }));
-        return serde_json::Value::Array(ops);
-    }
-    for (k, a) in &new.allocations {
-        if old.allocations.get(k) != Some(a) {
-            ops.push(serde_json::json!({
-                "op": "add", "path": format!("/spec/allocations/{}", json_pointer_escape(k)), "value": a
-            }));
-        }
-    }
-    for k in old.allocations.keys() {
-        if !new.allocations.contains_key(k) {
-            ops.push(serde_json::json!({
-                "op": "remove", "path": format!("/spec/allocations/{}", json_pointer_escape(k))
-            }));
-        }
-    }
-    serde_json::Value::Array(ops)
-}
-
-/// RFC 6901: `~` and `/` in a key are escaped (foreign keys may hold any
-/// text).
-fn json_pointer_escape(k: &str) -> String {
-    k.replace('~', "~0").replace('/', "~1")
-}
-
-/// The label selector of the pending claims of pool `label` at `epoch`.
-pub fn pending_selector(label: &str, epoch: u64) -> String {
-    format!(
-        "{POOL_LABEL}={label},{EPOCH_LABEL} in ({epoch},{})",
-        epoch.saturating_sub(1)
-    )
 }
 
 /// A list served by the API server's watch cache (resourceVersion "0"):
@@ -578,18 +264,6 @@ fn post_params() -> PostParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..Default::default()
     }
-}
-
-/// The label value for a pool name, if it fits a label (63 characters);
-/// longer pool names get no label and so no combining, only plain commits.
-pub fn pool_label(pool: &str) -> Option<String> {
-    (pool.len() <= 63
-        && pool
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && pool.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && pool.ends_with(|c: char| c.is_ascii_alphanumeric()))
-    .then(|| pool.to_string())
 }
 
 /// Quiet waits (no new pool version) for a combining committer before
@@ -699,20 +373,6 @@ impl PoolWatch {
             }
         }
     }
-}
-
-/// The offset to claim: without contention the lowest free one (outside
-/// `taken`); with it, a random one of the lowest `window` free ones.
-pub fn pick(
-    pool: &Pool,
-    range: &IpRange,
-    taken: &BTreeSet<u128>,
-    window: usize,
-    random: u64,
-) -> Option<u128> {
-    let nth = (random % window.max(1) as u64) as usize;
-    pool.nth_free_avoiding(range, taken, nth)
-        .or_else(|| pool.lowest_free_avoiding(range, taken))
 }
 
 /// The runtime-visible result of an ADD on one pool.
@@ -1035,7 +695,7 @@ impl KubeStore {
     /// is an ordinary orphan (as if it died after its own write): DEL, GC
     /// or reconcile frees it.
     async fn add_one(&self, key: &PoolKey, range: &IpRange, owner: &Owner) -> CniResult<Added> {
-        let mut rng = Backoff::new(seed());
+        let mut rng = ConflictBackoff::new(seed());
         // Offsets reserved by someone else (seen during this ADD).
         let mut taken: BTreeSet<u128> = BTreeSet::new();
         let started = std::time::Instant::now();
@@ -1112,7 +772,7 @@ impl KubeStore {
                     } else {
                         8usize << collisions.min(7)
                     });
-                let Some(off) = pick(&parsed.pool, range, &taken, window, rng.random()) else {
+                let Some(off) = parsed.pool.pick(range, &taken, window, rng.random()) else {
                     if cached {
                         // The cache may still hold entries freed since.
                         stale = true;
@@ -1403,7 +1063,7 @@ impl KubeStore {
                 return self.remove_where(key, plain).await.map(|_| ());
             }
         }
-        let mut backoff = Backoff::new(seed());
+        let mut backoff = ConflictBackoff::new(seed());
         let started = std::time::Instant::now();
         let mut attempts = 0;
         let mut carry = Some((obj, parsed));
@@ -1459,7 +1119,7 @@ impl KubeStore {
         key: &PoolKey,
         mut select: impl FnMut(u128, &Allocation) -> bool,
     ) -> CniResult<Vec<(u128, Allocation)>> {
-        let mut backoff = Backoff::new(seed());
+        let mut backoff = ConflictBackoff::new(seed());
         let started = std::time::Instant::now();
         let mut attempts = 0;
         while attempts < MAX_ATTEMPTS && started.elapsed() < ADD_BUDGET {
@@ -1507,92 +1167,148 @@ impl KubeStore {
 
 // ------------------------------------------------------------- the verbs
 
-/// ADD: one address per range. If a later range fails, the addresses this
-/// ADD newly took in earlier ranges are freed again.
-pub async fn add(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
-    let store = KubeStore::open(conf).await?;
-    let keys = super::pool_keys(conf);
-    let mut done: Vec<(usize, Added)> = Vec::new();
-    for (i, (key, range)) in keys.iter().zip(&conf.ipam.ranges).enumerate() {
-        match store.add_one(key, range, owner).await {
-            Ok(a) => done.push((i, a)),
-            Err(e) => {
-                for (j, a) in &done {
-                    if !a.existing {
-                        let off = a.offset;
-                        let _ = store
-                            .remove_where(&keys[*j], |o, x| {
-                                o == off && x.id == owner.container_id && x.ifname == owner.ifname
-                            })
-                            .await;
+impl KubeStore {
+    /// ADD: one address per range. If a later range fails, the addresses
+    /// this ADD newly took in earlier ranges are freed again.
+    pub async fn add(
+        &self,
+        keys: &[PoolKey],
+        ranges: &[IpRange],
+        owner: &Owner,
+    ) -> CniResult<Vec<u128>> {
+        let mut done: Vec<(usize, Added)> = Vec::new();
+        for (i, (key, range)) in keys.iter().zip(ranges).enumerate() {
+            match self.add_one(key, range, owner).await {
+                Ok(a) => done.push((i, a)),
+                Err(e) => {
+                    for (j, a) in &done {
+                        if !a.existing {
+                            let off = a.offset;
+                            let _ = self
+                                .remove_where(&keys[*j], |o, x| {
+                                    o == off
+                                        && x.id == owner.container_id
+                                        && x.ifname == owner.ifname
+                                })
+                                .await;
+                        }
                     }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
+        Ok(done.into_iter().map(|(_, a)| a.offset).collect())
     }
-    Ok(done.into_iter().map(|(_, a)| a.offset).collect())
-}
 
-/// DEL: free what (container ID, ifname) holds in every pool of the config.
-pub async fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
-    let store = KubeStore::open(conf).await?;
-    // Every pool, even after one fails (whereabouts stops at the first
-    // pool without an entry); the first error is reported.
-    let mut first_err = None;
-    for key in super::pool_keys(conf) {
-        if let Err(e) = store.release(&key, container_id, ifname).await {
-            first_err.get_or_insert(e);
+    /// DEL: free what (container ID, ifname) holds in every pool.
+    pub async fn del(&self, keys: &[PoolKey], container_id: &str, ifname: &str) -> CniResult<()> {
+        // Every pool, even after one fails (whereabouts stops at the first
+        // pool without an entry); the first error is reported.
+        let mut first_err = None;
+        for key in keys {
+            if let Err(e) = self.release(key, container_id, ifname).await {
+                first_err.get_or_insert(e);
+            }
         }
+        first_err.map_or(Ok(()), Err)
     }
-    first_err.map_or(Ok(()), Err)
+
+    /// CHECK: the offset (container ID, ifname) holds in each pool, in order.
+    pub async fn find(
+        &self,
+        keys: &[PoolKey],
+        container_id: &str,
+        ifname: &str,
+    ) -> CniResult<Vec<Option<u128>>> {
+        let mut out = Vec::new();
+        for key in keys {
+            out.push(match self.read(key).await? {
+                Some((_, p)) => p.pool.find(container_id, ifname),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// GC: free every allocation whose (container ID, ifname) is not valid.
+    pub async fn gc(
+        &self,
+        keys: &[PoolKey],
+        valid: &HashSet<(String, String)>,
+    ) -> CniResult<usize> {
+        let mut n = 0;
+        for key in keys {
+            n += self
+                .remove_where(key, |_, a| {
+                    !valid.contains(&(a.id.clone(), a.ifname.clone()))
+                })
+                .await?
+                .len();
+        }
+        Ok(n)
+    }
+
+    /// STATUS: the API answers and the IPPool resource is served.
+    pub async fn status(&self) -> CniResult<()> {
+        self.pools()
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| {
+                let mut err = api_err(&format!("list IPPools in {}", self.namespace), e);
+                err.code = Code::Unavailable;
+                err
+            })?;
+        Ok(())
+    }
 }
 
-/// CHECK: the offset (container ID, ifname) holds in each pool, in order.
-pub async fn find(
-    conf: &NetConf,
-    container_id: &str,
-    ifname: &str,
-) -> CniResult<Vec<Option<u128>>> {
-    let store = KubeStore::open(conf).await?;
-    let mut out = Vec::new();
-    for key in super::pool_keys(conf) {
-        out.push(match store.read(&key).await? {
-            Some((_, p)) => p.pool.find(container_id, ifname),
-            None => None,
-        });
-    }
-    Ok(out)
+/// The store for the synchronous CNI verbs: a connected `KubeStore` and the
+/// current-thread runtime it was connected on (the client's connection
+/// tasks live there), made for this one CNI call. Only the Kubernetes path
+/// pays for a runtime; the file store stays synchronous.
+pub struct BlockingKubeStore {
+    rt: tokio::runtime::Runtime,
+    store: KubeStore,
 }
 
-/// GC: free every allocation whose (container ID, ifname) is not valid.
-pub async fn gc(conf: &NetConf, valid: &HashSet<(String, String)>) -> CniResult<usize> {
-    let store = KubeStore::open(conf).await?;
-    let mut n = 0;
-    for key in super::pool_keys(conf) {
-        n += store
-            .remove_where(&key, |_, a| {
-                !valid.contains(&(a.id.clone(), a.ifname.clone()))
-            })
-            .await?
-            .len();
+impl BlockingKubeStore {
+    pub fn open(conf: &NetConf) -> CniResult<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::io("start the async runtime", e))?;
+        let store = rt.block_on(KubeStore::open(conf))?;
+        Ok(BlockingKubeStore { rt, store })
     }
-    Ok(n)
 }
 
-/// STATUS: the API answers and the IPPool resource is served.
-pub async fn status(conf: &NetConf) -> CniResult<()> {
-    let store = KubeStore::open(conf).await?;
-    store
-        .pools()
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| {
-            let mut err = api_err(&format!("list IPPools in {}", store.namespace), e);
-            err.code = Code::Unavailable;
-            err
-        })?;
-    Ok(())
+impl Store for BlockingKubeStore {
+    fn add(&self, pools: &[PoolKey], ranges: &[IpRange], owner: &Owner) -> CniResult<Vec<u128>> {
+        self.rt.block_on(self.store.add(pools, ranges, owner))
+    }
+
+    fn del(&self, pools: &[PoolKey], container_id: &str, ifname: &str) -> CniResult<()> {
+        self.rt
+            .block_on(self.store.del(pools, container_id, ifname))
+    }
+
+    fn find(
+        &self,
+        pools: &[PoolKey],
+        container_id: &str,
+        ifname: &str,
+    ) -> CniResult<Vec<Option<u128>>> {
+        self.rt
+            .block_on(self.store.find(pools, container_id, ifname))
+    }
+
+    fn gc(&self, pools: &[PoolKey], valid: &HashSet<(String, String)>) -> CniResult<()> {
+        self.rt.block_on(self.store.gc(pools, valid)).map(|_| ())
+    }
+
+    fn status(&self) -> CniResult<()> {
+        self.rt.block_on(self.store.status())
+    }
 }
 
 // ------------------------------------------------------------ reconciler
@@ -1737,269 +1453,32 @@ pub async fn reconcile(
 mod tests {
     use super::*;
 
-    fn alloc(id: &str, pod: &str) -> Allocation {
-        Allocation {
-            id: id.into(),
-            ifname: "net1".into(),
-            podref: pod.into(),
-        }
-    }
-
-    #[test]
-    fn orip_names_follow_whereabouts() {
-        assert_eq!(orip_name("", "10.200.5.7".parse().unwrap()), "10.200.5.7");
-        assert_eq!(
-            orip_name("net", "10.200.5.7".parse().unwrap()),
-            "net-10.200.5.7"
-        );
-        assert_eq!(orip_name("", "fd00::".parse().unwrap()), "fd00--0");
-        assert_eq!(orip_name("", "fd00::1:2".parse().unwrap()), "fd00--1-2");
-    }
-
-    #[test]
-    fn pool_spec_roundtrip_keeps_foreign_keys_and_128_bit_offsets() {
-        let subnet: ipnetwork::IpNetwork = "fd00::/64".parse().unwrap();
-        let big = (1u128 << 64) - 2;
-        let mut spec = IPPoolSpec {
-            range: "fd00::/64".into(),
-            allocations: BTreeMap::new(),
-        };
-        spec.allocations.insert(big.to_string(), alloc("a", "ns/a"));
-        spec.allocations.insert("-5".into(), alloc("b", "ns/b"));
-        spec.allocations.insert("007".into(), alloc("c", "ns/c"));
-        let p = parse_pool("fd00---64", &spec, subnet).unwrap();
-        assert_eq!(p.pool.allocations.len(), 1);
-        assert_eq!(p.pool.allocations[&big].id, "a");
-        assert_eq!(p.foreign.len(), 2);
-        assert_eq!(pool_spec(subnet, &p), spec);
-    }
-
-    #[test]
-    fn offsets_outside_the_subnet_are_kept_but_never_used() {
-        // Found by tests/fuzz (ipam_pool): used, offset 1000 of a /24 made a
-        // repeated ADD answer 10.0.3.232.
-        let subnet: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
-        let mut spec = IPPoolSpec {
-            range: "10.0.0.0/24".into(),
-            allocations: BTreeMap::new(),
-        };
-        spec.allocations.insert("255".into(), alloc("a", "ns/a"));
-        spec.allocations.insert("1000".into(), alloc("b", "ns/b"));
-        let p = parse_pool("x", &spec, subnet).unwrap();
-        assert_eq!(p.pool.allocations.keys().collect::<Vec<_>>(), [&255]);
-        assert!(p.foreign.contains_key("1000"));
-        assert_eq!(pool_spec(subnet, &p), spec);
-    }
-
-    #[test]
-    fn a_pool_with_another_range_is_refused() {
-        let spec = IPPoolSpec {
-            range: "10.0.0.0/16".into(),
-            allocations: BTreeMap::new(),
-        };
-        let e = parse_pool("x", &spec, "10.0.0.0/24".parse().unwrap()).unwrap_err();
-        assert_eq!(e.code, Code::Io);
-        assert!(e.msg.contains("holds range"), "{}", e.msg);
-        // Host bits in the stored range do not matter.
-        let spec = IPPoolSpec {
-            range: "10.0.0.0/24".into(),
-            allocations: BTreeMap::new(),
-        };
-        parse_pool("x", &spec, "10.0.0.0/24".parse().unwrap()).unwrap();
-    }
-
-    #[test]
-    fn orip_ownership() {
-        let owner = Owner {
-            container_id: "c1".into(),
-            ifname: "net1".into(),
-            podref: Some("ns/p".into()),
-        };
-        let mine = OverlappingRangeIPReservationSpec {
-            containerid: "c1".into(),
-            ifname: "net1".into(),
-            podref: "ns/p".into(),
-        };
-        assert!(orip_owned_by(&mine, &owner));
-        // whereabouts writes no container id: pod + ifname decide.
-        let wa = OverlappingRangeIPReservationSpec {
-            containerid: String::new(),
-            ifname: "net1".into(),
-            podref: "ns/p".into(),
-        };
-        assert!(orip_owned_by(&wa, &owner));
-        let other = OverlappingRangeIPReservationSpec {
-            containerid: "c2".into(),
-            ifname: "net1".into(),
-            podref: "ns/q".into(),
-        };
-        assert!(!orip_owned_by(&other, &owner));
-        let anon = Owner {
-            podref: None,
-            ..owner
-        };
-        assert!(!orip_owned_by(&wa, &anon));
-    }
-
-    #[test]
-    fn reconcile_frees_dead_pods_only_and_orphan_orips_after_grace() {
-        let subnet: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
-        let mut allocations = BTreeMap::new();
-        allocations.insert(1, alloc("c-live", "ns/live"));
-        allocations.insert(2, alloc("c-gone", "ns/gone"));
-        allocations.insert(3, alloc("c-done", "ns/done"));
-        allocations.insert(4, alloc("c-anon", ""));
-        // A new pod reusing the name "ns/reused": its ADD adopts the entry,
-        // so the reconciler must keep it whatever the container id says.
-        allocations.insert(5, alloc("c-old-sandbox", "ns/reused"));
-        let pools = vec![PoolState {
-            name: "net-10.0.0.0-24".into(),
-            subnet,
-            allocations,
-        }];
-        let pods = vec![
-            PodState {
-                podref: "ns/live".into(),
-                finished: false,
-            },
-            PodState {
-                podref: "ns/done".into(),
-                finished: true,
-            },
-            PodState {
-                podref: "ns/reused".into(),
-                finished: false,
-            },
-        ];
-        let orip = |name: &str, age| OripState {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            resource_version: "1".into(),
-            age_secs: age,
-        };
-        let orips = vec![
-            orip("net-10.0.0.1", 999), // backed by a live entry
-            orip("net-10.0.0.2", 999), // its entry is freed now
-            orip("net-10.0.0.9", 999), // nothing backs it: a crashed ADD
-            orip("net-10.0.0.10", 5),  // young: maybe an ADD in flight
-            orip("net-10.0.0.5", 999), // the reused name's, kept
-        ];
-        let plan = plan_reconcile(&pools, &pods, &orips, 60);
-        let freed: Vec<u128> = plan.free.iter().map(|o| o.offset).collect();
-        assert_eq!(freed, vec![2, 3]);
-        let del: Vec<&str> = plan.delete_orips.iter().map(|d| d.0.as_str()).collect();
-        assert_eq!(del, vec!["net-10.0.0.2", "net-10.0.0.9"]);
-    }
-
-    #[test]
-    fn write_patch_tests_the_version_and_touches_only_changed_entries() {
-        let mut old = IPPoolSpec {
-            range: "10.0.0.0/24".into(),
-            allocations: BTreeMap::new(),
-        };
-        old.allocations.insert("1".into(), alloc("a", "ns/a"));
-        old.allocations.insert("2".into(), alloc("b", "ns/b"));
-        old.allocations.insert("x/~".into(), alloc("f", "ns/f"));
-        let mut new = old.clone();
-        new.allocations.remove("2");
-        new.allocations.insert("3".into(), alloc("c", "ns/c"));
-        new.allocations.insert("x/~".into(), alloc("g", "ns/f"));
-        let ops = write_patch(&old, "42", &new);
-        let ops = ops.as_array().unwrap();
-        assert_eq!(ops[0]["op"], "test");
-        assert_eq!(ops[0]["path"], "/metadata/resourceVersion");
-        assert_eq!(ops[0]["value"], "42");
-        assert_eq!(ops[1]["path"], "/metadata/managedFields");
-        let rest: Vec<(String, String)> = ops[2..]
-            .iter()
-            .map(|o| {
-                (
-                    o["op"].as_str().unwrap().into(),
-                    o["path"].as_str().unwrap().into(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            rest,
-            vec![
-                ("add".into(), "/spec/allocations/3".into()),
-                ("add".into(), "/spec/allocations/x~1~0".into()),
-                ("remove".into(), "/spec/allocations/2".into()),
-            ]
-        );
-        // An empty pool gets its map written whole (it may be absent).
-        let empty = IPPoolSpec {
-            range: "10.0.0.0/24".into(),
-            allocations: BTreeMap::new(),
-        };
-        let ops = write_patch(&empty, "7", &new);
-        assert_eq!(ops[2]["path"], "/spec/allocations");
-        assert_eq!(ops[2]["value"]["3"]["id"], "c");
-        // It parses as a JSON Patch document.
-        serde_json::from_value::<json_patch::Patch>(ops).unwrap();
-    }
-
-    #[test]
-    fn pick_is_lowest_free_alone_and_spreads_within_the_window() {
-        let text = r#"{"ipam":{"type":"whereabouts","range":"10.0.0.0/28"}}"#;
-        let range = crate::ipam::config::parse_netconf(text.as_bytes(), std::path::Path::new("/x"))
-            .unwrap()
-            .ipam
-            .ranges
-            .remove(0);
-        let mut pool = Pool::default();
-        pool.allocations.insert(1, alloc("a", "ns/a"));
-        pool.allocations.insert(2, alloc("b", "ns/b"));
-        let taken: BTreeSet<u128> = [4].into();
-        // Window 1: the lowest free address outside `taken`, whatever the
-        // random number.
-        for r in [0, 1, 7, u64::MAX] {
-            assert_eq!(pick(&pool, &range, &taken, 1, r), Some(3));
-        }
-        // Window 4: one of the four lowest free ones (3, 5, 6, 7), each
-        // reachable.
-        let got: BTreeSet<u128> = (0..64)
-            .filter_map(|r| pick(&pool, &range, &taken, 4, r))
-            .collect();
-        assert_eq!(got, [3, 5, 6, 7].into());
-        // A window wider than what is free still finds an address.
-        assert!(pick(&pool, &range, &taken, 1024, 999).is_some());
-        // Nothing free: None.
-        let all: BTreeSet<u128> = (1..=14).collect();
-        assert_eq!(pick(&Pool::default(), &range, &all, 8, 3), None);
-    }
-
-    #[test]
-    fn pending_claims_select_the_pool_and_two_epochs() {
-        assert_eq!(
-            pending_selector("10.0.0.0-24", 100),
-            "ipam.mignet.io/ippool=10.0.0.0-24,ipam.mignet.io/claim-epoch in (100,99)"
-        );
-        assert_eq!(pool_label(&"x".repeat(64)), None);
-    }
-
-    #[test]
-    fn network_name_from_pool_name() {
-        let s: ipnetwork::IpNetwork = "10.0.0.0/24".parse().unwrap();
-        assert_eq!(network_name_of("10.0.0.0-24", s), "");
-        assert_eq!(network_name_of("my-net-10.0.0.0-24", s), "my-net");
-    }
-
     #[test]
     fn backoff_window_doubles_per_conflict_in_slots_and_is_capped() {
         let slot = Duration::from_millis(40);
-        let mut b = Backoff::new(42);
+        let mut b = ConflictBackoff::new(42);
         let ds: Vec<Duration> = (0..40).map(|_| b.next_delay(slot)).collect();
         assert!(ds[0] < slot * 2);
         assert!(ds[1] < slot * 4);
-        let cap = slot * (1 << Backoff::MAX_EXP);
+        let cap = slot * (1 << ConflictBackoff::MAX_EXP);
         assert!(ds.iter().all(|d| *d < cap), "{ds:?}");
         // Jittered, and the late window is really used.
         let distinct: HashSet<Duration> = ds.iter().copied().collect();
         assert!(distinct.len() > 30, "{ds:?}");
         assert!(ds[10..].iter().any(|d| *d > cap / 2), "{ds:?}");
         // Slots are clamped.
-        let mut b = Backoff::new(7);
-        assert!(b.next_delay(Duration::from_secs(60)) < Backoff::MAX_SLOT * 2);
+        let mut b = ConflictBackoff::new(7);
+        assert!(b.next_delay(Duration::from_secs(60)) < ConflictBackoff::MAX_SLOT * 2);
+        // The window after the n-th conflict is 2^n slots, capped at
+        // 2^MAX_EXP, the slot clamped to [MIN_SLOT, MAX_SLOT].
+        let windows = |slot: Duration| -> Vec<Duration> {
+            let w = ConflictBackoff::windows(slot);
+            (1..=7).map(|n| w.delay(n)).collect()
+        };
+        let ms = Duration::from_millis;
+        let in_slots = |s: Duration| [2, 4, 8, 16, 32, 32, 32].map(|k| s * k).to_vec();
+        assert_eq!(windows(ms(10)), in_slots(ms(10)));
+        assert_eq!(windows(ms(60_000)), in_slots(ConflictBackoff::MAX_SLOT));
+        assert_eq!(windows(Duration::ZERO), in_slots(ConflictBackoff::MIN_SLOT));
     }
 }

@@ -3,26 +3,34 @@
 //! `ipam.kubernetes` (module `kube`).
 //!
 //! Layout follows the reference plugins: config (pure parsing), allocator
-//! (pure decisions), store (file I/O), then the verbs below. macvlan calls
-//! `Whereabouts` in-process through `skel::Plugin` with the same `CmdArgs`;
-//! the `mignet-ipam` binary runs it through `skel::run`.
+//! (pure decisions), backend (the `Store` trait the verbs talk to, chosen
+//! once per config), its two stores (store: flat files; kube: IPPools, with
+//! the pure ippool and reconcile_plan beside it), then the verbs below.
+//! macvlan calls `Whereabouts` in-process through `skel::Plugin` with the
+//! same `CmdArgs`; the `mignet-ipam` binary runs it through `skel::run`.
 
 pub mod allocator;
+pub mod backend;
 pub mod config;
 pub mod flatfile;
 #[cfg(feature = "k8s")]
+pub mod ippool;
+#[cfg(feature = "k8s")]
 pub mod kube;
+#[cfg(feature = "k8s")]
+pub mod reconcile_plan;
 pub mod store;
 
 use crate::error::{plugin_codes, CniError, CniResult, Code};
 use crate::skel::{CmdArgs, Plugin};
 use crate::types::{CniOutput, IpConfig};
 use allocator::Owner;
+use backend::Store;
 use config::{NetConf, DEFAULT_STORE_DIR, STORE_DIR_ENV};
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use store::{FileStore, Open, PoolKey};
+use store::PoolKey;
 
 /// The IPAM plugin. Stateless: everything comes from the config and CmdArgs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,11 +42,6 @@ pub fn default_store_dir() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR))
-}
-
-/// The file store a config names.
-pub fn store_of(conf: &NetConf) -> FileStore {
-    FileStore::new(&conf.ipam.store_dir).with_fsync(conf.ipam.fsync)
 }
 
 /// Parse stdin as whereabouts would: find its flat file (I/O, here at the
@@ -73,41 +76,8 @@ pub fn owner(args: &CmdArgs) -> Owner {
 
 /// ADD for an already parsed config (the benchmark and macvlan reuse it).
 pub fn add_parsed(conf: &NetConf, owner: &Owner) -> CniResult<CniOutput> {
-    let offsets = if conf.ipam.kubernetes.is_some() {
-        kube_store::add(conf, owner)?
-    } else {
-        add_local(conf, owner)?
-    };
+    let offsets = backend::open(conf)?.add(&pool_keys(conf), &conf.ipam.ranges, owner)?;
     output(conf, offsets)
-}
-
-/// Which store a config names, for the verbs that differ.
-fn uses_kube(conf: &NetConf) -> bool {
-    conf.ipam.kubernetes.is_some()
-}
-
-fn add_local(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
-    let store = store_of(conf);
-    let ranges = &conf.ipam.ranges;
-    store.transact(&pool_keys(conf), Open::Create, |pools| {
-        pools
-            .iter_mut()
-            .zip(ranges)
-            .map(|(pool, range)| {
-                pool.assign(range, owner).map(|a| a.offset).ok_or_else(|| {
-                    // Returning Err makes transact write nothing at all.
-                    CniError::new(
-                        Code::Plugin(plugin_codes::RANGE_EXHAUSTED),
-                        format!(
-                            "range exhausted: no free address in {} {}",
-                            range.field,
-                            range.describe()
-                        ),
-                    )
-                })
-            })
-            .collect::<CniResult<Vec<u128>>>()
-    })
 }
 
 /// The ADD result for the offsets taken in each range.
@@ -141,71 +111,38 @@ fn output(conf: &NetConf, offsets: Vec<u128>) -> CniResult<CniOutput> {
 /// DEL for an already parsed config: frees (container ID, ifname) in every
 /// pool; nothing to free is success.
 pub fn del_parsed(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
-    if uses_kube(conf) {
-        return kube_store::del(conf, container_id, ifname);
-    }
-    let store = store_of(conf);
-    store.transact(&pool_keys(conf), Open::Existing, |pools| {
-        for p in pools {
-            p.release(container_id, ifname);
-        }
-        Ok(())
-    })
+    backend::open(conf)?.del(&pool_keys(conf), container_id, ifname)
 }
 
-/// Synchronous entry points to the Kubernetes store, each on a runtime of
-/// its own; without the `k8s` feature they refuse the config.
-mod kube_store {
-    use super::*;
-    #[cfg(not(feature = "k8s"))]
-    fn off() -> CniError {
-        CniError::new(
-            Code::UnsupportedField,
-            "unsupported ipam.kubernetes: this mignet-ipam was built without the k8s feature",
-        )
+/// CHECK for an already parsed config: (container ID, ifname) holds an
+/// address in every range and, when the runtime sent a prevResult, each of
+/// them is listed there.
+pub fn check_parsed(
+    store: &dyn Store,
+    conf: &NetConf,
+    container_id: &str,
+    ifname: &str,
+) -> CniResult<()> {
+    let keys = pool_keys(conf);
+    let found = store.find(&keys, container_id, ifname)?;
+    let mismatch = |msg: String| CniError::new(Code::Plugin(plugin_codes::CHECK_MISMATCH), msg);
+    for ((range, key), off) in conf.ipam.ranges.iter().zip(&keys).zip(found) {
+        let Some(off) = off else {
+            return Err(mismatch(format!(
+                "no allocation for container {container_id} interface {ifname} in pool {} ({})",
+                key.name, range.subnet
+            )));
+        };
+        let ip = range.ip_at(off);
+        if let Some(prev) = &conf.prev_result_ips {
+            if !prev.contains(&ip) {
+                return Err(mismatch(format!(
+                    "allocated address {ip} of container {container_id} interface {ifname} is not in prevResult.ips"
+                )));
+            }
+        }
     }
-
-    #[cfg(feature = "k8s")]
-    pub fn add(conf: &NetConf, owner: &Owner) -> CniResult<Vec<u128>> {
-        super::kube::block_on(super::kube::add(conf, owner))
-    }
-    #[cfg(feature = "k8s")]
-    pub fn del(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<()> {
-        super::kube::block_on(super::kube::del(conf, container_id, ifname))
-    }
-    #[cfg(feature = "k8s")]
-    pub fn find(conf: &NetConf, container_id: &str, ifname: &str) -> CniResult<Vec<Option<u128>>> {
-        super::kube::block_on(super::kube::find(conf, container_id, ifname))
-    }
-    #[cfg(feature = "k8s")]
-    pub fn gc(conf: &NetConf, valid: &HashSet<(String, String)>) -> CniResult<()> {
-        super::kube::block_on(super::kube::gc(conf, valid)).map(|_| ())
-    }
-    #[cfg(feature = "k8s")]
-    pub fn status(conf: &NetConf) -> CniResult<()> {
-        super::kube::block_on(super::kube::status(conf))
-    }
-
-    #[cfg(not(feature = "k8s"))]
-    pub fn add(_: &NetConf, _: &Owner) -> CniResult<Vec<u128>> {
-        Err(off())
-    }
-    #[cfg(not(feature = "k8s"))]
-    pub fn del(_: &NetConf, _: &str, _: &str) -> CniResult<()> {
-        Err(off())
-    }
-    #[cfg(not(feature = "k8s"))]
-    pub fn find(_: &NetConf, _: &str, _: &str) -> CniResult<Vec<Option<u128>>> {
-        Err(off())
-    }
-    #[cfg(not(feature = "k8s"))]
-    pub fn gc(_: &NetConf, _: &HashSet<(String, String)>) -> CniResult<()> {
-        Err(off())
-    }
-    #[cfg(not(feature = "k8s"))]
-    pub fn status(_: &NetConf) -> CniResult<()> {
-        Err(off())
-    }
+    Ok(())
 }
 
 impl Plugin for Whereabouts {
@@ -221,57 +158,17 @@ impl Plugin for Whereabouts {
 
     fn check(&self, args: &CmdArgs) -> CniResult<()> {
         let conf = load(args)?;
-        let keys = pool_keys(&conf);
-        let found = if uses_kube(&conf) {
-            kube_store::find(&conf, &args.container_id, &args.ifname)?
-        } else {
-            store_of(&conf).transact(&keys, Open::Existing, |pools| {
-                Ok(pools
-                    .iter()
-                    .map(|p| p.find(&args.container_id, &args.ifname))
-                    .collect::<Vec<_>>())
-            })?
-        };
-        let mismatch = |msg: String| CniError::new(Code::Plugin(plugin_codes::CHECK_MISMATCH), msg);
-        for ((range, key), off) in conf.ipam.ranges.iter().zip(&keys).zip(found) {
-            let Some(off) = off else {
-                return Err(mismatch(format!(
-                    "no allocation for container {} interface {} in pool {} ({})",
-                    args.container_id, args.ifname, key.name, range.subnet
-                )));
-            };
-            let ip = range.ip_at(off);
-            if let Some(prev) = &conf.prev_result_ips {
-                if !prev.contains(&ip) {
-                    return Err(mismatch(format!(
-                        "allocated address {ip} of container {} interface {} is not in prevResult.ips",
-                        args.container_id, args.ifname
-                    )));
-                }
-            }
-        }
-        Ok(())
+        check_parsed(
+            &*backend::open(&conf)?,
+            &conf,
+            &args.container_id,
+            &args.ifname,
+        )
     }
 
     fn status(&self, args: &CmdArgs) -> CniResult<()> {
         let conf = load(args)?;
-        if uses_kube(&conf) {
-            return kube_store::status(&conf);
-        }
-        let dir = &conf.ipam.store_dir;
-        let unavailable = |e: &dyn std::fmt::Display| {
-            CniError::new(
-                Code::Unavailable,
-                format!("store dir {}: {e}", dir.display()),
-            )
-        };
-        std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
-        nix::unistd::access(
-            dir.as_path(),
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .map_err(|e| unavailable(&e))?;
-        Ok(())
+        backend::open(&conf)?.status()
     }
 
     fn gc(&self, args: &CmdArgs) -> CniResult<()> {
@@ -284,30 +181,56 @@ impl Plugin for Whereabouts {
                 "missing cni.dev/valid-attachments: GC needs the list of valid attachments",
             ));
         };
-        if uses_kube(&conf) {
-            let valid: HashSet<(String, String)> = valid
-                .iter()
-                .map(|a| (a.container_id.clone(), a.ifname.clone()))
-                .collect();
-            return kube_store::gc(&conf, &valid);
-        }
-        let valid: HashSet<(&str, &str)> = valid
+        let valid: HashSet<(String, String)> = valid
             .iter()
-            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
             .collect();
-        let store = store_of(&conf);
-        store.transact(&pool_keys(&conf), Open::Existing, |pools| {
-            for p in pools {
-                p.retain_valid(&valid);
-            }
-            Ok(())
-        })
+        backend::open(&conf)?.gc(&pool_keys(&conf), &valid)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CHECK's decision against the fake store: a range without an
+    /// allocation, or an address missing from prevResult, is a mismatch.
+    #[test]
+    fn check_wants_every_range_allocated_and_listed_in_prev_result() {
+        let text = |prev: &str| {
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","ipam":{{"type":"whereabouts","ipRanges":[{{"range":"10.0.0.0/24"}},{{"range":"fd00::/64"}}]}}{prev}}}"#
+            )
+        };
+        let parse = |prev: &str| {
+            config::parse_netconf(text(prev).as_bytes(), std::path::Path::new("/unused")).unwrap()
+        };
+        let conf = parse("");
+        let store = backend::fake::MemStore::default();
+        let code = |r: CniResult<()>| r.unwrap_err().code;
+        let mismatch = Code::Plugin(plugin_codes::CHECK_MISMATCH);
+        assert_eq!(code(check_parsed(&store, &conf, "c1", "net1")), mismatch);
+        let owner = Owner {
+            container_id: "c1".into(),
+            ifname: "net1".into(),
+            podref: None,
+        };
+        // Only the v4 pool holds c1: still a mismatch.
+        store
+            .add(&pool_keys(&conf)[..1], &conf.ipam.ranges[..1], &owner)
+            .unwrap();
+        assert_eq!(code(check_parsed(&store, &conf, "c1", "net1")), mismatch);
+        store
+            .add(&pool_keys(&conf), &conf.ipam.ranges, &owner)
+            .unwrap();
+        check_parsed(&store, &conf, "c1", "net1").unwrap();
+        let both = r#","prevResult":{"ips":[{"address":"10.0.0.1/24"},{"address":"fd00::1/64"}]}"#;
+        check_parsed(&store, &parse(both), "c1", "net1").unwrap();
+        let v4_only = r#","prevResult":{"ips":[{"address":"10.0.0.1/24"}]}"#;
+        let e = check_parsed(&store, &parse(v4_only), "c1", "net1").unwrap_err();
+        assert_eq!(e.code, mismatch);
+        assert!(e.msg.contains("fd00::1"), "{}", e.msg);
+    }
 
     /// The in-process path macvlan uses: the same CmdArgs, no binary.
     #[test]
@@ -387,7 +310,7 @@ mod tests {
         )
         .unwrap();
         let conf = load(&args).unwrap();
-        assert!(uses_kube(&conf));
+        assert!(conf.ipam.kubernetes.is_some());
         assert!(!dir.join("store").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
