@@ -1,5 +1,5 @@
 //! The seam between the IPAM verbs and where pools live: the `Store` trait,
-//! implemented by the local file store (`store::FileStore`) and the
+//! implemented by the local file store (`file_store::FileStore`) and the
 //! Kubernetes IPPool store (`kube::BlockingKubeStore`), and `open`, which
 //! picks one from the config once. Like host-local's `backend`, the verbs
 //! above it do not know which store they talk to, and a fake in memory
@@ -7,7 +7,7 @@
 
 use super::allocator::Owner;
 use super::config::{IpRange, NetConf};
-use super::store::{FileStore, Open, PoolKey};
+use super::file_store::{FileStore, Open, PoolKey};
 use crate::error::{plugin_codes, CniError, CniResult, Code};
 use std::collections::HashSet;
 

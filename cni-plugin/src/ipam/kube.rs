@@ -38,13 +38,13 @@
 use super::allocator::{Allocation, Owner, Pool};
 use super::backend::{exhausted, Store};
 use super::config::{IpRange, KubeConf, NetConf};
+use super::file_store::PoolKey;
 use super::ippool::{
     orip_name, orip_owned_by, pending_selector, pool_label, write_patch, IPPool,
     OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec, ParsedPool, CLAIM_EPOCH_SECS,
     EPOCH_LABEL, FIELD_MANAGER, OFFSET_ANNOTATION, POOL_LABEL, RELEASE_LABEL,
 };
 use super::reconcile_plan::{network_name_of, OripState, Orphan, PodState, PoolState};
-use super::store::PoolKey;
 use crate::error::{CniError, CniResult, Code};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
@@ -54,11 +54,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-// Their old paths, still named outside this crate (tests/fuzz/src/ipam_pool.rs
-// and manager/src/kube_adapter/ipam.rs's docs); the module's own uses are
-// here too.
-pub use super::ippool::{parse_pool, pool_spec, IPPoolSpec};
-pub use super::reconcile_plan::plan_reconcile;
+use super::ippool::{parse_pool, pool_spec};
+use super::reconcile_plan::plan_reconcile;
 
 /// The namespace whereabouts uses when the kubeconfig's context names none.
 pub const DEFAULT_NAMESPACE: &str = "kube-system";

@@ -12,6 +12,7 @@
 pub mod allocator;
 pub mod backend;
 pub mod config;
+pub mod file_store;
 pub mod flatfile;
 #[cfg(feature = "k8s")]
 pub mod ippool;
@@ -19,7 +20,6 @@ pub mod ippool;
 pub mod kube;
 #[cfg(feature = "k8s")]
 pub mod reconcile_plan;
-pub mod store;
 
 use crate::error::{plugin_codes, CniError, CniResult, Code};
 use crate::skel::{CmdArgs, Plugin};
@@ -27,10 +27,10 @@ use crate::types::{CniOutput, IpConfig};
 use allocator::Owner;
 use backend::Store;
 use config::{NetConf, DEFAULT_STORE_DIR, STORE_DIR_ENV};
+use file_store::PoolKey;
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use store::PoolKey;
 
 /// The IPAM plugin. Stateless: everything comes from the config and CmdArgs.
 #[derive(Debug, Clone, Copy, Default)]

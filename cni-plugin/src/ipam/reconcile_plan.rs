@@ -3,8 +3,8 @@
 //! pools, pods and reservations, asks `plan_reconcile`, and writes the plan.
 
 use super::allocator::Allocation;
+use super::file_store::PoolKey;
 use super::ippool::orip_name;
-use super::store::PoolKey;
 use std::collections::{BTreeMap, HashSet};
 
 /// What a pod object says about the attachments that name it.

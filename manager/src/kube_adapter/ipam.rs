@@ -2,7 +2,7 @@
 //! pods that no longer exist, and the address reservations no allocation
 //! backs, in the namespaces where `mignet-ipam` keeps its pools.
 //!
-//! The decision is `mignet_cni::ipam::kube::plan_reconcile` (pure, unit
+//! The decision is `mignet_cni::ipam::reconcile_plan::plan_reconcile` (pure, unit
 //! tested in the CNI crate) and its runner `reconcile`; this module only
 //! schedules it: once at start, then every `interval`, until shutdown.
 //! Why the manager runs it at all: a node that dies (or a pod deleted while

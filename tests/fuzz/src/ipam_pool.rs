@@ -14,7 +14,7 @@
 //! - allocation stays proportional to the input.
 
 use ipnetwork::IpNetwork;
-use mignet_cni::ipam::kube::{parse_pool, pool_spec, IPPoolSpec};
+use mignet_cni::ipam::ippool::{parse_pool, pool_spec, IPPoolSpec};
 use mignet_cni::Code;
 
 const NAME: &str = "fuzz-pool";

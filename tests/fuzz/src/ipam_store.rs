@@ -18,7 +18,7 @@ use std::path::Path;
 use ipnetwork::IpNetwork;
 use mignet_cni::ipam::allocator::Owner;
 use mignet_cni::ipam::config::parse_netconf;
-use mignet_cni::ipam::store::{decode_pool_file, encode_pool_file, PoolKey};
+use mignet_cni::ipam::file_store::{decode_pool_file, encode_pool_file, PoolKey};
 use mignet_cni::Code;
 
 const PATH: &str = "/fuzz/store/pool.json";
