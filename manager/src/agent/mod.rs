@@ -15,7 +15,6 @@ pub mod certificate;
 pub mod control;
 pub mod dataplane_rt;
 pub mod health;
-pub mod lab;
 pub mod node_labels;
 pub mod params;
 pub mod source;
