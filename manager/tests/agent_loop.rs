@@ -25,8 +25,8 @@ use mignet::api::{
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
     VmiPhase,
 };
-use mignet::backend::{modify_status, protocol, Backend, LocalBackend};
-use mignet::control::enter_phase;
+use mignet::backend::protocol::{self, enter_phase};
+use mignet::backend::{modify_status, Backend, LocalBackend};
 use mignet::store::Store;
 
 const NS: &str = "lab";

@@ -34,10 +34,10 @@ use mignet::api::{
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
 };
+use mignet::backend::protocol::enter_phase;
 use mignet::backend::{
     modify_status, Backend, BackendError, Changes, Kind, KubeBackend, LocalBackend, ObjectRef, Op,
 };
-use mignet::control::enter_phase;
 use mignet::kube_adapter::signer::{self, SignerSettings};
 use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
 use serde_json::json;

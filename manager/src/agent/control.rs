@@ -38,9 +38,9 @@ use crate::api::{
     HyperConverged, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
     VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState, VmiPhase,
 };
-use crate::backend::{modify, modify_status, protocol, Backend, BackendError};
+use crate::backend::protocol::{self, enter_phase};
+use crate::backend::{modify, modify_status, Backend, BackendError};
 use crate::config::{config_from_hyperconvergeds, ConfigError, EffectiveMigrationConfig};
-use crate::control::enter_phase;
 
 /// VMI annotation with extra kernel arguments for the lab's test guest
 /// (its memory workload); ignored by anything but the lab image.
