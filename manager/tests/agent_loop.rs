@@ -16,7 +16,7 @@ use agent_support::{agent_settings, guest_boot, ticks, Pki, Topology};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
 use kube::ResourceExt;
-use mignet::agent::control::GUEST_ARGS_ANNOTATION;
+use mignet::agent::decide::GUEST_ARGS_ANNOTATION;
 use mignet::agent::AgentCore;
 use mignet::api::{
     DomainSpec, HyperConverged, HyperConvergedSpec, LiveMigrationConfig, Memory,

@@ -328,7 +328,7 @@ async fn agent_loop_runs_under_its_own_token_and_nothing_more() {
         remaining: 10,
         ..Default::default()
     };
-    mignet::agent::control::write_progress(&backend, &m, &progress, None).await;
+    mignet::agent::run_loop::write_progress(&backend, &m, &progress, None).await;
     let m: VirtualMachineInstanceMigration = admin_b.get(n, "src-mig").await.unwrap().unwrap();
     assert!(
         m.annotations()
