@@ -16,7 +16,7 @@ use agent_support::{agent_settings, guest_boot, ticks, Pki, Topology};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
 use kube::ResourceExt;
-use mignet::agent::control::GUEST_ARGS_ANNOTATION;
+use mignet::agent::decide::GUEST_ARGS_ANNOTATION;
 use mignet::agent::AgentCore;
 use mignet::api::{
     DomainSpec, HyperConverged, HyperConvergedSpec, LiveMigrationConfig, Memory,
@@ -25,8 +25,8 @@ use mignet::api::{
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
     VmiPhase,
 };
-use mignet::backend::{modify_status, protocol, Backend, LocalBackend};
-use mignet::control::enter_phase;
+use mignet::backend::protocol::{self, enter_phase};
+use mignet::backend::{modify_status, Backend, LocalBackend};
 use mignet::store::Store;
 
 const NS: &str = "lab";

@@ -34,10 +34,10 @@ use mignet::api::{
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
 };
+use mignet::backend::protocol::enter_phase;
 use mignet::backend::{
     modify_status, Backend, BackendError, Changes, Kind, KubeBackend, LocalBackend, ObjectRef, Op,
 };
-use mignet::control::enter_phase;
 use mignet::kube_adapter::signer::{self, SignerSettings};
 use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
 use serde_json::json;
@@ -328,7 +328,7 @@ async fn agent_loop_runs_under_its_own_token_and_nothing_more() {
         remaining: 10,
         ..Default::default()
     };
-    mignet::agent::control::write_progress(&backend, &m, &progress, None).await;
+    mignet::agent::run_loop::write_progress(&backend, &m, &progress, None).await;
     let m: VirtualMachineInstanceMigration = admin_b.get(n, "src-mig").await.unwrap().unwrap();
     assert!(
         m.annotations()

@@ -9,7 +9,7 @@
 //! encipherment, client auth and server auth; the manager signs it only
 //! when the request comes from the agent ServiceAccount through a token
 //! bound to a pod on that same node. Lab mode does not use this: the lab
-//! issues its agents' certificates locally with rcgen (`agent::lab`).
+//! issues its agents' certificates locally with rcgen (`lab::in_process_agents`).
 //!
 //! Pure parts: [`renew_at`] and [`renewal_due`]; the rest is I/O.
 

@@ -4,20 +4,21 @@
 //!   ([`vm::VmRunner`]), the migration IP and readiness, the target side
 //!   ([`target`]: destination QEMU + mTLS listener on the migration IP) and
 //!   the source side ([`source`]: proxy + QEMU `migrate` + monitor).
-//! - [`run`] (`control.rs`) drives the core from the VMI/VMIM objects over
-//!   a [`crate::backend::Backend`] (kube or the lab's local store).
+//! - [`run`] ([`run_loop`]) drives the core from the VMI/VMIM objects over
+//!   a [`crate::backend::Backend`] (kube or the lab's local store), doing
+//!   what the pure [`decide`] says each pass.
 //!
 //! Sockets are created in the agent pod's network namespace through
 //! [`dataplane_rt::DataPlaneRuntime`]; VMs are daemonized QEMUs that outlive
 //! the agent.
 
 pub mod certificate;
-pub mod control;
 pub mod dataplane_rt;
+pub mod decide;
 pub mod health;
-pub mod lab;
 pub mod node_labels;
 pub mod params;
+pub mod run_loop;
 pub mod source;
 pub mod target;
 pub mod vm;
@@ -33,10 +34,10 @@ use mignet_dataplane::migration_ip::{
 use mignet_dataplane::proxy::{EndpointError, ProxyOptions};
 use mignet_dataplane::tls::{ReloadingTls, TlsError, TlsPaths, TlsSettings, WatcherGuard};
 
-pub use control::{run, run_with_core};
 pub use dataplane_rt::DataPlaneRuntime;
 pub use health::{AgentHealth, Gate, Warning};
 pub use params::MigrationParams;
+pub use run_loop::{run, run_with_core};
 pub use source::{Progress, SourceResult, TargetAddress};
 pub use target::{IncomingResult, PreparedTarget};
 pub use vm::{GuestBoot, VmInfo, VmRequest, VmRunner};

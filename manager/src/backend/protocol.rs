@@ -1,7 +1,10 @@
 //! Names and payloads shared by the migration controller and the node agent
 //! (see the protocol in the module docs of [`crate::backend`]).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
+
+use crate::api::{MigrationPhase, PhaseTransitionTimestamp, VirtualMachineInstanceMigration};
 
 /// Every launcher pod carries this label; its value is the pod's role
 /// (`source` or `target`). The controller watches only these pods.
@@ -55,6 +58,18 @@ pub const FAILED_CONDITION: &str = "Failed";
 /// Failure reason recorded when a migration was cancelled by deleting its
 /// VMIM.
 pub const ABORTED_BY_USER: &str = "migration aborted by user";
+
+/// Enter `phase`: set it and append its transition timestamp (the
+/// controller and the agents step a VMIM alike).
+pub fn enter_phase(m: &mut VirtualMachineInstanceMigration, phase: MigrationPhase, now: Time) {
+    let st = m.status.get_or_insert_with(Default::default);
+    st.phase = Some(phase);
+    st.phase_transition_timestamps
+        .push(PhaseTransitionTimestamp {
+            phase,
+            phase_transition_timestamp: now,
+        });
+}
 
 /// Progress of a running migration, as the source agent last sampled it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

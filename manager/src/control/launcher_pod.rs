@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
-use crate::agent::control::vm_request;
+use crate::agent::decide::vm_request;
 use crate::api::{
     MigrationPhase, PersistentVolumeClaimInfo, VirtualMachineInstance,
     VirtualMachineInstanceMigration, VmiCondition, VmiPhase, VolumeStatus,

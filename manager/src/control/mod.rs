@@ -42,13 +42,12 @@ use mignet_policy as policy;
 use policy::{ClusterIndex, DrainAction, Limits, ObjectKey, Snapshot};
 
 use crate::api::{
-    HyperConverged, MigrationMethod, MigrationMode, MigrationPhase, PhaseTransitionTimestamp,
-    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
-    VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationState,
-    VirtualMachineInstanceMigrationStatus, VmiCondition,
+    HyperConverged, MigrationMethod, MigrationMode, MigrationPhase, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
+    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus, VmiCondition,
 };
 use crate::backend::protocol::{
-    self, DrainReport, DRAIN_REPORT_ANNOTATION, EVACUATION_ANNOTATION, FINALIZER,
+    self, enter_phase, DrainReport, DRAIN_REPORT_ANNOTATION, EVACUATION_ANNOTATION, FINALIZER,
 };
 use crate::backend::{self as be, Backend, BackendError};
 
@@ -330,17 +329,6 @@ fn time(now: jiff::Timestamp) -> Time {
     // Kubernetes timestamps have whole seconds on the wire; keep ours
     // equal to what a re-read returns.
     Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
-}
-
-/// Enter `phase`: set it and append its transition timestamp.
-pub fn enter_phase(m: &mut VirtualMachineInstanceMigration, phase: MigrationPhase, now: Time) {
-    let st = m.status.get_or_insert_with(Default::default);
-    st.phase = Some(phase);
-    st.phase_transition_timestamps
-        .push(PhaseTransitionTimestamp {
-            phase,
-            phase_transition_timestamp: now,
-        });
 }
 
 pub(crate) fn set_condition(conds: &mut Vec<VmiCondition>, c: VmiCondition) -> bool {

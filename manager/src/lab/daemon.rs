@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::agent::lab::InProcessAgents;
+use super::in_process_agents::InProcessAgents;
 use crate::agent::GuestBoot;
 use crate::backend::LocalBackend;
 use crate::control;

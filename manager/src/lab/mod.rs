@@ -9,6 +9,8 @@
 //! - [`kubelet`]: kubelet + Multus for the agent DaemonSet: one agent pod
 //!   (a namespace) per node, secondary networks attached by exec'ing the CNI
 //!   binaries the NAD names, rolled one node at a time on change.
+//! - [`in_process_agents`]: the real node agent, one per agent pod, run in
+//!   this process (the kubelet's agent hook).
 //! - [`history`]: the kubelet's record of every agent pod stop/start, read
 //!   to check a roll kept at most one agent down.
 //! - [`scheduler`]: kube-scheduler for launcher pods: binds each to the
@@ -26,6 +28,7 @@ pub mod annotation;
 pub mod cni;
 pub mod daemon;
 pub mod history;
+pub mod in_process_agents;
 pub mod inventory;
 pub mod kubelet;
 pub mod launchers;

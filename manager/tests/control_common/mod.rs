@@ -22,9 +22,8 @@ use mignet::api::{
     VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
     VirtualMachineInstanceSpec, VirtualMachineInstanceStatus, VmiPhase, Volume, VolumeStatus,
 };
-use mignet::backend::protocol::{self, Progress, ABORTED_BY_USER, DRAIN_TAINT_KEY};
+use mignet::backend::protocol::{self, enter_phase, Progress, ABORTED_BY_USER, DRAIN_TAINT_KEY};
 use mignet::backend::{Backend, BackendError};
-use mignet::control::enter_phase;
 
 pub const TEST_LABEL: &str = "mignet.io/test";
 

@@ -1,22 +1,19 @@
-//! The agent loop: drives [`AgentCore`] from the VMI / VMIM objects, following
-//! the controller <-> agent protocol documented in [`crate::backend`].
+//! The agent loop: each pass observes the VMI / VMIM objects, asks
+//! [`super::decide`] what this node must do, and carries the actions out,
+//! following the controller <-> agent protocol documented in
+//! [`crate::backend`].
 //!
-//! Level-triggered like the controller: on every change (or a tick) list the
-//! VMIs and VMIMs and decide from scratch what this node must do:
-//! - run the VMIs whose `status.nodeName` is this node (start QEMU when not
-//!   running yet), stop VMs whose VMI is gone or has left;
-//! - target side (migrationState.targetNode == us, VMIM Scheduled, no
-//!   address yet): PreparingTarget, prepare, publish targetNodeAddress,
+//! Level-triggered like the controller: on every change (or a tick) the
+//! pass decides from scratch. The work that takes long runs in tasks the
+//! loop owns:
+//! - target task: PreparingTarget, prepare, publish targetNodeAddress,
 //!   TargetReady; keep the destination until the stream ends;
-//! - source side (VMI on us, VMIM TargetReady, address set): Running,
-//!   migrate, progress annotation, then completed / failed (+ nodeName =
-//!   target on success, one status write) and Succeeded / Failed;
-//! - abortRequested: the source cancels (or, not started yet, records the
-//!   abort); the target tears down what it prepared.
+//! - source task: Running, migrate, progress annotation, then completed /
+//!   failed (+ nodeName = target on success, one status write) and
+//!   Succeeded / Failed.
 //!
-//! Long work (prepare + wait, migrate) runs in tasks owned by the loop; a
-//! finished task's migration is remembered so a stale read cannot start it
-//! twice.
+//! A finished task's migration is remembered so a stale read cannot start
+//! it twice.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -28,6 +25,7 @@ use k8s_openapi::jiff;
 use kube::ResourceExt;
 use tokio::task::JoinHandle;
 
+use super::decide::{self, phase_of, Local, MigrationAction, SourceView, VmAction};
 use super::health::{Gate, Warning};
 use super::params::MigrationParams;
 use super::source::{Progress, TargetAddress};
@@ -38,13 +36,9 @@ use crate::api::{
     HyperConverged, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
     VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState, VmiPhase,
 };
-use crate::backend::{modify, modify_status, protocol, Backend, BackendError};
+use crate::backend::protocol::{self, enter_phase};
+use crate::backend::{modify, modify_status, Backend, BackendError};
 use crate::config::{config_from_hyperconvergeds, ConfigError, EffectiveMigrationConfig};
-use crate::control::enter_phase;
-
-/// VMI annotation with extra kernel arguments for the lab's test guest
-/// (its memory workload); ignored by anything but the lab image.
-pub const GUEST_ARGS_ANNOTATION: &str = "mignet.io/guest-kernel-args";
 
 /// How often the loop re-reads without a change signal.
 const RESYNC: Duration = Duration::from_secs(1);
@@ -109,8 +103,28 @@ impl LoopState {
         }
     }
 
-    fn busy(&self, key: &str) -> bool {
-        self.sources.values().any(|t| t.key == key) || self.targets.values().any(|t| t.key == key)
+    /// What the decision sees of the tasks, with the VMs `core` holds now.
+    fn local(&self, core: &AgentCore) -> Local {
+        Local {
+            vms: core.vms.keys().into_iter().collect(),
+            sources: self
+                .sources
+                .iter()
+                .map(|(uid, t)| {
+                    let view = SourceView {
+                        key: t.key.clone(),
+                        cancellable: t.cancel.is_some(),
+                    };
+                    (uid.clone(), view)
+                })
+                .collect(),
+            targets: self
+                .targets
+                .iter()
+                .map(|(uid, t)| (uid.clone(), t.key.clone()))
+                .collect(),
+            done: self.done.iter().cloned().collect(),
+        }
     }
 }
 
@@ -164,40 +178,9 @@ pub async fn run_with_core<B: Backend>(
     tracing::info!(node = %core.node_name(), "agent stopping");
 }
 
-fn key_of(vmi: &VirtualMachineInstance) -> String {
-    format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any())
-}
-
 fn now() -> Time {
     let t = jiff::Timestamp::now();
     Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
-}
-
-/// The VM to run for a VMI spec (pure).
-pub fn vm_request(vmi: &VirtualMachineInstance) -> VmRequest {
-    let d = &vmi.spec.domain;
-    let memory = d
-        .memory
-        .as_ref()
-        .and_then(|m| m.guest.as_ref())
-        .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
-        .and_then(|q| crate::config::parse_quantity("memory", q).ok())
-        .unwrap_or(256 << 20);
-    let cpu = d.cpu.as_ref();
-    let vcpus = cpu.map_or(1, |c| {
-        c.cores.unwrap_or(1) * c.sockets.unwrap_or(1) * c.threads.unwrap_or(1)
-    });
-    VmRequest {
-        key: key_of(vmi),
-        memory_mib: (memory >> 20).max(16),
-        vcpus: vcpus.max(1),
-        cpu_model: cpu.and_then(|c| c.model.clone()),
-        kernel_args: vmi
-            .annotations()
-            .get(GUEST_ARGS_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
-    }
 }
 
 /// The migration config, read fresh each pass. A failed read (forbidden,
@@ -253,268 +236,213 @@ async fn pass_params<B: Backend>(backend: &B, core: &AgentCore) -> Option<Migrat
     }
 }
 
-fn phase_of(m: &VirtualMachineInstanceMigration) -> Option<MigrationPhase> {
-    m.status.as_ref().and_then(|s| s.phase)
+/// The objects one pass decides from.
+struct Observed {
+    vmis: Vec<VirtualMachineInstance>,
+    vmims: Vec<VirtualMachineInstanceMigration>,
 }
 
-fn state_for<'a>(
-    vmi: &'a VirtualMachineInstance,
-    uid: &str,
-) -> Option<&'a VirtualMachineInstanceMigrationState> {
-    vmi.status
-        .as_ref()
-        .and_then(|s| s.migration_state.as_ref())
-        .filter(|s| s.migration_uid.as_deref() == Some(uid))
+/// Read what node `_node` may act on: today every VMI and VMIM (the
+/// decision picks this node's).
+async fn observe<B: Backend>(backend: &B, _node: &str) -> Result<Observed, BackendError> {
+    Ok(Observed {
+        vmis: backend.list(None).await?,
+        vmims: backend.list(None).await?,
+    })
 }
 
+/// One pass: observe, decide and act on the VMs, then on the migrations
+/// (decided with the VMs the first step left running).
 async fn pass<B: Backend>(
     backend: &B,
     core: &Arc<AgentCore>,
     state: &mut LoopState,
 ) -> Result<(), BackendError> {
     let me = core.node_name().to_string();
-    let vmis: Vec<VirtualMachineInstance> = backend.list(None).await?;
-    let vmims: Vec<VirtualMachineInstanceMigration> = backend.list(None).await?;
-
-    // VM lifecycle.
-    for vmi in &vmis {
-        let st = vmi.status.clone().unwrap_or_default();
-        let key = key_of(vmi);
-        let here = st.node_name.as_deref() == Some(me.as_str())
-            && matches!(st.phase, Some(VmiPhase::Scheduled | VmiPhase::Running))
-            && vmi.metadata.deletion_timestamp.is_none();
-        if !here || core.vms.get(&key).is_some() || state.busy(&key) {
-            continue;
-        }
-        let started = if core.vms.in_launchers() {
-            // The VM's launcher pod runs QEMU; attach once it is up.
-            match core.vms.attach(&key).await {
-                Ok(Some(info)) => Ok(info),
-                Ok(None) => continue,
-                Err(e) => Err(e),
-            }
-        } else {
-            core.vms.start(&vm_request(vmi)).await
-        };
-        match started {
-            Ok(info) => {
-                tracing::info!(vm = %key, pid = info.pid, "VM started");
-                if st.phase == Some(VmiPhase::Scheduled) {
-                    modify_status(
-                        backend,
-                        &vmi.namespace().unwrap_or_default(),
-                        &vmi.name_any(),
-                        |v: &mut VirtualMachineInstance| {
-                            let s = v.status.get_or_insert_with(Default::default);
-                            let change = s.phase != Some(VmiPhase::Running);
-                            s.phase = Some(VmiPhase::Running);
-                            change
-                        },
-                    )
-                    .await?;
-                }
-            }
-            Err(e) => tracing::warn!(vm = %key, error = %error_chain(&e), "cannot start VM"),
-        }
-    }
+    let seen = observe(backend, &me).await?;
+    // Before deciding: a VM whose launcher ended is no longer held, so the
+    // VMI's current launcher can be attached.
     for key in core.vms.forget_dead() {
         tracing::info!(vm = %key, "the VM's launcher has ended");
     }
-    for key in core.vms.keys() {
-        if state.busy(&key) {
-            continue;
+    for action in decide::decide_vms(&seen.vmis, &me, &state.local(core)) {
+        act_on_vm(backend, core, action).await?;
+    }
+    let params = pass_params(backend, core).await;
+    let actions = decide::decide_migrations(
+        &seen.vmis,
+        &seen.vmims,
+        &me,
+        &state.local(core),
+        params.as_ref(),
+    );
+    for (m, action) in actions {
+        act_on_migration(backend, core, state, m, action).await?;
+    }
+    Ok(())
+}
+
+async fn act_on_vm<B: Backend>(
+    backend: &B,
+    core: &AgentCore,
+    action: VmAction,
+) -> Result<(), BackendError> {
+    match action {
+        VmAction::Start {
+            namespace,
+            name,
+            request,
+            scheduled,
+        } => {
+            let key = &request.key;
+            let started = if core.vms.in_launchers() {
+                // The VM's launcher pod runs QEMU; attach once it is up.
+                match core.vms.attach(key).await {
+                    Ok(Some(info)) => Ok(info),
+                    Ok(None) => return Ok(()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                core.vms.start(&request).await
+            };
+            match started {
+                Ok(info) => {
+                    tracing::info!(vm = %key, pid = info.pid, "VM started");
+                    if scheduled {
+                        modify_status(
+                            backend,
+                            &namespace,
+                            &name,
+                            |v: &mut VirtualMachineInstance| {
+                                let s = v.status.get_or_insert_with(Default::default);
+                                let change = s.phase != Some(VmiPhase::Running);
+                                s.phase = Some(VmiPhase::Running);
+                                change
+                            },
+                        )
+                        .await?;
+                    }
+                }
+                Err(e) => tracing::warn!(vm = %key, error = %error_chain(&e), "cannot start VM"),
+            }
         }
-        let vmi = vmis.iter().find(|v| key_of(v) == key);
-        let keep = vmi.is_some_and(|v| {
-            let st = v.status.clone().unwrap_or_default();
-            let ms = st.migration_state.unwrap_or_default();
-            st.node_name.as_deref() == Some(me.as_str())
-                // Received here, the source has not written nodeName yet.
-                || (ms.target_node.as_deref() == Some(me.as_str()) && ms.failed != Some(true))
-        });
-        if !keep {
+        VmAction::Stop { key } => {
             tracing::info!(vm = %key, "VMI gone or moved away; stopping its VM");
             if let Err(e) = core.vms.stop(&key) {
                 tracing::warn!(vm = %key, error = %error_chain(&e), "cannot stop VM");
             }
         }
     }
+    Ok(())
+}
 
-    // Without a readable config nothing new starts (prepare / migrate);
-    // aborts, failures and orphans below need no parameters and go on.
-    let params = pass_params(backend, core).await;
-    for m in &vmims {
-        let Some(phase) = phase_of(m) else { continue };
-        let uid = m.uid().unwrap_or_default();
-        if phase == MigrationPhase::Failed {
-            // Over: a prepared destination that never received is torn down.
+async fn act_on_migration<B: Backend>(
+    backend: &B,
+    core: &Arc<AgentCore>,
+    state: &mut LoopState,
+    m: &VirtualMachineInstanceMigration,
+    action: MigrationAction,
+) -> Result<(), BackendError> {
+    use MigrationAction as A;
+    let uid = m.uid().unwrap_or_default();
+    match action {
+        A::TearDownTarget { .. } => {
             state.targets.remove(&uid);
-            continue;
         }
-        if phase == MigrationPhase::Succeeded {
-            // The target task adopts the VM once it sees it running, which
-            // may be a moment after the source recorded success: let it.
-            continue;
+        A::CancelSource { .. } => {
+            if let Some(c) = state.sources.get_mut(&uid).and_then(|t| t.cancel.take()) {
+                tracing::info!(migration = %uid, "abort requested; cancelling");
+                let _ = c.send(());
+            }
         }
-        if phase == MigrationPhase::Pending || state.done.contains(&uid) {
-            continue;
+        A::RecordAbortBeforeStart { .. } => {
+            record_end(backend, m, &uid, End::AbortedBeforeStart).await?;
+            state.done.insert(uid);
         }
-        let ns = m.namespace().unwrap_or_default();
-        let Some(vmi) = vmis.iter().find(|v| {
-            v.namespace().as_deref() == Some(ns.as_str()) && v.name_any() == m.spec.vmi_name
-        }) else {
-            continue;
-        };
-        let Some(ms) = state_for(vmi, &uid) else {
-            continue;
-        };
-        let is_target = ms.target_node.as_deref() == Some(me.as_str());
-        // The source is the node the migration left from, not the VMI's
-        // current nodeName: on success the source moves nodeName to the
-        // target before the VMIM reaches Succeeded, and the target agent must
-        // not then mistake itself for an orphaned source (it would record a
-        // failure for a completed migration and stop the VM it just received).
-        let is_source = match ms.source_node.as_deref() {
-            Some(src) => src == me.as_str(),
-            None => vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(me.as_str()),
-        };
-
-        if ms.abort_requested == Some(true) && ms.abort_status.is_none() {
-            if is_target && phase < MigrationPhase::Running {
-                state.targets.remove(&uid);
-            }
-            if is_source {
-                if let Some(t) = state.sources.get_mut(&uid) {
-                    if let Some(c) = t.cancel.take() {
-                        tracing::info!(migration = %uid, "abort requested; cancelling");
-                        let _ = c.send(());
-                    }
-                } else if phase < MigrationPhase::Running {
-                    record_end(backend, m, &uid, End::AbortedBeforeStart).await?;
-                    state.done.insert(uid.clone());
-                }
-            }
-            continue;
-        }
-
-        match phase {
-            MigrationPhase::Scheduled | MigrationPhase::PreparingTarget
-                if is_target
-                    && ms.target_node_address.is_none()
-                    && !state.targets.contains_key(&uid) =>
-            {
-                let Some(params) = &params else { continue };
-                if phase == MigrationPhase::Scheduled
-                    && !advance(
-                        backend,
-                        m,
-                        MigrationPhase::Scheduled,
-                        MigrationPhase::PreparingTarget,
-                    )
-                    .await?
-                {
-                    continue;
-                }
-                // Launcher mode: the target pod's QEMU, found by its name.
-                // Under this agent's launcher root (the lab maps the
-                // hostPath to a directory per node).
-                let launcher_dir = core.vms.in_launchers().then(|| {
-                    let dir = crate::launcher::run_dir_for(
-                        &ns,
-                        ms.target_pod.as_deref().unwrap_or_default(),
-                    );
-                    core.vms.vms_dir().join(dir.file_name().unwrap_or_default())
-                });
-                let task = tokio::spawn(target_task(
-                    backend.clone(),
-                    core.clone(),
-                    m.clone(),
-                    vm_request(vmi),
-                    params.clone(),
-                    launcher_dir,
-                ));
-                state.targets.insert(
-                    uid.clone(),
-                    TargetTask {
-                        key: key_of(vmi),
-                        task: Owned(task),
-                    },
-                );
-            }
-            MigrationPhase::TargetReady
-                if is_source
-                    && ms.target_node_address.is_some()
-                    && !state.sources.contains_key(&uid) =>
-            {
-                let Some(params) = &params else { continue };
-                if core.vms.get(&key_of(vmi)).is_none() {
-                    record_end(
-                        backend,
-                        m,
-                        &uid,
-                        End::Failed(format!("VM {} is not running on {me}", key_of(vmi))),
-                    )
-                    .await?;
-                    state.done.insert(uid.clone());
-                    continue;
-                }
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let task = tokio::spawn(source_task(
-                    backend.clone(),
-                    core.clone(),
-                    m.clone(),
-                    ms.clone(),
-                    key_of(vmi),
-                    params.clone(),
-                    rx,
-                ));
-                state.sources.insert(
-                    uid.clone(),
-                    SourceTask {
-                        key: key_of(vmi),
-                        task: Owned(task),
-                        cancel: Some(tx),
-                    },
-                );
-            }
-            // Ours, in flight, but no task: this agent restarted mid-way.
-            MigrationPhase::Running
-                if is_source && ms.completed != Some(true) && !state.sources.contains_key(&uid) =>
-            {
-                recover_orphan_source(backend, core, m, &uid, &key_of(vmi)).await?;
-                state.done.insert(uid.clone());
-            }
-            // The previous agent recorded the end on the VMI and died before
-            // the VMIM's final phase (the two writes of `record_end`): finish
-            // the record, or the VMIM stays Running for good.
-            MigrationPhase::Running
-                if is_source && ms.completed == Some(true) && !state.sources.contains_key(&uid) =>
-            {
-                let target = ms.target_node.clone().unwrap_or_default();
-                tracing::info!(migration = %uid, "completed before the agent restarted; recording the end");
-                record_end(backend, m, &uid, End::Completed { target }).await?;
-                // The paused source, if the old agent did not stop it.
-                if let Err(e) = core.vms.stop(&key_of(vmi)) {
-                    tracing::warn!(vm = %key_of(vmi), error = %error_chain(&e), "cannot stop migrated source VM");
-                }
-                state.done.insert(uid.clone());
-            }
-            MigrationPhase::PreparingTarget | MigrationPhase::TargetReady
-                if is_target && !state.targets.contains_key(&uid) =>
-            {
-                // The prepared destination died with the previous agent.
-                record_end(
+        A::StartTarget {
+            request,
+            from_scheduled,
+            namespace,
+            target_pod,
+            params,
+            ..
+        } => {
+            if from_scheduled
+                && !advance(
                     backend,
                     m,
-                    &uid,
-                    End::Failed(format!(
-                        "target agent on {me} restarted before the migration started"
-                    )),
+                    MigrationPhase::Scheduled,
+                    MigrationPhase::PreparingTarget,
                 )
-                .await?;
-                state.done.insert(uid.clone());
+                .await?
+            {
+                return Ok(());
             }
-            _ => {}
+            // Launcher mode: the target pod's QEMU, found by its name.
+            // Under this agent's launcher root (the lab maps the hostPath to
+            // a directory per node).
+            let launcher_dir = core.vms.in_launchers().then(|| {
+                let dir = crate::launcher::run_dir_for(&namespace, &target_pod);
+                core.vms.vms_dir().join(dir.file_name().unwrap_or_default())
+            });
+            let key = request.key.clone();
+            let task = tokio::spawn(target_task(
+                backend.clone(),
+                core.clone(),
+                m.clone(),
+                request,
+                params,
+                launcher_dir,
+            ));
+            state.targets.insert(
+                uid,
+                TargetTask {
+                    key,
+                    task: Owned(task),
+                },
+            );
+        }
+        A::StartSource {
+            key,
+            state: ms,
+            params,
+            ..
+        } => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(source_task(
+                backend.clone(),
+                core.clone(),
+                m.clone(),
+                ms,
+                key.clone(),
+                params,
+                rx,
+            ));
+            state.sources.insert(
+                uid,
+                SourceTask {
+                    key,
+                    task: Owned(task),
+                    cancel: Some(tx),
+                },
+            );
+        }
+        A::RecordFailure { reason, .. } => {
+            record_end(backend, m, &uid, End::Failed(reason)).await?;
+            state.done.insert(uid);
+        }
+        A::RecoverOrphanSource { key, .. } => {
+            recover_orphan_source(backend, core, m, &uid, &key).await?;
+            state.done.insert(uid);
+        }
+        A::RecordCompletion { key, target, .. } => {
+            tracing::info!(migration = %uid, "completed before the agent restarted; recording the end");
+            record_end(backend, m, &uid, End::Completed { target }).await?;
+            // The paused source, if the old agent did not stop it.
+            if let Err(e) = core.vms.stop(&key) {
+                tracing::warn!(vm = %key, error = %error_chain(&e), "cannot stop migrated source VM");
+            }
+            state.done.insert(uid);
         }
     }
     Ok(())
@@ -1067,36 +995,5 @@ mod tests {
             &t,
         );
         assert_eq!((ms.completed, ms.failed), (Some(true), None));
-    }
-    use crate::api::{Cpu, DomainSpec, Memory, VirtualMachineInstanceSpec};
-
-    #[test]
-    fn vm_request_from_vmi_spec() {
-        let mut vmi = VirtualMachineInstance::new(
-            "vm1",
-            VirtualMachineInstanceSpec {
-                domain: DomainSpec {
-                    cpu: Some(Cpu {
-                        model: Some("host-model".into()),
-                        cores: Some(2),
-                        ..Default::default()
-                    }),
-                    memory: Some(Memory {
-                        guest: Some("1Gi".into()),
-                    }),
-                    resources: None,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        );
-        vmi.metadata.namespace = Some("default".into());
-        vmi.annotations_mut()
-            .insert(GUEST_ARGS_ANNOTATION.into(), "mignet.fill_mib=8".into());
-        let r = vm_request(&vmi);
-        assert_eq!(r.key, "default/vm1");
-        assert_eq!((r.memory_mib, r.vcpus), (1024, 2));
-        assert_eq!(r.cpu_model.as_deref(), Some("host-model"));
-        assert_eq!(r.kernel_args, "mignet.fill_mib=8");
     }
 }

@@ -1,4 +1,4 @@
-//! The agent in lab mode: the lab's kubelet emulation calls
+//! The real node agent in the lab: the lab's kubelet emulation calls
 //! [`InProcessAgents`] (its `AgentRuntime` hook) when an agent pod is up or
 //! about to go, and one agent per node runs in this process on the local
 //! backend, its sockets inside the agent pod's namespace.
@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
 
-use super::{AgentSettings, GuestBoot};
+use super::kubelet::{AgentPod, AgentRuntime};
+use crate::agent::{self, AgentSettings, GuestBoot};
 use crate::backend::Backend;
-use crate::lab::kubelet::{AgentPod, AgentRuntime};
 
 /// Runs one agent per agent pod on a tokio runtime owned by the caller.
 pub struct InProcessAgents<B: Backend> {
@@ -100,7 +100,7 @@ impl<B: Backend> InProcessAgents<B> {
             node_name: pod.node.clone(),
             pod_ip,
             migration_network: migration.map(|_| "migration-network".to_string()),
-            migration_interface: super::default_interface(),
+            migration_interface: agent::default_interface(),
             prefer_family: None,
             netns: Some(pod.netns.clone()),
             cert_dir,
@@ -111,7 +111,7 @@ impl<B: Backend> InProcessAgents<B> {
             shutdown_grace: Duration::from_secs(30),
             // The node's launcher pods run its VMs (the lab kubelet starts
             // them); the agent attaches, as in a cluster.
-            launcher_root: Some(crate::lab::node_vms_dir(&self.dir, &pod.node)),
+            launcher_root: Some(super::node_vms_dir(&self.dir, &pod.node)),
         })
     }
 
@@ -130,8 +130,8 @@ impl<B: Backend> AgentRuntime for InProcessAgents<B> {
         let backend = self.backend.clone();
         let node = pod.node.clone();
         let task = self.runtime.spawn(async move {
-            if let Err(e) = super::run(backend, settings, std::future::pending()).await {
-                tracing::warn!(%node, error = %super::error_chain(&e), "agent failed");
+            if let Err(e) = agent::run(backend, settings, std::future::pending()).await {
+                tracing::warn!(%node, error = %agent::error_chain(&e), "agent failed");
             }
         });
         let old = self
