@@ -367,7 +367,7 @@ async fn label_node(client: &kube::Client, node: &str) -> anyhow::Result<()> {
         node_labels::host_cpu_model()
     } else {
         // TCG: what `host-model` becomes in the launcher.
-        mignet::agent::vm::TCG_HOST_MODEL.to_owned()
+        mignet::launcher::request::TCG_HOST_MODEL.to_owned()
     };
     let want = node_labels::desired(kvm_usable, &model);
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());

@@ -16,7 +16,6 @@ use agent_support::{agent_settings, guest_boot, ticks, Pki, Topology};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
 use kube::ResourceExt;
-use mignet::agent::decide::GUEST_ARGS_ANNOTATION;
 use mignet::agent::AgentCore;
 use mignet::api::{
     DomainSpec, HyperConverged, HyperConvergedSpec, LiveMigrationConfig, Memory,
@@ -27,6 +26,7 @@ use mignet::api::{
 };
 use mignet::backend::protocol::{self, enter_phase};
 use mignet::backend::{modify_status, Backend, LocalBackend};
+use mignet::launcher::request::GUEST_ARGS_ANNOTATION;
 use mignet::store::Store;
 
 const NS: &str = "lab";

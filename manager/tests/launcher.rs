@@ -209,7 +209,7 @@ async fn launcher_runs_the_guest_and_stops_on_sigterm() {
 
     // vm.json in the agent's format, launcher.json with the spec.
     assert_eq!(
-        mignet::agent::vm::read_record(&dir).as_ref(),
+        mignet::launcher::request::read_record(&dir).as_ref(),
         Some(&spec.request)
     );
     let status = launcher::read_status(&dir).expect("launcher.json");

@@ -24,10 +24,7 @@ use crate::api::{
     MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceMigrationState, VmiPhase,
 };
-
-/// VMI annotation with extra kernel arguments for the lab's test guest
-/// (its memory workload); ignored by anything but the lab image.
-pub const GUEST_ARGS_ANNOTATION: &str = "mignet.io/guest-kernel-args";
+use crate::launcher::request::vm_request;
 
 /// The agent's own state, as the decision sees it.
 #[derive(Debug, Clone, Default)]
@@ -119,33 +116,6 @@ pub enum MigrationAction {
 /// The key of a VMI's VM: `namespace/name`.
 pub fn key_of(vmi: &VirtualMachineInstance) -> String {
     format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any())
-}
-
-/// The VM to run for a VMI spec.
-pub fn vm_request(vmi: &VirtualMachineInstance) -> VmRequest {
-    let d = &vmi.spec.domain;
-    let memory = d
-        .memory
-        .as_ref()
-        .and_then(|m| m.guest.as_ref())
-        .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
-        .and_then(|q| crate::config::parse_quantity("memory", q).ok())
-        .unwrap_or(256 << 20);
-    let cpu = d.cpu.as_ref();
-    let vcpus = cpu.map_or(1, |c| {
-        c.cores.unwrap_or(1) * c.sockets.unwrap_or(1) * c.threads.unwrap_or(1)
-    });
-    VmRequest {
-        key: key_of(vmi),
-        memory_mib: (memory >> 20).max(16),
-        vcpus: vcpus.max(1),
-        cpu_model: cpu.and_then(|c| c.model.clone()),
-        kernel_args: vmi
-            .annotations()
-            .get(GUEST_ARGS_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
-    }
 }
 
 /// Starts for the VMIs of node `me` whose VM is not held yet, then stops
@@ -357,7 +327,7 @@ fn decide_migration(
 mod tests {
     use super::*;
     use crate::api::{
-        Cpu, DomainSpec, Memory, MigrationAbortStatus, VirtualMachineInstanceMigrationSpec,
+        Memory, MigrationAbortStatus, VirtualMachineInstanceMigrationSpec,
         VirtualMachineInstanceMigrationStatus, VirtualMachineInstanceSpec,
         VirtualMachineInstanceStatus,
     };
@@ -695,35 +665,5 @@ mod tests {
                 scheduled: true,
             }]
         );
-    }
-
-    #[test]
-    fn vm_request_from_vmi_spec() {
-        let mut vmi = VirtualMachineInstance::new(
-            "vm1",
-            VirtualMachineInstanceSpec {
-                domain: DomainSpec {
-                    cpu: Some(Cpu {
-                        model: Some("host-model".into()),
-                        cores: Some(2),
-                        ..Default::default()
-                    }),
-                    memory: Some(Memory {
-                        guest: Some("1Gi".into()),
-                    }),
-                    resources: None,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        );
-        vmi.metadata.namespace = Some("default".into());
-        vmi.annotations_mut()
-            .insert(GUEST_ARGS_ANNOTATION.into(), "mignet.fill_mib=8".into());
-        let r = vm_request(&vmi);
-        assert_eq!(r.key, "default/vm1");
-        assert_eq!((r.memory_mib, r.vcpus), (1024, 2));
-        assert_eq!(r.cpu_model.as_deref(), Some("host-model"));
-        assert_eq!(r.kernel_args, "mignet.fill_mib=8");
     }
 }

@@ -592,7 +592,7 @@ async fn record_end<B: Backend>(
                         End::Failed(_) => "MigrationFailed",
                         _ => "AbortedByUser",
                     };
-                    crate::control::fail(m, label, &reason, &t);
+                    protocol::fail(m, label, &reason, &t);
                 }
                 _ => enter_phase(m, final_phase, t.clone()),
             }

@@ -15,74 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mignet_dataplane::qemu::{QmpClient, VmProcess, VmSpec};
-use serde::{Deserialize, Serialize};
 
 use super::AgentError;
-
-/// Name of the file that records what a run directory holds.
-const RECORD_FILE: &str = "vm.json";
-
-/// The CPU model `host-model` becomes under TCG (which has no host model):
-/// what the launcher runs and what the agent labels its node with.
-///
-/// Not `qemu64`, QEMU's own default: its vendor is AuthenticAMD, and under
-/// Debian's QEMU 7.2 TCG a guest with that vendor loses memory writes made
-/// during a multi-pass precopy. After the switch-over the guest on the
-/// target dies, usually in an hrtimer callback that jumps into a stale
-/// page, or it hangs. Only the CPU model and vendor changed between these
-/// runs. The guest was 128 MiB with 24 MiB filled, re-dirtying 1 MiB/s,
-/// bandwidth capped at 32 MiB/s, plain QEMU with no mignet in the path:
-/// - qemu64 crashed the target guest 11 times in 11;
-/// - `qemu64,vendor=GenuineIntel` was fine 3 times in 3;
-/// - kvm64, Nehalem and max were fine 9, 2 and 4 times;
-/// - kvm64 with multifd, 4 MiB/s dirtying or an 8 MiB/s cap: 6 times in 6.
-///
-/// kvm64 is the same generic 64-bit model with an Intel vendor.
-pub const TCG_HOST_MODEL: &str = "kvm64";
-
-/// Kernel and initramfs every VM boots (the lab's guest image).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestBoot {
-    pub qemu_binary: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    /// Kernel command line before the VM's own arguments.
-    pub base_cmdline: String,
-    /// CPU model used for `host-model` / unset (TCG has no host model).
-    pub default_cpu_model: String,
-}
-
-impl GuestBoot {
-    pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
-        GuestBoot {
-            qemu_binary: PathBuf::from("qemu-system-x86_64"),
-            kernel: kernel.into(),
-            initrd: initrd.into(),
-            base_cmdline: "console=ttyS0 quiet panic=-1".into(),
-            default_cpu_model: TCG_HOST_MODEL.into(),
-        }
-    }
-}
-
-/// What to run, derived from a VMI spec (no Kubernetes types here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmRequest {
-    /// `namespace/name` of the VMI.
-    pub key: String,
-    pub memory_mib: u64,
-    pub vcpus: u32,
-    /// `None`, `host-model` or `host-passthrough` take the boot default.
-    pub cpu_model: Option<String>,
-    /// Appended to the kernel command line (the test guest's workload knobs).
-    #[serde(default)]
-    pub kernel_args: String,
-}
-
-impl VmRequest {
-    pub fn memory_bytes(&self) -> u64 {
-        self.memory_mib << 20
-    }
-}
+use crate::launcher::request::write_record as write_record_file;
+pub use crate::launcher::request::{read_record, GuestBoot, VmRequest};
 
 /// A VM the runner manages.
 #[derive(Debug, Clone)]
@@ -501,18 +437,11 @@ impl Drop for VmRunner {
     }
 }
 
-pub fn write_record(dir: &Path, req: &VmRequest) -> Result<(), AgentError> {
-    let path = dir.join(RECORD_FILE);
-    let bytes = serde_json::to_vec_pretty(req).unwrap_or_default();
-    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|source| AgentError::StateDir { path, source })
-}
-
-pub fn read_record(dir: &Path) -> Option<VmRequest> {
-    let bytes = std::fs::read(dir.join(RECORD_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+fn write_record(dir: &Path, req: &VmRequest) -> Result<(), AgentError> {
+    write_record_file(dir, req).map_err(|source| AgentError::StateDir {
+        path: dir.join(crate::launcher::request::RECORD_FILE),
+        source,
+    })
 }
 
 fn kill_leftover(dir: &Path) {

@@ -4,7 +4,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{MigrationPhase, PhaseTransitionTimestamp, VirtualMachineInstanceMigration};
+use crate::api::{
+    MigrationPhase, PhaseTransitionTimestamp, VirtualMachineInstanceMigration, VmiCondition,
+};
 
 /// Every launcher pod carries this label; its value is the pod's role
 /// (`source` or `target`). The controller watches only these pods.
@@ -103,4 +105,47 @@ pub struct DrainReport {
     pub evacuating: Vec<String>,
     /// VMIs that block the drain or must be stopped.
     pub blocking: Vec<DrainEntry>,
+}
+
+/// Set a condition by type; the transition time moves only when the status
+/// changes. Returns whether anything changed.
+pub fn set_condition(conds: &mut Vec<VmiCondition>, c: VmiCondition) -> bool {
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) if x.status == c.status && x.reason == c.reason && x.message == c.message => false,
+        Some(x) => {
+            let transition = if x.status == c.status {
+                x.last_transition_time.clone()
+            } else {
+                c.last_transition_time.clone()
+            };
+            *x = VmiCondition {
+                last_transition_time: transition,
+                ..c
+            };
+            true
+        }
+        None => {
+            conds.push(c);
+            true
+        }
+    }
+}
+
+/// Final phase Failed with a `Failed` condition saying why (the
+/// controller's refusals and the agents' recorded failures alike).
+pub fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str, t: &Time) {
+    enter_phase(m, MigrationPhase::Failed, t.clone());
+    let st = m.status.get_or_insert_with(Default::default);
+    set_condition(
+        &mut st.conditions,
+        VmiCondition {
+            type_: FAILED_CONDITION.into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_transition_time: Some(t.clone()),
+            ..Default::default()
+        },
+    );
+    st.conditions.retain(|c| c.type_ != PENDING_CONDITION);
 }

@@ -19,12 +19,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
-use crate::agent::decide::vm_request;
 use crate::api::{
     MigrationPhase, PersistentVolumeClaimInfo, VirtualMachineInstance,
     VirtualMachineInstanceMigration, VmiCondition, VmiPhase, VolumeStatus,
 };
 pub use crate::backend::protocol::{KVM_LABEL, LAUNCHER_LABEL, SCHEDULABLE_LABEL};
+use crate::launcher::request::vm_request;
 use crate::launcher::{self as launch, Boot, DiskSpec, LaunchSpec};
 
 /// The VMI's UID (KubeVirt's label of the same name).

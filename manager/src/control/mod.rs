@@ -331,27 +331,7 @@ fn time(now: jiff::Timestamp) -> Time {
     Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
-pub(crate) fn set_condition(conds: &mut Vec<VmiCondition>, c: VmiCondition) -> bool {
-    match conds.iter_mut().find(|x| x.type_ == c.type_) {
-        Some(x) if x.status == c.status && x.reason == c.reason && x.message == c.message => false,
-        Some(x) => {
-            let transition = if x.status == c.status {
-                x.last_transition_time.clone()
-            } else {
-                c.last_transition_time.clone()
-            };
-            *x = VmiCondition {
-                last_transition_time: transition,
-                ..c
-            };
-            true
-        }
-        None => {
-            conds.push(c);
-            true
-        }
-    }
-}
+pub(crate) use crate::backend::protocol::{fail, set_condition};
 
 fn has_finalizer(m: &VirtualMachineInstanceMigration) -> bool {
     m.finalizers().iter().any(|f| f == FINALIZER)
@@ -527,26 +507,6 @@ async fn admit_new<B: Backend>(
         }
     }
     Ok(())
-}
-
-/// Final phase Failed with a `Failed` condition saying why (the
-/// controller's refusals and the agents' recorded failures alike).
-pub(crate) fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str, t: &Time) {
-    enter_phase(m, MigrationPhase::Failed, t.clone());
-    let st = m.status.get_or_insert_with(Default::default);
-    set_condition(
-        &mut st.conditions,
-        VmiCondition {
-            type_: protocol::FAILED_CONDITION.into(),
-            status: "True".into(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            last_transition_time: Some(t.clone()),
-            ..Default::default()
-        },
-    );
-    st.conditions
-        .retain(|c| c.type_ != protocol::PENDING_CONDITION);
 }
 
 // -------------------------------------------------------- scheduling

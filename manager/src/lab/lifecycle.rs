@@ -21,7 +21,7 @@ pub const HOST_MODEL_LABEL: &str = "host-model-cpu.node.kubevirt.io/kvm64";
 /// node (`agent::node_labels::desired`): schedulable for VMs, no KVM (lab
 /// guests run under TCG), host-model `kvm64`.
 pub fn node_labels(name: &str) -> std::collections::BTreeMap<String, String> {
-    let mut l = crate::agent::node_labels::desired(false, crate::agent::vm::TCG_HOST_MODEL);
+    let mut l = crate::agent::node_labels::desired(false, crate::launcher::request::TCG_HOST_MODEL);
     l.insert("kubernetes.io/hostname".into(), name.into());
     debug_assert!(l.contains_key(HOST_MODEL_LABEL));
     l

@@ -15,7 +15,7 @@
 //! | `qmp.sock` | QEMU | QMP for the agent (QEMU serves one client; the launcher never connects) |
 //! | `launcher-qmp.sock` | QEMU | the launcher's own QMP: readiness, then held while QEMU runs to watch its events (why the VM ended) |
 //! | `serial.log`, `qemu.pid` | QEMU | guest console, QEMU's pid (in the pod's pid namespace) |
-//! | `vm.json` | launcher / agent | the `VmRequest` (`agent::vm` format); written by the launcher once QMP answers, except for `incoming` launches, where the agent writes it when the migration completes |
+//! | `vm.json` | launcher / agent | the `VmRequest` (`request` format); written by the launcher once QMP answers, except for `incoming` launches, where the agent writes it when the migration completes |
 //!
 //! When QEMU exits the launcher removes the directory (the lock last) and
 //! exits with one of these codes (the pod's container exit code; the
@@ -47,6 +47,7 @@
 
 pub mod accel;
 pub mod guest_end;
+pub mod request;
 mod run;
 pub mod spec;
 

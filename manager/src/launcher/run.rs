@@ -370,9 +370,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LauncherError> {
         })
 }
 
-/// `vm.json`, through the agent's own writer so both always agree.
+/// `vm.json`, through the one writer the agent reads back.
 fn write_record(dir: &Path, spec: &LaunchSpec) -> Result<(), LauncherError> {
-    crate::agent::vm::write_record(dir, &spec.request).map_err(|e| LauncherError::Record {
+    super::request::write_record(dir, &spec.request).map_err(|e| LauncherError::Record {
         path: dir.join("vm.json"),
         detail: e.to_string(),
     })

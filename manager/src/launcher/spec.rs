@@ -7,7 +7,7 @@ use mignet_dataplane::qemu::process::{Accel, Drive, DriveBus};
 use mignet_dataplane::qemu::VmSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{GuestBoot, VmRequest};
+use super::request::{GuestBoot, VmRequest};
 
 /// The launch spec, passed as JSON in `MIGNET_LAUNCH_SPEC`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
