@@ -14,7 +14,7 @@ use crate::store::Store;
 
 /// Label a node carries for each CPU model it supports as host-model
 /// (KubeVirt's `host-model-cpu.node.kubevirt.io/<model>`). Lab nodes all run
-/// TCG's host model (`agent::vm::TCG_HOST_MODEL`).
+/// TCG's host model (`launcher::request::TCG_HOST_MODEL`).
 pub const HOST_MODEL_LABEL: &str = "host-model-cpu.node.kubevirt.io/kvm64";
 
 /// A lab node's labels: its hostname, and what the agent puts on a cluster

@@ -152,7 +152,7 @@ pub struct VmSpec {
     /// `-cpu` model. Under TCG the default is `kvm64`, not `qemu64`: a guest
     /// with qemu64's AMD vendor loses memory writes made during a
     /// multi-pass precopy migration in QEMU 7.2 (see the manager's
-    /// `agent::vm::TCG_HOST_MODEL`).
+    /// `launcher::request::TCG_HOST_MODEL`).
     pub cpu_model: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
