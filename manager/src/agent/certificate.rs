@@ -276,7 +276,7 @@ pub async fn obtain(
                 if health.block(Gate::Certificate, reason.clone()) {
                     tracing::warn!(%reason, "not ready");
                 }
-                tokio::time::sleep(backoff(&e, retry)).await;
+                tokio::time::sleep(retry_after(&e, retry)).await;
             }
         }
     }
@@ -284,8 +284,10 @@ pub async fn obtain(
 
 /// How long to wait before the next request after `e`: a refusal needs a
 /// human (RBAC, node binding), so asking again soon would only pile up
-/// denied CSRs; anything else is retried at `retry`.
-fn backoff(e: &CertificateError, retry: Duration) -> Duration {
+/// denied CSRs; anything else is retried at `retry`. A fixed interval, not
+/// a backoff: a CSR is cheap for the API server and a human fixing RBAC
+/// wants the agent to notice within one interval.
+fn retry_after(e: &CertificateError, retry: Duration) -> Duration {
     match e {
         CertificateError::Refused { .. } => retry * 6,
         _ => retry,
@@ -325,7 +327,7 @@ pub async fn renew_forever(
                         );
                     }
                     tracing::warn!(error = %why, "renewing the agent certificate failed; retrying");
-                    tokio::time::sleep(backoff(&e, retry)).await;
+                    tokio::time::sleep(retry_after(&e, retry)).await;
                 }
             }
         }

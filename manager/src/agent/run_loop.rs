@@ -23,6 +23,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
 use kube::ResourceExt;
+use mignet_policy::Backoff;
 use tokio::task::JoinHandle;
 
 use super::decide::{self, phase_of, Local, MigrationAction, SourceView, VmAction};
@@ -610,7 +611,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, BackendError>>,
 {
+    // 100 ms doubling to 1.6 s: ten attempts span about 11 s, long enough
+    // for an API server restart or a brief full disk, short enough that the
+    // loop's next pass (which decides again from fresh reads) is not held up.
     const ATTEMPTS: u32 = 10;
+    const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(1600));
     for attempt in 1..=ATTEMPTS {
         match f().await {
             Ok(v) => return Some(v),
@@ -620,7 +625,7 @@ where
                 if attempt >= 3 {
                     tracing::warn!(what, attempt, error = %error_chain(&e), "status write failed; retrying");
                 }
-                tokio::time::sleep(Duration::from_millis(100 << (attempt - 1).min(4))).await;
+                tokio::time::sleep(BACKOFF.delay(attempt)).await;
             }
             Err(e) => {
                 tracing::warn!(what, attempt, error = %error_chain(&e), "status write failed; giving up");
