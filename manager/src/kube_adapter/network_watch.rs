@@ -25,7 +25,7 @@ use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::backend::{Backend, KubeBackend};
 use crate::metrics::Metrics;
 use crate::network::decide::{reason, ClusterNetworks};
-use crate::network::reconcile::{reconcile as rollout_pass, Outcome, ReconcileError, Target};
+use crate::network::reconcile::{self as pass, Outcome, ReconcileError, Target};
 use crate::network::NetworkRef;
 
 pub use crate::network::conditions::CONFIG_CONDITION_TYPE;
@@ -194,31 +194,35 @@ async fn reconcile<B: Backend>(
         agent_daemonset: &settings.agent_daemonset,
         cluster: &settings.cluster,
     };
-    let pass = match rollout_pass(&ctx.backend, &target, Time(Timestamp::now())).await? {
-        Outcome::NoHyperConverged => {
-            ctx.networks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-            return Ok(Action::await_change());
-        }
-        Outcome::RetrySoon { daemonset_patched } => {
-            if daemonset_patched {
-                ctx.metrics.daemonset_patched();
-            }
-            let attempt = ctx.failed(key);
-            debug!(hco = %hco.name_any(), attempt, "conflict; deciding again on fresh state");
-            return Ok(Action::requeue(TRANSIENT.delay(attempt)));
-        }
-        Outcome::Done(pass) => pass,
+    let Some(followed) = pass::follow(&ctx.backend, &target).await? else {
+        ctx.networks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        return Ok(Action::await_change());
     };
+    // Recorded before the pass reads the NAD: a NAD event from then on
+    // maps to this HyperConverged, so a NAD created during the pass is
+    // never missed.
     {
         let mut networks = ctx.networks.lock().unwrap_or_else(|p| p.into_inner());
-        match &pass.network {
+        match &followed.network {
             Ok(Some(r)) => networks.insert(key.clone(), r.resolved(&settings.namespace)),
             _ => networks.remove(&key),
         };
     }
+    let pass =
+        match pass::reconcile(&ctx.backend, &target, &followed, Time(Timestamp::now())).await? {
+            Outcome::RetrySoon { daemonset_patched } => {
+                if daemonset_patched {
+                    ctx.metrics.daemonset_patched();
+                }
+                let attempt = ctx.failed(key);
+                debug!(hco = %hco.name_any(), attempt, "conflict; deciding again on fresh state");
+                return Ok(Action::requeue(TRANSIENT.delay(attempt)));
+            }
+            Outcome::Done(pass) => pass,
+        };
     if pass.daemonset_patched {
         ctx.metrics.daemonset_patched();
     }

@@ -81,7 +81,8 @@ struct RolloutThread {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-type PassResult = Result<Outcome, ReconcileError>;
+/// `Ok(None)`: there is no HyperConverged to follow.
+type PassResult = Result<Option<Outcome>, ReconcileError>;
 
 impl RolloutThread {
     fn start(
@@ -115,7 +116,14 @@ impl RolloutThread {
                     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                         k8s_openapi::jiff::Timestamp::now(),
                     );
-                    let result = rt.block_on(rollout::reconcile(&backend, &target, now));
+                    let result = rt.block_on(async {
+                        match rollout::follow(&backend, &target).await? {
+                            Some(followed) => rollout::reconcile(&backend, &target, &followed, now)
+                                .await
+                                .map(Some),
+                            None => Ok(None),
+                        }
+                    });
                     let _ = reply.send(result);
                 }
                 drop(backend);
@@ -139,7 +147,7 @@ impl RolloutThread {
         let (tx, rx) = std::sync::mpsc::channel();
         let sent = self.requests.as_ref().is_some_and(|r| r.send(tx).is_ok());
         match sent.then(|| rx.recv().ok()).flatten() {
-            Some(Ok(Outcome::RetrySoon { .. })) => true,
+            Some(Ok(Some(Outcome::RetrySoon { .. }))) => true,
             Some(Ok(_)) => false,
             Some(Err(e)) => {
                 warn!(error = %e, "rollout reconcile failed");

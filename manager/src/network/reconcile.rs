@@ -1,9 +1,10 @@
 //! One pass of the network rollout, written once for both modes over
-//! [`Backend`]: read the HyperConverged, the NAD its network names and the
-//! agent DaemonSet, ask [`decide`] what the DaemonSet's pod-template
-//! annotations and the conditions must be, and write only what changed. The
-//! cluster's watch wiring ([`crate::kube_adapter::network_watch`]) and the
-//! lab's daemon loop only decide *when* to call it.
+//! [`Backend`]: read the HyperConverged and parse its network ([`follow`]),
+//! then read the NAD it names and the agent DaemonSet, ask [`decide`] what
+//! the DaemonSet's pod-template annotations and the conditions must be, and
+//! write only what changed ([`reconcile`]). The cluster's watch wiring
+//! ([`crate::kube_adapter::network_watch`]) and the lab's daemon loop only
+//! decide *when* to call them.
 
 use std::collections::BTreeMap;
 
@@ -29,11 +30,19 @@ pub struct Target<'a> {
     pub cluster: &'a ClusterNetworks,
 }
 
+/// The HyperConverged the rollout follows, as read, with its network
+/// parsed once: the pass decides with this reference, and the cluster's NAD
+/// watch maps events with it.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub hco: HyperConverged,
+    /// `Ok(None)` = the pod network; `Err` = a value that names no NAD.
+    pub network: Result<Option<NetworkRef>, NetworkRefError>,
+}
+
 /// How a pass ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// There is no HyperConverged to follow.
-    NoHyperConverged,
     /// Decided, and every write needed is made.
     Done(Pass),
     /// Someone wrote the DaemonSet or the HyperConverged between our read
@@ -45,12 +54,9 @@ pub enum Outcome {
     },
 }
 
-/// A completed pass, for the driver's logs, metrics and watch wiring.
+/// A completed pass, for the driver's logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pass {
-    /// The HyperConverged's network as parsed this pass (the watch maps
-    /// NAD events with it).
-    pub network: Result<Option<NetworkRef>, NetworkRefError>,
     pub decision: Decision,
     pub daemonset_patched: bool,
     pub status_written: bool,
@@ -92,23 +98,34 @@ impl ReconcileError {
     }
 }
 
-/// One pass. `now` stamps a condition whose status flips.
+/// Read the HyperConverged the rollout follows (`None`: there is none)
+/// and parse its network. The network is parsed on its own, so an
+/// unrelated bad field (say a garbled bandwidth) does not hold back the
+/// network rollout.
+pub async fn follow<B: Backend>(
+    backend: &B,
+    target: &Target<'_>,
+) -> Result<Option<Followed>, ReconcileError> {
+    let hco = backend
+        .get::<HyperConverged>(target.namespace, target.hyperconverged)
+        .await
+        .map_err(ReconcileError::Get)?;
+    Ok(hco.map(|hco| Followed {
+        network: NetworkRef::of_config(hco.spec.live_migration_config.as_ref()),
+        hco,
+    }))
+}
+
+/// One pass for the HyperConverged [`follow`] read. `now` stamps a
+/// condition whose status flips.
 pub async fn reconcile<B: Backend>(
     backend: &B,
     target: &Target<'_>,
+    followed: &Followed,
     now: Time,
 ) -> Result<Outcome, ReconcileError> {
-    let Some(hco) = backend
-        .get::<HyperConverged>(target.namespace, target.hyperconverged)
-        .await
-        .map_err(ReconcileError::Get)?
-    else {
-        return Ok(Outcome::NoHyperConverged);
-    };
+    let Followed { hco, network } = followed;
     let lmc = hco.spec.live_migration_config.as_ref();
-    // The network is read on its own, so an unrelated bad field (say a
-    // garbled bandwidth) does not hold back the network rollout.
-    let network = NetworkRef::of_config(lmc);
     let nad = match &network {
         Ok(Some(nref)) => lookup_nad(backend, nref, target.namespace).await?,
         _ => NadLookup::Missing,
@@ -172,14 +189,13 @@ pub async fn reconcile<B: Backend>(
     if let Some(conditions) = updated {
         let mut after = hco.clone();
         after.status.get_or_insert_with(Default::default).conditions = conditions;
-        match backend.patch_status(&hco, &after).await {
+        match backend.patch_status(hco, &after).await {
             Ok(_) => status_written = true,
             Err(e) if e.is_conflict() => return Ok(Outcome::RetrySoon { daemonset_patched }),
             Err(e) => return Err(ReconcileError::PatchStatus(e)),
         }
     }
     Ok(Outcome::Done(Pass {
-        network,
         decision,
         daemonset_patched,
         status_written,
