@@ -235,11 +235,11 @@ async fn reconcile<B: Backend>(
         .remove(&key);
     ctx.metrics
         .reconcile_ok(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-    let reason = pass.decision.condition.reason;
-    debug!(hco = %hco.name_any(), reason, elapsed = ?started.elapsed(), "rollout reconciled");
+    let why = pass.decision.condition.reason;
+    debug!(hco = %hco.name_any(), reason = why, elapsed = ?started.elapsed(), "rollout reconciled");
     // While agents roll, poll a little faster than the resync in case the
     // DaemonSet watch is behind; otherwise rely on watches plus the resync.
-    Ok(Action::requeue(if reason == reason::ROLLING_OUT {
+    Ok(Action::requeue(if why == reason::ROLLING_OUT {
         settings.resync.min(ROLLING_POLL)
     } else {
         settings.resync
