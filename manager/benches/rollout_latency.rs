@@ -20,7 +20,7 @@ use mignet::api::{
     HyperConverged, HyperConvergedSpec, LiveMigrationConfig, NetworkAttachmentDefinition,
     NetworkAttachmentDefinitionSpec,
 };
-use mignet::rollout::NETWORKS_ANNOTATION;
+use mignet::network::decide::NETWORKS_ANNOTATION;
 use serde_json::json;
 
 const ROUNDS: usize = 40;

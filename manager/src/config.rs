@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use crate::api::{HyperConverged, LiveMigrationConfig, QuantityValue};
+pub use crate::network::reference::is_dns1123_label;
+use crate::network::NetworkRef;
 
 /// The seed's defaults (the pre-2024 HCO values, which the mission names).
 pub const DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER: u32 = 5;
@@ -38,8 +40,8 @@ pub struct EffectiveMigrationConfig {
     pub completion_timeout_per_gib: u64,
     /// Seconds; 0 disables the no-progress check (as in KubeVirt).
     pub progress_timeout: u64,
-    /// NAD reference (`name` or `namespace/name`); None = pod network.
-    pub network: Option<String>,
+    /// The migration network's NAD; None = pod network.
+    pub network: Option<NetworkRef>,
     pub allow_auto_converge: bool,
     pub allow_post_copy: bool,
 }
@@ -98,11 +100,13 @@ impl EffectiveMigrationConfig {
                 Err(e) => errors.push(e),
             }
         }
-        if let Some(n) = &spec.network {
-            match network("network", n) {
-                Ok(v) => cfg.network = v,
-                Err(e) => errors.push(e),
-            }
+        match NetworkRef::from_setting(spec.network.as_deref()) {
+            Ok(v) => cfg.network = v,
+            Err(e) => errors.push(FieldError {
+                field: "network",
+                value: e.value,
+                reason: e.reason,
+            }),
         }
         cfg.allow_auto_converge = spec.allow_auto_converge.unwrap_or(false);
         cfg.allow_post_copy = spec.allow_post_copy.unwrap_or(false);
@@ -155,24 +159,6 @@ fn seconds(field: &'static str, v: i64, min: i64) -> Result<u64, FieldError> {
         })
 }
 
-fn network(field: &'static str, v: &str) -> Result<Option<String>, FieldError> {
-    let trimmed = v.trim();
-    if trimmed.is_empty() {
-        // An emptied field is how some UIs "remove" it: same as unset.
-        return Ok(None);
-    }
-    let parts: Vec<&str> = trimmed.split('/').collect();
-    let ok = parts.len() <= 2 && parts.iter().all(|p| is_dns1123_label(p));
-    if !ok {
-        return Err(FieldError {
-            field,
-            value: v.to_owned(),
-            reason: "must be a NetworkAttachmentDefinition name or namespace/name".into(),
-        });
-    }
-    Ok(Some(trimmed.to_owned()))
-}
-
 /// The migration config the controller and the agents both act on: the
 /// first HyperConverged by (namespace, name), or the defaults without one.
 /// An invalid `liveMigrationConfig` yields the defaults *and* the error:
@@ -195,17 +181,6 @@ pub fn config_from_hyperconvergeds(
             Err(e) => (EffectiveMigrationConfig::default(), Some(e)),
         },
     }
-}
-
-/// RFC 1123 label as Kubernetes checks object names (NADs, namespaces).
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 /// Parse a Kubernetes quantity into a non-negative integer, rounding a
@@ -367,7 +342,10 @@ mod tests {
         let c = EffectiveMigrationConfig::from_spec(Some(&set)).unwrap();
         assert_eq!(c.parallel_migrations_per_cluster, 9);
         assert_eq!(c.bandwidth_per_migration, 64 << 20);
-        assert_eq!(c.network.as_deref(), Some("my-secondary-network"));
+        assert_eq!(
+            c.network.map(|n| n.to_string()).as_deref(),
+            Some("my-secondary-network")
+        );
 
         // Removing keys (as `kubectl edit` deleting the lines would) restores defaults.
         let removed = LiveMigrationConfig {
@@ -435,11 +413,19 @@ mod tests {
             network: Some(n.into()),
             ..Default::default()
         };
-        let ok = |n: &str| EffectiveMigrationConfig::from_spec(Some(&mk(n))).map(|c| c.network);
+        let ok = |n: &str| {
+            EffectiveMigrationConfig::from_spec(Some(&mk(n)))
+                .map(|c| c.network.map(|r| r.to_string()))
+        };
         assert_eq!(ok("other-ns/nad").unwrap().as_deref(), Some("other-ns/nad"));
         assert_eq!(ok("  ").unwrap(), None);
         assert!(ok("a/b/c").is_err());
         assert!(ok("-bad").is_err());
+        // A NAD name is a DNS-1123 subdomain, as the rollout reads it.
+        assert_eq!(ok("mig.net").unwrap().as_deref(), Some("mig.net"));
+        let e = ok("Mig.Net").unwrap_err().to_string();
+        assert!(e.contains("liveMigrationConfig.network"), "{e}");
+        assert!(e.contains("\"Mig.Net\""), "{e}");
     }
 
     #[test]

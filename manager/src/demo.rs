@@ -637,8 +637,9 @@ fn rolled_out(store: &Store) -> Result<bool, DemoError> {
         .and_then(|h| h.pointer("/status/conditions"))
         .and_then(Value::as_array)
         .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == crate::rollout::CONDITION_TYPE && c["status"] == "True")
+            c.iter().any(|c| {
+                c["type"] == crate::network::decide::CONDITION_TYPE && c["status"] == "True"
+            })
         }))
 }
 

@@ -1,8 +1,9 @@
 //! mignet: manager, node agent, lab and CLI.
 //!
-//! Layout: `api` (Kubernetes types), pure decisions (`config`, `rollout`),
-//! and adapters that do the I/O (`kube_adapter`). Future modules (agent,
-//! lab, console, cli, policy) sit beside these.
+//! Layout: `api` (Kubernetes types), pure decisions (`config`, and
+//! `network` for the migration network's rollout), and adapters that do the
+//! I/O (`kube_adapter`). Future modules (agent, lab, console, cli, policy)
+//! sit beside these.
 
 pub mod agent;
 pub mod api;
@@ -17,12 +18,12 @@ pub mod kube_adapter;
 pub mod lab;
 pub mod launcher;
 pub mod metrics;
-pub mod rollout;
+pub mod network;
 pub mod store;
 
 pub use config::{ConfigError, EffectiveMigrationConfig, FieldError};
-pub use kube_adapter::rollout::{RolloutError, RolloutSettings};
-pub use rollout::{ClusterNetworks, Decision, NetworkRef};
+pub use kube_adapter::network_watch::{RolloutError, RolloutSettings};
+pub use network::{ClusterNetworks, Decision, NetworkRef};
 
 /// An error and its sources on one line (logs, conditions, CLI messages).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -138,9 +138,11 @@ struct AgentArgs {
     /// Interface the migration network is attached as.
     #[arg(long, default_value = "migration0")]
     migration_interface: String,
-    /// The migration NAD (`name` or `namespace/name`); unset = pod network.
+    /// The migration NAD as `namespace/name`; unset or empty = pod network.
     /// With it set, a missing or addressless interface makes the agent not
-    /// ready. Falls back to `$MIGNET_MIGRATION_NETWORK`.
+    /// ready. Falls back to `$MIGNET_MIGRATION_NETWORK`, which deploy/ fills
+    /// from the pod annotation `mignet.io/migration-network` the manager
+    /// writes (always `namespace/name`).
     #[arg(long)]
     migration_network: Option<String>,
     /// ca.crt, tls.crt, tls.key (re-read when they change).
@@ -402,7 +404,9 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         migration_network: a
             .migration_network
             .or_else(|| std::env::var("MIGNET_MIGRATION_NETWORK").ok())
-            .filter(|n| !n.is_empty()),
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| mignet::NetworkRef::parse_qualified("--migration-network", &n))
+            .transpose()?,
         migration_interface: a.migration_interface,
         prefer_family: None,
         netns: a.netns,
@@ -662,7 +666,7 @@ async fn main() -> anyhow::Result<()> {
             let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;
             tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
-            mignet::kube_adapter::rollout::run(client, settings, metrics, shutdown).await?;
+            mignet::kube_adapter::network_watch::run(client, settings, metrics, shutdown).await?;
             if let Some(task) = migration_controller {
                 task.await
                     .context("migration controller task")?

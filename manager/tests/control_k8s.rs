@@ -7,11 +7,12 @@
 
 mod common;
 mod control_common;
+mod rollout_common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{client, ensure_crds, kubectl, kubectl_ok, TestNamespace};
+use common::{client, client_as, ensure_crds, kubectl, kubectl_ok, kubectl_stdin, TestNamespace};
 use control_common::*;
 use futures::StreamExt;
 use kube::runtime::watcher;
@@ -263,4 +264,67 @@ async fn status_writes_keep_fields_we_do_not_model() {
     assert_eq!(v["status"]["migrationState"]["completed"], true, "{raw}");
     let raw = kubectl_ok(&["get", "vmim", "mig", "-n", ns, "-o", "json"]);
     assert!(raw.contains("Succeeded"), "{raw}");
+}
+
+// ------------------------------------------------- the network rollout
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_dotted_nad_name_is_valid_and_rolled_out() {
+    let bed = Bed::new("roll-dot").await;
+    rollout_common::scenario_dotted_nad_name_is_valid_and_rolled_out(&bed.backend, bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_invalid_network_is_refused_without_a_daemonset_write() {
+    let bed = Bed::new("roll-bad").await;
+    rollout_common::scenario_invalid_network_is_refused_without_a_daemonset_write(
+        &bed.backend,
+        bed.ns(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_conflict_retries_soon() {
+    let bed = Bed::new("roll-conflict").await;
+    rollout_common::scenario_conflict_retries_soon(&bed.backend, bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_forbidden_nad_reads_as_not_found() {
+    let bed = Bed::new("roll-403").await;
+    let ns = bed.ns();
+    // What a rollout pass needs in its own namespace, and nothing elsewhere.
+    let user = format!("rollout-{ns}");
+    let rbac = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: rollout, namespace: {ns}}}
+rules:
+  - apiGroups: ["hco.kubevirt.io"]
+    resources: ["hyperconvergeds", "hyperconvergeds/status"]
+    verbs: ["get", "patch"]
+  - apiGroups: ["apps"]
+    resources: ["daemonsets"]
+    verbs: ["get", "patch"]
+  - apiGroups: ["k8s.cni.cncf.io"]
+    resources: ["network-attachment-definitions"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: rollout, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: rollout}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}
+"#
+    );
+    let out = kubectl_stdin(&["apply", "-f", "-"], &rbac);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let limited = KubeBackend::unwatched(client_as(&user).await);
+    rollout_common::scenario_forbidden_nad_reads_as_not_found(&bed.backend, &limited, ns).await;
 }

@@ -5,6 +5,7 @@
 //! Run: `cargo test -p mignet --test control_local`
 
 mod control_common;
+mod rollout_common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -96,4 +97,25 @@ async fn local_backend_keeps_the_contract() {
 async fn virtual_machines_run_stop_and_go_with_their_vmis() {
     let s = TempStore::new("vm");
     scenario_vm_lifecycle(&s.backend, NS, "vm").await;
+}
+
+// ------------------------------------------------- the network rollout
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_rollout_dotted_nad_name_is_valid_and_rolled_out() {
+    let s = TempStore::new("roll-dot");
+    rollout_common::scenario_dotted_nad_name_is_valid_and_rolled_out(&s.backend, NS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_rollout_invalid_network_is_refused_without_a_daemonset_write() {
+    let s = TempStore::new("roll-bad");
+    rollout_common::scenario_invalid_network_is_refused_without_a_daemonset_write(&s.backend, NS)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_rollout_conflict_retries_soon() {
+    let s = TempStore::new("roll-conflict");
+    rollout_common::scenario_conflict_retries_soon(&s.backend, NS).await;
 }

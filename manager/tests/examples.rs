@@ -8,8 +8,10 @@ use mignet::api::{
     EvictionStrategy, HyperConverged, NetworkAttachmentDefinition, VirtualMachine,
     VirtualMachineInstanceMigration,
 };
-use mignet::rollout::{self, AgentDaemonSet, ClusterNetworks, NadLookup, RolloutInput};
-use mignet::EffectiveMigrationConfig;
+use mignet::network::decide::{
+    self, AgentDaemonSet, ClusterNetworks, NadLookup, RolloutInput, MIGRATION_NETWORK_ANNOTATION,
+};
+use mignet::{EffectiveMigrationConfig, NetworkRef};
 
 fn read(rel: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -38,7 +40,10 @@ fn seed_hco_and_nad_make_the_seed_annotation() {
     assert_eq!(cfg.parallel_outbound_migrations_per_node, 2);
     assert_eq!(cfg.completion_timeout_per_gib, 800);
     assert_eq!(cfg.progress_timeout, 150);
-    assert_eq!(cfg.network.as_deref(), Some("my-secondary-network"));
+    assert_eq!(
+        cfg.network.as_ref().map(ToString::to_string).as_deref(),
+        Some("my-secondary-network")
+    );
 
     let nad: NetworkAttachmentDefinition =
         serde_yaml::from_str(&read("examples/nad.yaml")).unwrap();
@@ -54,8 +59,8 @@ fn seed_hco_and_nad_make_the_seed_annotation() {
         name: ds.metadata.name.clone().unwrap(),
         ..Default::default()
     };
-    let d = rollout::decide(&RolloutInput {
-        network: cfg.network.as_deref(),
+    let d = decide::decide(&RolloutInput {
+        network: Ok(cfg.network.as_ref()),
         default_namespace: &ns,
         nad: &NadLookup::Found {
             config: nad.spec.config.clone(),
@@ -71,6 +76,25 @@ fn seed_hco_and_nad_make_the_seed_annotation() {
         patch.networks.as_deref(),
         Some("my-secondary-network@migration0")
     );
+
+    // The agent's `--migration-network` comes from the annotation the
+    // manager writes, through deploy/'s downward API, and parses as the one
+    // documented form.
+    let agent = ds.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let env = agent
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "MIGNET_MIGRATION_NETWORK")
+        .expect("deploy passes MIGNET_MIGRATION_NETWORK");
+    let field = env.value_from.unwrap().field_ref.unwrap().field_path;
+    assert_eq!(
+        field,
+        format!("metadata.annotations['{MIGRATION_NETWORK_ANNOTATION}']")
+    );
+    let emitted = patch.network.expect("the agent's annotation");
+    let r = NetworkRef::parse_qualified("--migration-network", &emitted).unwrap();
+    assert_eq!(r.to_string(), format!("{ns}/my-secondary-network"));
 }
 
 #[test]

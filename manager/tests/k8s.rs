@@ -22,7 +22,9 @@ use mignet::api::{
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec,
 };
 use mignet::kube_adapter::vmi::{patch_migration_state, set_migration_phase};
-use mignet::rollout::{reason, CONDITION_TYPE, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION};
+use mignet::network::decide::{
+    reason, CONDITION_TYPE, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -635,11 +637,14 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
         "manager exited early"
     );
     assert!(common::http_get(&http_addr, "/readyz").starts_with("HTTP/1.0 200"));
-    let metrics = common::http_get(&http_addr, "/metrics");
-    assert!(
-        metrics.contains("mignet_rollout_daemonset_patches_total 1\n"),
-        "{metrics}"
-    );
+    // The pass counts its DaemonSet write when it ends, a moment after the
+    // write is visible.
+    let (metrics, _) = wait_for("the DaemonSet write counted", WAIT, || async {
+        let m = common::http_get(&http_addr, "/metrics");
+        m.contains("mignet_rollout_daemonset_patches_total 1\n")
+            .then_some(m)
+    })
+    .await;
     assert!(metrics.contains("mignet_manager_ready 1\n"), "{metrics}");
     // The agent CA was created and its certificate (only) published.
     let bundle = kubectl_ok(&[

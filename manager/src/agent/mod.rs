@@ -108,8 +108,10 @@ pub struct AgentSettings {
     pub node_name: String,
     /// The agent pod's IP: the migration IP when no network is configured.
     pub pod_ip: IpAddr,
-    /// The migration NAD (`name` or `namespace/name`); `None` = pod network.
-    pub migration_network: Option<String>,
+    /// The migration NAD, always `namespace/name` (both modes give it so:
+    /// `--migration-network` in a cluster, the lab kubelet in the lab);
+    /// `None` = pod network.
+    pub migration_network: Option<crate::network::NetworkRef>,
     /// Interface Multus attaches the migration network as.
     pub migration_interface: String,
     pub prefer_family: Option<Family>,
@@ -136,7 +138,7 @@ impl AgentSettings {
         match &self.migration_network {
             None => MigrationNetwork::PodNetwork,
             Some(n) => MigrationNetwork::Dedicated {
-                network: n.clone(),
+                network: n.to_string(),
                 interface: self.migration_interface.clone(),
                 prefer: self.prefer_family,
             },

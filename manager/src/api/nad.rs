@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 // `config` is a CNI network configuration as a JSON *string*, exactly as
-// Multus stores it; `crate::rollout::parse_nad_config` reads it.
+// Multus stores it; `crate::network::nad_config::parse_nad_config` reads it.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "k8s.cni.cncf.io",

@@ -120,6 +120,18 @@ impl KubeBackend {
         }
     }
 
+    /// A backend without watchers, for a caller that watches on its own
+    /// (the network rollout's controller): its [`Backend::changes`] never
+    /// fires, and it needs no RBAC beyond the calls it makes.
+    pub fn unwatched(client: Client) -> Self {
+        let (_, rx) = watch::channel(0u64);
+        Self {
+            client,
+            changes: rx,
+            _watchers: Arc::new(Watchers(Vec::new())),
+        }
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

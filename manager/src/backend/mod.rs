@@ -82,12 +82,14 @@ pub mod protocol;
 use std::fmt;
 use std::future::Future;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    HyperConverged, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineInstanceMigration,
 };
 
 pub use self::kube::KubeBackend;
@@ -135,6 +137,10 @@ namespaced_kind!(HyperConverged);
 // keeps the same kinds).
 namespaced_kind!(Pod);
 namespaced_kind!(PersistentVolumeClaim);
+// The network rollout's: the agent DaemonSet it annotates and the NAD the
+// migration network names.
+namespaced_kind!(DaemonSet);
+namespaced_kind!(NetworkAttachmentDefinition);
 
 impl Kind for Node {
     const NAMESPACED: bool = false;
@@ -254,6 +260,16 @@ impl BackendError {
             self,
             BackendError::Conflict { .. } | BackendError::Transient { .. }
         )
+    }
+    /// The API server refused the caller (403). The local store has no
+    /// access control, so this is only ever true in cluster mode.
+    pub fn is_forbidden(&self) -> bool {
+        match self {
+            BackendError::Permanent { source, .. } => source
+                .downcast_ref::<::kube::Error>()
+                .is_some_and(|e| matches!(e, ::kube::Error::Api(s) if s.code == 403)),
+            _ => false,
+        }
     }
     /// A short fixed label for metrics.
     pub fn label(&self) -> &'static str {

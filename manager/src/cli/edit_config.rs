@@ -169,7 +169,9 @@ fn summary(c: &EffectiveMigrationConfig) -> String {
         c.bandwidth_per_migration,
         c.completion_timeout_per_gib,
         c.progress_timeout,
-        c.network.as_deref().unwrap_or("<pod network>")
+        c.network
+            .as_ref()
+            .map_or_else(|| "<pod network>".to_owned(), ToString::to_string)
     )
 }
 

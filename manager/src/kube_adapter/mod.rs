@@ -1,10 +1,9 @@
 //! The kube adapter: moves objects between a real API server and the pure
 //! decisions. Thin by design; every decision lives in a pure module.
 
-pub mod conditions;
 pub mod eviction;
 pub mod ipam;
-pub mod rollout;
+pub mod network_watch;
 pub mod signer;
 pub mod vmi;
 

@@ -175,18 +175,20 @@ mod tests {
 
     #[test]
     fn round_trips_what_the_rollout_writes() {
-        let r = crate::rollout::NetworkRef::parse("my-secondary-network", "mignet-system").unwrap();
-        let v = r.annotation_value("mignet-system");
+        use crate::network::decide::{multus_selection, MIGRATION_INTERFACE};
+        use crate::network::NetworkRef;
+        let r = NetworkRef::parse("my-secondary-network").unwrap();
+        let v = multus_selection(&r, "mignet-system", "mignet-system");
         assert_eq!(
             parse(&v, "mignet-system").unwrap(),
             vec![sel(
                 "mignet-system",
                 "my-secondary-network",
-                crate::rollout::MIGRATION_INTERFACE
+                MIGRATION_INTERFACE
             )]
         );
-        let r = crate::rollout::NetworkRef::parse("other/n", "mignet-system").unwrap();
-        let v = r.annotation_value("mignet-system");
+        let r = NetworkRef::parse("other/n").unwrap();
+        let v = multus_selection(&r, "mignet-system", "mignet-system");
         assert_eq!(parse(&v, "mignet-system").unwrap()[0].namespace, "other");
     }
 }

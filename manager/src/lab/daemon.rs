@@ -21,7 +21,11 @@ use crate::control;
 
 use super::inventory::LabInventory;
 use super::kubelet::{AgentRuntime, Kubelet};
-use super::{launchers, placement, plan, rollout, LabConfig, LabError, LAB_NAMESPACE};
+use super::{
+    launchers, placement, plan, LabConfig, LabError, AGENT_DAEMONSET, HYPERCONVERGED, LAB_NAMESPACE,
+};
+use crate::network::reconcile::{self as rollout, Outcome, ReconcileError, Target};
+use crate::network::ClusterNetworks;
 use crate::store::Store;
 
 /// Run until `stop` is set. Each pass reconciles the rollout, then the agent
@@ -29,7 +33,7 @@ use crate::store::Store;
 /// just came up); passes repeat until a pass writes nothing, then wait for
 /// a write by anyone (CLI verbs are other processes).
 pub fn run(cfg: &LabConfig, runtime: &dyn AgentRuntime, stop: &AtomicBool) -> Result<(), LabError> {
-    let store = Store::open(cfg.store_dir())?;
+    let store = Arc::new(Store::open(cfg.store_dir())?);
     run_with_store(cfg, &store, runtime, stop)
 }
 
@@ -37,24 +41,20 @@ pub fn run(cfg: &LabConfig, runtime: &dyn AgentRuntime, stop: &AtomicBool) -> Re
 /// it see every change the loop makes, in order.
 pub fn run_with_store(
     cfg: &LabConfig,
-    store: &Store,
+    store: &Arc<Store>,
     runtime: &dyn AgentRuntime,
     stop: &AtomicBool,
 ) -> Result<(), LabError> {
-    let cluster = plan::cluster_networks();
+    let rollout = RolloutThread::start(store.clone(), plan::cluster_networks(), &cfg.dir)?;
     let mut kubelet = Kubelet::new(cfg, store, runtime);
     let mut launcher_pods = launchers::Launchers::new(cfg, store);
     while !stop.load(Ordering::SeqCst) {
         let before = store.revision()?;
-        if let Err(e) = rollout::reconcile(store, &cluster) {
-            warn!(error = %e, "rollout reconcile failed");
-        }
+        let mut again = rollout.pass();
         if let Err(e) = kubelet.sync() {
             warn!(error = %e, "agent pod sync failed");
         }
-        if let Err(e) = rollout::reconcile(store, &cluster) {
-            warn!(error = %e, "rollout reconcile failed");
-        }
+        again |= rollout.pass();
         if let Err(e) = placement::schedule(store) {
             warn!(error = %e, "scheduling launcher pods failed");
         }
@@ -62,13 +62,112 @@ pub fn run_with_store(
             warn!(error = %e, "launcher pod sync failed");
         }
         let after = store.revision()?;
-        if after != before {
+        if after != before || again {
             continue;
         }
         // Also wakes periodically: failed pods are retried on a timer.
         store.wait_for_change(after, Duration::from_millis(500))?;
     }
     Ok(())
+}
+
+/// The lab's driver of the network rollout: [`rollout::reconcile`] over a
+/// [`LocalBackend`], on a thread with a runtime of its own. The daemon loop
+/// is synchronous and may itself run inside a runtime (`mignet lab daemon`
+/// is called from `#[tokio::main]`), where tokio refuses to block on a
+/// future or to drop a runtime; that thread does both where it may.
+struct RolloutThread {
+    requests: Option<std::sync::mpsc::Sender<std::sync::mpsc::Sender<PassResult>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `Ok(None)`: there is no HyperConverged to follow.
+type PassResult = Result<Option<Outcome>, ReconcileError>;
+
+impl RolloutThread {
+    fn start(
+        store: Arc<Store>,
+        cluster: ClusterNetworks,
+        dir: &std::path::Path,
+    ) -> Result<Self, LabError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| LabError::Io {
+                op: "starting the tokio runtime of the network rollout for",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<PassResult>>();
+        let thread = std::thread::Builder::new()
+            .name("lab-rollout".into())
+            .spawn(move || {
+                let backend = {
+                    let _enter = rt.enter();
+                    LocalBackend::new(store)
+                };
+                let target = Target {
+                    namespace: LAB_NAMESPACE,
+                    hyperconverged: HYPERCONVERGED,
+                    agent_daemonset: AGENT_DAEMONSET,
+                    cluster: &cluster,
+                };
+                for reply in rx {
+                    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::now(),
+                    );
+                    let result = rt.block_on(async {
+                        match rollout::follow(&backend, &target).await? {
+                            Some(followed) => rollout::reconcile(&backend, &target, &followed, now)
+                                .await
+                                .map(Some),
+                            None => Ok(None),
+                        }
+                    });
+                    let _ = reply.send(result);
+                }
+                drop(backend);
+                drop(rt);
+            })
+            .map_err(|source| LabError::Io {
+                op: "starting the network rollout thread for",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            requests: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// One pass; true when it should run again soon (a conflict: someone
+    /// wrote in between, so the next pass decides on fresh state). Errors
+    /// are logged: the next pass retries, as after any write.
+    fn pass(&self) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = self.requests.as_ref().is_some_and(|r| r.send(tx).is_ok());
+        match sent.then(|| rx.recv().ok()).flatten() {
+            Some(Ok(Some(Outcome::RetrySoon { .. }))) => true,
+            Some(Ok(_)) => false,
+            Some(Err(e)) => {
+                warn!(error = %e, "rollout reconcile failed");
+                false
+            }
+            None => {
+                warn!("the network rollout thread is gone");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for RolloutThread {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The guest image the lab's VMs boot: `tests/guest/build.sh`'s cache, built

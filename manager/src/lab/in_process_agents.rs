@@ -19,6 +19,7 @@ use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
 use super::kubelet::{AgentPod, AgentRuntime};
 use crate::agent::{self, AgentSettings, GuestBoot};
 use crate::backend::Backend;
+use crate::network::NetworkRef;
 
 /// Runs one agent per agent pod on a tokio runtime owned by the caller.
 pub struct InProcessAgents<B: Backend> {
@@ -90,16 +91,18 @@ impl<B: Backend> InProcessAgents<B> {
                     pod.pod_name, pod.pod_ip
                 )
             })?;
-        // The pod asked for a migration network iff Multus attached one as
-        // migration0 (the DaemonSet annotation `<nad>@migration0`).
-        let migration = pod
-            .networks
-            .iter()
-            .find(|(ifname, _)| ifname == mignet_dataplane::migration_ip::MIGRATION_INTERFACE);
+        // The kubelet says which NAD it attached as migration0, in the one
+        // form a cluster's agent gets too (`namespace/name`).
+        let migration_network = pod
+            .migration_network
+            .as_deref()
+            .map(|n| NetworkRef::parse_qualified("the agent pod's migration network", n))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         Ok(AgentSettings {
             node_name: pod.node.clone(),
             pod_ip,
-            migration_network: migration.map(|_| "migration-network".to_string()),
+            migration_network,
             migration_interface: agent::default_interface(),
             prefer_family: None,
             netns: Some(pod.netns.clone()),
@@ -197,9 +200,13 @@ mod tests {
             netns: "lab-agent-node1".into(),
             pod_ip: "10.244.1.2".into(),
             networks: vec![("migration0".into(), vec!["10.200.5.1/24".into()])],
+            migration_network: Some("mignet-system/my-secondary-network".into()),
         };
         let s = agents.settings_for(&pod).unwrap();
-        assert!(s.migration_network.is_some());
+        assert_eq!(
+            s.migration_network.map(|n| n.to_string()).as_deref(),
+            Some("mignet-system/my-secondary-network")
+        );
         assert_eq!(s.netns.as_deref(), Some("lab-agent-node1"));
         assert_eq!(s.pod_ip, "10.244.1.2".parse::<IpAddr>().unwrap());
         let cert = std::fs::read(s.cert_dir.join(certs::CERT_FILE)).unwrap();
@@ -211,6 +218,7 @@ mod tests {
         .unwrap();
         // No network attached: the pod network, and the same certificate.
         pod.networks.clear();
+        pod.migration_network = None;
         let s = agents.settings_for(&pod).unwrap();
         assert!(s.migration_network.is_none());
         assert_eq!(

@@ -30,7 +30,7 @@ use super::topology::add_namespace;
 use super::{ip, netns_exists, netns_path, plan, LabConfig, LabError};
 use super::{AGENT_DAEMONSET, LAB_NAMESPACE, NETNS_ANNOTATION};
 use crate::api::NetworkAttachmentDefinition;
-use crate::rollout::{NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION};
+use crate::network::decide::{MIGRATION_INTERFACE, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION};
 use crate::store::Store;
 
 /// Multus' record of what each interface got.
@@ -64,6 +64,20 @@ pub struct AgentPod {
     pub pod_ip: String,
     /// (interface, addresses in CIDR form) per secondary network.
     pub networks: Vec<(String, Vec<String>)>,
+    /// The NAD attached as the migration interface, `namespace/name`: what
+    /// a cluster's agent gets as `--migration-network` (the manager's
+    /// `mignet.io/migration-network` annotation, through the downward API).
+    pub migration_network: Option<String>,
+}
+
+/// The `namespace/name` of the network attached as the migration
+/// interface, among (interface, network) pairs.
+fn migration_network_of<'a>(
+    mut attached: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    attached
+        .find(|(ifname, _)| *ifname == MIGRATION_INTERFACE)
+        .map(|(_, network)| network.to_owned())
 }
 
 /// The agent process inside an agent pod. The lab calls `start` once the
@@ -446,6 +460,7 @@ impl<'a> Kubelet<'a> {
             "default": true,
         })];
         let mut networks = Vec::new();
+        let mut attached: Vec<(String, String)> = Vec::new();
         let mut failure: Option<(&'static str, String)> = None;
         let selections = match want.0.as_deref() {
             None => Vec::new(),
@@ -502,6 +517,7 @@ impl<'a> Kubelet<'a> {
                     }
                     network_status.push(entry);
                     networks.push((sel.interface.clone(), att.ips));
+                    attached.push((sel.interface.clone(), network.clone()));
                 }
                 Err(e) => {
                     warn!(%node, %network, error = %e, "CNI ADD failed");
@@ -521,6 +537,9 @@ impl<'a> Kubelet<'a> {
             netns: agent_ns.clone(),
             pod_ip: pod_ip.clone(),
             networks,
+            migration_network: migration_network_of(
+                attached.iter().map(|(i, n)| (i.as_str(), n.as_str())),
+            ),
         };
         if failure.is_none() {
             if let Err(e) = self.runtime.start(&agent) {
@@ -601,15 +620,15 @@ impl<'a> Kubelet<'a> {
     /// pod's addresses come from its status and network-status annotation.
     fn restart_container(&self, node: &str, pod: &Pod) {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let networks = pod
+        let status: Vec<serde_json::Value> = pod
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(NETWORK_STATUS_ANNOTATION))
-            .and_then(|v| serde_json::from_str::<Vec<serde_json::Value>>(v).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e["default"] != json!(true))
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default();
+        let secondary = || status.iter().filter(|e| e["default"] != json!(true));
+        let networks = secondary()
             .filter_map(|e| {
                 let ifname = e["interface"].as_str()?.to_owned();
                 let ips = e["ips"]
@@ -620,6 +639,9 @@ impl<'a> Kubelet<'a> {
                 Some((ifname, ips))
             })
             .collect();
+        let migration_network = migration_network_of(
+            secondary().filter_map(|e| Some((e["interface"].as_str()?, e["name"].as_str()?))),
+        );
         let agent = AgentPod {
             node: node.to_owned(),
             pod_name: name.clone(),
@@ -630,6 +652,7 @@ impl<'a> Kubelet<'a> {
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_default(),
             networks,
+            migration_network,
         };
         info!(%node, pod = %name, "agent not running in its pod; restarting the container");
         if let Err(e) = self.runtime.start(&agent) {
@@ -673,6 +696,7 @@ impl<'a> Kubelet<'a> {
             netns: agent_ns.clone(),
             pod_ip: String::new(),
             networks: Vec::new(),
+            migration_network: None,
         });
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         for rec in attachments_of(pod) {
@@ -764,6 +788,22 @@ fn link_present(ns: &str, link: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_gets_the_migration_nad_as_namespace_slash_name() {
+        // As start_pod records each attachment: `namespace/name` per interface.
+        let attached = [
+            ("net1", "mignet-system/other"),
+            ("migration0", "mignet-system/mig.net"),
+        ];
+        let emitted = migration_network_of(attached.into_iter()).unwrap();
+        let r = crate::network::NetworkRef::parse_qualified("test", &emitted).unwrap();
+        assert_eq!(
+            (r.namespace(), r.name()),
+            (Some("mignet-system"), "mig.net")
+        );
+        assert_eq!(migration_network_of([("net1", "a/b")].into_iter()), None);
+    }
 
     fn pod(up_to_date: bool, available: bool, backing_off: bool) -> PodState {
         PodState {

@@ -8,9 +8,27 @@ use serde_json::json;
 
 use super::inventory::LabInventory;
 use super::topology::{self, DownReport};
-use super::{cni, netns_path, plan, rollout, LabConfig, LabError};
+use super::{cni, netns_path, plan, LabConfig, LabError};
 use super::{AGENT_DAEMONSET, LAB_NAMESPACE, NETNS_ANNOTATION};
 use crate::store::Store;
+
+/// The agent DaemonSet the lab seeds at `up`: no network annotation yet.
+pub fn agent_daemonset() -> DaemonSet {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": AGENT_DAEMONSET, "namespace": LAB_NAMESPACE},
+        "spec": {
+            "selector": {"matchLabels": {"app": AGENT_DAEMONSET}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": {"app": AGENT_DAEMONSET}},
+                "spec": {"containers": [{"name": "agent", "image": "mignet"}]}
+            }
+        }
+    }))
+    .expect("static DaemonSet shape")
+}
 
 /// Label a node carries for each CPU model it supports as host-model
 /// (KubeVirt's `host-model-cpu.node.kubevirt.io/<model>`). Lab nodes all run
@@ -65,7 +83,7 @@ pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
             with_status.metadata = created.metadata;
             store.update_status(&with_status)?;
         }
-        store.create(&rollout::agent_daemonset())?;
+        store.create(&agent_daemonset())?;
         Ok(())
     })();
     if let Err(e) = result {

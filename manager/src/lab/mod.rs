@@ -4,8 +4,9 @@
 //! - [`topology`]: the switch namespace (bridges `br-pod`, `br-mig`) and the
 //!   node namespaces (`eth0` on the pod/node network, `eth1` on the
 //!   migration VLAN).
-//! - [`rollout`]: the manager's network rollout, against the local store,
-//!   through the same pure [`crate::rollout::decide`] as cluster mode.
+//! - [`daemon`] runs the manager's network rollout
+//!   ([`crate::network::reconcile`], the same pass as in a cluster) against
+//!   the local store.
 //! - [`kubelet`]: kubelet + Multus for the agent DaemonSet: one agent pod
 //!   (a namespace) per node, secondary networks attached by exec'ing the CNI
 //!   binaries the NAD names, rolled one node at a time on change.
@@ -34,7 +35,6 @@ pub mod kubelet;
 pub mod launchers;
 pub mod lifecycle;
 pub mod placement;
-pub mod rollout;
 pub mod topology;
 
 use std::net::Ipv4Addr;
@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 
-use crate::rollout::ClusterNetworks;
+use crate::network::ClusterNetworks;
 use crate::store::{Store, StoreError};
 
 /// Namespace of every lab object: HCO, NADs, the agent DaemonSet and pods,

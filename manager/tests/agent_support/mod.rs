@@ -283,7 +283,7 @@ pub fn agent_settings(
     AgentSettings {
         node_name: node.name.clone(),
         pod_ip: node.pod_ip,
-        migration_network: Some("my-secondary-network".into()),
+        migration_network: Some("mignet-system/my-secondary-network".parse().unwrap()),
         migration_interface: "migration0".into(),
         prefer_family: None,
         netns: Some(node.agent_ns.clone()),

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use mignet::kube_adapter::rollout::RolloutSettings;
+use mignet::kube_adapter::network_watch::RolloutSettings;
 use mignet::ClusterNetworks;
 use serde_json::json;
 
@@ -261,7 +261,7 @@ impl RunningController {
             };
             let metrics = std::sync::Arc::new(mignet::metrics::Metrics::default());
             if let Err(e) =
-                mignet::kube_adapter::rollout::run(client, settings, metrics, shutdown).await
+                mignet::kube_adapter::network_watch::run(client, settings, metrics, shutdown).await
             {
                 panic!("controller failed: {e:?}");
             }

@@ -415,7 +415,7 @@ fn agents_on_migration_network(
         .pointer("/status/conditions")?
         .as_array()?
         .iter()
-        .any(|c| c["type"] == mignet::rollout::CONDITION_TYPE && c["status"] == "True");
+        .any(|c| c["type"] == mignet::network::decide::CONDITION_TYPE && c["status"] == "True");
     if !ready {
         return None;
     }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -26,6 +27,9 @@ use mignet::backend::protocol::{self, enter_phase, Progress, ABORTED_BY_USER, DR
 use mignet::backend::{Backend, BackendError};
 
 pub const TEST_LABEL: &str = "mignet.io/test";
+
+/// The seed's NAD config (examples/nad.yaml).
+pub const SEED_NAD_CONFIG: &str = r#"{"cniVersion":"0.3.1","name":"migration-bridge","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.5.0/24"}}"#;
 
 pub fn now() -> Time {
     Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap())
@@ -58,6 +62,57 @@ pub fn node(name: &str, test: &str, host_model: Option<&str>) -> Node {
             ..Default::default()
         }),
     }
+}
+
+/// A NetworkAttachmentDefinition `ns/name` with `config`.
+pub fn nad(ns: &str, name: &str, config: &str) -> mignet::api::NetworkAttachmentDefinition {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"config": config}
+    }))
+    .expect("NAD shape")
+}
+
+/// The agent DaemonSet as deploy/ ships it, reduced to what the apiserver
+/// validates, plus a foreign annotation nobody but its owner may touch.
+pub fn agent_daemonset(ns: &str) -> DaemonSet {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "mignet-agent", "namespace": ns},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "mignet-agent"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app.kubernetes.io/name": "mignet-agent"},
+                    "annotations": {"example.com/keep": "yes"}
+                },
+                "spec": {"containers": [{"name": "agent", "image": "mignet:dev"}]}
+            }
+        }
+    }))
+    .expect("DaemonSet shape")
+}
+
+/// The pod-template annotations of a DaemonSet.
+pub fn template_annotations(ds: &DaemonSet) -> BTreeMap<String, String> {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default()
+}
+
+fn template_annotations_mut(ds: &mut DaemonSet) -> &mut BTreeMap<String, String> {
+    ds.spec
+        .get_or_insert_with(Default::default)
+        .template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
 }
 
 pub async fn create_node<B: Backend>(b: &B, n: &Node) {
@@ -1119,6 +1174,52 @@ pub async fn scenario_backend_semantics<B: Backend>(b: &B, ns: &str, test: &str)
         .is_none());
     // Cluster-scoped kinds ignore the namespace argument.
     assert!(b.get::<Node>(ns, &nodes[0]).await.unwrap().is_some());
+
+    // The network rollout's kinds. A NAD (a dotted name is a valid one)
+    // reads back as written.
+    use mignet::api::NetworkAttachmentDefinition as Nad;
+    b.create(&nad(ns, "mig.net", SEED_NAD_CONFIG))
+        .await
+        .expect("create NAD");
+    let got = b.get::<Nad>(ns, "mig.net").await.unwrap().expect("NAD");
+    assert_eq!(got.spec.config.as_deref(), Some(SEED_NAD_CONFIG));
+    assert!(b.get::<Nad>(ns, "nothing").await.unwrap().is_none());
+    assert_eq!(b.list::<Nad>(Some(ns)).await.unwrap().len(), 1);
+    // The agent DaemonSet's pod-template annotations: a conditional patch
+    // sets and removes ours and leaves the foreign one alone.
+    let ds = b
+        .create(&agent_daemonset(ns))
+        .await
+        .expect("create DaemonSet");
+    let mut set = ds.clone();
+    template_annotations_mut(&mut set).insert("mignet.io/x".into(), "1".into());
+    let written = b.patch_object(&ds, &set).await.expect("patch DaemonSet");
+    let a = template_annotations(&written);
+    assert_eq!(
+        (a.get("mignet.io/x"), a.get("example.com/keep")),
+        (Some(&"1".to_owned()), Some(&"yes".to_owned()))
+    );
+    assert!(
+        b.patch_object(&ds, &set).await.unwrap_err().is_conflict(),
+        "a patch from a stale read is a conflict"
+    );
+    let mut unset = written.clone();
+    template_annotations_mut(&mut unset).remove("mignet.io/x");
+    let written = b.patch_object(&written, &unset).await.expect("unset");
+    let a = template_annotations(&written);
+    assert!(!a.contains_key("mignet.io/x"), "{a:?}");
+    assert_eq!(a.get("example.com/keep").map(String::as_str), Some("yes"));
+    assert_eq!(b.list::<DaemonSet>(Some(ns)).await.unwrap().len(), 1);
+    b.delete::<Nad>(ns, "mig.net").await.unwrap();
+    eventually(Duration::from_secs(10), "NAD gone", || async {
+        b.get::<Nad>(ns, "mig.net")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    b.delete::<DaemonSet>(ns, "mignet-agent").await.unwrap();
 }
 
 // ------------------------------------------------- VirtualMachines

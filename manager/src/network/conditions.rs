@@ -1,11 +1,14 @@
-//! metav1.Condition bookkeeping (pure): replace one condition type, keep
+//! The HyperConverged's conditions (pure): replace one condition type, keep
 //! `lastTransitionTime` unless the status flipped, and say whether anything
 //! changed so an unchanged status is never re-written (a write would wake our
 //! own watch for nothing).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::rollout::ConditionSpec;
+use super::decide::{ConditionSpec, CONDITION_TYPE};
+
+/// Condition reporting whether `liveMigrationConfig` as a whole is valid.
+pub const CONFIG_CONDITION_TYPE: &str = "MigrationConfigValid";
 
 /// Returns the new list when it differs from `existing`, else None.
 pub fn set_condition(
@@ -71,7 +74,7 @@ pub fn hco_conditions<E: std::fmt::Display>(
     };
     let after_network = set_condition(
         existing,
-        crate::rollout::CONDITION_TYPE,
+        CONDITION_TYPE,
         network,
         observed_generation,
         now.clone(),
@@ -79,7 +82,7 @@ pub fn hco_conditions<E: std::fmt::Display>(
     let base = after_network.clone().unwrap_or_else(|| existing.to_vec());
     let after_config = set_condition(
         &base,
-        super::rollout::CONFIG_CONDITION_TYPE,
+        CONFIG_CONDITION_TYPE,
         &config_condition,
         observed_generation,
         now,
