@@ -24,7 +24,7 @@ use crate::api::{
 use crate::backend::protocol::{Progress, EVACUATION_ANNOTATION, PROGRESS_ANNOTATION};
 use crate::cli::lab_status as status;
 use crate::cli::{self, CliError, Verb};
-use crate::lab::kubelet::NETWORK_STATUS_ANNOTATION;
+use crate::lab::agent_pods::NETWORK_STATUS_ANNOTATION;
 use crate::lab::{daemon, lifecycle, LabConfig, LabError, LAB_NAMESPACE};
 use crate::store::{Store, StoreError};
 

@@ -172,7 +172,7 @@ fn inject(bed: &Bed, fault: Fault, source: &str, vmim: &str) {
             bed.lab.ok(&[
                 "delete",
                 "pod",
-                &mignet::lab::kubelet::pod_name(&node),
+                &mignet::lab::agent_pods::pod_name(&node),
                 "-n",
                 reliability::NS,
             ]);

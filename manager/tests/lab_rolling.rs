@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use mignet::cli::{run_on, Verb};
+use mignet::lab::agent_pods::{AgentPod, AgentRuntime};
 use mignet::lab::history::{self, PodStep};
-use mignet::lab::kubelet::{AgentPod, AgentRuntime};
 use mignet::lab::{daemon, lifecycle, LabConfig, LAB_NAMESPACE};
 use mignet::store::Store;
 use serde_json::Value;

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 
 use super::table::Table;
 use crate::api::{HyperConverged, VirtualMachineInstance};
+use crate::lab::agent_pods::NETWORK_STATUS_ANNOTATION;
 use crate::lab::inventory::{is_alive, LabInventory};
-use crate::lab::kubelet::NETWORK_STATUS_ANNOTATION;
 use crate::lab::{netns_exists, open_store, LabError, HYPERCONVERGED, LAB_NAMESPACE};
 
 pub fn render(dir: &Path) -> Result<String, LabError> {

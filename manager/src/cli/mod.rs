@@ -379,7 +379,7 @@ fn delete(
     }
     // Pods are the lab's to create, but deleting one is what an operator
     // does to restart an agent or stop a launcher, and the lab kubelet
-    // handles both as a kubelet does (lab/kubelet.rs, lab/launchers.rs).
+    // handles both as a kubelet does (lab/agent_pods.rs, lab/launcher_pods.rs).
     if !r.user_writable && r.kind != "Pod" {
         return Err(CliError::Usage(format!(
             "{} objects belong to the lab",

@@ -214,7 +214,7 @@ fn delete_pod_is_allowed_and_waits_for_the_kubelets_finalizer() {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": "mignet-agent-node1", "namespace": LAB_NAMESPACE,
-                "finalizers": [crate::lab::kubelet::KUBELET_FINALIZER]
+                "finalizers": [crate::lab::agent_pods::KUBELET_FINALIZER]
             },
             "spec": {"containers": [{"name": "agent", "image": "mignet"}]}
         }))

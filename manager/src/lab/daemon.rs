@@ -1,7 +1,7 @@
 //! The lab's control loop, run either by the background `mignet lab daemon`
 //! process or in-process by `mignet lab demo`: the network rollout, the
 //! kubelet+Multus emulation, the scheduler stand-in ([`super::placement`])
-//! and the kubelet for launcher pods ([`super::launchers`]), and (with
+//! and the kubelet for launcher pods ([`super::launcher_pods`]), and (with
 //! [`run_full`]) the migration controller (in launcher mode, as in a
 //! cluster) and one real agent per agent pod, both on a tokio runtime owned
 //! by this loop.
@@ -19,10 +19,11 @@ use crate::agent::GuestBoot;
 use crate::backend::LocalBackend;
 use crate::control;
 
+use super::agent_pods::{AgentRuntime, Kubelet};
 use super::inventory::LabInventory;
-use super::kubelet::{AgentRuntime, Kubelet};
 use super::{
-    launchers, placement, plan, LabConfig, LabError, AGENT_DAEMONSET, HYPERCONVERGED, LAB_NAMESPACE,
+    launcher_pods, placement, plan, LabConfig, LabError, AGENT_DAEMONSET, HYPERCONVERGED,
+    LAB_NAMESPACE,
 };
 use crate::network::reconcile::{self as rollout, Outcome, ReconcileError, Target};
 use crate::network::ClusterNetworks;
@@ -47,7 +48,7 @@ pub fn run_with_store(
 ) -> Result<(), LabError> {
     let rollout = RolloutThread::start(store.clone(), plan::cluster_networks(), &cfg.dir)?;
     let mut kubelet = Kubelet::new(cfg, store, runtime);
-    let mut launcher_pods = launchers::Launchers::new(cfg, store);
+    let mut launcher_pods = launcher_pods::Launchers::new(cfg, store);
     while !stop.load(Ordering::SeqCst) {
         let before = store.revision()?;
         let mut again = rollout.pass();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
 
-use super::kubelet::{AgentPod, AgentRuntime};
+use super::agent_pods::{AgentPod, AgentRuntime};
 use crate::agent::{self, AgentSettings, GuestBoot};
 use crate::backend::Backend;
 use crate::network::NetworkRef;

@@ -25,14 +25,14 @@
 //!
 //! See `README.md` in this directory for the process model.
 
+pub mod agent_pods;
 pub mod annotation;
 pub mod cni;
 pub mod daemon;
 pub mod history;
 pub mod in_process_agents;
 pub mod inventory;
-pub mod kubelet;
-pub mod launchers;
+pub mod launcher_pods;
 pub mod lifecycle;
 pub mod placement;
 pub mod topology;

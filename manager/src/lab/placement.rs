@@ -3,7 +3,7 @@
 //! `spec.nodeName`, as the scheduler's binding does), or, when no node fits,
 //! the condition kube-scheduler writes (`PodScheduled=False`, reason
 //! `Unschedulable`, a message naming why), which the migration controller
-//! copies to the VMI. The lab kubelet ([`super::launchers`]) then runs the
+//! copies to the VMI. The lab kubelet ([`super::launcher_pods`]) then runs the
 //! bound pod.
 //!
 //! What a node must offer ([`place`], pure): the pod's `nodeSelector`, its
