@@ -7,21 +7,23 @@
 //! - [`daemon`] runs the manager's network rollout
 //!   ([`crate::network::reconcile`], the same pass as in a cluster) against
 //!   the local store.
-//! - [`kubelet`]: kubelet + Multus for the agent DaemonSet: one agent pod
+//! - [`agent_pods`]: kubelet + Multus for the agent DaemonSet: one agent pod
 //!   (a namespace) per node, secondary networks attached by exec'ing the CNI
 //!   binaries the NAD names, rolled one node at a time on change.
 //! - [`in_process_agents`]: the real node agent, one per agent pod, run in
 //!   this process (the kubelet's agent hook).
 //! - [`history`]: the kubelet's record of every agent pod stop/start, read
 //!   to check a roll kept at most one agent down.
-//! - [`scheduler`]: kube-scheduler for launcher pods: binds each to the
+//! - [`placement`]: kube-scheduler for launcher pods: binds each to the
 //!   least-loaded node that fits it, or says why none does.
-//! - [`launchers`]: the kubelet for launcher pods: runs `mignet launcher`
+//! - [`launcher_pods`]: the kubelet for launcher pods: runs `mignet launcher`
 //!   for each pod bound to a lab node and reports its status.
 //! - [`daemon`]: the loop that runs the above (and, in full, the migration
 //!   controller and the node agents) until stopped.
-//! - [`demo`]: `mignet lab demo`, the seed's story, checked step by step.
-//! - [`state`]: the record of everything created, read by `lab down`.
+//! - [`inventory`]: the record of everything created, read by `lab down`.
+//!
+//! Above the lab: `crate::demo` (`mignet lab demo`, the seed's story,
+//! checked step by step) and `crate::cli::lab_status` (`mignet lab status`).
 //!
 //! See `README.md` in this directory for the process model.
 
