@@ -21,7 +21,7 @@ use mignet::api::{
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec,
 };
-use mignet::kube_adapter::vmi::{patch_migration_state, set_migration_phase};
+use mignet::backend::{modify_status, protocol, Backend, KubeBackend};
 use mignet::network::decide::{
     reason, CONDITION_TYPE, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION,
 };
@@ -421,18 +421,36 @@ async fn vmi_migration_state_reads_back_with_kubectl_jsonpath() {
             .collect(),
         ..Default::default()
     };
-    patch_migration_state(&vmis, "vmi-fedora", &state)
-        .await
-        .expect("patch status");
+    // Written the way the agents write: read, change, merge-patch what
+    // changed, conditional on the resourceVersion read.
+    let backend = KubeBackend::unwatched(client.clone());
+    let write = |change: VirtualMachineInstanceMigrationState| {
+        let backend = &backend;
+        let ns = ns.name.clone();
+        async move {
+            modify_status::<_, VirtualMachineInstance>(backend, &ns, "vmi-fedora", move |v| {
+                let st = v.status.get_or_insert_with(Default::default);
+                let ms = st.migration_state.get_or_insert_with(Default::default);
+                if change.start_timestamp.is_some() {
+                    *ms = change.clone();
+                } else {
+                    ms.completed = change.completed;
+                    ms.abort_status = change.abort_status;
+                }
+                true
+            })
+            .await
+            .expect("status write")
+        }
+    };
+    write(state).await;
     // A second, partial write (the source side) must not erase the first.
-    let more = VirtualMachineInstanceMigrationState {
+    write(VirtualMachineInstanceMigrationState {
         completed: Some(true),
         abort_status: Some(MigrationAbortStatus::Succeeded),
         ..Default::default()
-    };
-    patch_migration_state(&vmis, "vmi-fedora", &more)
-        .await
-        .expect("patch status 2");
+    })
+    .await;
 
     let jp = |path: &str| {
         kubectl_ok(&[
@@ -470,17 +488,26 @@ async fn vmi_migration_state_reads_back_with_kubectl_jsonpath() {
         },
     );
     let m = vmims.create(&PostParams::default(), &m).await.unwrap();
-    let m = set_migration_phase(&vmims, &m, MigrationPhase::Pending, Time(Timestamp::now()))
-        .await
-        .unwrap();
-    set_migration_phase(
-        &vmims,
-        &m,
-        MigrationPhase::Scheduling,
-        Time(Timestamp::now()),
-    )
-    .await
-    .unwrap();
+    let enter = |phase| {
+        let backend = &backend;
+        let ns = ns.name.clone();
+        async move {
+            modify_status::<_, VirtualMachineInstanceMigration>(
+                backend,
+                &ns,
+                "migration-job",
+                move |m| {
+                    protocol::enter_phase(m, phase, Time(Timestamp::now()));
+                    true
+                },
+            )
+            .await
+            .expect("phase write")
+            .expect("migration exists")
+        }
+    };
+    enter(MigrationPhase::Pending).await;
+    enter(MigrationPhase::Scheduling).await;
     let phases = kubectl_ok(&[
         "get",
         "vmim",
@@ -492,10 +519,12 @@ async fn vmi_migration_state_reads_back_with_kubectl_jsonpath() {
     ]);
     assert_eq!(phases, "Scheduling Pending Scheduling");
     // A stale copy (old resourceVersion) is refused: no double append.
+    let mut stale = m.clone();
+    protocol::enter_phase(&mut stale, MigrationPhase::Failed, Time(Timestamp::now()));
+    let refused = backend.patch_status(&m, &stale).await;
     assert!(
-        set_migration_phase(&vmims, &m, MigrationPhase::Failed, Time(Timestamp::now()))
-            .await
-            .is_err()
+        refused.as_ref().is_err_and(|e| e.is_conflict()),
+        "a write from a stale read must be a conflict, got {refused:?}"
     );
 }
 

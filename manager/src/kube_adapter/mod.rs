@@ -5,6 +5,5 @@ pub mod eviction;
 pub mod ipam;
 pub mod network_watch;
 pub mod signer;
-pub mod vmi;
 
 pub use crate::backend::kube::{is_transient, patch_params, FIELD_MANAGER};
