@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+pub use crate::api::network_ref::is_dns1123_label;
+use crate::api::network_ref::NetworkRef;
 use crate::api::{HyperConverged, LiveMigrationConfig, QuantityValue};
-pub use crate::network::reference::is_dns1123_label;
-use crate::network::NetworkRef;
 
 /// The seed's defaults (the pre-2024 HCO values, which the mission names).
 pub const DEFAULT_PARALLEL_MIGRATIONS_PER_CLUSTER: u32 = 5;

@@ -1,9 +1,33 @@
-//! mignet: manager, node agent, lab and CLI.
+//! mignet: manager, node agent, launcher, lab, web console and CLI, in one
+//! binary (`mignet`), over the pure decisions of `mignet-policy` and the
+//! data path of `mignet-dataplane`.
 //!
-//! Layout: `api` (Kubernetes types), pure decisions (`config`, and
-//! `network` for the migration network's rollout), and adapters that do the
-//! I/O (`kube_adapter`). Future modules (agent, lab, console, cli, policy)
-//! sit beside these.
+//! The modules, lowest first; a module uses only modules above it in this
+//! list (no two depend on each other):
+//!
+//! - [`api`]: the Kubernetes types we read and write (KubeVirt, HCO, Multus
+//!   subsets) and the one network-reference type
+//!   ([`api::network_ref::NetworkRef`]); [`config`]: `liveMigrationConfig`
+//!   validated, with defaults.
+//! - [`store`]: the lab's object store, what the API server is to a cluster.
+//! - [`backend`]: one typed object API over the API server or the store,
+//!   and [`backend::protocol`], the controller <-> agent contract.
+//! - [`network`]: the migration network: the pure rollout decision and the
+//!   rollout pass over a backend.
+//! - [`launcher`]: `mignet launcher`, one VM's QEMU in its pod, and the VM
+//!   request every side agrees on.
+//! - [`control`]: the migration controller (admission, limits, launcher
+//!   pods, drain, the VM controller), over a backend.
+//! - [`metrics`]: the manager's counters, in Prometheus text.
+//! - [`kube_adapter`]: what only a real cluster needs: the network watch,
+//!   the CSR signer, the eviction webhook, the IPAM reconciler.
+//! - [`agent`]: the node agent: a pure decision per pass, its executor, the
+//!   data path around `mignet-dataplane`.
+//! - [`console`], [`http`]: the web console and the manager's endpoints.
+//! - [`lab`]: lab mode, a cluster in network namespaces, running the same
+//!   controller, rollout and agents on the store.
+//! - [`cli`]: the `kubectl`-like verbs and `mignet lab ...`; [`demo`]: the
+//!   seed's story, which drives the CLI.
 
 pub mod agent;
 pub mod api;

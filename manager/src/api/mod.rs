@@ -10,6 +10,7 @@ pub mod crdgen;
 pub mod hco;
 pub mod kubevirt;
 pub mod nad;
+pub mod network_ref;
 
 use std::fmt;
 

@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 use super::nad_config::{overlaps, parse_nad_config};
-use super::reference::{NetworkRef, NetworkRefError};
+use crate::api::network_ref::{NetworkRef, NetworkRefError};
 
 /// Multus' pod annotation naming the secondary networks to attach.
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";

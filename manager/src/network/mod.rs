@@ -1,7 +1,8 @@
 //! The migration network: which NAD carries migration traffic, and its
 //! rollout onto the agent DaemonSet, in both modes.
 //!
-//! - [`reference`]: the `liveMigrationConfig.network` value, parsed once.
+//! - the network reference ([`NetworkRef`], `api::network_ref`): the
+//!   `liveMigrationConfig.network` value, parsed once.
 //! - [`nad_config`]: what a NAD's CNI config says (pure).
 //! - [`decide`]: the DaemonSet annotations and the condition (pure).
 //! - [`conditions`]: the HyperConverged's conditions (pure).
@@ -11,7 +12,6 @@ pub mod conditions;
 pub mod decide;
 pub mod nad_config;
 pub mod reconcile;
-pub mod reference;
 
+pub use crate::api::network_ref::{NetworkRef, NetworkRefError};
 pub use decide::{ClusterNetworks, Decision};
-pub use reference::{NetworkRef, NetworkRefError};

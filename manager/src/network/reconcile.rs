@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::conditions::hco_conditions;
 use super::decide::{decide, AgentDaemonSet, ClusterNetworks, Decision, NadLookup, RolloutInput};
-use super::reference::{NetworkRef, NetworkRefError};
+use crate::api::network_ref::{NetworkRef, NetworkRefError};
 use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::backend::{Backend, BackendError};
 use crate::config::EffectiveMigrationConfig;
