@@ -264,3 +264,15 @@ async fn status_writes_keep_fields_we_do_not_model() {
     let raw = kubectl_ok(&["get", "vmim", "mig", "-n", ns, "-o", "json"]);
     assert!(raw.contains("Succeeded"), "{raw}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_backend_lists_by_label_selector() {
+    let bed = Bed::new("ctl-select").await;
+    scenario_list_selected(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
+    let bed = Bed::new("ctl-observe").await;
+    scenario_agent_observation(&bed.backend, bed.ns(), bed.ns()).await;
+}

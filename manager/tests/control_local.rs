@@ -97,3 +97,15 @@ async fn virtual_machines_run_stop_and_go_with_their_vmis() {
     let s = TempStore::new("vm");
     scenario_vm_lifecycle(&s.backend, NS, "vm").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_backend_lists_by_label_selector() {
+    let s = TempStore::new("select");
+    scenario_list_selected(&s.backend, NS, "select").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
+    let s = TempStore::new("observe");
+    scenario_agent_observation(&s.backend, NS, "observe").await;
+}

@@ -35,7 +35,8 @@ use mignet::api::{
     VirtualMachineInstanceMigrationState, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
 };
 use mignet::backend::{
-    modify_status, Backend, BackendError, Changes, Kind, KubeBackend, LocalBackend, ObjectRef, Op,
+    modify, modify_status, protocol, Backend, BackendError, Changes, Kind, KubeBackend,
+    LocalBackend, ObjectRef, Op,
 };
 use mignet::control::enter_phase;
 use mignet::kube_adapter::signer::{self, SignerSettings};
@@ -188,17 +189,44 @@ async fn migration<B: Backend>(
     })
     .await
     .expect("VMI status");
+    let (src, tgt) = (source.to_string(), target.to_string());
     modify_status(
         b,
         ns,
         &format!("{name}-mig"),
         |m: &mut VirtualMachineInstanceMigration| {
             enter_phase(m, phase, now());
+            // The controller's copy, from which the VMIM's node labels come.
+            m.status.get_or_insert_with(Default::default).migration_state =
+                Some(VirtualMachineInstanceMigrationState {
+                    migration_uid: Some(uid.clone()),
+                    source_node: Some(src.clone()),
+                    target_node: Some(tgt.clone()),
+                    ..Default::default()
+                });
             true
         },
     )
     .await
     .expect("VMIM status");
+    // The controller's node labels, by which the agent selects its objects.
+    modify(b, ns, name, |v: &mut VirtualMachineInstance| {
+        let wanted = protocol::vmi_node_labels(v);
+        protocol::set_labels(&mut v.metadata.labels, &wanted)
+    })
+    .await
+    .expect("VMI labels");
+    modify(
+        b,
+        ns,
+        &format!("{name}-mig"),
+        |m: &mut VirtualMachineInstanceMigration| {
+            let wanted = protocol::vmim_node_labels(m);
+            protocol::set_labels(&mut m.metadata.labels, &wanted)
+        },
+    )
+    .await
+    .expect("VMIM labels");
     uid
 }
 

@@ -273,8 +273,7 @@ async fn pass<B: Backend>(
     state: &mut LoopState,
 ) -> Result<(), BackendError> {
     let me = core.node_name().to_string();
-    let vmis: Vec<VirtualMachineInstance> = backend.list(None).await?;
-    let vmims: Vec<VirtualMachineInstanceMigration> = backend.list(None).await?;
+    let (vmis, vmims) = super::observe::observe(backend, &me, &core.vms.keys()).await?;
 
     // VM lifecycle.
     for vmi in &vmis {

@@ -17,6 +17,7 @@ pub mod dataplane_rt;
 pub mod health;
 pub mod lab;
 pub mod node_labels;
+pub mod observe;
 pub mod params;
 pub mod source;
 pub mod target;

@@ -11,7 +11,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backend, BackendError, Changes, Kind, ObjectRef, Op};
+use super::{Backend, BackendError, Changes, Kind, ObjectRef, Op, Selector};
 use crate::api::{
     HyperConverged, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
@@ -253,6 +253,21 @@ impl Backend for KubeBackend {
         let ns = namespace.unwrap_or("");
         K::api(self.client.clone(), ns)
             .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|e| map_err(Op::List, ObjectRef::new::<K>(ns, "*"), e))
+    }
+
+    async fn list_selected<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<K>, BackendError> {
+        selector.check::<K>(namespace)?;
+        let ns = namespace.unwrap_or("");
+        let params = kube::api::ListParams::default().labels(&selector.to_string());
+        K::api(self.client.clone(), ns)
+            .list(&params)
             .await
             .map(|l| l.items)
             .map_err(|e| map_err(Op::List, ObjectRef::new::<K>(ns, "*"), e))
