@@ -302,7 +302,7 @@ async fn agent_loop_runs_under_its_own_token_and_nothing_more() {
             .await
             .expect("agent core"),
     );
-    let backend = KubeBackend::for_agent(agent.clone(), Some(n));
+    let backend = KubeBackend::for_agent(agent.clone(), Some(n), &me);
     // Until RBAC is in the authorizer's cache the loop's first passes may be
     // refused; it retries by itself (level-triggered).
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -34,8 +34,6 @@ enum Watched {
     /// Those and launcher pods (the migration controller of `mignet
     /// manager`, which makes and reads them).
     ControllerWithPods,
-    /// VMIs, VMIMs and HyperConvergeds (node agent).
-    Agent,
 }
 
 /// The watcher tasks end with the last clone of the backend.
@@ -73,11 +71,56 @@ impl KubeBackend {
         )
     }
 
-    /// The node agent's backend: watches only what the agent reads (VMIs,
-    /// VMIMs, HyperConvergeds), so its RBAC needs no VirtualMachine or Node
-    /// access (a watcher refused by RBAC would retry forever, unseen).
-    pub fn for_agent(client: Client, namespace: Option<&str>) -> Self {
-        Self::watching(client, namespace, namespace, Watched::Agent)
+    /// The node agent's backend: watches only what the agent on `node`
+    /// reads, so its RBAC needs no VirtualMachine or Node access (a watcher
+    /// refused by RBAC would retry forever, unseen): HyperConvergeds, and
+    /// the VMIs and VMIMs labelled with its node
+    /// ([`protocol::agent_selectors`], as `crate::agent::observe` lists
+    /// them), so a change elsewhere in the cluster neither reaches nor
+    /// wakes it. What it reads by name, unlabelled, it re-reads on its tick.
+    ///
+    /// [`protocol::agent_selectors`]: super::protocol::agent_selectors
+    pub fn for_agent(client: Client, namespace: Option<&str>, node: &str) -> Self {
+        let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let ns = namespace.unwrap_or("");
+        let mut tasks = vec![spawn_watch(
+            HyperConverged::api(client.clone(), ns),
+            tx.clone(),
+        )];
+        match super::protocol::agent_selectors(node) {
+            Some((vmi, vmim)) => {
+                for s in vmi {
+                    tasks.push(spawn_watch_labelled(
+                        VirtualMachineInstance::api(client.clone(), ns),
+                        &s.to_string(),
+                        tx.clone(),
+                    ));
+                }
+                for s in vmim {
+                    tasks.push(spawn_watch_labelled(
+                        VirtualMachineInstanceMigration::api(client.clone(), ns),
+                        &s.to_string(),
+                        tx.clone(),
+                    ));
+                }
+            }
+            None => {
+                tasks.push(spawn_watch(
+                    VirtualMachineInstance::api(client.clone(), ns),
+                    tx.clone(),
+                ));
+                tasks.push(spawn_watch(
+                    VirtualMachineInstanceMigration::api(client.clone(), ns),
+                    tx,
+                ));
+            }
+        }
+        Self {
+            client,
+            changes: rx,
+            _watchers: Arc::new(Watchers(tasks)),
+        }
     }
 
     fn watching(
@@ -98,13 +141,11 @@ impl KubeBackend {
             ),
             spawn_watch(HyperConverged::api(client.clone(), hco_ns), tx.clone()),
         ];
-        if matches!(watched, Watched::Controller | Watched::ControllerWithPods) {
-            tasks.push(spawn_watch(
-                VirtualMachine::api(client.clone(), ns),
-                tx.clone(),
-            ));
-            tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
-        }
+        tasks.push(spawn_watch(
+            VirtualMachine::api(client.clone(), ns),
+            tx.clone(),
+        ));
+        tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
         if watched == Watched::ControllerWithPods {
             // Only launcher pods: the controller never reads other pods, and
             // only it may list them (the console's role has no pods).
@@ -130,7 +171,8 @@ fn spawn_watch<K: Kind>(api: kube::Api<K>, tx: Arc<watch::Sender<u64>>) -> JoinH
     spawn_watch_with(api, watcher::Config::default(), tx)
 }
 
-/// Watch only the objects carrying `label` (any value).
+/// Watch only the objects `label` selects (a label selector: `key` for
+/// any value, `key=value`).
 fn spawn_watch_labelled<K: Kind>(
     api: kube::Api<K>,
     label: &str,
