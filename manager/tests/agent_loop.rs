@@ -169,13 +169,14 @@ async fn schedule(b: &LocalBackend, name: &str, source: &str, target: &str) {
             enter_phase(m, p, now());
         }
         // The controller's copy, from which the VMIM's node labels come.
-        m.status.get_or_insert_with(Default::default).migration_state =
-            Some(VirtualMachineInstanceMigrationState {
-                migration_uid: Some(uid.clone()),
-                source_node: Some(s.clone()),
-                target_node: Some(t.clone()),
-                ..Default::default()
-            });
+        m.status
+            .get_or_insert_with(Default::default)
+            .migration_state = Some(VirtualMachineInstanceMigrationState {
+            migration_uid: Some(uid.clone()),
+            source_node: Some(s.clone()),
+            target_node: Some(t.clone()),
+            ..Default::default()
+        });
         true
     })
     .await

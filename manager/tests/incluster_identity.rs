@@ -197,13 +197,14 @@ async fn migration<B: Backend>(
         |m: &mut VirtualMachineInstanceMigration| {
             enter_phase(m, phase, now());
             // The controller's copy, from which the VMIM's node labels come.
-            m.status.get_or_insert_with(Default::default).migration_state =
-                Some(VirtualMachineInstanceMigrationState {
-                    migration_uid: Some(uid.clone()),
-                    source_node: Some(src.clone()),
-                    target_node: Some(tgt.clone()),
-                    ..Default::default()
-                });
+            m.status
+                .get_or_insert_with(Default::default)
+                .migration_state = Some(VirtualMachineInstanceMigrationState {
+                migration_uid: Some(uid.clone()),
+                source_node: Some(src.clone()),
+                target_node: Some(tgt.clone()),
+                ..Default::default()
+            });
             true
         },
     )

@@ -44,7 +44,13 @@ pub async fn observe<B: Backend>(
     backend: &B,
     node: &str,
     local: &[String],
-) -> Result<(Vec<VirtualMachineInstance>, Vec<VirtualMachineInstanceMigration>), BackendError> {
+) -> Result<
+    (
+        Vec<VirtualMachineInstance>,
+        Vec<VirtualMachineInstanceMigration>,
+    ),
+    BackendError,
+> {
     let Some((vmi_selectors, vmim_selectors)) = agent_selectors(node) else {
         return Ok((backend.list(None).await?, backend.list(None).await?));
     };
@@ -144,7 +150,12 @@ mod tests {
 
     #[test]
     fn unique_sorted_keeps_each_object_once_in_namespace_name_order() {
-        let out = unique_sorted(vec![vmi("b", "x"), vmi("a", "y"), vmi("a", "y"), vmi("a", "a")]);
+        let out = unique_sorted(vec![
+            vmi("b", "x"),
+            vmi("a", "y"),
+            vmi("a", "y"),
+            vmi("a", "a"),
+        ]);
         let names: Vec<_> = out
             .iter()
             .map(|v| (v.namespace().unwrap(), v.name_any()))
@@ -157,8 +168,14 @@ mod tests {
         assert!(agent_selectors(&"n".repeat(64)).is_none());
         assert!(agent_selectors("").is_none());
         let (vmi, vmim) = agent_selectors("node-a").unwrap();
-        assert_eq!(vmi[1].to_string(), "kubevirt.io/migrationTargetNodeName=node-a");
-        assert_eq!(vmim[0].to_string(), "mignet.io/migration-source-node=node-a");
+        assert_eq!(
+            vmi[1].to_string(),
+            "kubevirt.io/migrationTargetNodeName=node-a"
+        );
+        assert_eq!(
+            vmim[0].to_string(),
+            "mignet.io/migration-source-node=node-a"
+        );
     }
 
     #[test]

@@ -333,7 +333,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
         async move {
             selector.check::<K>(namespace)?;
             let mut all: Vec<K> = self.list(namespace).await?;
-            all.retain(|o| selector.matches(|k| o.meta().labels.as_ref()?.get(k).map(String::as_str)));
+            all.retain(|o| {
+                selector.matches(|k| o.meta().labels.as_ref()?.get(k).map(String::as_str))
+            });
             Ok(all)
         }
     }

@@ -266,7 +266,10 @@ mod tests {
         ));
         assert_eq!(l.as_ref().unwrap()[VMI_NODE_LABEL], "b");
         assert!(set_labels(&mut l, &[(VMI_NODE_LABEL, None)]));
-        assert_eq!(l, Some(BTreeMap::from([("app".to_owned(), "x".to_owned())])));
+        assert_eq!(
+            l,
+            Some(BTreeMap::from([("app".to_owned(), "x".to_owned())]))
+        );
         let mut none = None;
         assert!(!set_labels(&mut none, &[(VMI_NODE_LABEL, None)]));
         assert_eq!(none, None);

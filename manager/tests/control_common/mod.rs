@@ -1392,7 +1392,12 @@ pub async fn scenario_agent_observation<B: Backend>(b: &B, ns: &str, test: &str)
         };
         let s: Seen = (
             names(vmis.iter().map(|v| (v.namespace(), v.name_any())).collect()),
-            names(vmims.iter().map(|m| (m.namespace(), m.name_any())).collect()),
+            names(
+                vmims
+                    .iter()
+                    .map(|m| (m.namespace(), m.name_any()))
+                    .collect(),
+            ),
         );
         s
     };
@@ -1425,6 +1430,9 @@ pub async fn scenario_agent_observation<B: Backend>(b: &B, ns: &str, test: &str)
     .await;
     assert_eq!(
         seen(bn.clone(), vec![]).await,
-        (vec!["b1".to_owned(), "b2".to_owned()], vec!["mig".to_owned()])
+        (
+            vec!["b1".to_owned(), "b2".to_owned()],
+            vec!["mig".to_owned()]
+        )
     );
 }
