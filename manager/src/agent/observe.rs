@@ -15,10 +15,15 @@
 //! # Why a label that lags is safe
 //!
 //! A label is written by the controller's pass after the status change it
-//! follows (that pass starts on the change, or within its resync if the
-//! controller is busy or down; objects from before the labels existed are
-//! labelled by its first pass). Until then the agent does not see the
-//! object, and the loop only acts on what it sees, with one exception: a VM
+//! follows: the controller wakes on the change (20 ms later) or at the
+//! latest on its resync (5 s in a cluster, 1 s in the lab); its first pass
+//! labels the objects from before the labels existed. Nearly every such
+//! change is the controller's own (placing a VMI, starting a migration),
+//! labelled in the same pass; the one an agent makes (the source moves
+//! `nodeName` to the target on success) needs none to be seen, the VMI
+//! already carries the target label. Until its label arrives the agent does
+//! not see an object, and the loop only acts on what it sees, with one
+//! exception: a VM
 //! running here whose VMI is absent is stopped. The by-name reads close
 //! that gap (a VM here is never stopped because its VMI is unlabelled, nor
 //! a source left Running because its VMI was already relabelled to the
@@ -34,6 +39,12 @@ use crate::api::{MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceM
 use crate::backend::protocol::agent_selectors;
 use crate::backend::{Backend, BackendError, Kind};
 
+/// What one observation returns: VMIs, VMIMs.
+pub type Observation = (
+    Vec<VirtualMachineInstance>,
+    Vec<VirtualMachineInstanceMigration>,
+);
+
 /// The VMIs and VMIMs the agent on `node` decides on, each sorted by
 /// namespace and name (the order a full list has). `local` are the VMs
 /// running here, as `namespace/name`.
@@ -44,13 +55,7 @@ pub async fn observe<B: Backend>(
     backend: &B,
     node: &str,
     local: &[String],
-) -> Result<
-    (
-        Vec<VirtualMachineInstance>,
-        Vec<VirtualMachineInstanceMigration>,
-    ),
-    BackendError,
-> {
+) -> Result<Observation, BackendError> {
     let Some((vmi_selectors, vmim_selectors)) = agent_selectors(node) else {
         return Ok((backend.list(None).await?, backend.list(None).await?));
     };
