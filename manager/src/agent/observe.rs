@@ -59,15 +59,9 @@ pub async fn observe<B: Backend>(
     let Some((vmi_selectors, vmim_selectors)) = agent_selectors(node) else {
         return Ok((backend.list(None).await?, backend.list(None).await?));
     };
-    let mut vmis: Vec<VirtualMachineInstance> = Vec::new();
-    for s in &vmi_selectors {
-        vmis.extend(backend.list_selected(None, s).await?);
-    }
-    let mut vmims: Vec<VirtualMachineInstanceMigration> = Vec::new();
-    for s in &vmim_selectors {
-        vmims.extend(backend.list_selected(None, s).await?);
-    }
-    let (mut vmis, vmims) = (unique_sorted(vmis), unique_sorted(vmims));
+    let mut vmis: Vec<VirtualMachineInstance> = backend.list_selected(None, &vmi_selectors).await?;
+    let vmims: Vec<VirtualMachineInstanceMigration> =
+        backend.list_selected(None, &vmim_selectors).await?;
     for (ns, name) in unseen(&vmis, &vmims, local) {
         if let Some(v) = backend.get::<VirtualMachineInstance>(&ns, &name).await? {
             vmis.push(v);
@@ -76,8 +70,8 @@ pub async fn observe<B: Backend>(
     Ok((unique_sorted(vmis), vmims))
 }
 
-/// Each object once (a VMI can be both on and target of a node), sorted
-/// by namespace and name.
+/// Each object once (a VMI read by name may also have been selected),
+/// sorted by namespace and name.
 fn unique_sorted<K: Kind>(objects: Vec<K>) -> Vec<K> {
     let mut by_key = BTreeMap::new();
     for o in objects {

@@ -303,16 +303,24 @@ impl Backend for KubeBackend {
     async fn list_selected<K: Kind>(
         &self,
         namespace: Option<&str>,
-        selector: &Selector,
+        selectors: &[Selector],
     ) -> Result<Vec<K>, BackendError> {
-        selector.check::<K>(namespace)?;
+        Selector::check_all::<K>(selectors, namespace)?;
         let ns = namespace.unwrap_or("");
-        let params = kube::api::ListParams::default().labels(&selector.to_string());
-        K::api(self.client.clone(), ns)
-            .list(&params)
-            .await
-            .map(|l| l.items)
-            .map_err(|e| map_err(Op::List, ObjectRef::new::<K>(ns, "*"), e))
+        // A label selector cannot say "or": one request each, merged.
+        let mut by_key = std::collections::BTreeMap::new();
+        for s in selectors {
+            let params = kube::api::ListParams::default().labels(&s.to_string());
+            let items = K::api(self.client.clone(), ns)
+                .list(&params)
+                .await
+                .map_err(|e| map_err(Op::List, ObjectRef::new::<K>(ns, "*"), e))?
+                .items;
+            for o in items {
+                by_key.insert((ns_of(&o), o.meta().name.clone().unwrap_or_default()), o);
+            }
+        }
+        Ok(by_key.into_values().collect())
     }
 
     async fn create<K: Kind>(&self, obj: &K) -> Result<K, BackendError> {

@@ -149,9 +149,9 @@ impl Backend for LocalBackend {
     async fn list_selected<K: Kind>(
         &self,
         namespace: Option<&str>,
-        selector: &Selector,
+        selectors: &[Selector],
     ) -> Result<Vec<K>, BackendError> {
-        selector.check::<K>(namespace)?;
+        Selector::check_all::<K>(selectors, namespace)?;
         let ns = namespace.map(ns_of::<K>).filter(|n| !n.is_empty());
         if ns
             .as_deref()
@@ -160,12 +160,14 @@ impl Backend for LocalBackend {
             return Ok(Vec::new());
         }
         let object = ObjectRef::new::<K>(namespace.unwrap_or(""), "*");
-        let selector = selector.clone();
-        // Filtered on the stored JSON: objects that do not match are never
-        // converted to their type.
+        let selectors = selectors.to_vec();
+        // One pass over the files for all selectors, filtered on the stored
+        // JSON: objects that do not match are never converted to their type.
         self.blocking(Op::List, object, move |s| {
             s.list_where::<K>(ns.as_deref(), |v| {
-                selector.matches(|k| v.pointer("/metadata/labels")?.get(k)?.as_str())
+                Selector::any_matches(&selectors, |k| {
+                    v.pointer("/metadata/labels")?.get(k)?.as_str()
+                })
             })
         })
         .await

@@ -320,21 +320,25 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<K>, BackendError>> + Send;
 
     /// The objects of a kind in `namespace` (`None` = all namespaces) whose
-    /// labels match `selector`, filtered where they are stored (the API
-    /// server's `labelSelector`), so a reader interested in a few objects
-    /// neither receives nor decodes the others. An invalid selector is a
-    /// [`BackendError::Permanent`], as the API server's 400 is. The default
-    /// lists everything and filters here (for wrappers of a backend).
+    /// labels match any of `selectors` (the union several list requests
+    /// would return, each object once, by namespace and name), filtered
+    /// where they are stored (the API server's `labelSelector`, one request
+    /// per selector; one pass over the lab store), so a reader interested
+    /// in a few objects neither receives nor decodes the others. An invalid
+    /// selector is a [`BackendError::Permanent`], as the API server's 400
+    /// is. The default lists everything and filters here (for wrappers).
     fn list_selected<K: Kind>(
         &self,
         namespace: Option<&str>,
-        selector: &Selector,
+        selectors: &[Selector],
     ) -> impl Future<Output = Result<Vec<K>, BackendError>> + Send {
         async move {
-            selector.check::<K>(namespace)?;
+            Selector::check_all::<K>(selectors, namespace)?;
             let mut all: Vec<K> = self.list(namespace).await?;
             all.retain(|o| {
-                selector.matches(|k| o.meta().labels.as_ref()?.get(k).map(String::as_str))
+                Selector::any_matches(selectors, |k| {
+                    o.meta().labels.as_ref()?.get(k).map(String::as_str)
+                })
             });
             Ok(all)
         }
@@ -412,6 +416,19 @@ impl Selector {
     /// Whether labels (looked up by key) meet every requirement.
     pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|(k, v)| label(k) == Some(v.as_str()))
+    }
+
+    /// Whether labels meet every requirement of at least one selector.
+    pub fn any_matches<'a>(selectors: &[Self], label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        selectors.iter().any(|s| s.matches(&label))
+    }
+
+    /// [`Selector::check`] of each.
+    pub fn check_all<K: Kind>(
+        selectors: &[Self],
+        namespace: Option<&str>,
+    ) -> Result<(), BackendError> {
+        selectors.iter().try_for_each(|s| s.check::<K>(namespace))
     }
 
     /// Refuse what the API server refuses: a key that is not a qualified

@@ -98,8 +98,8 @@ pub fn vmim_node_labels(
 }
 
 /// What an agent on `node` selects by: its VMIs (as their node, as their
-/// migration target) and its VMIMs (as source, as target); one selector
-/// each, since selectors cannot say "or". `None` when `node` cannot be a
+/// migration target) and its VMIMs (as source, as target): the union of
+/// each pair, as selectors cannot say "or". `None` when `node` cannot be a
 /// label value, so nothing carries it: the agent then reads everything.
 pub fn agent_selectors(node: &str) -> Option<([super::Selector; 2], [super::Selector; 2])> {
     use super::Selector;

@@ -1316,7 +1316,8 @@ pub async fn scenario_vm_lifecycle<B: Backend>(b: &B, ns: &str, test: &str) {
 // ------------------------------------------------- label selection
 
 /// `Backend::list_selected`: only objects whose labels match every
-/// requirement, in one namespace or all; an invalid selector is refused.
+/// requirement of a selector (any of several), in one namespace or all;
+/// an invalid selector is refused.
 pub async fn scenario_list_selected<B: Backend>(b: &B, ns: &str, test: &str) {
     use mignet::backend::Selector;
     let nodes = node_names(test, 2);
@@ -1344,22 +1345,32 @@ pub async fn scenario_list_selected<B: Backend>(b: &B, ns: &str, test: &str) {
     };
     let on_a = Selector::eq(TEST_LABEL, &nodes[0]);
     for namespace in [Some(ns), None] {
-        let got: Vec<VirtualMachineInstance> = b.list_selected(namespace, &on_a).await.unwrap();
+        let got: Vec<VirtualMachineInstance> =
+            b.list_selected(namespace, &[on_a.clone()]).await.unwrap();
         assert_eq!(names(got), ["sel-a1", "sel-a2"], "namespace {namespace:?}");
     }
     let both = on_a.clone().and("extra", "x");
-    let got: Vec<VirtualMachineInstance> = b.list_selected(Some(ns), &both).await.unwrap();
+    let got: Vec<VirtualMachineInstance> = b.list_selected(Some(ns), &[both]).await.unwrap();
     assert_eq!(names(got), ["sel-a1"]);
     let none = Selector::eq(TEST_LABEL, "no-such-node");
-    let got: Vec<VirtualMachineInstance> = b.list_selected(Some(ns), &none).await.unwrap();
+    let got: Vec<VirtualMachineInstance> = b.list_selected(Some(ns), &[none]).await.unwrap();
     assert!(got.is_empty());
+    // Several selectors: their union, each object once, by name.
+    let on_b = Selector::eq(TEST_LABEL, &nodes[1]);
+    let extra = Selector::eq("extra", "x");
+    let got: Vec<VirtualMachineInstance> = b
+        .list_selected(Some(ns), &[on_b, on_a.clone(), extra])
+        .await
+        .unwrap();
+    assert_eq!(names(got), ["sel-a1", "sel-a2", "sel-b1"]);
     // Other kinds select too (none of these VMIMs is labelled).
     create_vmim(b, ns, "sel-mig", "sel-a1").await;
-    let got: Vec<VirtualMachineInstanceMigration> = b.list_selected(Some(ns), &on_a).await.unwrap();
+    let got: Vec<VirtualMachineInstanceMigration> =
+        b.list_selected(Some(ns), &[on_a]).await.unwrap();
     assert!(got.is_empty());
     let bad = Selector::eq(TEST_LABEL, "a,extra=x");
     let err = b
-        .list_selected::<VirtualMachineInstance>(Some(ns), &bad)
+        .list_selected::<VirtualMachineInstance>(Some(ns), &[bad])
         .await
         .unwrap_err();
     assert!(matches!(err, BackendError::Permanent { .. }), "{err:?}");
@@ -1409,12 +1420,15 @@ pub async fn scenario_agent_observation<B: Backend>(b: &B, ns: &str, test: &str)
     );
 
     let _ctl = spawn_controller(b, ns, test);
-    eventually(LONG, "A's VMIs labelled", || async {
-        let s = seen(a.clone(), vec![]).await;
-        (s.0 == ["a1", "old"]).then_some(())
+    // One pass labels them one by one: wait for all four.
+    eventually(LONG, "the VMIs labelled", || async {
+        let (on_a, on_b) = (
+            seen(a.clone(), vec![]).await,
+            seen(bn.clone(), vec![]).await,
+        );
+        (on_a.0 == ["a1", "old"] && on_b.0 == ["b1", "b2"]).then_some(())
     })
     .await;
-    assert_eq!(seen(bn.clone(), vec![]).await.0, ["b1", "b2"]);
 
     // b1 migrates to A (the only other node); nobody plays the agents, so
     // it stays Scheduled.
