@@ -1345,8 +1345,10 @@ pub async fn scenario_list_selected<B: Backend>(b: &B, ns: &str, test: &str) {
     };
     let on_a = Selector::eq(TEST_LABEL, &nodes[0]);
     for namespace in [Some(ns), None] {
-        let got: Vec<VirtualMachineInstance> =
-            b.list_selected(namespace, &[on_a.clone()]).await.unwrap();
+        let got: Vec<VirtualMachineInstance> = b
+            .list_selected(namespace, std::slice::from_ref(&on_a))
+            .await
+            .unwrap();
         assert_eq!(names(got), ["sel-a1", "sel-a2"], "namespace {namespace:?}");
     }
     let both = on_a.clone().and("extra", "x");
