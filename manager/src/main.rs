@@ -499,7 +499,8 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     if a.label_node {
         label_node(&client, &node_name).await?;
     }
-    let backend = mignet::backend::KubeBackend::for_agent(client, a.namespace.as_deref());
+    let backend =
+        mignet::backend::KubeBackend::for_agent(client, a.namespace.as_deref(), &node_name);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {

@@ -1,8 +1,9 @@
 //! Two agents running their full loop on the lab's local store
 //! (`LocalBackend`), with real QEMU guests and `migration0` from our CNI
 //! plugin. The test plays the controller's part of the protocol (see
-//! `mignet::backend`): it writes migrationState and moves the VMIM to
-//! Scheduled, then only watches what the agents write.
+//! `mignet::backend`): it writes migrationState, moves the VMIM to
+//! Scheduled and keeps the node labels (`agent_support::keep_node_labels`),
+//! then only watches what the agents write.
 //!
 //! Run as root: `cargo test -p mignet --test agent_loop`.
 
@@ -167,6 +168,15 @@ async fn schedule(b: &LocalBackend, name: &str, source: &str, target: &str) {
         ] {
             enter_phase(m, p, now());
         }
+        // The controller's copy, from which the VMIM's node labels come.
+        m.status
+            .get_or_insert_with(Default::default)
+            .migration_state = Some(VirtualMachineInstanceMigrationState {
+            migration_uid: Some(uid.clone()),
+            source_node: Some(s.clone()),
+            target_node: Some(t.clone()),
+            ..Default::default()
+        });
         true
     })
     .await
@@ -177,6 +187,7 @@ async fn schedule(b: &LocalBackend, name: &str, source: &str, target: &str) {
 async fn agents_migrate_a_vmi_through_the_protocol_and_abort_on_request() {
     let store = TempStore::new();
     let b = store.backend.clone();
+    let _labels = Task(tokio::spawn(agent_support::keep_node_labels(b.clone())));
     let topo = Topology::new("mgal", 2, true);
     let (n1, n2) = (topo.nodes[0].clone(), topo.nodes[1].clone());
     let pki = Pki::new("cluster CA");
@@ -389,6 +400,7 @@ async fn agents_migrate_a_vmi_through_the_protocol_and_abort_on_request() {
 async fn an_end_recorded_only_on_the_vmi_is_finished_by_the_next_agent() {
     let store = TempStore::new();
     let b = store.backend.clone();
+    let _labels = Task(tokio::spawn(agent_support::keep_node_labels(b.clone())));
     let topo = Topology::new("mgah", 1, true);
     let n1 = topo.nodes[0].clone();
     let pki = Pki::new("cluster CA");

@@ -328,3 +328,15 @@ subjects:
     let limited = KubeBackend::unwatched(client_as(&user).await);
     rollout_common::scenario_forbidden_nad_reads_as_not_found(&bed.backend, &limited, ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_backend_lists_by_label_selector() {
+    let bed = Bed::new("ctl-select").await;
+    scenario_list_selected(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
+    let bed = Bed::new("ctl-observe").await;
+    scenario_agent_observation(&bed.backend, bed.ns(), bed.ns()).await;
+}

@@ -119,3 +119,15 @@ async fn lab_rollout_conflict_retries_soon() {
     let s = TempStore::new("roll-conflict");
     rollout_common::scenario_conflict_retries_soon(&s.backend, NS).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_backend_lists_by_label_selector() {
+    let s = TempStore::new("select");
+    scenario_list_selected(&s.backend, NS, "select").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
+    let s = TempStore::new("observe");
+    scenario_agent_observation(&s.backend, NS, "observe").await;
+}

@@ -36,7 +36,8 @@ use mignet::api::{
 };
 use mignet::backend::protocol::enter_phase;
 use mignet::backend::{
-    modify_status, Backend, BackendError, Changes, Kind, KubeBackend, LocalBackend, ObjectRef, Op,
+    modify, modify_status, protocol, Backend, BackendError, Changes, Kind, KubeBackend,
+    LocalBackend, ObjectRef, Op,
 };
 use mignet::kube_adapter::signer::{self, SignerSettings};
 use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
@@ -188,17 +189,45 @@ async fn migration<B: Backend>(
     })
     .await
     .expect("VMI status");
+    let (src, tgt) = (source.to_string(), target.to_string());
     modify_status(
         b,
         ns,
         &format!("{name}-mig"),
         |m: &mut VirtualMachineInstanceMigration| {
             enter_phase(m, phase, now());
+            // The controller's copy, from which the VMIM's node labels come.
+            m.status
+                .get_or_insert_with(Default::default)
+                .migration_state = Some(VirtualMachineInstanceMigrationState {
+                migration_uid: Some(uid.clone()),
+                source_node: Some(src.clone()),
+                target_node: Some(tgt.clone()),
+                ..Default::default()
+            });
             true
         },
     )
     .await
     .expect("VMIM status");
+    // The controller's node labels, by which the agent selects its objects.
+    modify(b, ns, name, |v: &mut VirtualMachineInstance| {
+        let wanted = protocol::vmi_node_labels(v);
+        protocol::set_labels(&mut v.metadata.labels, &wanted)
+    })
+    .await
+    .expect("VMI labels");
+    modify(
+        b,
+        ns,
+        &format!("{name}-mig"),
+        |m: &mut VirtualMachineInstanceMigration| {
+            let wanted = protocol::vmim_node_labels(m);
+            protocol::set_labels(&mut m.metadata.labels, &wanted)
+        },
+    )
+    .await
+    .expect("VMIM labels");
     uid
 }
 
@@ -274,7 +303,7 @@ async fn agent_loop_runs_under_its_own_token_and_nothing_more() {
             .await
             .expect("agent core"),
     );
-    let backend = KubeBackend::for_agent(agent.clone(), Some(n));
+    let backend = KubeBackend::for_agent(agent.clone(), Some(n), &me);
     // Until RBAC is in the authorizer's cache the loop's first passes may be
     // refused; it retries by itself (level-triggered).
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -17,6 +17,7 @@ pub mod dataplane_rt;
 pub mod decide;
 pub mod health;
 pub mod node_labels;
+pub mod observe;
 pub mod params;
 pub mod run_loop;
 pub mod source;

@@ -243,13 +243,16 @@ struct Observed {
     vmims: Vec<VirtualMachineInstanceMigration>,
 }
 
-/// Read what node `_node` may act on: today every VMI and VMIM (the
-/// decision picks this node's).
-async fn observe<B: Backend>(backend: &B, _node: &str) -> Result<Observed, BackendError> {
-    Ok(Observed {
-        vmis: backend.list(None).await?,
-        vmims: backend.list(None).await?,
-    })
+/// Read what `node` may act on: its VMIs and migrations, selected by label,
+/// plus the VMIs of the VMs it holds (`local`), read by name
+/// ([`super::observe`]).
+async fn observe<B: Backend>(
+    backend: &B,
+    node: &str,
+    local: &[String],
+) -> Result<Observed, BackendError> {
+    let (vmis, vmims) = super::observe::observe(backend, node, local).await?;
+    Ok(Observed { vmis, vmims })
 }
 
 /// One pass: observe, decide and act on the VMs, then on the migrations
@@ -260,7 +263,7 @@ async fn pass<B: Backend>(
     state: &mut LoopState,
 ) -> Result<(), BackendError> {
     let me = core.node_name().to_string();
-    let seen = observe(backend, &me).await?;
+    let seen = observe(backend, &me, &core.vms.keys()).await?;
     // Before deciding: a VM whose launcher ended is no longer held, so the
     // VMI's current launcher can be attached.
     for key in core.vms.forget_dead() {

@@ -11,7 +11,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{protocol, Backend, BackendError, Changes, Kind, ObjectRef, Op};
+use super::{protocol, Backend, BackendError, Changes, Kind, ObjectRef, Op, Selector};
 use crate::api::{
     HyperConverged, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
@@ -33,8 +33,6 @@ enum Watched {
     /// Those and launcher pods (the migration controller of `mignet
     /// manager`, which makes and reads them).
     ControllerWithPods,
-    /// VMIs, VMIMs and HyperConvergeds (node agent).
-    Agent,
 }
 
 /// The watcher tasks end with the last clone of the backend.
@@ -72,11 +70,56 @@ impl KubeBackend {
         )
     }
 
-    /// The node agent's backend: watches only what the agent reads (VMIs,
-    /// VMIMs, HyperConvergeds), so its RBAC needs no VirtualMachine or Node
-    /// access (a watcher refused by RBAC would retry forever, unseen).
-    pub fn for_agent(client: Client, namespace: Option<&str>) -> Self {
-        Self::watching(client, namespace, namespace, Watched::Agent)
+    /// The node agent's backend: watches only what the agent on `node`
+    /// reads, so its RBAC needs no VirtualMachine or Node access (a watcher
+    /// refused by RBAC would retry forever, unseen): HyperConvergeds, and
+    /// the VMIs and VMIMs labelled with its node
+    /// ([`protocol::agent_selectors`], as `crate::agent::observe` lists
+    /// them), so a change elsewhere in the cluster neither reaches nor
+    /// wakes it. What it reads by name, unlabelled, it re-reads on its tick.
+    ///
+    /// [`protocol::agent_selectors`]: super::protocol::agent_selectors
+    pub fn for_agent(client: Client, namespace: Option<&str>, node: &str) -> Self {
+        let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let ns = namespace.unwrap_or("");
+        let mut tasks = vec![spawn_watch(
+            HyperConverged::api(client.clone(), ns),
+            tx.clone(),
+        )];
+        match super::protocol::agent_selectors(node) {
+            Some((vmi, vmim)) => {
+                for s in vmi {
+                    tasks.push(spawn_watch_labelled(
+                        VirtualMachineInstance::api(client.clone(), ns),
+                        &s.to_string(),
+                        tx.clone(),
+                    ));
+                }
+                for s in vmim {
+                    tasks.push(spawn_watch_labelled(
+                        VirtualMachineInstanceMigration::api(client.clone(), ns),
+                        &s.to_string(),
+                        tx.clone(),
+                    ));
+                }
+            }
+            None => {
+                tasks.push(spawn_watch(
+                    VirtualMachineInstance::api(client.clone(), ns),
+                    tx.clone(),
+                ));
+                tasks.push(spawn_watch(
+                    VirtualMachineInstanceMigration::api(client.clone(), ns),
+                    tx,
+                ));
+            }
+        }
+        Self {
+            client,
+            changes: rx,
+            _watchers: Arc::new(Watchers(tasks)),
+        }
     }
 
     fn watching(
@@ -97,13 +140,11 @@ impl KubeBackend {
             ),
             spawn_watch(HyperConverged::api(client.clone(), hco_ns), tx.clone()),
         ];
-        if matches!(watched, Watched::Controller | Watched::ControllerWithPods) {
-            tasks.push(spawn_watch(
-                VirtualMachine::api(client.clone(), ns),
-                tx.clone(),
-            ));
-            tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
-        }
+        tasks.push(spawn_watch(
+            VirtualMachine::api(client.clone(), ns),
+            tx.clone(),
+        ));
+        tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
         if watched == Watched::ControllerWithPods {
             // Only launcher pods: the controller never reads other pods, and
             // only it may list them (the console's role has no pods).
@@ -141,7 +182,8 @@ fn spawn_watch<K: Kind>(api: kube::Api<K>, tx: Arc<watch::Sender<u64>>) -> JoinH
     spawn_watch_with(api, watcher::Config::default(), tx)
 }
 
-/// Watch only the objects carrying `label` (any value).
+/// Watch only the objects `label` selects (a label selector: `key` for
+/// any value, `key=value`).
 fn spawn_watch_labelled<K: Kind>(
     api: kube::Api<K>,
     label: &str,
@@ -260,6 +302,29 @@ impl Backend for KubeBackend {
             .await
             .map(|l| l.items)
             .map_err(|e| map_err(Op::List, ObjectRef::new::<K>(ns, "*"), e))
+    }
+
+    async fn list_selected<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        selectors: &[Selector],
+    ) -> Result<Vec<K>, BackendError> {
+        Selector::check_all::<K>(selectors, namespace)?;
+        let ns = namespace.unwrap_or("");
+        // A label selector cannot say "or": one request each, merged.
+        let mut by_key = std::collections::BTreeMap::new();
+        for s in selectors {
+            let params = kube::api::ListParams::default().labels(&s.to_string());
+            let items = K::api(self.client.clone(), ns)
+                .list(&params)
+                .await
+                .map_err(|e| map_err(Op::List, ObjectRef::new::<K>(ns, "*"), e))?
+                .items;
+            for o in items {
+                by_key.insert((ns_of(&o), o.meta().name.clone().unwrap_or_default()), o);
+            }
+        }
+        Ok(by_key.into_values().collect())
     }
 
     async fn create<K: Kind>(&self, obj: &K) -> Result<K, BackendError> {

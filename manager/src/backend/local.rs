@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backend, BackendError, Changes, Kind, ObjectRef, Op};
+use super::{Backend, BackendError, Changes, Kind, ObjectRef, Op, Selector};
 use crate::store::{Store, StoreError};
 
 /// The lab-mode backend. Store calls take a file lock and fsync, so they
@@ -144,6 +144,33 @@ impl Backend for LocalBackend {
         let object = ObjectRef::new::<K>(namespace.unwrap_or(""), "*");
         self.blocking(Op::List, object, move |s| s.list::<K>(ns.as_deref()))
             .await
+    }
+
+    async fn list_selected<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        selectors: &[Selector],
+    ) -> Result<Vec<K>, BackendError> {
+        Selector::check_all::<K>(selectors, namespace)?;
+        let ns = namespace.map(ns_of::<K>).filter(|n| !n.is_empty());
+        if ns
+            .as_deref()
+            .is_some_and(|n| !crate::config::is_dns1123_label(n))
+        {
+            return Ok(Vec::new());
+        }
+        let object = ObjectRef::new::<K>(namespace.unwrap_or(""), "*");
+        let selectors = selectors.to_vec();
+        // One pass over the files for all selectors, filtered on the stored
+        // JSON: objects that do not match are never converted to their type.
+        self.blocking(Op::List, object, move |s| {
+            s.list_where::<K>(ns.as_deref(), |v| {
+                Selector::any_matches(&selectors, |k| {
+                    v.pointer("/metadata/labels")?.get(k)?.as_str()
+                })
+            })
+        })
+        .await
     }
 
     async fn create<K: Kind>(&self, obj: &K) -> Result<K, BackendError> {

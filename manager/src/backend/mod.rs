@@ -67,13 +67,26 @@
 //!    are reported on the Node annotation [`protocol::DRAIN_REPORT_ANNOTATION`]
 //!    ([`protocol::DrainReport`] as JSON). Uncordon -> Pending evacuations
 //!    are deleted (cancelled); started ones finish.
+//! 8. **Node labels (controller).** Every pass the controller makes each
+//!    VMI's labels [`protocol::VMI_NODE_LABEL`] (`kubevirt.io/nodeName`) =
+//!    `status.nodeName` and [`protocol::VMI_TARGET_NODE_LABEL`]
+//!    (`kubevirt.io/migrationTargetNodeName`) = migrationState.targetNode,
+//!    and each started VMIM's [`protocol::VMIM_SOURCE_NODE_LABEL`] /
+//!    [`protocol::VMIM_TARGET_NODE_LABEL`] = its migrationState's source and
+//!    target, whoever wrote the status (so objects from before the labels
+//!    get them too). An agent reads only the objects labelled with its node
+//!    ([`Backend::list_selected`], `crate::agent::observe`), plus by name
+//!    the VMIs of its running VMs and of its unfinished migrations that the
+//!    selection lacks; a label that lags the status delays an agent's step,
+//!    never makes it stop a VM (see `crate::agent::observe`).
 //!
 //! # Change signal
 //!
 //! [`Backend::changes`] gives a [`Changes`] receiver that wakes on any
 //! change to the kinds the controller and agent watch (VMI, VMIM, Node,
 //! HyperConverged, VM). Loops are level-triggered: on a change or a periodic
-//! tick they re-list and decide from scratch; no event payload is trusted.
+//! tick they re-list (the controller everything, an agent its node's
+//! selection) and decide from scratch; no event payload is trusted.
 
 pub mod kube;
 pub mod local;
@@ -322,6 +335,31 @@ pub trait Backend: Clone + Send + Sync + 'static {
         namespace: Option<&str>,
     ) -> impl Future<Output = Result<Vec<K>, BackendError>> + Send;
 
+    /// The objects of a kind in `namespace` (`None` = all namespaces) whose
+    /// labels match any of `selectors` (the union several list requests
+    /// would return, each object once, by namespace and name), filtered
+    /// where they are stored (the API server's `labelSelector`, one request
+    /// per selector; one pass over the lab store), so a reader interested
+    /// in a few objects neither receives nor decodes the others. An invalid
+    /// selector is a [`BackendError::Permanent`], as the API server's 400
+    /// is. The default lists everything and filters here (for wrappers).
+    fn list_selected<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        selectors: &[Selector],
+    ) -> impl Future<Output = Result<Vec<K>, BackendError>> + Send {
+        async move {
+            Selector::check_all::<K>(selectors, namespace)?;
+            let mut all: Vec<K> = self.list(namespace).await?;
+            all.retain(|o| {
+                Selector::any_matches(selectors, |k| {
+                    o.meta().labels.as_ref()?.get(k).map(String::as_str)
+                })
+            });
+            Ok(all)
+        }
+    }
+
     /// Create; status is ignored (write it with `replace_status`).
     fn create<K: Kind>(&self, obj: &K) -> impl Future<Output = Result<K, BackendError>> + Send;
 
@@ -370,6 +408,114 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// A receiver of the change signal.
     fn changes(&self) -> Changes;
+}
+
+/// A label selector of equality requirements (`key=value`, all must hold),
+/// the subset of Kubernetes' selectors the agent needs. Built with
+/// [`Selector::eq`] / [`Selector::and`]; [`fmt::Display`] gives the
+/// `labelSelector` query form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector(Vec<(String, String)>);
+
+impl Selector {
+    /// Objects labelled `key=value`.
+    pub fn eq(key: &str, value: &str) -> Self {
+        Self(vec![(key.to_owned(), value.to_owned())])
+    }
+
+    /// And also labelled `key=value`.
+    pub fn and(mut self, key: &str, value: &str) -> Self {
+        self.0.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Whether labels (looked up by key) meet every requirement.
+    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.0.iter().all(|(k, v)| label(k) == Some(v.as_str()))
+    }
+
+    /// Whether labels meet every requirement of at least one selector.
+    pub fn any_matches<'a>(selectors: &[Self], label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        selectors.iter().any(|s| s.matches(&label))
+    }
+
+    /// [`Selector::check`] of each.
+    pub fn check_all<K: Kind>(
+        selectors: &[Self],
+        namespace: Option<&str>,
+    ) -> Result<(), BackendError> {
+        selectors.iter().try_for_each(|s| s.check::<K>(namespace))
+    }
+
+    /// Refuse what the API server refuses: a key that is not a qualified
+    /// name or a value that is not a label value. Checked before any read,
+    /// so both backends answer an invalid selector alike (and a value with
+    /// `,` cannot smuggle in a second requirement).
+    pub fn check<K: Kind>(&self, namespace: Option<&str>) -> Result<(), BackendError> {
+        match self
+            .0
+            .iter()
+            .find(|(k, v)| !is_label_key(k) || !is_label_value(v))
+        {
+            None => Ok(()),
+            Some((k, v)) => Err(BackendError::Permanent {
+                op: Op::List,
+                object: ObjectRef::new::<K>(namespace.unwrap_or(""), "*"),
+                source: format!("invalid label selector requirement {k:?}={v:?}").into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A label value as Kubernetes allows it: at most 63 characters,
+/// alphanumerics, `-`, `_`, `.`, beginning and ending alphanumeric; empty
+/// is allowed. A node name longer than 63 characters (legal for a Node)
+/// cannot be one.
+pub fn is_label_value(s: &str) -> bool {
+    s.is_empty() || is_label_name(s)
+}
+
+/// The name part of a label key (non-empty label value).
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: `name` or `prefix/name`, the prefix a DNS-1123 subdomain.
+fn is_label_key(s: &str) -> bool {
+    match s.split_once('/') {
+        None => is_label_name(s),
+        Some((prefix, name)) => {
+            is_label_name(name)
+                && prefix.len() <= 253
+                && prefix.split('.').all(|l| {
+                    let b = l.as_bytes();
+                    !b.is_empty()
+                        && b.len() <= 63
+                        && b[0].is_ascii_alphanumeric()
+                        && b[b.len() - 1].is_ascii_alphanumeric()
+                        && b.iter()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                })
+        }
+    }
 }
 
 /// Add `finalizer` to the object if missing (re-reading on conflict).
@@ -512,8 +658,34 @@ async fn modify_part<B: Backend, K: Kind>(
 
 #[cfg(test)]
 mod tests {
-    use super::merge_diff;
+    use super::{is_label_key, is_label_value, merge_diff, Selector};
     use serde_json::json;
+
+    #[test]
+    fn selector_matches_all_requirements_and_prints_the_query_form() {
+        let s = Selector::eq("kubevirt.io/nodeName", "node-a").and("x", "1");
+        assert_eq!(s.to_string(), "kubevirt.io/nodeName=node-a,x=1");
+        let labels = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(x, _)| *x == k).map(|(_, v)| *v)
+        };
+        assert!(s.matches(labels(&[("kubevirt.io/nodeName", "node-a"), ("x", "1")])));
+        assert!(!s.matches(labels(&[("kubevirt.io/nodeName", "node-a")])));
+        assert!(!s.matches(labels(&[("kubevirt.io/nodeName", "node-b"), ("x", "1")])));
+    }
+
+    #[test]
+    fn label_syntax_is_what_the_api_server_accepts() {
+        assert!(is_label_value("node-a.example_1"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value(&"n".repeat(64)));
+        assert!(!is_label_value("a,b=c"));
+        assert!(!is_label_value("-a"));
+        assert!(is_label_key("kubevirt.io/nodeName"));
+        assert!(is_label_key("app"));
+        assert!(!is_label_key("Kubevirt.io/nodeName"));
+        assert!(!is_label_key("a/b/c"));
+        assert!(!is_label_key("kubevirt.io/"));
+    }
 
     #[test]
     fn merge_diff_sends_only_what_changed() {

@@ -1,11 +1,14 @@
 //! Names and payloads shared by the migration controller and the node agent
 //! (see the protocol in the module docs of [`crate::backend`]).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    MigrationPhase, PhaseTransitionTimestamp, VirtualMachineInstanceMigration, VmiCondition,
+    MigrationPhase, PhaseTransitionTimestamp, VirtualMachineInstance,
+    VirtualMachineInstanceMigration, VmiCondition,
 };
 
 /// Every launcher pod carries this label; its value is the pod's role
@@ -71,6 +74,107 @@ pub fn enter_phase(m: &mut VirtualMachineInstanceMigration, phase: MigrationPhas
             phase,
             phase_transition_timestamp: now,
         });
+}
+
+/// VMI label: the node in `status.nodeName` (KubeVirt's `NodeNameLabel`).
+/// The controller keeps it equal to the status; each agent lists its VMIs
+/// by it, as virt-handler does.
+pub const VMI_NODE_LABEL: &str = "kubevirt.io/nodeName";
+
+/// VMI label: `status.migrationState.targetNode` (KubeVirt's
+/// `MigrationTargetNodeNameLabel`), kept by the controller; the target
+/// agent finds the VMIs it receives by it. It stays after the migration
+/// ends, until the next migration's target replaces it, as in KubeVirt.
+pub const VMI_TARGET_NODE_LABEL: &str = "kubevirt.io/migrationTargetNodeName";
+
+/// VMIM labels: the source and target node of a started migration (from
+/// its `status.migrationState`), kept by the controller, so each agent
+/// lists only the migrations it takes part in. KubeVirt has no such label
+/// (virt-handler does not read VMIMs); our agents write VMIM phases.
+pub const VMIM_SOURCE_NODE_LABEL: &str = "mignet.io/migration-source-node";
+pub const VMIM_TARGET_NODE_LABEL: &str = "mignet.io/migration-target-node";
+
+/// The node labels `vmi` should carry, as derived from its status: each
+/// key with its value, `None` = absent. A node name that cannot be a label
+/// value (over 63 characters) gives no label; an agent on such a node reads
+/// everything ([`crate::agent::observe`]).
+pub fn vmi_node_labels(vmi: &VirtualMachineInstance) -> [(&'static str, Option<String>); 2] {
+    let st = vmi.status.as_ref();
+    let node = st.and_then(|s| s.node_name.clone());
+    let target = st
+        .and_then(|s| s.migration_state.as_ref())
+        .and_then(|m| m.target_node.clone());
+    [
+        (VMI_NODE_LABEL, node.filter(|n| label_worthy(n))),
+        (VMI_TARGET_NODE_LABEL, target.filter(|n| label_worthy(n))),
+    ]
+}
+
+/// The node labels `m` should carry, from its `status.migrationState`
+/// (written by the controller when it starts the migration).
+pub fn vmim_node_labels(
+    m: &VirtualMachineInstanceMigration,
+) -> [(&'static str, Option<String>); 2] {
+    let ms = m.status.as_ref().and_then(|s| s.migration_state.as_ref());
+    let source = ms.and_then(|m| m.source_node.clone());
+    let target = ms.and_then(|m| m.target_node.clone());
+    [
+        (VMIM_SOURCE_NODE_LABEL, source.filter(|n| label_worthy(n))),
+        (VMIM_TARGET_NODE_LABEL, target.filter(|n| label_worthy(n))),
+    ]
+}
+
+/// What an agent on `node` selects by: its VMIs (as their node, as their
+/// migration target) and its VMIMs (as source, as target): the union of
+/// each pair, as selectors cannot say "or". `None` when `node` cannot be a
+/// label value, so nothing carries it: the agent then reads everything.
+pub fn agent_selectors(node: &str) -> Option<([super::Selector; 2], [super::Selector; 2])> {
+    use super::Selector;
+    label_worthy(node).then(|| {
+        (
+            [
+                Selector::eq(VMI_NODE_LABEL, node),
+                Selector::eq(VMI_TARGET_NODE_LABEL, node),
+            ],
+            [
+                Selector::eq(VMIM_SOURCE_NODE_LABEL, node),
+                Selector::eq(VMIM_TARGET_NODE_LABEL, node),
+            ],
+        )
+    })
+}
+
+fn label_worthy(node: &str) -> bool {
+    !node.is_empty() && super::is_label_value(node)
+}
+
+/// Make `labels` carry exactly `wanted` for those keys (other labels are
+/// untouched). Whether anything changed.
+pub fn set_labels(
+    labels: &mut Option<BTreeMap<String, String>>,
+    wanted: &[(&str, Option<String>)],
+) -> bool {
+    let mut changed = false;
+    for (k, v) in wanted {
+        let have = labels.as_ref().and_then(|l| l.get(*k));
+        if have == v.as_ref() {
+            continue;
+        }
+        changed = true;
+        match v {
+            Some(v) => {
+                labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert((*k).to_owned(), v.clone());
+            }
+            None => {
+                if let Some(l) = labels.as_mut() {
+                    l.remove(*k);
+                }
+            }
+        }
+    }
+    changed
 }
 
 /// Progress of a running migration, as the source agent last sampled it.
@@ -148,4 +252,96 @@ pub fn fail(m: &mut VirtualMachineInstanceMigration, reason: &str, message: &str
         },
     );
     st.conditions.retain(|c| c.type_ != PENDING_CONDITION);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationState,
+        VirtualMachineInstanceMigrationStatus, VirtualMachineInstanceSpec,
+        VirtualMachineInstanceStatus,
+    };
+
+    fn vmi(node: Option<&str>, target: Option<&str>) -> VirtualMachineInstance {
+        let mut v = VirtualMachineInstance::new("vm", VirtualMachineInstanceSpec::default());
+        v.status = Some(VirtualMachineInstanceStatus {
+            node_name: node.map(Into::into),
+            migration_state: target.map(|t| VirtualMachineInstanceMigrationState {
+                target_node: Some(t.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        v
+    }
+
+    #[test]
+    fn vmi_labels_follow_node_and_migration_target() {
+        assert_eq!(
+            vmi_node_labels(&vmi(Some("a"), Some("b"))),
+            [
+                (VMI_NODE_LABEL, Some("a".into())),
+                (VMI_TARGET_NODE_LABEL, Some("b".into()))
+            ]
+        );
+        assert_eq!(
+            vmi_node_labels(&vmi(None, None)),
+            [(VMI_NODE_LABEL, None), (VMI_TARGET_NODE_LABEL, None)]
+        );
+        // Not a label value: no label rather than a write the server refuses.
+        let long = "n".repeat(64);
+        assert_eq!(vmi_node_labels(&vmi(Some(&long), None))[0].1, None);
+    }
+
+    #[test]
+    fn vmim_labels_follow_its_migration_state() {
+        let mut m = VirtualMachineInstanceMigration::new(
+            "mig",
+            VirtualMachineInstanceMigrationSpec {
+                vmi_name: "vm".into(),
+            },
+        );
+        assert_eq!(vmim_node_labels(&m)[0].1, None);
+        m.status = Some(VirtualMachineInstanceMigrationStatus {
+            migration_state: Some(VirtualMachineInstanceMigrationState {
+                source_node: Some("a".into()),
+                target_node: Some("b".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            vmim_node_labels(&m),
+            [
+                (VMIM_SOURCE_NODE_LABEL, Some("a".into())),
+                (VMIM_TARGET_NODE_LABEL, Some("b".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn set_labels_writes_only_differences_and_keeps_other_labels() {
+        let mut l = Some(BTreeMap::from([
+            ("app".to_owned(), "x".to_owned()),
+            (VMI_NODE_LABEL.to_owned(), "a".to_owned()),
+        ]));
+        assert!(!set_labels(&mut l, &[(VMI_NODE_LABEL, Some("a".into()))]));
+        assert!(set_labels(
+            &mut l,
+            &[
+                (VMI_NODE_LABEL, Some("b".into())),
+                (VMI_TARGET_NODE_LABEL, None)
+            ]
+        ));
+        assert_eq!(l.as_ref().unwrap()[VMI_NODE_LABEL], "b");
+        assert!(set_labels(&mut l, &[(VMI_NODE_LABEL, None)]));
+        assert_eq!(
+            l,
+            Some(BTreeMap::from([("app".to_owned(), "x".to_owned())]))
+        );
+        let mut none = None;
+        assert!(!set_labels(&mut none, &[(VMI_NODE_LABEL, None)]));
+        assert_eq!(none, None);
+    }
 }

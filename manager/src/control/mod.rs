@@ -26,6 +26,7 @@
 //! manager replica, one lab daemon): two controllers listing at the same
 //! time could each fill the free slots.
 
+mod labels;
 pub mod launcher_pod;
 pub mod views;
 pub mod vm;
@@ -139,6 +140,8 @@ pub struct Pass {
     /// Launcher pods created (VMs and migration targets) and deleted.
     pub pods_created: u32,
     pub pods_deleted: u32,
+    /// VMIs and VMIMs whose node labels were brought up to date.
+    pub labels_written: u32,
     /// Writes that lost a race (stale resourceVersion); the next pass
     /// redoes them, soon.
     pub conflicts: u32,
@@ -357,6 +360,9 @@ pub async fn reconcile_once<B: Backend>(
     }
     live_migratable(backend, &mut w, &mut pass, &t).await?;
     drain(backend, settings, &mut w, &mut pass, now).await?;
+    // After the steps that move nodes and targets, so this pass's own
+    // changes are labelled before the agents look.
+    labels::node_labels(backend, &mut w, &mut pass).await?;
     // Last: a VM problem never holds up the migrations decided above.
     virtual_machines(backend, &mut w, &mut pass, &t).await?;
     Ok(pass)

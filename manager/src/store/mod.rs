@@ -438,6 +438,24 @@ impl Store {
             .collect()
     }
 
+    /// [`Store::list`] of the objects for which `keep` (given the stored
+    /// JSON) is true; the others are not converted to `K`.
+    pub fn list_where<K: Typed>(
+        &self,
+        namespace: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<K>, StoreError> {
+        let kind = K::kind(&());
+        self.list_values(&kind, namespace)?
+            .into_iter()
+            .filter(|v| keep(v))
+            .map(|v| {
+                let key = Key::of(&v)?;
+                from_value(&key, v)
+            })
+            .collect()
+    }
+
     pub fn create<K: Typed>(&self, obj: &K) -> Result<K, StoreError> {
         let v = self.create_value(to_value(obj)?)?;
         from_value(&Key::of(&v)?, v)

@@ -328,3 +328,30 @@ pub async fn wait_tick_after(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Plays the migration controller's label step for tests that play the
+/// controller by hand: every 50 ms, each VMI and VMIM gets the node labels
+/// its status calls for (`mignet::backend::protocol::vmi_node_labels`,
+/// `vmim_node_labels`), by which the agents select what they read. Runs
+/// until its task is aborted; a lost race is redone next round.
+pub async fn keep_node_labels<B: mignet::backend::Backend>(b: B) {
+    use mignet::api::{VirtualMachineInstance, VirtualMachineInstanceMigration};
+    use mignet::backend::protocol::{set_labels, vmi_node_labels, vmim_node_labels};
+    loop {
+        let vmis: Vec<VirtualMachineInstance> = b.list(None).await.unwrap_or_default();
+        for v in &vmis {
+            let mut after = v.clone();
+            if set_labels(&mut after.metadata.labels, &vmi_node_labels(v)) {
+                let _ = b.patch_object(v, &after).await;
+            }
+        }
+        let vmims: Vec<VirtualMachineInstanceMigration> = b.list(None).await.unwrap_or_default();
+        for m in &vmims {
+            let mut after = m.clone();
+            if set_labels(&mut after.metadata.labels, &vmim_node_labels(m)) {
+                let _ = b.patch_object(m, &after).await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

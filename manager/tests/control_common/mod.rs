@@ -1412,3 +1412,143 @@ pub async fn scenario_vm_lifecycle<B: Backend>(b: &B, ns: &str, test: &str) {
         "a VMI the VM never owned stays"
     );
 }
+
+// ------------------------------------------------- label selection
+
+/// `Backend::list_selected`: only objects whose labels match every
+/// requirement of a selector (any of several), in one namespace or all;
+/// an invalid selector is refused.
+pub async fn scenario_list_selected<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::backend::Selector;
+    let nodes = node_names(test, 2);
+    for (name, node, extra) in [
+        ("sel-a1", &nodes[0], Some("x")),
+        ("sel-a2", &nodes[0], None),
+        ("sel-b1", &nodes[1], Some("x")),
+    ] {
+        let v = create_running_vmi(b, ns, name, node, VmiOpts::default()).await;
+        let mut l = v.clone();
+        l.labels_mut().insert(TEST_LABEL.into(), node.clone());
+        if let Some(x) = extra {
+            l.labels_mut().insert("extra".into(), x.into());
+        }
+        b.replace(&l).await.expect("label VMI");
+    }
+    let names = |v: Vec<VirtualMachineInstance>| {
+        let mut n: Vec<String> = v
+            .into_iter()
+            .filter(|v| v.namespace().as_deref() == Some(ns))
+            .map(|v| v.name_any())
+            .collect();
+        n.sort();
+        n
+    };
+    let on_a = Selector::eq(TEST_LABEL, &nodes[0]);
+    for namespace in [Some(ns), None] {
+        let got: Vec<VirtualMachineInstance> = b
+            .list_selected(namespace, std::slice::from_ref(&on_a))
+            .await
+            .unwrap();
+        assert_eq!(names(got), ["sel-a1", "sel-a2"], "namespace {namespace:?}");
+    }
+    let both = on_a.clone().and("extra", "x");
+    let got: Vec<VirtualMachineInstance> = b.list_selected(Some(ns), &[both]).await.unwrap();
+    assert_eq!(names(got), ["sel-a1"]);
+    let none = Selector::eq(TEST_LABEL, "no-such-node");
+    let got: Vec<VirtualMachineInstance> = b.list_selected(Some(ns), &[none]).await.unwrap();
+    assert!(got.is_empty());
+    // Several selectors: their union, each object once, by name.
+    let on_b = Selector::eq(TEST_LABEL, &nodes[1]);
+    let extra = Selector::eq("extra", "x");
+    let got: Vec<VirtualMachineInstance> = b
+        .list_selected(Some(ns), &[on_b, on_a.clone(), extra])
+        .await
+        .unwrap();
+    assert_eq!(names(got), ["sel-a1", "sel-a2", "sel-b1"]);
+    // Other kinds select too (none of these VMIMs is labelled).
+    create_vmim(b, ns, "sel-mig", "sel-a1").await;
+    let got: Vec<VirtualMachineInstanceMigration> =
+        b.list_selected(Some(ns), &[on_a]).await.unwrap();
+    assert!(got.is_empty());
+    let bad = Selector::eq(TEST_LABEL, "a,extra=x");
+    let err = b
+        .list_selected::<VirtualMachineInstance>(Some(ns), &[bad])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Permanent { .. }), "{err:?}");
+}
+
+/// The agent's observation (`mignet::agent::observe`): node A sees its
+/// own VMIs and the VMI it is the migration target of, never node B's
+/// other VMIs; both see the migration between them. A VMI from before the
+/// labels is seen once the controller labels it, and before that only by
+/// name, when its VM runs on the node.
+pub async fn scenario_agent_observation<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::agent::observe::observe;
+    let nodes = node_names(test, 2);
+    let (a, bn) = (&nodes[0], &nodes[1]);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_hco(b, ns, 5, 2).await;
+    for (name, on) in [("a1", a), ("old", a), ("b1", bn), ("b2", bn)] {
+        create_running_vmi(b, ns, name, on, VmiOpts::default()).await;
+    }
+    type Seen = (Vec<String>, Vec<String>);
+    let seen = |node: String, local: Vec<String>| async move {
+        let (vmis, vmims) = observe(b, &node, &local).await.expect("observe");
+        let names = |it: Vec<(Option<String>, String)>| {
+            it.into_iter()
+                .filter(|(n, _)| n.as_deref() == Some(ns))
+                .map(|(_, name)| name)
+                .collect::<Vec<String>>()
+        };
+        let s: Seen = (
+            names(vmis.iter().map(|v| (v.namespace(), v.name_any())).collect()),
+            names(
+                vmims
+                    .iter()
+                    .map(|m| (m.namespace(), m.name_any()))
+                    .collect(),
+            ),
+        );
+        s
+    };
+    // No controller yet, so no labels: only what runs here, read by name.
+    assert_eq!(seen(a.clone(), vec![]).await, (vec![], vec![]));
+    assert_eq!(
+        seen(a.clone(), vec![format!("{ns}/old")]).await,
+        (vec!["old".to_owned()], vec![])
+    );
+
+    let _ctl = spawn_controller(b, ns, test);
+    // One pass labels them one by one: wait for all four.
+    eventually(LONG, "the VMIs labelled", || async {
+        let (on_a, on_b) = (
+            seen(a.clone(), vec![]).await,
+            seen(bn.clone(), vec![]).await,
+        );
+        (on_a.0 == ["a1", "old"] && on_b.0 == ["b1", "b2"]).then_some(())
+    })
+    .await;
+
+    // b1 migrates to A (the only other node); nobody plays the agents, so
+    // it stays Scheduled.
+    create_vmim(b, ns, "mig", "b1").await;
+    wait_phase(b, ns, "mig", MigrationPhase::Scheduled).await;
+    let want_a: Seen = (
+        vec!["a1".into(), "b1".into(), "old".into()],
+        vec!["mig".into()],
+    );
+    eventually(LONG, "A sees the migration it is the target of", || async {
+        (seen(a.clone(), vec![]).await == want_a).then_some(())
+    })
+    .await;
+    assert_eq!(
+        seen(bn.clone(), vec![]).await,
+        (
+            vec!["b1".to_owned(), "b2".to_owned()],
+            vec!["mig".to_owned()]
+        )
+    );
+}
