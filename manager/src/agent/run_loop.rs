@@ -1,7 +1,7 @@
-//! The agent loop: each pass observes the VMI / VMIM objects, asks
-//! [`super::decide`] what this node must do, and carries the actions out,
-//! following the controller <-> agent protocol documented in
-//! [`crate::backend`].
+//! The agent loop: each pass observes its node's VMIs and VMIMs
+//! ([`super::observe`], by label), asks [`super::decide`] what this node
+//! must do, and carries the actions out, following the controller <-> agent
+//! protocol documented in [`crate::backend`].
 //!
 //! Level-triggered like the controller: on every change (or a tick) the
 //! pass decides from scratch. The work that takes long runs in tasks the
