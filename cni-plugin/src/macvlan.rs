@@ -14,7 +14,6 @@ use crate::types::{CniOutput, Dns, Interface};
 use crate::version;
 use netlink_packet_route::link::MacVlanMode;
 use serde::Deserialize;
-use std::net::IpAddr;
 
 // ---------------------------------------------------------------- config --
 
@@ -1075,14 +1074,6 @@ pub fn cmd_gc(args: &CmdArgs) -> CniResult<()> {
         Some(t) => Ipam::for_type(t)?.gc(args),
         None => Ok(()),
     }
-}
-
-/// Gateway of the first IP of `ip`'s family (exposed for tests).
-pub fn family_gateway(out: &CniOutput, v4: bool) -> Option<IpAddr> {
-    out.ips
-        .iter()
-        .filter(|ip| ip.address.is_ipv4() == v4)
-        .find_map(|ip| ip.gateway)
 }
 
 #[cfg(test)]

@@ -177,12 +177,6 @@ pub fn set_sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(Path::new("/proc/sys").join(key), value)
 }
 
-pub fn get_sysctl(key: &str) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(Path::new("/proc/sys").join(key))?
-        .trim()
-        .to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

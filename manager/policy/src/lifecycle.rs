@@ -108,19 +108,6 @@ impl Lifecycle {
         }
     }
 
-    /// Rebuild from a stored status (the adapter reads it back from the API).
-    pub fn from_parts(
-        phase: Phase,
-        transitions: Vec<PhaseTransition>,
-        failure: Option<FailureReason>,
-    ) -> Self {
-        Self {
-            phase,
-            transitions,
-            failure,
-        }
-    }
-
     pub fn phase(&self) -> Phase {
         self.phase
     }

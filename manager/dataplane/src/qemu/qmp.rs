@@ -261,24 +261,6 @@ impl QmpClient {
         }
     }
 
-    /// Waits for the next event named `name` (after this call) within `timeout`;
-    /// `None` on timeout or once the connection is gone.
-    pub async fn wait_event(&self, name: &str, timeout: Duration) -> Option<QmpEvent> {
-        let mut rx = self.subscribe();
-        tokio::time::timeout(timeout, async {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) if ev.name == name => return Some(ev),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-
     /// `query-status`: the run state, e.g. "running", "paused", "inmigrate",
     /// "postmigrate".
     pub async fn run_state(&self) -> Result<String, QmpError> {
