@@ -27,7 +27,8 @@ bash "$here/k8s/up.sh" "$state"
 source "$state/env"
 
 status=0
-cargo test --workspace --locked -- --test-threads="${MIGNET_TEST_THREADS:-2}" || status=$?
+# --no-fail-fast: one failing test binary must not hide the ones after it.
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${MIGNET_TEST_THREADS:-2}" || status=$?
 bash "$here/k8s/down.sh" "$state" >/dev/null 2>&1 || true
 
 # Bounded fuzzing of the parsers of hostile input (tests/fuzz/README.md):
