@@ -367,14 +367,13 @@ async fn sim_pass<B: Backend>(
         match phase {
             // The abort is recorded on the VMI but the phase write lost a
             // race (the controller writes the VMIM's labels too): finish it.
-            _ if state.abort_status.is_some() => {
-                if cfg.nodes.contains(&source) {
-                    let mut m = m.clone();
-                    enter_phase(&mut m, MigrationPhase::Failed, now());
-                    b.replace_status(&m).await?;
-                    running_since.remove(&uid);
-                }
+            _ if state.abort_status.is_some() && cfg.nodes.contains(&source) => {
+                let mut m = m.clone();
+                enter_phase(&mut m, MigrationPhase::Failed, now());
+                b.replace_status(&m).await?;
+                running_since.remove(&uid);
             }
+            _ if state.abort_status.is_some() => {}
             // The address is published but the TargetReady write lost a
             // race: write it again, as the real target agent's retry does.
             MigrationPhase::PreparingTarget
