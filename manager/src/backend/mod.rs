@@ -100,6 +100,7 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::api::network_ref::is_dns1123_subdomain;
 use crate::api::{
     HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
     VirtualMachineInstanceMigration,
@@ -498,23 +499,12 @@ fn is_label_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-/// A label key: `name` or `prefix/name`, the prefix a DNS-1123 subdomain.
+/// A label key: `name` or `prefix/name`, the prefix a DNS-1123 subdomain
+/// (the same check as object names, [`is_dns1123_subdomain`]).
 fn is_label_key(s: &str) -> bool {
     match s.split_once('/') {
         None => is_label_name(s),
-        Some((prefix, name)) => {
-            is_label_name(name)
-                && prefix.len() <= 253
-                && prefix.split('.').all(|l| {
-                    let b = l.as_bytes();
-                    !b.is_empty()
-                        && b.len() <= 63
-                        && b[0].is_ascii_alphanumeric()
-                        && b[b.len() - 1].is_ascii_alphanumeric()
-                        && b.iter()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-                })
-        }
+        Some((prefix, name)) => is_label_name(name) && is_dns1123_subdomain(prefix),
     }
 }
 
