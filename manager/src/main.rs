@@ -18,6 +18,8 @@ use mignet::{parse_cidrs, ClusterNetworks, RolloutSettings};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: mignet::cli::target::TargetArgs,
 }
 
 #[derive(Subcommand)]
@@ -521,7 +523,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match Cli::parse().command {
+    let Cli { command, target } = Cli::parse();
+    match command {
         // Synchronous: the lab and its verbs block on ip/CNI commands and
         // files; nothing else runs on this runtime meanwhile.
         // The demo drives the CLI verbs, so it runs above the CLI.
@@ -529,7 +532,7 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             keep,
         })) => mignet::demo::run_command(nodes, keep)?,
-        Command::Local(verb) => mignet::cli::run(verb)?,
+        Command::Local(verb) => mignet::cli::run(&target, verb).await?,
         Command::Agent(args) => run_agent(args).await?,
         Command::Console(args) => run_console(args).await?,
         Command::Launcher(args) => std::process::exit(run_launcher(args).await),
