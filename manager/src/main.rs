@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mignet::console::LoginLimits;
 use mignet::{parse_cidrs, ClusterNetworks, RolloutSettings};
 
@@ -77,7 +77,19 @@ enum Command {
         #[arg(long, default_value = "deploy/crds")]
         out: PathBuf,
     },
-    /// Lab mode and the CLI verbs against the lab's store.
+    /// Print a shell completion script: `source <(mignet completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), from the same definitions as --help:
+    /// `mignet man > mignet.1`; with --out, write it and one page per
+    /// subcommand (mignet-migrate.1, ...) there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Lab mode and the CLI verbs against the lab or a cluster.
     #[command(flatten)]
     Local(mignet::cli::Verb),
 }
@@ -536,6 +548,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => run_agent(args).await?,
         Command::Console(args) => run_console(args).await?,
         Command::Launcher(args) => std::process::exit(run_launcher(args).await),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mignet", &mut std::io::stdout())
+        }
+        Command::Man { out: None } => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page")?,
+        Command::Man { out: Some(dir) } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("writing the man pages to {}", dir.display()))?,
         Command::Crdgen { out } => {
             for p in mignet::api::crdgen::write_all(&out)? {
                 println!("{}", p.display());

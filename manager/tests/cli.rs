@@ -63,3 +63,50 @@ fn manager_requires_the_cluster_cidrs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--pod-cidr"), "{err}");
 }
+
+#[test]
+fn completion_scripts_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = mignet().args(["completion", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for verb in ["migrate-cancel", "describe", "completion", "lab"] {
+            assert!(script.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
+}
+
+#[test]
+fn man_page_renders_from_the_clap_definitions() {
+    let out = mignet().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let roff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        roff.starts_with(".ie") || roff.contains(".TH mignet"),
+        "{roff}"
+    );
+    for text in [".SH SUBCOMMANDS", "migrate\\-cancel", "\\-\\-kubeconfig"] {
+        assert!(roff.contains(text), "man page lacks {text:?}:\n{roff}");
+    }
+    // One page per subcommand, and each one renders (groff, as man does).
+    let dir = std::env::temp_dir().join(format!("mignet-man-{}", std::process::id()));
+    let out = mignet().args(["man", "--out"]).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = dir.join("mignet-migrate-cancel.1");
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tascii", "-P", "-cbou"])
+        .arg(&page)
+        .output()
+        .expect("groff (the man page renderer) is needed for this test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success() && text.contains("--namespace"),
+        "{text}"
+    );
+    assert!(text.contains("mignet-migrate-cancel"), "{text}");
+}
