@@ -536,6 +536,22 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let Cli { command, target } = Cli::parse();
+    // The target flags are global so they go anywhere on a verb's command
+    // line; the daemons find their cluster by kube's rules and have no use
+    // for them. (The console's own `--lab` shares the flag's id, so it is
+    // the console's to read.)
+    let daemon_target = match &command {
+        Command::Local(_) => None,
+        Command::Console(_) => target.kubeconfig.as_ref().map(|_| "--kubeconfig"),
+        _ if target.kubeconfig.is_some() => Some("--kubeconfig"),
+        _ if target.lab => Some("--lab"),
+        _ => None,
+    };
+    if let Some(flag) = daemon_target {
+        anyhow::bail!(
+            "{flag} is for the CLI verbs (get, describe, migrate, ...); the daemons take $KUBECONFIG or the in-cluster config"
+        );
+    }
     match command {
         // Synchronous: the lab and its verbs block on ip/CNI commands and
         // files; nothing else runs on this runtime meanwhile.

@@ -110,3 +110,28 @@ fn man_page_renders_from_the_clap_definitions() {
     );
     assert!(text.contains("mignet-migrate-cancel"), "{text}");
 }
+
+#[test]
+fn target_flags_are_refused_where_they_would_be_ignored() {
+    let out = mignet()
+        .args(["crdgen", "--kubeconfig", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig is for the CLI verbs"), "{err}");
+    let out = mignet()
+        .args(["lab", "status", "--kubeconfig", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drop --kubeconfig"), "{err}");
+    let out = mignet()
+        .args(["get", "vmi", "--kubeconfig", "/nonexistent", "--lab"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig and --lab"), "{err}");
+}

@@ -149,6 +149,11 @@ pub enum Verb {
 /// the CLI's runtime.
 pub async fn run(target_args: &target::TargetArgs, verb: Verb) -> Result<(), CliError> {
     if let Verb::Lab(cmd) = verb {
+        if target_args.kubeconfig.is_some() {
+            return Err(CliError::Usage(
+                "`mignet lab` acts on the lab ($MIGNET_LAB_DIR), never on a cluster: drop --kubeconfig".into(),
+            ));
+        }
         return lab::run(cmd);
     }
     let out = match target::choose(target_args, &target::TargetEnv::from_env())? {
