@@ -162,6 +162,27 @@ async fn get_and_describe_with_kubeconfig_read_the_cluster() {
         format!("No resources found in {} namespace.\n", ns.name)
     );
 
+    // $KUBECONFIG instead of the flag: the same cluster (kubectl's rule),
+    // unless a lab is up at the default directory, where the verb refuses
+    // to guess (cli::target).
+    let by_env = std::process::Command::new(env!("CARGO_BIN_EXE_mignet"))
+        .args(["get", "vmi", "vmi-fedora", "-n", &ns.name, "-o", "name"])
+        .env("KUBECONFIG", env().kubeconfig)
+        .env_remove("MIGNET_LAB_DIR")
+        .output()
+        .unwrap();
+    if mignet::lab::state_file(std::path::Path::new(mignet::lab::DEFAULT_DIR)).exists() {
+        let err = String::from_utf8_lossy(&by_env.stderr);
+        assert!(err.contains("--kubeconfig PATH or --lab"), "{err}");
+    } else {
+        assert_eq!(
+            String::from_utf8_lossy(&by_env.stdout),
+            "virtualmachineinstance.kubevirt.io/vmi-fedora\n",
+            "{}",
+            String::from_utf8_lossy(&by_env.stderr)
+        );
+    }
+
     let d = stdout_ok(&["describe", "vmi", "vmi-fedora", "-n", &ns.name]);
     for line in [
         "Phase:        Running\n",
