@@ -135,3 +135,60 @@ fn target_flags_are_refused_where_they_would_be_ignored() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--kubeconfig and --lab"), "{err}");
 }
+
+/// A lab directory the verbs accept (its state file and store) with a
+/// Running VMI, and no QEMU: the verbs only read and write the store.
+fn lab_with_running_vmi() -> std::path::PathBuf {
+    use mignet::store::Store;
+    use serde_json::json;
+    let dir = std::env::temp_dir().join(format!("mignet-cli-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(mignet::lab::state_file(&dir), "{}").unwrap();
+    let store = Store::open(mignet::lab::store_dir(&dir)).unwrap();
+    let mut v = store
+        .create_value(json!({
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "metadata": {"name": "vmi-fedora", "namespace": "mignet-system"},
+            "spec": {"domain": {}}
+        }))
+        .unwrap();
+    v["status"] = json!({"phase": "Running", "nodeName": "node1"});
+    store.update_status_value(v).unwrap();
+    dir
+}
+
+#[test]
+fn migrate_and_migrate_cancel_on_the_lab_from_mignet_lab_dir() {
+    let dir = lab_with_running_vmi();
+    let run = |args: &[&str]| {
+        mignet()
+            .args(args)
+            .env("MIGNET_LAB_DIR", &dir)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["migrate", "vmi-fedora"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "VM vmi-fedora was scheduled to migrate\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["get", "vmim", "-o", "jsonpath={.items[*].spec.vmiName}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "vmi-fedora");
+    let out = run(&["migrate-cancel", "vmi-fedora"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "VM vmi-fedora was scheduled to migrate-cancel\n"
+    );
+    let out = run(&["migrate-cancel", "vmi-fedora"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Found no migration to cancel for vmi-fedora"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
