@@ -365,6 +365,25 @@ async fn sim_pass<B: Backend>(
         }
 
         match phase {
+            // The abort is recorded on the VMI but the phase write lost a
+            // race (the controller writes the VMIM's labels too): finish it.
+            _ if state.abort_status.is_some() => {
+                if cfg.nodes.contains(&source) {
+                    let mut m = m.clone();
+                    enter_phase(&mut m, MigrationPhase::Failed, now());
+                    b.replace_status(&m).await?;
+                    running_since.remove(&uid);
+                }
+            }
+            // The address is published but the TargetReady write lost a
+            // race: write it again, as the real target agent's retry does.
+            MigrationPhase::PreparingTarget
+                if cfg.nodes.contains(&target) && state.target_node_address.is_some() =>
+            {
+                let mut m = m.clone();
+                enter_phase(&mut m, MigrationPhase::TargetReady, now());
+                b.replace_status(&m).await?;
+            }
             // Target agent: prepare, publish the address.
             MigrationPhase::Scheduled | MigrationPhase::PreparingTarget
                 if cfg.nodes.contains(&target) && state.target_node_address.is_none() =>
