@@ -375,7 +375,7 @@ fn story(
             Verb::Describe {
                 resource: "vmi".into(),
                 name: Some(VMI.into()),
-                namespace: LAB_NAMESPACE.into(),
+                namespace: Some(LAB_NAMESPACE.into()),
             },
         )?
     );
@@ -386,7 +386,7 @@ fn story(
             resource: "vmi".into(),
             name: Some(VMI.into()),
             output: Some("jsonpath={.status.migrationState.targetNodeAddress}".into()),
-            namespace: LAB_NAMESPACE.into(),
+            namespace: Some(LAB_NAMESPACE.into()),
             all_namespaces: false,
         },
     )?;

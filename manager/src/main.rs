@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mignet::console::LoginLimits;
 use mignet::{parse_cidrs, ClusterNetworks, RolloutSettings};
 
@@ -18,6 +18,8 @@ use mignet::{parse_cidrs, ClusterNetworks, RolloutSettings};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: mignet::cli::target::TargetArgs,
 }
 
 #[derive(Subcommand)]
@@ -75,7 +77,19 @@ enum Command {
         #[arg(long, default_value = "deploy/crds")]
         out: PathBuf,
     },
-    /// Lab mode and the CLI verbs against the lab's store.
+    /// Print a shell completion script: `source <(mignet completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), from the same definitions as --help:
+    /// `mignet man > mignet.1`; with --out, write it and one page per
+    /// subcommand (mignet-migrate.1, ...) there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Lab mode and the CLI verbs against the lab or a cluster.
     #[command(flatten)]
     Local(mignet::cli::Verb),
 }
@@ -521,7 +535,24 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match Cli::parse().command {
+    let Cli { command, target } = Cli::parse();
+    // The target flags are global so they go anywhere on a verb's command
+    // line; the daemons find their cluster by kube's rules and have no use
+    // for them. (The console's own `--lab` shares the flag's id, so it is
+    // the console's to read.)
+    let daemon_target = match &command {
+        Command::Local(_) => None,
+        Command::Console(_) => target.kubeconfig.as_ref().map(|_| "--kubeconfig"),
+        _ if target.kubeconfig.is_some() => Some("--kubeconfig"),
+        _ if target.lab => Some("--lab"),
+        _ => None,
+    };
+    if let Some(flag) = daemon_target {
+        anyhow::bail!(
+            "{flag} is for the CLI verbs (get, describe, migrate, ...); the daemons take $KUBECONFIG or the in-cluster config"
+        );
+    }
+    match command {
         // Synchronous: the lab and its verbs block on ip/CNI commands and
         // files; nothing else runs on this runtime meanwhile.
         // The demo drives the CLI verbs, so it runs above the CLI.
@@ -529,10 +560,19 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             keep,
         })) => mignet::demo::run_command(nodes, keep)?,
-        Command::Local(verb) => mignet::cli::run(verb)?,
+        Command::Local(verb) => mignet::cli::run(&target, verb).await?,
         Command::Agent(args) => run_agent(args).await?,
         Command::Console(args) => run_console(args).await?,
         Command::Launcher(args) => std::process::exit(run_launcher(args).await),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mignet", &mut std::io::stdout())
+        }
+        Command::Man { out: None } => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page")?,
+        Command::Man { out: Some(dir) } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("writing the man pages to {}", dir.display()))?,
         Command::Crdgen { out } => {
             for p in mignet::api::crdgen::write_all(&out)? {
                 println!("{}", p.display());

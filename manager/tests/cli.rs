@@ -63,3 +63,132 @@ fn manager_requires_the_cluster_cidrs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--pod-cidr"), "{err}");
 }
+
+#[test]
+fn completion_scripts_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = mignet().args(["completion", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for verb in ["migrate-cancel", "describe", "completion", "lab"] {
+            assert!(script.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
+}
+
+#[test]
+fn man_page_renders_from_the_clap_definitions() {
+    let out = mignet().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let roff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        roff.starts_with(".ie") || roff.contains(".TH mignet"),
+        "{roff}"
+    );
+    for text in [".SH SUBCOMMANDS", "migrate\\-cancel", "\\-\\-kubeconfig"] {
+        assert!(roff.contains(text), "man page lacks {text:?}:\n{roff}");
+    }
+    // One page per subcommand, and each one renders (groff, as man does).
+    let dir = std::env::temp_dir().join(format!("mignet-man-{}", std::process::id()));
+    let out = mignet().args(["man", "--out"]).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = dir.join("mignet-migrate-cancel.1");
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tascii", "-P", "-cbou"])
+        .arg(&page)
+        .output()
+        .expect("groff (the man page renderer) is needed for this test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success() && text.contains("--namespace"),
+        "{text}"
+    );
+    assert!(text.contains("mignet-migrate-cancel"), "{text}");
+}
+
+#[test]
+fn target_flags_are_refused_where_they_would_be_ignored() {
+    let out = mignet()
+        .args(["crdgen", "--kubeconfig", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig is for the CLI verbs"), "{err}");
+    let out = mignet()
+        .args(["lab", "status", "--kubeconfig", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drop --kubeconfig"), "{err}");
+    let out = mignet()
+        .args(["get", "vmi", "--kubeconfig", "/nonexistent", "--lab"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig and --lab"), "{err}");
+}
+
+/// A lab directory the verbs accept (its state file and store) with a
+/// Running VMI, and no QEMU: the verbs only read and write the store.
+fn lab_with_running_vmi() -> std::path::PathBuf {
+    use mignet::store::Store;
+    use serde_json::json;
+    let dir = std::env::temp_dir().join(format!("mignet-cli-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(mignet::lab::state_file(&dir), "{}").unwrap();
+    let store = Store::open(mignet::lab::store_dir(&dir)).unwrap();
+    let mut v = store
+        .create_value(json!({
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "metadata": {"name": "vmi-fedora", "namespace": "mignet-system"},
+            "spec": {"domain": {}}
+        }))
+        .unwrap();
+    v["status"] = json!({"phase": "Running", "nodeName": "node1"});
+    store.update_status_value(v).unwrap();
+    dir
+}
+
+#[test]
+fn migrate_and_migrate_cancel_on_the_lab_from_mignet_lab_dir() {
+    let dir = lab_with_running_vmi();
+    let run = |args: &[&str]| {
+        mignet()
+            .args(args)
+            .env("MIGNET_LAB_DIR", &dir)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["migrate", "vmi-fedora"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "VM vmi-fedora was scheduled to migrate\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["get", "vmim", "-o", "jsonpath={.items[*].spec.vmiName}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "vmi-fedora");
+    let out = run(&["migrate-cancel", "vmi-fedora"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "VM vmi-fedora was scheduled to migrate-cancel\n"
+    );
+    let out = run(&["migrate-cancel", "vmi-fedora"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Found no migration to cancel for vmi-fedora"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,7 +25,9 @@ use super::{preserve_unknown_array, preserve_unknown_object, QuantityValue};
     namespaced,
     status = "VirtualMachineInstanceStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
+    // KubeVirt's own column (`kubectl get vmi -o wide`), same name and path.
+    printcolumn = r#"{"name":"Live-Migratable","type":"string","jsonPath":".status.conditions[?(@.type=='LiveMigratable')].status","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]

@@ -1,25 +1,33 @@
-//! CLI verbs that mirror the seed's `oc`/`kubectl` commands against the lab's
-//! store: `create -f`, `apply -f`, `delete`, `get`, `describe`,
-//! `edit-config`, and the `lab` verbs. They read and write the store files
-//! directly (under its lock); the lab daemon notices the writes.
+//! CLI verbs that mirror the seed's `oc`/`kubectl` commands and virtctl's
+//! `migrate` / `migrate-cancel`: `create -f`, `apply -f`, `delete`, `get`,
+//! `describe`, `edit-config`, `migrate`, `migrate-cancel`, and the `lab`
+//! verbs. Against the lab (see [`target`] for how the target is chosen) the
+//! store verbs read and write the store files directly (under its lock); the
+//! lab daemon notices the writes. Against a cluster `get`, `describe`,
+//! `migrate` and `migrate-cancel` run over the API server
+//! ([`over_backend`]); the writing verbs stay lab-only (kubectl does them).
 //!
-//! Namespace: `-n`, default `mignet-system` (the lab's only namespace in
-//! practice, where the seed's NAD and HCO live; the seed's VM and VMIM files
-//! carry none and land there too).
+//! Namespace: `-n`; in the lab the default is `mignet-system` (the lab's
+//! only namespace in practice, where the seed's NAD and HCO live; the seed's
+//! VM and VMIM files carry none and land there too); on a cluster it is the
+//! kubeconfig context's, as for kubectl.
 
 pub mod describe;
 pub mod edit_config;
 pub mod jsonpath;
 pub mod lab;
 pub mod lab_status;
+pub mod migrate;
+pub mod over_backend;
 pub mod resources;
 pub mod table;
+pub mod target;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::lab::{open_store, LabConfig, LabError, LAB_NAMESPACE};
+use crate::lab::{LabError, LAB_NAMESPACE};
 use crate::store::{Deleted, Key, Store, StoreError};
 use resources::Resource;
 
@@ -93,8 +101,9 @@ pub enum Verb {
         name: Option<String>,
         #[arg(short = 'o', long)]
         output: Option<String>,
-        #[arg(short = 'n', long, default_value = LAB_NAMESPACE)]
-        namespace: String,
+        /// Default: mignet-system in the lab, the context's on a cluster.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
@@ -102,8 +111,25 @@ pub enum Verb {
     Describe {
         resource: String,
         name: Option<String>,
-        #[arg(short = 'n', long, default_value = LAB_NAMESPACE)]
-        namespace: String,
+        /// Default: mignet-system in the lab, the context's on a cluster.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Live-migrate a running VM (virtctl migrate): creates a
+    /// VirtualMachineInstanceMigration for it.
+    Migrate {
+        vm: String,
+        /// Default: mignet-system in the lab, the context's on a cluster.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Cancel a VM's unfinished migration (virtctl migrate-cancel): deletes
+    /// its VirtualMachineInstanceMigration.
+    MigrateCancel {
+        vm: String,
+        /// Default: mignet-system in the lab, the context's on a cluster.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
     /// Set (`KEY=VALUE`) or unset (`KEY-`) keys of the HyperConverged's
     /// liveMigrationConfig; unset restores the default.
@@ -117,13 +143,36 @@ pub enum Verb {
     },
 }
 
-/// Run a verb; what it prints goes to stdout.
-pub fn run(verb: Verb) -> Result<(), CliError> {
+/// Run a verb against the target the flags and environment name
+/// ([`target::choose`]); what it prints goes to stdout. The lab's store
+/// verbs block (files, locks), as they always did: nothing else runs on
+/// the CLI's runtime.
+pub async fn run(target_args: &target::TargetArgs, verb: Verb) -> Result<(), CliError> {
     if let Verb::Lab(cmd) = verb {
+        if target_args.kubeconfig.is_some() {
+            return Err(CliError::Usage(
+                "`mignet lab` acts on the lab ($MIGNET_LAB_DIR), never on a cluster: drop --kubeconfig".into(),
+            ));
+        }
         return lab::run(cmd);
     }
-    let store = open_store(&LabConfig::dir_from_env())?;
-    let out = run_on(&store, verb)?;
+    let out = match target::choose(target_args, &target::TargetEnv::from_env())? {
+        target::Target::Lab(dir) => {
+            let store = target::open_lab(&dir)?;
+            match verb {
+                Verb::Migrate { .. } | Verb::MigrateCancel { .. } => {
+                    let b = crate::backend::LocalBackend::new(std::sync::Arc::new(store));
+                    over_backend::run(&b, LAB_NAMESPACE, verb).await?
+                }
+                verb => run_on(&store, verb)?,
+            }
+        }
+        target::Target::Cluster(kubeconfig) => {
+            let client = target::connect(kubeconfig.as_deref()).await?;
+            let ns = client.default_namespace().to_owned();
+            over_backend::run(&crate::backend::KubeBackend::unwatched(client), &ns, verb).await?
+        }
+    };
     print!("{out}");
     Ok(())
 }
@@ -153,17 +202,21 @@ pub fn run_on(store: &Store, verb: Verb) -> Result<String, CliError> {
             &resource,
             name,
             output.as_deref(),
-            &namespace,
+            namespace.as_deref().unwrap_or(LAB_NAMESPACE),
             all_namespaces,
         ),
+        Verb::Migrate { .. } | Verb::MigrateCancel { .. } => Err(CliError::Usage(
+            "migrate verbs run over a backend (cli::run)".into(),
+        )),
         Verb::Describe {
             resource,
             name,
             namespace,
         } => {
+            let namespace = namespace.as_deref().unwrap_or(LAB_NAMESPACE);
             let (r, name) = resource_and_name(&resource, name)?;
             let name = name.ok_or_else(|| CliError::Usage("describe needs a NAME".into()))?;
-            let key = Key::new(r.kind, ns_for(r, &namespace), &name);
+            let key = Key::new(r.kind, ns_for(r, namespace), &name);
             let obj = store.get_value(&key)?.ok_or(StoreError::NotFound { key })?;
             Ok(describe::describe(r, &obj))
         }
@@ -435,6 +488,18 @@ fn get(
             store.list_values(r.kind, ns.map(|n| if r.namespaced { n } else { "" }))?,
         ),
     };
+    render_get(r, single, items, output, ns, all_namespaces)
+}
+
+/// What `get` prints for the objects read (`single`: one asked by name).
+fn render_get(
+    r: &Resource,
+    single: bool,
+    items: Vec<Value>,
+    output: Option<&str>,
+    ns: Option<&str>,
+    all_namespaces: bool,
+) -> Result<String, CliError> {
     let as_doc = || {
         if single {
             items[0].clone()

@@ -33,7 +33,7 @@ fn get(store: &Store, args: &[&str], output: Option<&str>) -> Result<String, Cli
             resource: args[0].into(),
             name: args.get(1).map(|s| (*s).to_owned()),
             output: output.map(str::to_owned),
-            namespace: LAB_NAMESPACE.into(),
+            namespace: Some(LAB_NAMESPACE.into()),
             all_namespaces: false,
         },
     )
@@ -140,7 +140,7 @@ fn jsonpath_and_describe_read_the_stored_status() {
         Verb::Describe {
             resource: "vmi".into(),
             name: Some("vmi-fedora".into()),
-            namespace: LAB_NAMESPACE.into(),
+            namespace: Some(LAB_NAMESPACE.into()),
         },
     )
     .unwrap();
@@ -313,4 +313,110 @@ fn edit_config_sets_unsets_and_validates() {
     )
     .unwrap();
     assert_eq!(v, r#"{"network":"my-secondary-network"}"#);
+}
+
+fn running_vmi(store: &Store, name: &str) {
+    let vmi = json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": LAB_NAMESPACE},
+        "spec": {"domain": {}}
+    });
+    let mut v = store.create_value(vmi).unwrap();
+    v["status"] = json!({
+        "phase": "Running",
+        "nodeName": "node1",
+        "migrationState": {"sourceNode": "node1", "targetNode": "node2", "completed": false}
+    });
+    store.update_status_value(v).unwrap();
+}
+
+#[tokio::test]
+async fn migrate_and_migrate_cancel_on_the_lab_store_print_virtctls_lines() {
+    let (_t, store) = tmp();
+    running_vmi(&store, "vmi-fedora");
+    let store = std::sync::Arc::new(store);
+    let b = crate::backend::LocalBackend::new(store.clone());
+    let verb = |vm: &str, cancel: bool| {
+        let (vm, namespace) = (vm.to_owned(), None);
+        if cancel {
+            Verb::MigrateCancel { vm, namespace }
+        } else {
+            Verb::Migrate { vm, namespace }
+        }
+    };
+    let out = over_backend::run(&b, LAB_NAMESPACE, verb("vmi-fedora", false))
+        .await
+        .unwrap();
+    assert_eq!(out, "VM vmi-fedora was scheduled to migrate\n");
+    let vmims = store
+        .list_values("VirtualMachineInstanceMigration", Some(LAB_NAMESPACE))
+        .unwrap();
+    assert_eq!(vmims.len(), 1);
+    let m = &vmims[0];
+    assert_eq!(m["spec"]["vmiName"], "vmi-fedora");
+    assert_eq!(m["metadata"]["generateName"], "kubevirt-migrate-vm-");
+    let vmim = m["metadata"]["name"].as_str().unwrap();
+    assert!(
+        vmim.starts_with("kubevirt-migrate-vm-") && vmim.len() == 25,
+        "{vmim}"
+    );
+
+    let e = over_backend::run(&b, LAB_NAMESPACE, verb("nope", false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "VirtualMachine nope not found in namespace mignet-system"
+    );
+
+    let out = over_backend::run(&b, LAB_NAMESPACE, verb("vmi-fedora", true))
+        .await
+        .unwrap();
+    assert_eq!(out, "VM vmi-fedora was scheduled to migrate-cancel\n");
+    assert!(store
+        .list_values("VirtualMachineInstanceMigration", Some(LAB_NAMESPACE))
+        .unwrap()
+        .is_empty());
+    let e = over_backend::run(&b, LAB_NAMESPACE, verb("vmi-fedora", true))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "Found no migration to cancel for vmi-fedora");
+}
+
+#[tokio::test]
+async fn get_and_describe_over_a_backend_print_what_the_store_verbs_print() {
+    let (_t, store) = tmp();
+    running_vmi(&store, "vmi-fedora");
+    let store = std::sync::Arc::new(store);
+    let b = crate::backend::LocalBackend::new(store.clone());
+    let describe = || Verb::Describe {
+        resource: "vmi".into(),
+        name: Some("vmi-fedora".into()),
+        namespace: None,
+    };
+    let via_backend = over_backend::run(&b, LAB_NAMESPACE, describe())
+        .await
+        .unwrap();
+    assert!(via_backend.contains("Migration State:\n"), "{via_backend}");
+    assert!(
+        via_backend.contains("  Target Node: node2\n"),
+        "{via_backend}"
+    );
+    assert_eq!(via_backend, run_on(&store, describe()).unwrap());
+    for output in [None, Some("jsonpath={.status.migrationState.targetNode}")] {
+        let get = || Verb::Get {
+            resource: "vmi".into(),
+            name: None,
+            output: output.map(str::to_owned),
+            namespace: None,
+            all_namespaces: false,
+        };
+        assert_eq!(
+            over_backend::run(&b, LAB_NAMESPACE, get()).await.unwrap(),
+            run_on(&store, get()).unwrap()
+        );
+    }
 }
