@@ -16,6 +16,25 @@
 //! - WaitAsReceiver: left alone (the target of a cross-cluster migration).
 //! - A VM being deleted deletes its VMI.
 //!
+//! State change requests (`status.stateChangeRequests`, written by
+//! `mignet start|stop|restart`), as KubeVirt's VM controller handles them
+//! (`pkg/virt-controller/watch/vm/vm.go` at v1.9.0-beta.0+, commit
+//! d923fdb: `syncRunStrategy`, `hasStopRequestForVMI`, `hasStartRequest`,
+//! `isTrimFirstChangeRequestNeeded`, `addStartRequest`). Only the first
+//! request counts; one is removed per pass, from what was observed:
+//! - Stop{uid}: the VMI with that uid is deleted (under every strategy
+//!   that has one running); once no VMI has that uid (gone, or already
+//!   replaced) the request is removed. A Stop without a uid cannot be acted
+//!   on and is removed.
+//! - Start: Manual and RerunOnFailure create the VMI (from the VM's
+//!   current template) when none exists; Always needs no request to do so.
+//!   The request is removed once a live (not final, not deleting) VMI
+//!   exists. Restart is [Stop{uid}, Start].
+//! - RerunOnFailure creates a missing VMI only on a Start request or for a
+//!   VM that never ran: a VM stopped by request stays stopped. Its own
+//!   restart of a Failed VMI goes through an appended Start request, as
+//!   KubeVirt's does.
+//!
 //! Ownership: only a VMI whose controller owner reference is this VM (same
 //! uid) is the VM's; a VMI of the same name with no controller is adopted,
 //! one controlled by something else is never touched. [`collect_orphans`]
@@ -71,9 +90,21 @@ pub struct VmView {
     pub strategy: RunStrategy,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
-    /// The VM has a status already (it was reconciled before); `Once` uses
-    /// it to start only a VM that never ran.
+    /// The VM has a status already (it was reconciled before); `Once` and
+    /// `RerunOnFailure` use it to start on their own only a VM that never ran.
     pub has_status: bool,
+    /// `status.stateChangeRequests`, oldest first.
+    pub requests: Vec<ChangeRequest>,
+}
+
+/// One entry of `status.stateChangeRequests`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeRequest {
+    Start,
+    /// Stop the VMI with this uid.
+    Stop {
+        uid: Option<String>,
+    },
 }
 
 /// Why a VMI cannot start, from its conditions (what virt-controller
@@ -99,6 +130,8 @@ pub enum VmiState {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmiFacts {
+    /// `metadata.uid`: what a Stop request names.
+    pub uid: String,
     /// Controlled by this VM (false: no controller reference yet; adopted).
     pub owned: bool,
     pub phase: VmiPhase,
@@ -168,18 +201,71 @@ pub struct VmStatus {
 pub struct VmDecision {
     pub action: VmiAction,
     pub status: VmStatus,
+    /// What happens to `status.stateChangeRequests`.
+    pub requests: RequestEdit,
 }
 
-/// Whether `strategy` wants a VMI to exist, given the current one.
-fn wants_running(vm: &VmView, vmi: &VmiState) -> bool {
+/// The change to `status.stateChangeRequests` a decision makes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestEdit {
+    /// The first request is done (or stale): remove it.
+    pub remove_first: bool,
+    /// Append a Start request (RerunOnFailure restarting a failed VMI).
+    pub append_start: bool,
+}
+
+/// The first request, read against the VMI: a Stop of exactly this VMI,
+/// a Start, or neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum First {
+    StopThis,
+    Start,
+    Other,
+}
+
+fn first_request(vm: &VmView, vmi: &VmiState) -> First {
+    match (vm.requests.first(), vmi) {
+        (Some(ChangeRequest::Stop { uid: Some(u) }), VmiState::Present(f)) if *u == f.uid => {
+            First::StopThis
+        }
+        (Some(ChangeRequest::Start), _) => First::Start,
+        _ => First::Other,
+    }
+}
+
+/// `isTrimFirstChangeRequestNeeded`: whether the first request is done.
+fn first_done(vm: &VmView, vmi: &VmiState) -> bool {
+    let live = |f: &VmiFacts| !f.deleting && !f.phase.is_final();
+    match (vm.requests.first(), vmi) {
+        (None, _) => false,
+        // No VMI of ours, no uid, or another VMI: stopped already (or
+        // never actionable).
+        (Some(ChangeRequest::Stop { uid }), VmiState::Present(f)) => {
+            uid.as_deref() != Some(f.uid.as_str())
+        }
+        (Some(ChangeRequest::Stop { .. }), _) => true,
+        (Some(ChangeRequest::Start), VmiState::Present(f)) => live(f),
+        (Some(ChangeRequest::Start), _) => false,
+    }
+}
+
+/// Whether `strategy` wants a VMI to exist, given the current one and the
+/// first request.
+fn wants_running(vm: &VmView, vmi: &VmiState, first: First) -> bool {
     let phase = match vmi {
         VmiState::Present(f) => Some(f.phase),
         _ => None,
     };
     match vm.strategy {
+        // A restart: this VMI goes, the next pass makes a new one.
+        _ if first == First::StopThis => false,
         RunStrategy::Always => true,
-        RunStrategy::RerunOnFailure => phase != Some(VmiPhase::Succeeded),
+        RunStrategy::RerunOnFailure => match phase {
+            Some(p) => p != VmiPhase::Succeeded,
+            None => first == First::Start || !vm.has_status,
+        },
         RunStrategy::Halted => false,
+        RunStrategy::Manual if phase.is_none() => first == First::Start,
         RunStrategy::Once => match phase {
             Some(p) => !p.is_final(),
             None => !vm.has_status,
@@ -191,11 +277,16 @@ fn wants_running(vm: &VmView, vmi: &VmiState) -> bool {
 
 /// Decide for one VM. Pure.
 pub fn decide_vm(vm: &VmView, vmi: &VmiState) -> VmDecision {
-    let want = !vm.deleting && wants_running(vm, vmi);
-    let manages = !matches!(
-        vm.strategy,
-        RunStrategy::Manual | RunStrategy::WaitAsReceiver
-    ) || vm.deleting;
+    let first = first_request(vm, vmi);
+    let want = !vm.deleting && wants_running(vm, vmi, first);
+    // Manual acts only on requests; WaitAsReceiver never (another
+    // cluster's migration owns it).
+    let manages = vm.deleting
+        || match vm.strategy {
+            RunStrategy::WaitAsReceiver => false,
+            RunStrategy::Manual => first != First::Other,
+            _ => true,
+        };
     let action = match vmi {
         VmiState::Foreign => VmiAction::None,
         VmiState::Missing if want && manages => VmiAction::Create,
@@ -206,6 +297,8 @@ pub fn decide_vm(vm: &VmView, vmi: &VmiState) -> VmDecision {
         VmiState::Present(f) if !f.owned => VmiAction::None,
         VmiState::Present(_) if vm.deleting => VmiAction::Delete,
         VmiState::Present(_) if !manages => VmiAction::None,
+        // A requested stop deletes even a final VMI (KubeVirt's stopVMI).
+        VmiState::Present(_) if first == First::StopThis => VmiAction::Delete,
         // Not wanted (Halted; Once or RerunOnFailure after a clean stop
         // keep a final VMI as the record of the run).
         VmiState::Present(f) if !want => {
@@ -219,9 +312,18 @@ pub fn decide_vm(vm: &VmView, vmi: &VmiState) -> VmDecision {
         VmiState::Present(f) if f.phase.is_final() => VmiAction::Delete,
         VmiState::Present(_) => VmiAction::None,
     };
+    let failed_restart = !vm.deleting
+        && vm.strategy == RunStrategy::RerunOnFailure
+        && action == VmiAction::Delete
+        && first != First::StopThis
+        && matches!(vmi, VmiState::Present(f) if f.phase == VmiPhase::Failed);
     VmDecision {
         action,
         status: status(vm, vmi, want, action),
+        requests: RequestEdit {
+            remove_first: first_done(vm, vmi),
+            append_start: failed_restart,
+        },
     }
 }
 
@@ -325,11 +427,13 @@ mod tests {
             strategy,
             deleting: false,
             has_status: false,
+            requests: Vec::new(),
         }
     }
 
     fn present(phase: VmiPhase) -> VmiState {
         VmiState::Present(VmiFacts {
+            uid: "uid-1".into(),
             owned: true,
             phase,
             deleting: false,
@@ -396,6 +500,23 @@ mod tests {
         assert_eq!(
             d(&v, &present(VmiPhase::Failed)),
             (VmiAction::Delete, "Starting")
+        );
+        // The restart of a failure goes through a Start request, so that
+        // after the delete a VM that ran before is started again...
+        let r = decide_vm(&v, &present(VmiPhase::Failed));
+        assert!(r.requests.append_start);
+        let ran = VmView {
+            has_status: true,
+            ..v.clone()
+        };
+        assert_eq!(d(&ran, &VmiState::Missing), (VmiAction::None, "Stopped"));
+        let asked = VmView {
+            requests: vec![ChangeRequest::Start],
+            ..ran
+        };
+        assert_eq!(
+            d(&asked, &VmiState::Missing),
+            (VmiAction::Create, "Starting")
         );
         assert_eq!(
             d(&v, &present(VmiPhase::Succeeded)),
@@ -559,5 +680,115 @@ mod tests {
             collect_orphans(&other, &[owned("c", "c", "u-c")]),
             vec![k("c")]
         );
+    }
+
+    fn requests(strategy: RunStrategy, reqs: Vec<ChangeRequest>) -> VmView {
+        VmView {
+            has_status: true,
+            requests: reqs,
+            ..vm(strategy)
+        }
+    }
+
+    fn stop(uid: Option<&str>) -> ChangeRequest {
+        ChangeRequest::Stop {
+            uid: uid.map(str::to_owned),
+        }
+    }
+
+    /// (action, remove_first) for each strategy, request list and VMI:
+    /// KubeVirt's `syncRunStrategy` + `isTrimFirstChangeRequestNeeded`.
+    #[test]
+    fn state_change_requests_drive_stop_start_and_restart() {
+        use ChangeRequest::Start;
+        use RunStrategy::*;
+        use VmiAction::{Create, Delete, None as Keep};
+        let running = present(VmiPhase::Running);
+        let succeeded = present(VmiPhase::Succeeded);
+        let going = with(present(VmiPhase::Running), |f| f.deleting = true);
+        let restart = || vec![stop(Some("uid-1")), Start];
+        let table: Vec<(RunStrategy, Vec<ChangeRequest>, &VmiState, VmiAction, bool)> = vec![
+            // Restart under Always: delete this VMI, keep the request...
+            (Always, restart(), &running, Delete, false),
+            // ...wait while it goes...
+            (Always, restart(), &going, Keep, false),
+            // ...gone: Stop done, and Always makes the new VMI at once...
+            (Always, restart(), &VmiState::Missing, Create, true),
+            // ...the new VMI (another uid) is up: Start done.
+            (Always, vec![Start], &running, Keep, true),
+            // Restart under Manual: the same, but only the Start creates.
+            (Manual, restart(), &running, Delete, false),
+            (Manual, restart(), &VmiState::Missing, Keep, true),
+            (Manual, vec![Start], &VmiState::Missing, Create, false),
+            (Manual, vec![Start], &running, Keep, true),
+            // Stop under Manual / RerunOnFailure: delete, then stay stopped.
+            (Manual, vec![stop(Some("uid-1"))], &running, Delete, false),
+            (
+                Manual,
+                vec![stop(Some("uid-1"))],
+                &VmiState::Missing,
+                Keep,
+                true,
+            ),
+            (
+                RerunOnFailure,
+                vec![stop(Some("uid-1"))],
+                &running,
+                Delete,
+                false,
+            ),
+            (
+                RerunOnFailure,
+                vec![stop(Some("uid-1"))],
+                &VmiState::Missing,
+                Keep,
+                true,
+            ),
+            (RerunOnFailure, vec![], &VmiState::Missing, Keep, false),
+            // A requested stop deletes a final VMI too (Manual's start of a
+            // stopped VM is [Stop{uid}, Start]).
+            (Manual, restart(), &succeeded, Delete, false),
+            // Stale: the VMI was already replaced; no uid: not actionable.
+            (
+                Always,
+                vec![stop(Some("uid-0")), Start],
+                &running,
+                Keep,
+                true,
+            ),
+            (Manual, vec![stop(None)], &running, Keep, true),
+            // Only the first request counts.
+            (
+                Manual,
+                vec![Start, stop(Some("uid-1"))],
+                &running,
+                Keep,
+                true,
+            ),
+            // Halted never starts on a request (KubeVirt's start of a Halted
+            // VM changes runStrategy instead).
+            (Halted, vec![Start], &VmiState::Missing, Keep, false),
+        ];
+        for (i, (strategy, reqs, vmi, action, remove)) in table.into_iter().enumerate() {
+            let r = decide_vm(&requests(strategy, reqs.clone()), vmi);
+            assert_eq!(
+                (r.action, r.requests.remove_first),
+                (action, remove),
+                "row {i}: {strategy:?} {reqs:?} {vmi:?}"
+            );
+            assert!(!r.requests.append_start, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_restart_shows_stopping_then_starting() {
+        let v = requests(
+            RunStrategy::Always,
+            vec![stop(Some("uid-1")), ChangeRequest::Start],
+        );
+        assert_eq!(d(&v, &present(VmiPhase::Running)).1, "Stopping");
+        assert_eq!(d(&v, &VmiState::Missing).1, "Starting");
+        let m = requests(RunStrategy::Manual, vec![ChangeRequest::Start]);
+        assert_eq!(d(&m, &VmiState::Missing).1, "Starting");
     }
 }

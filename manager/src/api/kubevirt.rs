@@ -424,4 +424,28 @@ pub struct VirtualMachineStatus {
     pub created: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<VmiCondition>,
+    /// Start/stop requests (`virtctl start|stop|restart`) the VM controller
+    /// has not finished yet, oldest first; it acts on the first only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_change_requests: Vec<VirtualMachineStateChangeRequest>,
+}
+
+/// KubeVirt's `VirtualMachineStateChangeRequest`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineStateChangeRequest {
+    pub action: StateChangeRequestAction,
+    /// Extra options (KubeVirt: `startPaused`); kept as written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// For Stop: the VMI to stop; a request naming another (replaced) VMI
+    /// is stale and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StateChangeRequestAction {
+    Start,
+    Stop,
 }

@@ -1182,6 +1182,7 @@ async fn virtual_machines<B: Backend>(
         let key = vm::vm_key(vm);
         let decision =
             policy::vm::decide_vm(&vm::vm_view(vm), &vm::vmi_state(vm, w.vmis.get(&key)));
+        let mut edit = decision.requests;
         match decision.action {
             VmiAction::None => {}
             VmiAction::Create => match backend.create(&vm::new_vmi(vm)).await {
@@ -1228,11 +1229,28 @@ async fn virtual_machines<B: Backend>(
                     .await;
                 if settle(r, pass, "VMI of VirtualMachine", &key)?.is_some() {
                     pass.vmis_deleted += 1;
+                    if edit.append_start {
+                        // Its VMI is gone now: the Start that brings it
+                        // back must not be lost to a conflicting write, so
+                        // it is retried rather than left to the next pass
+                        // (which would see a stopped VM and no request).
+                        edit.append_start = false;
+                        let r = be::modify_status::<B, VirtualMachine>(
+                            backend,
+                            &key.namespace,
+                            &key.name,
+                            |v| vm::append_start(v.status.get_or_insert_with(Default::default)),
+                        )
+                        .await;
+                        if let Some(Some(v)) = settle(r, pass, "VM start request", &key)? {
+                            w.vms[i] = v;
+                        }
+                    }
                 }
             }
         }
         let vm = &w.vms[i];
-        let next = vm::next_status(vm.status.as_ref(), &decision.status, t);
+        let next = vm::next_status(vm.status.as_ref(), &decision.status, edit, t);
         if vm.status.as_ref() != Some(&next) {
             let mut updated = vm.clone();
             updated.status = Some(next);

@@ -9,11 +9,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::ResourceExt;
 use mignet_policy as policy;
-use policy::vm::{OwnedVmi, RunStrategy, StartBlocker, VmStatus, VmView, VmiFacts, VmiState};
+use policy::vm::{
+    ChangeRequest, OwnedVmi, RequestEdit, RunStrategy, StartBlocker, VmStatus, VmView, VmiFacts,
+    VmiState,
+};
 use policy::ObjectKey;
 
 use crate::api::{
-    self, VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, VmiCondition, VmiPhase,
+    self, StateChangeRequestAction, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineStateChangeRequest, VirtualMachineStatus, VmiCondition, VmiPhase,
 };
 
 /// The VMI condition a controller sets when it cannot make the VMI's pod
@@ -50,6 +54,15 @@ pub fn vm_view(vm: &VirtualMachine) -> VmView {
         strategy: RunStrategy::effective(vm.spec.run_strategy.map(run_strategy), vm.spec.running),
         deleting: vm.metadata.deletion_timestamp.is_some(),
         has_status: vm.status.is_some(),
+        requests: vm
+            .status
+            .iter()
+            .flat_map(|s| &s.state_change_requests)
+            .map(|r| match r.action {
+                StateChangeRequestAction::Start => ChangeRequest::Start,
+                StateChangeRequestAction::Stop => ChangeRequest::Stop { uid: r.uid.clone() },
+            })
+            .collect(),
     }
 }
 
@@ -107,6 +120,7 @@ pub fn vmi_state(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> V
     let st = vmi.status.as_ref();
     let ms = st.and_then(|s| s.migration_state.as_ref());
     VmiState::Present(VmiFacts {
+        uid: vmi.metadata.uid.clone().unwrap_or_default(),
         owned,
         phase: policy_phase(st.and_then(|s| s.phase)),
         deleting: vmi.metadata.deletion_timestamp.is_some(),
@@ -174,14 +188,22 @@ pub fn owned_vmi(vmi: &VirtualMachineInstance) -> Option<OwnedVmi> {
 
 /// The VM status after a decision: `created` / `ready` (omitted when
 /// false, as KubeVirt's JSON does), `printableStatus`, and the `Ready`
-/// condition (transition time kept while its status holds). Other fields
-/// and conditions are kept.
+/// condition (transition time kept while its status holds), and the
+/// state change requests after `edit`. Other fields and conditions are
+/// kept.
 pub fn next_status(
     old: Option<&VirtualMachineStatus>,
     s: &VmStatus,
+    edit: RequestEdit,
     t: &Time,
 ) -> VirtualMachineStatus {
     let mut st = old.cloned().unwrap_or_default();
+    if edit.remove_first && !st.state_change_requests.is_empty() {
+        st.state_change_requests.remove(0);
+    }
+    if edit.append_start {
+        append_start(&mut st);
+    }
     st.created = s.created.then_some(true);
     st.ready = s.ready.then_some(true);
     st.printable_status = Some(s.printable.as_str().to_owned());
@@ -201,6 +223,24 @@ pub fn next_status(
         },
     );
     st
+}
+
+/// Append a Start request (KubeVirt's `addStartRequest`) unless one is
+/// already queued; whether it changed anything.
+pub fn append_start(st: &mut VirtualMachineStatus) -> bool {
+    let queued = st
+        .state_change_requests
+        .iter()
+        .any(|r| r.action == StateChangeRequestAction::Start);
+    if !queued {
+        st.state_change_requests
+            .push(VirtualMachineStateChangeRequest {
+                action: StateChangeRequestAction::Start,
+                data: BTreeMap::new(),
+                uid: None,
+            });
+    }
+    !queued
 }
 
 #[cfg(test)]
@@ -272,6 +312,7 @@ mod tests {
         );
         assert_eq!(vmi_state(&vm, Some(&vmi)), {
             VmiState::Present(VmiFacts {
+                uid: String::new(),
                 owned: true,
                 phase: policy::VmiPhase::Pending,
                 deleting: false,
@@ -358,7 +399,7 @@ mod tests {
         });
         let d = decide_vm(&vm_view(&vm), &vmi_state(&vm, Some(&vmi)));
         assert_eq!(d.status.printable, PrintableStatus::ErrorPvcNotFound);
-        let s = next_status(None, &d.status, &t());
+        let s = next_status(None, &d.status, d.requests, &t());
         assert_eq!(s.printable_status.as_deref(), Some("ErrorPvcNotFound"));
         let ready = &s.conditions[0];
         assert_eq!(
@@ -371,20 +412,20 @@ mod tests {
     fn status_keeps_the_transition_time_and_omits_false_flags() {
         let vm = seed_vm();
         let d = decide_vm(&vm_view(&vm), &VmiState::Missing);
-        let s1 = next_status(None, &d.status, &t());
+        let s1 = next_status(None, &d.status, d.requests, &t());
         assert_eq!(s1.created, None);
         assert_eq!(s1.ready, None);
         assert_eq!(s1.printable_status.as_deref(), Some("Starting"));
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_100).unwrap());
         // Same decision later: nothing changes (no write).
-        assert_eq!(next_status(Some(&s1), &d.status, &later), s1);
+        assert_eq!(next_status(Some(&s1), &d.status, d.requests, &later), s1);
         let mut vmi = new_vmi(&vm);
         vmi.status = Some(VirtualMachineInstanceStatus {
             phase: Some(VmiPhase::Running),
             ..Default::default()
         });
         let d = decide_vm(&vm_view(&vm), &vmi_state(&vm, Some(&vmi)));
-        let s2 = next_status(Some(&s1), &d.status, &later);
+        let s2 = next_status(Some(&s1), &d.status, d.requests, &later);
         assert_eq!((s2.created, s2.ready), (Some(true), Some(true)));
         assert_eq!(s2.printable_status.as_deref(), Some("Running"));
         assert_eq!(s2.conditions.len(), 1);
