@@ -1,7 +1,7 @@
 //! CLI verbs that mirror the seed's `oc`/`kubectl` commands and virtctl's
 //! `migrate` / `migrate-cancel`: `create -f`, `apply -f`, `delete`, `get`,
-//! `describe`, `edit-config`, `migrate`, `migrate-cancel`, and the `lab`
-//! verbs. Against the lab (see [`target`] for how the target is chosen) the
+//! `describe`, `edit-config`, `migrate`, `migrate-cancel`,
+//! `start`/`stop`/`restart`, and the `lab` verbs. Against the lab (see [`target`] for how the target is chosen) the
 //! store verbs read and write the store files directly (under its lock); the
 //! lab daemon notices the writes. Against a cluster `get`, `describe`,
 //! `migrate` and `migrate-cancel` run over the API server
@@ -19,6 +19,7 @@ pub mod lab;
 pub mod lab_status;
 pub mod migrate;
 pub mod over_backend;
+pub mod power;
 pub mod resources;
 pub mod table;
 pub mod target;
@@ -131,6 +132,13 @@ pub enum Verb {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Start a stopped VM (virtctl start).
+    Start(power::VmArgs),
+    /// Stop a running VM (virtctl stop).
+    Stop(power::VmArgs),
+    /// Restart a VM (virtctl restart): its VMI is deleted and a new one is
+    /// created from the VM's current template.
+    Restart(power::VmArgs),
     /// Set (`KEY=VALUE`) or unset (`KEY-`) keys of the HyperConverged's
     /// liveMigrationConfig; unset restores the default.
     EditConfig {
@@ -160,7 +168,11 @@ pub async fn run(target_args: &target::TargetArgs, verb: Verb) -> Result<(), Cli
         target::Target::Lab(dir) => {
             let store = target::open_lab(&dir)?;
             match verb {
-                Verb::Migrate { .. } | Verb::MigrateCancel { .. } => {
+                Verb::Migrate { .. }
+                | Verb::MigrateCancel { .. }
+                | Verb::Start(_)
+                | Verb::Stop(_)
+                | Verb::Restart(_) => {
                     let b = crate::backend::LocalBackend::new(std::sync::Arc::new(store));
                     over_backend::run(&b, LAB_NAMESPACE, verb).await?
                 }
@@ -205,8 +217,12 @@ pub fn run_on(store: &Store, verb: Verb) -> Result<String, CliError> {
             namespace.as_deref().unwrap_or(LAB_NAMESPACE),
             all_namespaces,
         ),
-        Verb::Migrate { .. } | Verb::MigrateCancel { .. } => Err(CliError::Usage(
-            "migrate verbs run over a backend (cli::run)".into(),
+        Verb::Migrate { .. }
+        | Verb::MigrateCancel { .. }
+        | Verb::Start(_)
+        | Verb::Stop(_)
+        | Verb::Restart(_) => Err(CliError::Usage(
+            "migrate and start/stop/restart run over a backend (cli::run)".into(),
         )),
         Verb::Describe {
             resource,

@@ -1,12 +1,13 @@
 //! The verbs that run over a [`Backend`]: `get`, `describe`, `migrate`,
-//! `migrate-cancel` against a cluster (and the migrate verbs against the
-//! lab). Objects are read typed and printed by the same code as the lab's
-//! (`render_get`, [`super::describe`]), so both targets print alike.
+//! `migrate-cancel`, `start`/`stop`/`restart` against a cluster (and the
+//! migrate and power verbs against the lab). Objects are read typed and
+//! printed by the same code as the lab's (`render_get`,
+//! [`super::describe`]), so both targets print alike.
 
 use serde_json::Value;
 
 use super::resources::Resource;
-use super::{describe, migrate, render_get, resource_and_name, CliError, Verb};
+use super::{describe, migrate, power, render_get, resource_and_name, CliError, Verb};
 use crate::api::{
     HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
     VirtualMachineInstanceMigration,
@@ -23,6 +24,9 @@ pub async fn run<B: Backend>(b: &B, default_ns: &str, verb: Verb) -> Result<Stri
         Verb::MigrateCancel { vm, namespace } => {
             migrate::migrate_cancel(b, &or_default(namespace), &vm).await
         }
+        Verb::Start(a) => power_verb(b, &a, power::Power::Start, or_default).await,
+        Verb::Stop(a) => power_verb(b, &a, power::Power::Stop, or_default).await,
+        Verb::Restart(a) => power_verb(b, &a, power::Power::Restart, or_default).await,
         Verb::Get {
             resource,
             name,
@@ -57,6 +61,16 @@ pub async fn run<B: Backend>(b: &B, default_ns: &str, verb: Verb) -> Result<Stri
             "this verb works on the lab only (--lab); on a cluster use kubectl".into(),
         )),
     }
+}
+
+async fn power_verb<B: Backend>(
+    b: &B,
+    a: &power::VmArgs,
+    verb: power::Power,
+    or_default: impl Fn(Option<String>) -> String,
+) -> Result<String, CliError> {
+    let name = a.vm_name(verb)?;
+    power::power(b, &or_default(a.namespace.clone()), &name, verb).await
 }
 
 fn failed(e: BackendError) -> CliError {
