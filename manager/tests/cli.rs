@@ -192,3 +192,161 @@ fn migrate_and_migrate_cancel_on_the_lab_from_mignet_lab_dir() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The seed's VM (10.7.1) as YAML for `mignet apply -f`, before and after
+/// the edit that adds `evictionStrategy: LiveMigrate`.
+fn seed_vm_yaml(live_migrate: bool) -> String {
+    let eviction = if live_migrate {
+        "      evictionStrategy: LiveMigrate\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: custom-vm
+spec:
+  runStrategy: Always
+  template:
+    spec:
+{eviction}      domain:
+        memory:
+          guest: 256Mi
+"
+    )
+}
+
+/// One controller pass over the lab store, as the lab daemon runs it.
+async fn controller_pass(dir: &std::path::Path) {
+    let store = mignet::store::Store::open(mignet::lab::store_dir(dir)).unwrap();
+    let b = mignet::backend::LocalBackend::new(std::sync::Arc::new(store));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    mignet::control::reconcile_once(&b, &Default::default(), now)
+        .await
+        .expect("controller pass");
+}
+
+/// The lab-store VMI's (uid, evictionStrategy), if it exists.
+fn lab_vmi(dir: &std::path::Path) -> Option<(String, Option<String>)> {
+    let store = mignet::store::Store::open(mignet::lab::store_dir(dir)).unwrap();
+    let v: mignet::api::VirtualMachineInstance =
+        store.get("mignet-system", "custom-vm").unwrap()?;
+    Some((
+        v.metadata.uid.unwrap(),
+        v.spec.eviction_strategy.map(|e| {
+            serde_json::to_value(e)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }),
+    ))
+}
+
+/// Mark the lab VMI Running (what the lab's scheduler and agent do).
+fn lab_vmi_running(dir: &std::path::Path) {
+    let store = mignet::store::Store::open(mignet::lab::store_dir(dir)).unwrap();
+    let key = mignet::store::Key::new("VirtualMachineInstance", "mignet-system", "custom-vm");
+    let mut v = store.get_value(&key).unwrap().expect("VMI");
+    v["status"] = serde_json::json!({"phase": "Running", "nodeName": "node1"});
+    store.update_status_value(v).unwrap();
+}
+
+/// Section 10.7.1 on the lab store (no QEMU): a running VM without an
+/// eviction strategy is edited to LiveMigrate and `mignet restart vm`-ed;
+/// the controller then replaces its VMI with one (new uid) that carries
+/// the new strategy. Also the virtctl refusals and stop/start wording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_vm_on_the_lab_recreates_the_vmi_from_the_edited_template() {
+    let dir = std::env::temp_dir().join(format!("mignet-cli-power-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(mignet::lab::state_file(&dir), "{}").unwrap();
+    let run = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut c = mignet()
+            .args(args)
+            .env("MIGNET_LAB_DIR", &dir)
+            .env("KUBECONFIG", "/nonexistent")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = c.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run(&["apply", "-f", "-"], Some(&seed_vm_yaml(false)));
+    assert!(ok, "{err}");
+    controller_pass(&dir).await;
+    let (old_uid, strategy) = lab_vmi(&dir).expect("the VM's VMI");
+    assert_eq!(strategy, None);
+    lab_vmi_running(&dir);
+
+    let (ok, _, err) = run(&["apply", "-f", "-"], Some(&seed_vm_yaml(true)));
+    assert!(ok, "{err}");
+    // Editing the template alone changes nothing running.
+    controller_pass(&dir).await;
+    assert_eq!(lab_vmi(&dir), Some((old_uid.clone(), None)));
+
+    let (ok, out, err) = run(&["restart", "vm", "custom-vm"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "VM custom-vm was scheduled to restart\n");
+    // Pass 1 deletes the old VMI; pass 2 creates the new one.
+    controller_pass(&dir).await;
+    assert_eq!(lab_vmi(&dir), None, "the old VMI is deleted");
+    controller_pass(&dir).await;
+    let (new_uid, strategy) = lab_vmi(&dir).expect("a new VMI");
+    assert_ne!(new_uid, old_uid);
+    assert_eq!(strategy.as_deref(), Some("LiveMigrate"));
+    lab_vmi_running(&dir);
+    controller_pass(&dir).await;
+    let (_, requests, _) = run(
+        &[
+            "get",
+            "vm",
+            "custom-vm",
+            "-o",
+            "jsonpath={.status.stateChangeRequests}",
+        ],
+        None,
+    );
+    assert_eq!(requests, "", "the restart's requests are done");
+
+    // virtctl's refusals and lines.
+    let (ok, _, err) = run(&["start", "vm", "custom-vm"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "Error starting VirtualMachine custom-vm in namespace mignet-system: VM is already running"
+        ),
+        "{err}"
+    );
+    let (ok, out, _) = run(&["stop", "vm/custom-vm"], None);
+    assert!(ok);
+    assert_eq!(out, "VM custom-vm was scheduled to stop\n");
+    let (ok, _, err) = run(&["restart", "vm", "custom-vm"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("RunStrategy Halted does not support manual restart requests"),
+        "{err}"
+    );
+    controller_pass(&dir).await;
+    assert_eq!(lab_vmi(&dir), None, "stopped");
+    let (ok, out, _) = run(&["start", "vm", "custom-vm"], None);
+    assert!(ok);
+    assert_eq!(out, "VM custom-vm was scheduled to start\n");
+    controller_pass(&dir).await;
+    assert!(lab_vmi(&dir).is_some(), "started again");
+    let (ok, _, err) = run(&["restart", "vmi", "custom-vm"], None);
+    assert!(!ok);
+    assert!(err.contains("works on VirtualMachines"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

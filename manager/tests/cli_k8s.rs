@@ -225,3 +225,158 @@ async fn kubectl_get_vmi_wide_shows_live_migratable() {
         "{wide}"
     );
 }
+
+/// One controller pass over the test's namespace (no Nodes of its own, so
+/// the node steps leave other tests' Nodes alone).
+async fn controller_pass(client: &kube::Client, ns: &str) {
+    let settings = mignet::control::Settings {
+        namespace: Some(ns.to_owned()),
+        hco_namespace: Some(ns.to_owned()),
+        node_selector: Some(("mignet.io/test".into(), ns.to_owned())),
+        ..Default::default()
+    };
+    let b = KubeBackend::new(client.clone(), Some(ns));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    mignet::control::reconcile_once(&b, &settings, now)
+        .await
+        .expect("controller pass");
+}
+
+fn jsonpath(kind: &str, ns: &str, path: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        kind,
+        "custom-vm",
+        "-n",
+        ns,
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+}
+
+/// Section 10.7.1 against the API server: `kubectl patch` adds
+/// `evictionStrategy: LiveMigrate` to a running VM, `mignet restart vm`
+/// (through --kubeconfig) queues KubeVirt's [Stop{uid}, Start] in the VM's
+/// status (kept by the API server), and controller passes over the
+/// KubeBackend replace the VMI with one carrying the new strategy. Then
+/// virtctl's refusals and stop/start as runStrategy changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_stop_start_vm_with_kubeconfig() {
+    ensure_crds();
+    let ns = TestNamespace::new("mignet-cli-power");
+    let client = client().await;
+    let vm: mignet::api::VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "custom-vm", "namespace": &ns.name},
+        "spec": {
+            "runStrategy": "Always",
+            "template": {"spec": {"domain": {"memory": {"guest": "256Mi"}}}}
+        }
+    }))
+    .unwrap();
+    Api::<mignet::api::VirtualMachine>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &vm)
+        .await
+        .expect("create VM");
+    controller_pass(&client, &ns.name).await;
+    let old_uid = jsonpath("vmi", &ns.name, "{.metadata.uid}");
+    assert!(!old_uid.is_empty());
+    let backend = KubeBackend::unwatched(client.clone());
+    let running = || async {
+        modify_status::<_, VirtualMachineInstance>(&backend, &ns.name, "custom-vm", |v| {
+            v.status.get_or_insert_with(Default::default).phase = Some(VmiPhase::Running);
+            true
+        })
+        .await
+        .expect("status write")
+        .expect("VMI exists");
+    };
+    running().await;
+
+    kubectl_ok(&[
+        "patch",
+        "vm",
+        "custom-vm",
+        "-n",
+        &ns.name,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"evictionStrategy":"LiveMigrate"}}}}"#,
+    ]);
+    assert_eq!(
+        stdout_ok(&["restart", "vm", "custom-vm", "-n", &ns.name]),
+        "VM custom-vm was scheduled to restart\n"
+    );
+    assert_eq!(
+        jsonpath(
+            "vm",
+            &ns.name,
+            "{.status.stateChangeRequests[*].action} {.status.stateChangeRequests[0].uid}"
+        ),
+        format!("Stop Start {old_uid}")
+    );
+    let err = stderr_failed(&["restart", "vm", "custom-vm", "-n", &ns.name]);
+    assert!(
+        err.contains("unable to complete request: stop/start already underway"),
+        "{err}"
+    );
+    controller_pass(&client, &ns.name).await; // deletes the old VMI
+    controller_pass(&client, &ns.name).await; // makes the new one
+    assert_ne!(jsonpath("vmi", &ns.name, "{.metadata.uid}"), old_uid);
+    assert_eq!(
+        jsonpath("vmi", &ns.name, "{.spec.evictionStrategy}"),
+        "LiveMigrate"
+    );
+    running().await;
+    controller_pass(&client, &ns.name).await; // the Start is done
+    assert_eq!(
+        jsonpath("vm", &ns.name, "{.status.stateChangeRequests}"),
+        ""
+    );
+    assert_eq!(
+        jsonpath("vm", &ns.name, "{.status.printableStatus}"),
+        "Running"
+    );
+
+    let err = stderr_failed(&["start", "vm", "custom-vm", "-n", &ns.name]);
+    assert!(
+        err.contains(&format!(
+            "Error starting VirtualMachine custom-vm in namespace {}: VM is already running",
+            ns.name
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        stdout_ok(&["stop", "vm", "custom-vm", "-n", &ns.name]),
+        "VM custom-vm was scheduled to stop\n"
+    );
+    assert_eq!(jsonpath("vm", &ns.name, "{.spec.runStrategy}"), "Halted");
+    let err = stderr_failed(&["restart", "vm", "custom-vm", "-n", &ns.name]);
+    assert!(
+        err.contains("RunStrategy Halted does not support manual restart requests"),
+        "{err}"
+    );
+    // Until the controller stops it, the VMI runs: start is refused.
+    let err = stderr_failed(&["start", "vm", "custom-vm", "-n", &ns.name]);
+    assert!(err.contains("VM is already running"), "{err}");
+    controller_pass(&client, &ns.name).await;
+    assert_eq!(
+        kubectl_ok(&["get", "vmi", "-n", &ns.name, "-o", "name"]),
+        ""
+    );
+    assert_eq!(
+        stdout_ok(&["start", "vm", "custom-vm", "-n", &ns.name]),
+        "VM custom-vm was scheduled to start\n"
+    );
+    assert_eq!(jsonpath("vm", &ns.name, "{.spec.runStrategy}"), "Always");
+    let err = stderr_failed(&["stop", "vm", "nope", "-n", &ns.name]);
+    assert!(
+        err.contains(&format!(
+            "VirtualMachine nope not found in namespace {}",
+            ns.name
+        )),
+        "{err}"
+    );
+}

@@ -215,6 +215,12 @@ async fn virtual_machines_run_stop_and_go_with_their_vmis() {
     scenario_vm_lifecycle(&bed.backend, bed.ns(), bed.ns()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_restart_vm_through_state_change_requests() {
+    let bed = Bed::new("ctl-power").await;
+    scenario_vm_power(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
 /// Status writes merge (issue 14, item 5): a status field another client
 /// wrote, which our types do not model, survives the controller's writes
 /// (the LiveMigratable condition here, then a whole migration's phases).

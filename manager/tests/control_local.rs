@@ -99,6 +99,12 @@ async fn virtual_machines_run_stop_and_go_with_their_vmis() {
     scenario_vm_lifecycle(&s.backend, NS, "vm").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_restart_vm_through_state_change_requests() {
+    let s = TempStore::new("power");
+    scenario_vm_power(&s.backend, NS, "power").await;
+}
+
 // ------------------------------------------------- the network rollout
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1570,3 +1570,187 @@ pub async fn scenario_agent_observation<B: Backend>(b: &B, ns: &str, test: &str)
         )
     );
 }
+
+// ------------------------------------------------- start / stop / restart
+
+/// The VM's state change requests, as (action, uid) for assertions.
+async fn vm_requests<B: Backend>(b: &B, ns: &str, name: &str) -> Vec<String> {
+    get_vm(b, ns, name)
+        .await
+        .and_then(|v| v.status)
+        .map(|s| {
+            s.state_change_requests
+                .iter()
+                .map(|r| format!("{:?}", r.action))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `mignet start|stop|restart` through the backend with the controller
+/// running: the seed's 10.7.1 restart (the template gains
+/// `evictionStrategy: LiveMigrate`, the restarted VMI carries it under a
+/// new uid), stop and start under Always (runStrategy) and Manual
+/// (requests; Manual stays stopped), and the refusals.
+pub async fn scenario_vm_power<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::api::{
+        RunStrategy, VirtualMachine, VirtualMachineInstanceTemplateSpec, VirtualMachineSpec,
+    };
+    use mignet::cli::power::{power, Power};
+    let nodes = node_names(test, 1);
+    create_node(b, &node(&nodes[0], test, None)).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let mut vm = VirtualMachine::new(
+        "pvm",
+        VirtualMachineSpec {
+            running: None,
+            run_strategy: Some(RunStrategy::Always),
+            template: VirtualMachineInstanceTemplateSpec {
+                metadata: None,
+                spec: VirtualMachineInstanceSpec {
+                    domain: DomainSpec {
+                        memory: Some(Memory {
+                            guest: Some("1Gi".into()),
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            },
+        },
+    );
+    vm.metadata.namespace = Some(ns.to_owned());
+    b.create(&vm).await.expect("create VM");
+    let t = Duration::from_secs(15);
+    let vmi_now = || async { b.get::<VirtualMachineInstance>(ns, "pvm").await.unwrap() };
+    let set_running = || async {
+        let node = nodes[0].clone();
+        mignet::backend::modify_status(b, ns, "pvm", move |v: &mut VirtualMachineInstance| {
+            let st = v.status.get_or_insert_with(Default::default);
+            st.phase = Some(VmiPhase::Running);
+            st.node_name = Some(node.clone());
+            true
+        })
+        .await
+        .unwrap()
+        .expect("VMI to mark Running")
+    };
+    eventually(t, "first VMI", vmi_now).await;
+    let first = set_running().await;
+    assert_eq!(first.spec.eviction_strategy, None);
+
+    // 10.7.1: edit the VM, restart it for the update to take effect.
+    mignet::backend::modify(b, ns, "pvm", |v: &mut VirtualMachine| {
+        v.spec.template.spec.eviction_strategy = Some(EvictionStrategy::LiveMigrate);
+        true
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        power(b, ns, "pvm", Power::Restart).await.unwrap(),
+        "VM pvm was scheduled to restart\n"
+    );
+    let second = eventually(t, "a new VMI from the edited template", || async {
+        vmi_now()
+            .await
+            .filter(|v| v.metadata.uid != first.metadata.uid)
+    })
+    .await;
+    assert_eq!(
+        second.spec.eviction_strategy,
+        Some(EvictionStrategy::LiveMigrate)
+    );
+    set_running().await;
+    eventually(t, "the restart's requests done", || async {
+        vm_requests(b, ns, "pvm").await.is_empty().then_some(())
+    })
+    .await;
+
+    // Always: stop = runStrategy Halted; start = runStrategy Always.
+    let e = power(b, ns, "pvm", Power::Start)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("Error starting VirtualMachine pvm in namespace {ns}: VM is already running")
+    );
+    assert_eq!(
+        power(b, ns, "pvm", Power::Stop).await.unwrap(),
+        "VM pvm was scheduled to stop\n"
+    );
+    let strategy = || async { get_vm(b, ns, "pvm").await.unwrap().spec.run_strategy };
+    assert_eq!(strategy().await, Some(RunStrategy::Halted));
+    eventually(t, "VMI gone after stop", || async {
+        vmi_now().await.is_none().then_some(())
+    })
+    .await;
+    let e = power(b, ns, "pvm", Power::Restart)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("RunStrategy Halted does not support manual restart requests"),
+        "{e}"
+    );
+    let e = power(b, ns, "pvm", Power::Stop)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with(": VM is not running"), "{e}");
+    power(b, ns, "pvm", Power::Start).await.unwrap();
+    assert_eq!(strategy().await, Some(RunStrategy::Always));
+    eventually(t, "VMI back after start", vmi_now).await;
+    set_running().await;
+
+    // Manual: stop and start are requests the controller carries out, and
+    // a stopped Manual VM stays stopped.
+    mignet::backend::modify(b, ns, "pvm", |v: &mut VirtualMachine| {
+        v.spec.run_strategy = Some(RunStrategy::Manual);
+        true
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        power(b, ns, "pvm", Power::Stop).await.unwrap(),
+        "VM pvm was scheduled to stop\n"
+    );
+    eventually(t, "Manual VM stopped, request done", || async {
+        let gone = vmi_now().await.is_none();
+        (gone && vm_requests(b, ns, "pvm").await.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        vmi_now().await.is_none(),
+        "a stopped Manual VM stays stopped"
+    );
+    let e = power(b, ns, "pvm", Power::Restart)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("Error restarting VirtualMachine pvm in namespace {ns}: VM is not running")
+    );
+    assert_eq!(
+        power(b, ns, "pvm", Power::Start).await.unwrap(),
+        "VM pvm was scheduled to start\n"
+    );
+    eventually(t, "Manual VM started", vmi_now).await;
+    set_running().await;
+    eventually(t, "start request done", || async {
+        vm_requests(b, ns, "pvm").await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(strategy().await, Some(RunStrategy::Manual));
+
+    let e = power(b, ns, "nope", Power::Restart)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("VirtualMachine nope not found in namespace {ns}")
+    );
+}
