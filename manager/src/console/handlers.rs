@@ -12,12 +12,13 @@ use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use serde::Deserialize;
 
 use super::auth::{constant_time_eq, AuthError, User};
 use super::throttle::{Refusal, RefusalReason, Throttle, Verdict};
-use super::{log_backend_error, view, App};
+use super::{log_backend_error, nodes, view, App};
 use crate::api::{
     MigrationPhase, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceMigrationSpec, VmiPhase,
@@ -46,6 +47,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route("/api/session", get(session))
         .route("/api/logout", post(logout::<B>))
         .route("/api/vms", get(list_vms::<B>))
+        .route("/api/nodes", get(list_nodes::<B>))
         .route("/api/vms/{ns}/{name}", get(vm_details::<B>))
         .route("/api/vms/{ns}/{name}/migrate", post(migrate::<B>))
         .route("/api/vms/{ns}/{name}/cancel", post(cancel::<B>))
@@ -515,6 +517,22 @@ async fn list_vms<B: Backend>(
     let vmis: Vec<VirtualMachineInstance> = b.list(None).await?;
     let vmims: Vec<VirtualMachineInstanceMigration> = b.list(None).await?;
     Ok(Json(view::rows(&vms, &vmis, &vmims)).into_response())
+}
+
+async fn list_nodes<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    _: Authed,
+) -> Result<Response, ApiError> {
+    let b = &app.backend;
+    let nodes: Vec<Node> = b.list(None).await?;
+    let vmis: Vec<VirtualMachineInstance> = b.list(None).await?;
+    let maintenances = maintenance_facts(b).await?;
+    Ok(Json(nodes::node_rows(&nodes, &maintenances, &vmis)).into_response())
+}
+
+/// The NodeMaintenances as the Nodes table reads them.
+async fn maintenance_facts<B: Backend>(_b: &B) -> Result<Vec<nodes::MaintenanceFacts>, ApiError> {
+    Ok(Vec::new())
 }
 
 async fn vm_details<B: Backend>(

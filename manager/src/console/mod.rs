@@ -21,6 +21,7 @@
 
 pub mod auth;
 mod handlers;
+pub mod nodes;
 pub mod throttle;
 pub mod view;
 

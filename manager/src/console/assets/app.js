@@ -128,11 +128,19 @@
         h('thead', {}, h('tr', {},
           h('th', { text: 'Name' }), h('th', { text: 'Namespace' }), h('th', { text: 'Status' }),
           h('th', { text: 'Node' }), h('th', { text: 'Migration' }), h('th', { 'aria-label': 'Actions' }))),
+        h('tbody')),
+      h('h2', { text: 'Nodes' }),
+      h('table', { id: 'nodes' },
+        h('thead', {}, h('tr', {},
+          h('th', { text: 'Name' }), h('th', { text: 'Status' }), h('th', { text: 'Maintenance' }),
+          h('th', { text: 'VirtualMachines' }))),
         h('tbody')));
-    const tbody = root.querySelector('tbody');
+    const tbody = root.querySelector('#vms tbody');
     const rows = new Map();
+    const nodeRows = nodesTable(root.querySelector('#nodes tbody'));
     refresh = async function () {
-      const data = await api('GET', '/api/vms');
+      const [data, nodes] = await Promise.all([api('GET', '/api/vms'), api('GET', '/api/nodes')]);
+      const inMaintenance = nodeRows(nodes);
       const seen = new Set();
       for (const row of data) {
         const key = row.namespace + '/' + row.name;
@@ -155,11 +163,51 @@
         const st = tr.querySelector('.status');
         setText(st, row.status);
         st.className = 'status ' + row.status;
-        setText(tr.querySelector('.node'), row.node || '');
+        const nodeCell = tr.querySelector('.node');
+        setText(nodeCell, row.node ? row.node + (inMaintenance.has(row.node) ? ' (maintenance)' : '') : '');
+        nodeCell.classList.toggle('maintenance', !!row.node && inMaintenance.has(row.node));
         migrationSummary(tr.querySelector('.progress-cell'), row);
         updateMenu(tr.querySelector('.menu'), row);
       }
       for (const [key, tr] of rows) if (!seen.has(key)) { tr.remove(); rows.delete(key); }
+    };
+  }
+
+  // One row per node: its readiness and cordon, its NodeMaintenance (in
+  // OpenShift's words, with the reason and what still has to leave), and
+  // its VMs. Returns the names of the nodes in maintenance.
+  function nodesTable(tbody) {
+    const rows = new Map();
+    return function (nodes) {
+      const inMaintenance = new Set();
+      const seen = new Set();
+      for (const n of nodes) {
+        seen.add(n.name);
+        let tr = rows.get(n.name);
+        if (!tr) {
+          tr = h('tr', { 'data-node': n.name },
+            h('td', { class: 'node-name', text: n.name }),
+            h('td', {}, h('span', { class: 'node-status' })),
+            h('td', { class: 'maintenance-cell' }, h('span', { class: 'maint-state' }), h('div', { class: 'maint-note small' })),
+            h('td', { class: 'node-vms small' }));
+          tbody.append(tr);
+          rows.set(n.name, tr);
+        }
+        const m = n.maintenance;
+        if (m) inMaintenance.add(n.name);
+        setText(tr.querySelector('.node-status'), n.status + (n.schedulable ? '' : ', SchedulingDisabled'));
+        const st = tr.querySelector('.maint-state');
+        setText(st, m ? m.state : '');
+        st.className = 'maint-state' + (m ? ' ' + m.state.replace(/ /g, '-') : '');
+        const notes = [];
+        if (m && m.reason) notes.push('Reason: ' + m.reason);
+        if (m && m.pendingPods && m.pendingPods.length) notes.push('Pending: ' + m.pendingPods.join(', '));
+        if (m && m.lastError) notes.push('Last error: ' + m.lastError);
+        setText(tr.querySelector('.maint-note'), notes.join(' · '));
+        setText(tr.querySelector('.node-vms'), n.vms.join(', '));
+      }
+      for (const [name, tr] of rows) if (!seen.has(name)) { tr.remove(); rows.delete(name); }
+      return inMaintenance;
     };
   }
 
