@@ -102,8 +102,8 @@ use serde::Serialize;
 
 use crate::api::network_ref::is_dns1123_subdomain;
 use crate::api::{
-    HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineInstanceMigration,
+    HyperConverged, NetworkAttachmentDefinition, NodeMaintenance, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
 
 pub use self::kube::KubeBackend;
@@ -157,6 +157,13 @@ namespaced_kind!(DaemonSet);
 namespaced_kind!(NetworkAttachmentDefinition);
 
 impl Kind for Node {
+    const NAMESPACED: bool = false;
+    fn api(client: ::kube::Client, _namespace: &str) -> ::kube::Api<Self> {
+        ::kube::Api::all(client)
+    }
+}
+
+impl Kind for NodeMaintenance {
     const NAMESPACED: bool = false;
     fn api(client: ::kube::Client, _namespace: &str) -> ::kube::Api<Self> {
         ::kube::Api::all(client)
