@@ -340,3 +340,23 @@ async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
     let bed = Bed::new("ctl-observe").await;
     scenario_agent_observation(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+// ------------------------------------------------- NodeMaintenance
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_evacuates_stops_reports_and_ends_on_delete() {
+    let bed = Bed::new("ctl-nm").await;
+    scenario_node_maintenance(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_deleted_cancels_the_pending_evacuation() {
+    let bed = Bed::new("ctl-nm-cancel").await;
+    scenario_node_maintenance_cancel(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_missing_node_duplicate_and_blocker_are_reported() {
+    let bed = Bed::new("ctl-nm-fail").await;
+    scenario_node_maintenance_failures(&bed.backend, bed.ns(), bed.ns()).await;
+}

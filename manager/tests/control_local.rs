@@ -131,3 +131,23 @@ async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
     let s = TempStore::new("observe");
     scenario_agent_observation(&s.backend, NS, "observe").await;
 }
+
+// ------------------------------------------------- NodeMaintenance
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_evacuates_stops_reports_and_ends_on_delete() {
+    let s = TempStore::new("nm");
+    scenario_node_maintenance(&s.backend, NS, "nm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_deleted_cancels_the_pending_evacuation() {
+    let s = TempStore::new("nm-cancel");
+    scenario_node_maintenance_cancel(&s.backend, NS, "nm-cancel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_missing_node_duplicate_and_blocker_are_reported() {
+    let s = TempStore::new("nm-fail");
+    scenario_node_maintenance_failures(&s.backend, NS, "nm-fail").await;
+}
