@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use control_common::*;
-use mignet::backend::LocalBackend;
+use mignet::backend::{Backend, LocalBackend};
 use mignet::store::Store;
 
 /// A store in a fresh temporary directory, removed on drop.
@@ -150,4 +150,34 @@ async fn node_maintenance_deleted_cancels_the_pending_evacuation() {
 async fn node_maintenance_missing_node_duplicate_and_blocker_are_reported() {
     let s = TempStore::new("nm-fail");
     scenario_node_maintenance_failures(&s.backend, NS, "nm-fail").await;
+}
+
+/// `--node-maintenance=false` (the real operator runs): the controller
+/// leaves NodeMaintenances and their nodes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_off_leaves_them_to_the_operator() {
+    let s = TempStore::new("nm-off");
+    let (b, test) = (&s.backend, "nm-off");
+    let n = format!("{test}-n1");
+    create_node(b, &node(&n, test, None)).await;
+    b.create(&node_maintenance("nm", &n, test)).await.unwrap();
+    let off = mignet::control::Settings {
+        node_maintenance: false,
+        ..settings(NS, test)
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    mignet::control::reconcile_once(b, &off, now).await.unwrap();
+    let nm: mignet::api::NodeMaintenance = b.get("", "nm").await.unwrap().unwrap();
+    assert!(
+        nm.metadata.finalizers.is_none() && nm.status.is_none(),
+        "{nm:?}"
+    );
+    let node: k8s_openapi::api::core::v1::Node = b.get("", &n).await.unwrap().unwrap();
+    assert_eq!(node.spec.unwrap().unschedulable, None);
+    // The same pass with the default honours it.
+    mignet::control::reconcile_once(b, &settings(NS, test), now)
+        .await
+        .unwrap();
+    let nm: mignet::api::NodeMaintenance = b.get("", "nm").await.unwrap().unwrap();
+    assert!(nm.metadata.finalizers.is_some(), "{nm:?}");
 }

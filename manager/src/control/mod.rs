@@ -77,6 +77,10 @@ pub struct Settings {
     /// migration's target. `None`: a scheduler of the caller's places VMIs
     /// and the policy picks migration targets (the lab today).
     pub launchers: Option<launcher_pod::LauncherSettings>,
+    /// Honour NodeMaintenances ([`maintenance`]). Off where the real
+    /// node-maintenance-operator runs: it handles them itself, and two
+    /// controllers would fight over their status.
+    pub node_maintenance: bool,
 }
 
 impl Default for Settings {
@@ -88,6 +92,7 @@ impl Default for Settings {
             resync: Duration::from_secs(5),
             default_eviction_strategy: None,
             launchers: None,
+            node_maintenance: true,
         }
     }
 }
@@ -307,6 +312,9 @@ async fn list_node_maintenances<B: Backend>(
     backend: &B,
     settings: &Settings,
 ) -> Result<Vec<NodeMaintenance>, ControlError> {
+    if !settings.node_maintenance {
+        return Ok(Vec::new());
+    }
     match backend.list::<NodeMaintenance>(None).await {
         Ok(mut nms) => {
             maintenance::select(&mut nms, settings.node_selector.as_ref());

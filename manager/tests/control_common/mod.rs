@@ -501,6 +501,7 @@ pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
         resync: Duration::from_millis(500),
         default_eviction_strategy: None,
         launchers: None,
+        node_maintenance: true,
     }
 }
 
