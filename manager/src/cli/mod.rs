@@ -97,7 +97,7 @@ pub enum Verb {
     },
     /// List or show objects: table, `-o json|yaml|name|jsonpath=TEMPLATE`.
     Get {
-        /// Resource type (vmi, vmim, vm, nad, hco, nodes, pods, ds) or TYPE/NAME.
+        /// Resource type (vmi, vmim, vm, nad, hco, nm, nodes, pods, ds) or TYPE/NAME.
         resource: String,
         name: Option<String>,
         #[arg(short = 'o', long)]
