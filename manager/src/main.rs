@@ -53,6 +53,10 @@ enum Command {
         /// Namespace whose VMIs/VMIMs the migration controller handles (default: all).
         #[arg(long)]
         migrations_namespace: Option<String>,
+        /// Honour NodeMaintenances (nodemaintenance.medik8s.io). Set false
+        /// where the node-maintenance-operator runs: it handles them.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        node_maintenance: bool,
         /// Namespaces holding mignet-ipam's IPPools (its kubeconfig's context namespace).
         #[arg(long, default_value = "mignet-system")]
         ipam_namespace: Vec<String>,
@@ -588,6 +592,7 @@ async fn main() -> anyhow::Result<()> {
             http_addr,
             migrations,
             migrations_namespace,
+            node_maintenance,
             ipam_namespace,
             ipam_reconcile_seconds,
             signer,
@@ -639,6 +644,7 @@ async fn main() -> anyhow::Result<()> {
                         emulation_allowed: launchers.use_emulation,
                     }),
                     default_eviction_strategy: eviction.default_eviction_strategy,
+                    node_maintenance,
                     ..Default::default()
                 };
                 tokio::spawn(mignet::control::run(

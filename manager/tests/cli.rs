@@ -32,7 +32,7 @@ fn crdgen_writes_the_committed_crds() {
         n += 1;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(n, 5);
+    assert_eq!(n, 6);
 }
 
 #[test]

@@ -346,3 +346,101 @@ async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
     let bed = Bed::new("ctl-observe").await;
     scenario_agent_observation(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+// ------------------------------------------------- NodeMaintenance
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_evacuates_stops_reports_and_ends_on_delete() {
+    let bed = Bed::new("ctl-nm").await;
+    scenario_node_maintenance(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_deleted_cancels_the_pending_evacuation() {
+    let bed = Bed::new("ctl-nm-cancel").await;
+    scenario_node_maintenance_cancel(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_missing_node_duplicate_and_blocker_are_reported() {
+    let bed = Bed::new("ctl-nm-fail").await;
+    scenario_node_maintenance_failures(&bed.backend, bed.ns(), bed.ns()).await;
+}
+
+/// deploy/base/rbac-manager.yaml suffices for NodeMaintenance: passes of
+/// the controller under the manager's ServiceAccount (impersonated) put the
+/// node into maintenance (finalizer, cordon, taints, evacuation, stop,
+/// status) and, after the NodeMaintenance is deleted, out again; every pass
+/// returns Ok (a refused write would be an error of the pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_works_with_the_managers_own_role() {
+    use mignet::api::{MaintenancePhase, NodeMaintenance, VirtualMachineInstance};
+    use mignet::backend::Backend;
+    let bed = Bed::new("ctl-nm-rbac").await;
+    let (admin, ns) = (&bed.backend, bed.ns());
+    let rbac = common::TestRbac::apply(ns);
+    let manager = KubeBackend::unwatched(common::client_as(&rbac.manager_sa).await);
+    let nodes = node_names(ns, 2);
+    for n in &nodes {
+        create_node(admin, &node(n, ns, None)).await;
+    }
+    let live = VmiOpts {
+        eviction: Some(mignet::api::EvictionStrategy::LiveMigrate),
+        ..Default::default()
+    };
+    create_running_vmi(admin, ns, "live", &nodes[0], live).await;
+    let plain = VmiOpts {
+        eviction: Some(mignet::api::EvictionStrategy::None),
+        ..Default::default()
+    };
+    create_running_vmi(admin, ns, "plain", &nodes[0], plain).await;
+    let nm_name = format!("nm-{}", nodes[0]);
+    admin
+        .create(&node_maintenance(&nm_name, &nodes[0], ns))
+        .await
+        .unwrap();
+    let s = settings(ns, ns);
+    let pass = || async {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        mignet::control::reconcile_once(&manager, &s, now)
+            .await
+            .unwrap_or_else(|e| panic!("pass as the manager: {e}: {:?}", e.is_transient()))
+    };
+    for _ in 0..4 {
+        pass().await;
+    }
+    let nm: NodeMaintenance = admin.get("", &nm_name).await.unwrap().unwrap();
+    let st = nm.status.clone().unwrap_or_default();
+    assert_eq!(st.phase, Some(MaintenancePhase::Running), "{nm:?}");
+    assert_eq!(st.pending_pods, vec!["live".to_owned()], "{st:?}");
+    assert!(nm.metadata.finalizers.is_some(), "{nm:?}");
+    let n: k8s_openapi::api::core::v1::Node = admin.get("", &nodes[0]).await.unwrap().unwrap();
+    assert_eq!(n.spec.as_ref().unwrap().unschedulable, Some(true), "{n:?}");
+    assert!(admin
+        .get::<VirtualMachineInstance>(ns, "plain")
+        .await
+        .unwrap()
+        .is_none());
+    let ms: Vec<VirtualMachineInstanceMigration> = admin.list(Some(ns)).await.unwrap();
+    assert_eq!(ms.len(), 1, "{ms:?}");
+
+    admin.delete::<NodeMaintenance>("", &nm_name).await.unwrap();
+    for _ in 0..3 {
+        pass().await;
+    }
+    assert!(admin
+        .get::<NodeMaintenance>("", &nm_name)
+        .await
+        .unwrap()
+        .is_none());
+    let n: k8s_openapi::api::core::v1::Node = admin.get("", &nodes[0]).await.unwrap().unwrap();
+    assert_eq!(n.spec.as_ref().unwrap().unschedulable, None, "{n:?}");
+    // Its evacuation mark is gone (a started evacuation finishes; a
+    // Pending one would be cancelled, see scenario_node_maintenance_cancel).
+    let live = admin
+        .get::<VirtualMachineInstance>(ns, "live")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.status.unwrap().evacuation_node_name, None);
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use control_common::*;
-use mignet::backend::LocalBackend;
+use mignet::backend::{Backend, LocalBackend};
 use mignet::store::Store;
 
 /// A store in a fresh temporary directory, removed on drop.
@@ -136,4 +136,54 @@ async fn local_backend_lists_by_label_selector() {
 async fn agent_observes_only_its_nodes_vmis_and_its_migrations() {
     let s = TempStore::new("observe");
     scenario_agent_observation(&s.backend, NS, "observe").await;
+}
+
+// ------------------------------------------------- NodeMaintenance
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_evacuates_stops_reports_and_ends_on_delete() {
+    let s = TempStore::new("nm");
+    scenario_node_maintenance(&s.backend, NS, "nm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_deleted_cancels_the_pending_evacuation() {
+    let s = TempStore::new("nm-cancel");
+    scenario_node_maintenance_cancel(&s.backend, NS, "nm-cancel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_missing_node_duplicate_and_blocker_are_reported() {
+    let s = TempStore::new("nm-fail");
+    scenario_node_maintenance_failures(&s.backend, NS, "nm-fail").await;
+}
+
+/// `--node-maintenance=false` (the real operator runs): the controller
+/// leaves NodeMaintenances and their nodes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_maintenance_off_leaves_them_to_the_operator() {
+    let s = TempStore::new("nm-off");
+    let (b, test) = (&s.backend, "nm-off");
+    let n = format!("{test}-n1");
+    create_node(b, &node(&n, test, None)).await;
+    b.create(&node_maintenance("nm", &n, test)).await.unwrap();
+    let off = mignet::control::Settings {
+        node_maintenance: false,
+        ..settings(NS, test)
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    mignet::control::reconcile_once(b, &off, now).await.unwrap();
+    let nm: mignet::api::NodeMaintenance = b.get("", "nm").await.unwrap().unwrap();
+    assert!(
+        nm.metadata.finalizers.is_none() && nm.status.is_none(),
+        "{nm:?}"
+    );
+    let node: k8s_openapi::api::core::v1::Node = b.get("", &n).await.unwrap().unwrap();
+    assert_eq!(node.spec.unwrap().unschedulable, None);
+    // The same pass with the default honours it.
+    mignet::control::reconcile_once(b, &settings(NS, test), now)
+        .await
+        .unwrap();
+    let nm: mignet::api::NodeMaintenance = b.get("", "nm").await.unwrap().unwrap();
+    assert!(nm.metadata.finalizers.is_some(), "{nm:?}");
 }

@@ -7,8 +7,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use super::{
-    HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineInstanceMigration,
+    HyperConverged, NetworkAttachmentDefinition, NodeMaintenance, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,10 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         (
             "k8s.cni.cncf.io_network-attachment-definitions.yaml",
             NetworkAttachmentDefinition::crd(),
+        ),
+        (
+            "nodemaintenance.medik8s.io_nodemaintenances.yaml",
+            NodeMaintenance::crd(),
         ),
     ]
 }

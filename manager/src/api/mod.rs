@@ -11,6 +11,7 @@ pub mod hco;
 pub mod kubevirt;
 pub mod nad;
 pub mod network_ref;
+pub mod node_maintenance;
 
 use std::fmt;
 
@@ -20,6 +21,10 @@ use serde::{Deserialize, Serialize};
 pub use hco::{HyperConverged, HyperConvergedSpec, HyperConvergedStatus, LiveMigrationConfig};
 pub use kubevirt::*;
 pub use nad::{NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
+pub use node_maintenance::{
+    MaintenancePhase, NodeMaintenance, NodeMaintenanceSpec, NodeMaintenanceStatus,
+    NODE_MAINTENANCE_FINALIZER,
+};
 
 /// The Kubernetes quantity grammar (resource.Quantity), as kubebuilder emits
 /// it for CRDs; the apiserver rejects anything else before we see it.

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::{protocol, Backend, BackendError, Changes, Kind, ObjectRef, Op, Selector};
 use crate::api::{
-    HyperConverged, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    HyperConverged, NodeMaintenance, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineInstanceMigration,
 };
 
 /// The cluster-mode backend: a kube client plus one watcher per kind
@@ -30,8 +31,8 @@ pub struct KubeBackend {
 enum Watched {
     /// VMIs, VMIMs, HyperConvergeds, VMs and Nodes (console, tests).
     Controller,
-    /// Those and launcher pods (the migration controller of `mignet
-    /// manager`, which makes and reads them).
+    /// Those, launcher pods and NodeMaintenances (the migration
+    /// controller of `mignet manager`, which makes and reads them).
     ControllerWithPods,
 }
 
@@ -146,6 +147,13 @@ impl KubeBackend {
         ));
         tasks.push(spawn_watch(Node::api(client.clone(), ""), tx.clone()));
         if watched == Watched::ControllerWithPods {
+            // NodeMaintenances (cluster-scoped): only the migration
+            // controller acts on them and only its role may read them. Where
+            // the CRD is absent the watcher retries quietly.
+            tasks.push(spawn_watch(
+                NodeMaintenance::api(client.clone(), ""),
+                tx.clone(),
+            ));
             // Only launcher pods: the controller never reads other pods, and
             // only it may list them (the console's role has no pods).
             tasks.push(spawn_watch_labelled(

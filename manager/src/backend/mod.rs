@@ -79,12 +79,20 @@
 //!    the VMIs of its running VMs and of its unfinished migrations that the
 //!    selection lacks; a label that lags the status delays an agent's step,
 //!    never makes it stop a VM (see `crate::agent::observe`).
+//! 9. **NodeMaintenance (controller).** A `nodemaintenance.medik8s.io`
+//!    NodeMaintenance cordons its node with the node-maintenance-operator's
+//!    taints and marks the node's LiveMigrate VMIs with
+//!    `status.evacuationNodeName`, which makes the node draining for step 7;
+//!    evictionStrategy None VMs are stopped (launcher pod deleted). Its
+//!    deletion uncordons and clears the marks, so step 7 cancels the
+//!    Pending evacuations (`crate::control::maintenance`).
 //!
 //! # Change signal
 //!
 //! [`Backend::changes`] gives a [`Changes`] receiver that wakes on any
 //! change to the kinds the controller and agent watch (VMI, VMIM, Node,
-//! HyperConverged, VM). Loops are level-triggered: on a change or a periodic
+//! HyperConverged, VM; the manager's controller also launcher pods and
+//! NodeMaintenances). Loops are level-triggered: on a change or a periodic
 //! tick they re-list (the controller everything, an agent its node's
 //! selection) and decide from scratch; no event payload is trusted.
 
@@ -102,8 +110,8 @@ use serde::Serialize;
 
 use crate::api::network_ref::is_dns1123_subdomain;
 use crate::api::{
-    HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineInstanceMigration,
+    HyperConverged, NetworkAttachmentDefinition, NodeMaintenance, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
 
 pub use self::kube::KubeBackend;
@@ -157,6 +165,13 @@ namespaced_kind!(DaemonSet);
 namespaced_kind!(NetworkAttachmentDefinition);
 
 impl Kind for Node {
+    const NAMESPACED: bool = false;
+    fn api(client: ::kube::Client, _namespace: &str) -> ::kube::Api<Self> {
+        ::kube::Api::all(client)
+    }
+}
+
+impl Kind for NodeMaintenance {
     const NAMESPACED: bool = false;
     fn api(client: ::kube::Client, _namespace: &str) -> ::kube::Api<Self> {
         ::kube::Api::all(client)

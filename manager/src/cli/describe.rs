@@ -92,6 +92,17 @@ pub fn table(r: &Resource, items: &[Value], with_namespace: bool) -> String {
                 .unwrap_or_default();
             vec![s(v, "/metadata/name").into(), status, age(v), ip]
         }),
+        // The node-maintenance-operator's CR has no printer columns; these
+        // say what a user asks first.
+        "NodeMaintenance" => (&["NAME", "NODE", "PHASE", "PROGRESS", "AGE"], |v| {
+            vec![
+                s(v, "/metadata/name").into(),
+                s(v, "/spec/nodeName").into(),
+                s(v, "/status/phase").into(),
+                text(v.pointer("/status/drainProgress")),
+                age(v),
+            ]
+        }),
         "Pod" => (&["NAME", "READY", "STATUS", "AGE", "IP", "NODE"], |v| {
             let ready = if condition_status(v, "Ready") == "True" {
                 "1/1"

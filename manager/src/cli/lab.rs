@@ -35,6 +35,12 @@ pub enum LabCommand {
     Drain { node: String },
     /// Mark a node schedulable again.
     Uncordon { node: String },
+    /// Maintenance mode (a NodeMaintenance): `start NODE [--reason R]`,
+    /// `stop NODE`.
+    Maintenance {
+        #[command(subcommand)]
+        cmd: super::lab_maintenance::MaintenanceCommand,
+    },
     /// Run the seed's story, narrated, in one foreground process.
     Demo {
         #[arg(long, default_value_t = 3)]
@@ -120,6 +126,11 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
         }
         LabCommand::Uncordon { node } => {
             print!("{}", drain(&node, false)?);
+            Ok(())
+        }
+        LabCommand::Maintenance { cmd } => {
+            let store = open_store(&LabConfig::dir_from_env())?;
+            print!("{}", super::lab_maintenance::run_on(&store, cmd)?);
             Ok(())
         }
         // The demo drives the CLI, so it sits above it: the binary runs

@@ -16,6 +16,7 @@ pub mod describe;
 pub mod edit_config;
 pub mod jsonpath;
 pub mod lab;
+pub mod lab_maintenance;
 pub mod lab_status;
 pub mod migrate;
 pub mod over_backend;
@@ -38,7 +39,7 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lab(#[from] LabError),
-    #[error("the server doesn't have a resource type {0:?} (known: vmi, vmim, vm, nad, hco, nodes, pods, ds)")]
+    #[error("the server doesn't have a resource type {0:?} (known: vmi, vmim, vm, nad, hco, nm, nodes, pods, ds)")]
     UnknownResource(String),
     #[error("reading {path}")]
     Read {
@@ -97,7 +98,7 @@ pub enum Verb {
     },
     /// List or show objects: table, `-o json|yaml|name|jsonpath=TEMPLATE`.
     Get {
-        /// Resource type (vmi, vmim, vm, nad, hco, nodes, pods, ds) or TYPE/NAME.
+        /// Resource type (vmi, vmim, vm, nad, hco, nm, nodes, pods, ds) or TYPE/NAME.
         resource: String,
         name: Option<String>,
         #[arg(short = 'o', long)]
@@ -342,7 +343,7 @@ fn write_files(
             .filter(|r| r.user_writable)
             .ok_or_else(|| {
                 CliError::Usage(format!(
-                    "{}: kind {kind} is not supported (VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration, NetworkAttachmentDefinition, HyperConverged)",
+                    "{}: kind {kind} is not supported (VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration, NetworkAttachmentDefinition, HyperConverged, NodeMaintenance)",
                     path.display()
                 ))
             })?;
@@ -355,6 +356,11 @@ fn write_files(
             .as_object_mut()
             .ok_or_else(|| CliError::Usage(format!("{}: metadata is not a map", path.display())))?;
         match meta.get("namespace").and_then(Value::as_str) {
+            // A cluster-scoped object (NodeMaintenance) has no namespace;
+            // the API server drops one given, so do we.
+            _ if !r.namespaced => {
+                meta.remove("namespace");
+            }
             // kubectl refuses a file whose namespace contradicts -n.
             Some(ns) if ns != namespace && namespace != LAB_NAMESPACE => {
                 return Err(CliError::Usage(format!(

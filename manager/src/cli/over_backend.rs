@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::resources::Resource;
 use super::{describe, migrate, power, render_get, resource_and_name, CliError, Verb};
 use crate::api::{
-    HyperConverged, NetworkAttachmentDefinition, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineInstanceMigration,
+    HyperConverged, NetworkAttachmentDefinition, NodeMaintenance, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineInstanceMigration,
 };
 use crate::backend::{Backend, BackendError};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -93,6 +93,7 @@ macro_rules! by_kind {
             "Node" => $f::<_, Node>($($arg),*).await,
             "Pod" => $f::<_, Pod>($($arg),*).await,
             "DaemonSet" => $f::<_, DaemonSet>($($arg),*).await,
+            "NodeMaintenance" => $f::<_, NodeMaintenance>($($arg),*).await,
             other => Err(CliError::UnknownResource(other.to_owned())),
         }
     };

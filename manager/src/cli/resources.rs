@@ -72,6 +72,13 @@ pub const RESOURCES: &[Resource] = &[
         names: &["hco", "hcos", "hyperconverged", "hyperconvergeds"],
     },
     Resource {
+        kind: "NodeMaintenance",
+        group: "nodemaintenance.medik8s.io",
+        namespaced: false,
+        user_writable: true,
+        names: &["nm", "nodemaintenance", "nodemaintenances"],
+    },
+    Resource {
         kind: "Node",
         group: "",
         namespaced: false,
@@ -135,6 +142,7 @@ pub fn validate(kind: &str, v: &Value) -> Result<(), StoreError> {
         "VirtualMachine" => check::<VirtualMachine>(v),
         "NetworkAttachmentDefinition" => check::<NetworkAttachmentDefinition>(v),
         "HyperConverged" => check::<HyperConverged>(v),
+        "NodeMaintenance" => check::<NodeMaintenance>(v),
         other => Err(format!("kind {other} cannot be created in the lab")),
     };
     r.map_err(|reason| StoreError::Invalid {

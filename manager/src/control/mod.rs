@@ -28,6 +28,7 @@
 
 mod labels;
 pub mod launcher_pod;
+pub mod maintenance;
 pub mod views;
 pub mod vm;
 
@@ -43,9 +44,10 @@ use mignet_policy as policy;
 use policy::{ClusterIndex, DrainAction, Limits, ObjectKey, Snapshot};
 
 use crate::api::{
-    HyperConverged, MigrationMethod, MigrationMode, MigrationPhase, VirtualMachine,
-    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
-    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus, VmiCondition,
+    HyperConverged, MigrationMethod, MigrationMode, MigrationPhase, NodeMaintenance,
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationState,
+    VirtualMachineInstanceMigrationStatus, VmiCondition,
 };
 use crate::backend::protocol::{
     self, enter_phase, DrainReport, DRAIN_REPORT_ANNOTATION, EVACUATION_ANNOTATION, FINALIZER,
@@ -75,6 +77,10 @@ pub struct Settings {
     /// migration's target. `None`: a scheduler of the caller's places VMIs
     /// and the policy picks migration targets (the lab today).
     pub launchers: Option<launcher_pod::LauncherSettings>,
+    /// Honour NodeMaintenances ([`maintenance`]). Off where the real
+    /// node-maintenance-operator runs: it handles them itself, and two
+    /// controllers would fight over their status.
+    pub node_maintenance: bool,
 }
 
 impl Default for Settings {
@@ -86,6 +92,7 @@ impl Default for Settings {
             resync: Duration::from_secs(5),
             default_eviction_strategy: None,
             launchers: None,
+            node_maintenance: true,
         }
     }
 }
@@ -137,6 +144,11 @@ pub struct Pass {
     pub vmis_adopted: u32,
     pub vmis_deleted: u32,
     pub vm_statuses_written: u32,
+    /// NodeMaintenance: nodes put into or out of maintenance, VMs stopped
+    /// (their pod or VMI deleted), statuses written.
+    pub maintenance_node_writes: u32,
+    pub maintenance_stops: u32,
+    pub maintenance_statuses_written: u32,
     /// Launcher pods created (VMs and migration targets) and deleted.
     pub pods_created: u32,
     pub pods_deleted: u32,
@@ -203,6 +215,7 @@ struct World {
     /// Launcher pods and claims (launcher mode only; empty otherwise).
     pods: Vec<Pod>,
     pvcs: Vec<PersistentVolumeClaim>,
+    node_maintenances: Vec<NodeMaintenance>,
 }
 
 impl World {
@@ -279,7 +292,9 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
             .await
             .map_err(list_err("PersistentVolumeClaim"))?;
     }
+    let node_maintenances = list_node_maintenances(backend, settings).await?;
     Ok(World {
+        node_maintenances,
         limits,
         nodes,
         vmis: vmis.into_iter().map(|v| (views::vmi_key(&v), v)).collect(),
@@ -288,6 +303,33 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
         pods,
         pvcs,
     })
+}
+
+/// The NodeMaintenances to honour. Where the CRD is not installed (404) or
+/// the manager may not read them (403, an older role), there are none:
+/// that must not stop the migrations.
+async fn list_node_maintenances<B: Backend>(
+    backend: &B,
+    settings: &Settings,
+) -> Result<Vec<NodeMaintenance>, ControlError> {
+    if !settings.node_maintenance {
+        return Ok(Vec::new());
+    }
+    match backend.list::<NodeMaintenance>(None).await {
+        Ok(mut nms) => {
+            maintenance::select(&mut nms, settings.node_selector.as_ref());
+            Ok(nms)
+        }
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) if e.is_forbidden() => {
+            tracing::warn!(error = %e, "NodeMaintenances not readable; maintenance mode is off");
+            Ok(Vec::new())
+        }
+        Err(source) => Err(ControlError::List {
+            what: "NodeMaintenance",
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// Outcome of a conditional write: a lost race counts and is left to the
@@ -359,6 +401,9 @@ pub async fn reconcile_once<B: Backend>(
         launchers(backend, ls, &mut w, &mut pass, &t).await?;
     }
     live_migratable(backend, &mut w, &mut pass, &t).await?;
+    // Before the drain step: the nodes it cordons and the VMIs it marks
+    // are evacuated in the same pass.
+    maintenance::step(backend, settings, &mut w, &mut pass, &t).await?;
     drain(backend, settings, &mut w, &mut pass, now).await?;
     // After the steps that move nodes and targets, so this pass's own
     // changes are labelled before the agents look.

@@ -118,6 +118,8 @@ pub fn ensure_crds() {
             "deploy/crds/kubevirt.io_virtualmachines.yaml",
             "-f",
             "deploy/crds/k8s.cni.cncf.io_network-attachment-definitions.yaml",
+            "-f",
+            "deploy/crds/nodemaintenance.medik8s.io_nodemaintenances.yaml",
         ];
         for _ in 0..20 {
             if kubectl(&args).status.success() {

@@ -501,6 +501,7 @@ pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
         resync: Duration::from_millis(500),
         default_eviction_strategy: None,
         launchers: None,
+        node_maintenance: true,
     }
 }
 
@@ -1753,4 +1754,390 @@ pub async fn scenario_vm_power<B: Backend>(b: &B, ns: &str, test: &str) {
         e,
         format!("VirtualMachine nope not found in namespace {ns}")
     );
+}
+
+// ---------------------------------------------------- NodeMaintenance
+
+/// A NodeMaintenance of `node`, labelled for this test so only this test's
+/// controller honours it (NodeMaintenances are cluster-scoped).
+pub fn node_maintenance(name: &str, node: &str, test: &str) -> mignet::api::NodeMaintenance {
+    let mut nm = mignet::api::NodeMaintenance::new(
+        name,
+        mignet::api::NodeMaintenanceSpec {
+            node_name: node.to_owned(),
+            reason: Some("kernel update".to_owned()),
+        },
+    );
+    nm.metadata.labels = Some(BTreeMap::from([(TEST_LABEL.to_owned(), test.to_owned())]));
+    nm
+}
+
+async fn get_nm<B: Backend>(b: &B, name: &str) -> Option<mignet::api::NodeMaintenance> {
+    b.get::<mignet::api::NodeMaintenance>("", name)
+        .await
+        .expect("get NodeMaintenance")
+}
+
+/// Wait until the NodeMaintenance's status satisfies `ok`; returns it.
+pub async fn wait_nm_status<B: Backend>(
+    b: &B,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&mignet::api::NodeMaintenanceStatus) -> bool,
+) -> mignet::api::NodeMaintenanceStatus {
+    eventually(LONG, what, || async {
+        get_nm(b, name).await?.status.filter(|s| ok(s))
+    })
+    .await
+}
+
+fn maintenance_taints(n: &Node) -> Vec<String> {
+    let mut keys: Vec<String> = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| {
+                    [
+                        mignet::control::maintenance::MEDIK8S_DRAIN_TAINT_KEY,
+                        mignet::control::maintenance::UNSCHEDULABLE_TAINT_KEY,
+                    ]
+                    .contains(&t.key.as_str())
+                        && t.effect == "NoSchedule"
+                })
+                .map(|t| t.key.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+fn cordoned(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+}
+
+async fn get_node<B: Backend>(b: &B, name: &str) -> Node {
+    b.get::<Node>("", name)
+        .await
+        .expect("get Node")
+        .expect("Node exists")
+}
+
+/// Issue 19 item 2: a NodeMaintenance cordons and taints its node (as the
+/// node-maintenance-operator does), live-migrates the LiveMigrate VMI off
+/// it through an evacuation migration, stops the evictionStrategy None
+/// VMI, reports Running with the pending VMI and then Succeeded; deleting
+/// it uncordons, removes only its taints, and the object goes.
+pub async fn scenario_node_maintenance<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::api::MaintenancePhase;
+    let nodes = node_names(test, 3);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    // An admin's taint of its own, which the maintenance must leave alone.
+    mignet::backend::modify::<B, Node>(b, "", &nodes[0], |n| {
+        n.spec
+            .get_or_insert_with(Default::default)
+            .taints
+            .get_or_insert_with(Vec::new)
+            .push(Taint {
+                key: "example.com/keep".to_owned(),
+                effect: "PreferNoSchedule".to_owned(),
+                value: None,
+                time_added: None,
+            });
+        true
+    })
+    .await
+    .unwrap();
+    create_hco(b, ns, 5, 2).await;
+    let live = VmiOpts {
+        eviction: Some(EvictionStrategy::LiveMigrate),
+        ..Default::default()
+    };
+    create_running_vmi(b, ns, "live", &nodes[0], live.clone()).await;
+    create_running_vmi(
+        b,
+        ns,
+        "plain",
+        &nodes[0],
+        VmiOpts {
+            eviction: Some(EvictionStrategy::None),
+            ..Default::default()
+        },
+    )
+    .await;
+    create_running_vmi(b, ns, "elsewhere", &nodes[1], live.clone()).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, Duration::from_secs(2));
+    let nm_name = format!("nm-{}", nodes[0]);
+    b.create(&node_maintenance(&nm_name, &nodes[0], test))
+        .await
+        .expect("create NodeMaintenance");
+
+    // Running: the live VMI is still on the node, the plain one stopped.
+    let st = wait_nm_status(b, &nm_name, "NodeMaintenance Running", |s| {
+        s.phase == Some(MaintenancePhase::Running) && s.pending_pods == vec!["live".to_owned()]
+    })
+    .await;
+    assert_eq!(
+        st.eviction_pods,
+        Some(2),
+        "live + plain at the start: {st:?}"
+    );
+    assert_eq!(st.drain_progress, Some(50), "{st:?}");
+    assert_eq!(st.last_error, None, "nothing blocks: {st:?}");
+    let n = get_node(b, &nodes[0]).await;
+    assert!(cordoned(&n), "{n:?}");
+    assert_eq!(
+        maintenance_taints(&n),
+        vec!["medik8s.io/drain", "node.kubernetes.io/unschedulable"]
+    );
+    let nm = get_nm(b, &nm_name).await.unwrap();
+    assert!(
+        nm.finalizers()
+            .iter()
+            .any(|f| f == mignet::api::NODE_MAINTENANCE_FINALIZER),
+        "{nm:?}"
+    );
+    assert!(
+        b.get::<VirtualMachineInstance>(ns, "plain")
+            .await
+            .unwrap()
+            .is_none(),
+        "evictionStrategy None: the VMI is stopped"
+    );
+    let m = eventually(LONG, "evacuation VMIM of live", || async {
+        b.list::<VirtualMachineInstanceMigration>(Some(ns))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|m| m.spec.vmi_name == "live")
+    })
+    .await;
+    assert_eq!(
+        m.annotations().get(protocol::EVACUATION_ANNOTATION),
+        Some(&nodes[0]),
+        "an evacuation: {m:?}"
+    );
+    let ms = b
+        .list::<VirtualMachineInstanceMigration>(Some(ns))
+        .await
+        .unwrap();
+    assert_eq!(
+        ms.len(),
+        1,
+        "only the node in maintenance is evacuated: {ms:?}"
+    );
+
+    // The migration completes: Succeeded, nothing pending.
+    wait_phase(b, ns, &m.name_any(), MigrationPhase::Succeeded).await;
+    let st = wait_nm_status(b, &nm_name, "NodeMaintenance Succeeded", |s| {
+        s.phase == Some(MaintenancePhase::Succeeded)
+    })
+    .await;
+    assert_eq!(st.drain_progress, Some(100), "{st:?}");
+    assert!(st.pending_pods.is_empty(), "{st:?}");
+    assert!(st.last_update.is_some(), "{st:?}");
+    let moved = get_vmi(b, ns, "live").await;
+    assert_ne!(
+        moved.status.unwrap().node_name.as_deref(),
+        Some(nodes[0].as_str())
+    );
+    assert!(cordoned(&get_node(b, &nodes[0]).await), "stays cordoned");
+
+    // Deleting ends the maintenance.
+    b.delete::<mignet::api::NodeMaintenance>("", &nm_name)
+        .await
+        .expect("delete NodeMaintenance");
+    eventually(LONG, "NodeMaintenance gone", || async {
+        get_nm(b, &nm_name).await.is_none().then_some(())
+    })
+    .await;
+    let n = get_node(b, &nodes[0]).await;
+    assert!(!cordoned(&n), "uncordoned: {n:?}");
+    assert!(maintenance_taints(&n).is_empty(), "{n:?}");
+    let kept = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.key == "example.com/keep"));
+    assert!(kept, "the admin's own taint stays: {n:?}");
+}
+
+/// Deleting a NodeMaintenance while an evacuation still waits (limit 1
+/// outbound per node): the Pending evacuation is cancelled (deleted), the
+/// started one finishes, the VMI left behind loses its evacuation mark and
+/// stays on the node, which is schedulable again.
+pub async fn scenario_node_maintenance_cancel<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::api::MaintenancePhase;
+    let nodes = node_names(test, 3);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_hco(b, ns, 5, 1).await;
+    let live = VmiOpts {
+        eviction: Some(EvictionStrategy::LiveMigrate),
+        ..Default::default()
+    };
+    create_running_vmi(b, ns, "a", &nodes[0], live.clone()).await;
+    create_running_vmi(b, ns, "b", &nodes[0], live.clone()).await;
+    let _ctl = spawn_controller(b, ns, test);
+    let _sim = spawn_sim(b, ns, &nodes, Duration::from_secs(3));
+    let nm_name = format!("nm-{}", nodes[0]);
+    b.create(&node_maintenance(&nm_name, &nodes[0], test))
+        .await
+        .expect("create NodeMaintenance");
+    let (running, pending) = eventually(LONG, "one evacuation Running, one Pending", || async {
+        let ms = b
+            .list::<VirtualMachineInstanceMigration>(Some(ns))
+            .await
+            .unwrap();
+        let r = ms
+            .iter()
+            .find(|m| phase_of(m) == Some(MigrationPhase::Running))?;
+        let p = ms
+            .iter()
+            .find(|m| phase_of(m) == Some(MigrationPhase::Pending))?;
+        Some((r.clone(), p.clone()))
+    })
+    .await;
+    let st = wait_nm_status(b, &nm_name, "Running with both pending", |s| {
+        s.phase == Some(MaintenancePhase::Running)
+    })
+    .await;
+    assert_eq!(st.eviction_pods, Some(2), "{st:?}");
+
+    b.delete::<mignet::api::NodeMaintenance>("", &nm_name)
+        .await
+        .expect("delete NodeMaintenance");
+    let pname = pending.name_any();
+    eventually(LONG, "pending evacuation cancelled", || async {
+        get_vmim(b, ns, &pname).await.is_none().then_some(())
+    })
+    .await;
+    eventually(LONG, "NodeMaintenance gone", || async {
+        get_nm(b, &nm_name).await.is_none().then_some(())
+    })
+    .await;
+    let n = get_node(b, &nodes[0]).await;
+    assert!(!cordoned(&n), "uncordoned: {n:?}");
+    assert!(maintenance_taints(&n).is_empty(), "{n:?}");
+    wait_phase(b, ns, &running.name_any(), MigrationPhase::Succeeded).await;
+    let stayed = get_vmi(b, ns, &pending.spec.vmi_name).await;
+    let st = stayed.status.unwrap();
+    assert_eq!(st.node_name.as_deref(), Some(nodes[0].as_str()));
+    assert_eq!(st.evacuation_node_name, None, "evacuation mark cleared");
+    // No new evacuation of it afterwards.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ms = b
+        .list::<VirtualMachineInstanceMigration>(Some(ns))
+        .await
+        .unwrap();
+    assert!(
+        !ms.iter().any(|m| m.spec.vmi_name == pending.spec.vmi_name),
+        "{ms:?}"
+    );
+}
+
+/// What the operator (and its webhook) refuse: a NodeMaintenance of a node
+/// that does not exist is Failed with `nodes "X" not found`; a second one
+/// of a node already in maintenance is Failed with the webhook's message
+/// and, deleted, leaves the node in maintenance; a VMI that cannot migrate
+/// is named in `lastError` while the maintenance stays Running.
+pub async fn scenario_node_maintenance_failures<B: Backend>(b: &B, ns: &str, test: &str) {
+    use mignet::api::MaintenancePhase;
+    let nodes = node_names(test, 2);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_running_vmi(
+        b,
+        ns,
+        "rwo",
+        &nodes[0],
+        VmiOpts {
+            eviction: Some(EvictionStrategy::LiveMigrate),
+            rwo_disk: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let _ctl = spawn_controller(b, ns, test);
+    let ghost = format!("{test}-ghost");
+    let ghost_nm = format!("nm-{ghost}");
+    b.create(&node_maintenance(&ghost_nm, &ghost, test))
+        .await
+        .expect("create NodeMaintenance");
+    let st = wait_nm_status(b, &ghost_nm, "Failed for a missing node", |s| {
+        s.phase == Some(MaintenancePhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        st.last_error.as_deref(),
+        Some(format!("nodes \"{ghost}\" not found").as_str())
+    );
+    b.delete::<mignet::api::NodeMaintenance>("", &ghost_nm)
+        .await
+        .unwrap();
+    eventually(LONG, "Failed NodeMaintenance deleted", || async {
+        get_nm(b, &ghost_nm).await.is_none().then_some(())
+    })
+    .await;
+
+    let first = format!("nm-{}", nodes[0]);
+    b.create(&node_maintenance(&first, &nodes[0], test))
+        .await
+        .unwrap();
+    let st = wait_nm_status(b, &first, "Running, blocked by the RWO disk", |s| {
+        s.phase == Some(MaintenancePhase::Running) && s.last_error.is_some()
+    })
+    .await;
+    let err = st.last_error.unwrap();
+    assert!(
+        err.contains("rwo") && err.contains("DisksNotLiveMigratable"),
+        "{err}"
+    );
+    assert_eq!(st.pending_pods, vec!["rwo".to_owned()]);
+    // Creation times have whole seconds: make the second one clearly later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = format!("nm-{}-again", nodes[0]);
+    b.create(&node_maintenance(&second, &nodes[0], test))
+        .await
+        .unwrap();
+    let st = wait_nm_status(b, &second, "the second one Failed", |s| {
+        s.phase == Some(MaintenancePhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        st.last_error.as_deref(),
+        Some(
+            format!(
+                "invalid nodeName, a NodeMaintenance for node {} already exists",
+                nodes[0]
+            )
+            .as_str()
+        )
+    );
+    b.delete::<mignet::api::NodeMaintenance>("", &second)
+        .await
+        .unwrap();
+    eventually(LONG, "second NodeMaintenance deleted", || async {
+        get_nm(b, &second).await.is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let n = get_node(b, &nodes[0]).await;
+    assert!(cordoned(&n), "the first one still holds the node: {n:?}");
+    assert_eq!(maintenance_taints(&n).len(), 2, "{n:?}");
+    b.delete::<mignet::api::NodeMaintenance>("", &first)
+        .await
+        .unwrap();
+    eventually(LONG, "first NodeMaintenance deleted", || async {
+        get_nm(b, &first).await.is_none().then_some(())
+    })
+    .await;
+    assert!(!cordoned(&get_node(b, &nodes[0]).await));
 }
