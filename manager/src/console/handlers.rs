@@ -20,7 +20,7 @@ use super::auth::{constant_time_eq, AuthError, User};
 use super::throttle::{Refusal, RefusalReason, Throttle, Verdict};
 use super::{log_backend_error, nodes, view, App};
 use crate::api::{
-    MigrationPhase, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    MigrationPhase, NodeMaintenance, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceMigrationSpec, VmiPhase,
 };
 use crate::backend::{protocol, Backend, BackendError};
@@ -530,9 +530,31 @@ async fn list_nodes<B: Backend>(
     Ok(Json(nodes::node_rows(&nodes, &maintenances, &vmis)).into_response())
 }
 
-/// The NodeMaintenances as the Nodes table reads them.
-async fn maintenance_facts<B: Backend>(_b: &B) -> Result<Vec<nodes::MaintenanceFacts>, ApiError> {
-    Ok(Vec::new())
+/// The NodeMaintenances as the Nodes table reads them. Where the kind is
+/// not served (no CRD: neither the operator nor ours installed) or the
+/// console may not read it, the table simply shows no maintenance, as the
+/// manager's controller treats the same answers as "none".
+async fn maintenance_facts<B: Backend>(b: &B) -> Result<Vec<nodes::MaintenanceFacts>, ApiError> {
+    let nms: Vec<NodeMaintenance> = match b.list(None).await {
+        Ok(v) => v,
+        Err(e) if e.is_not_found() || e.is_forbidden() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(nms
+        .into_iter()
+        .map(|m| {
+            let st = m.status.clone().unwrap_or_default();
+            nodes::MaintenanceFacts {
+                name: m.name_any(),
+                node: m.spec.node_name.clone(),
+                phase: st.phase.map(|p| format!("{p:?}")),
+                reason: m.spec.reason.clone(),
+                pending_pods: st.pending_pods,
+                last_error: st.last_error,
+                deleting: m.metadata.deletion_timestamp.is_some(),
+            }
+        })
+        .collect())
 }
 
 async fn vm_details<B: Backend>(
