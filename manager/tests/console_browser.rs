@@ -9,7 +9,8 @@
 //! Run (as root, after tests/setup.sh and `cargo build -p mignet-cni`):
 //! `cargo test -p mignet --test console_browser`
 //! Artifacts: target/console-artifacts/list-migrating.png (the list during
-//! a migration), details-migrated.png, details-migrating.png.
+//! a migration), details-migrated.png, details-migrating.png,
+//! maintenance-migrating.png (a node in maintenance, its VM leaving).
 
 mod console_support;
 mod control_common;
@@ -438,6 +439,95 @@ async fn a_migration_waiting_for_a_limit_says_why() {
         .await;
     br.finish().await;
     drop((second, first));
+}
+
+/// A node in maintenance (`mignet lab maintenance start NODE`): the Nodes
+/// table says "Starting maintenance" with the reason and the cordon while
+/// the VM leaves; the VM's row shows Migrating with its node marked
+/// "(maintenance)"; then "Under maintenance" with the VM Running on another
+/// node; `maintenance stop` ends it and the node is schedulable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_maintenance_and_its_vm_leaving_it() {
+    let lab = turn().await;
+    // Slow enough (200 MiB at 32 MiB/s) to see the VM Migrating.
+    lab.config(&[("bandwidthPerMigration", "32Mi")]);
+    let name = vm_name("maint");
+    let vm = lab.create_vm(&name);
+    let from = lab.vmi_node(&name).unwrap();
+    let (r, nr) = (row(&name), format!(r#"tr[data-node="{from}"]"#));
+    /// Ends the maintenance even when the test fails, so the shared lab's
+    /// next test finds every node schedulable.
+    struct Stop<'a>(&'a lab_common::Lab, String);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["lab", "maintenance", "stop", &self.1]);
+        }
+    }
+
+    let br = Browser::start().await;
+    br.login(&lab.console.base, ADMIN_TOKEN).await;
+    let ready = br
+        .wait_text(&format!("{nr} .node-status"), |t| !t.is_empty())
+        .await;
+    assert!(!ready.contains("SchedulingDisabled"), "{ready}");
+    br.wait_text(&format!("{nr} .node-vms"), |t| t.contains(&name))
+        .await;
+    br.wait_text(&format!("{nr} .maint-state"), |t| t.is_empty())
+        .await;
+
+    let out = lab.lab.ok(&[
+        "lab",
+        "maintenance",
+        "start",
+        &from,
+        "--reason",
+        "firmware update",
+    ]);
+    let _stop = Stop(&lab.lab, from.clone());
+    assert!(out.ends_with(" created\n"), "{out}");
+    br.wait_text(&format!("{nr} .node-status"), |t| {
+        *t == format!("{ready}, SchedulingDisabled")
+    })
+    .await;
+    br.wait_text(&format!("{r} .status"), |t| t == "Migrating")
+        .await;
+    br.wait_text(&format!("{r} .node"), |t| {
+        *t == format!("{from} (maintenance)")
+    })
+    .await;
+    br.wait_text(&format!("{nr} .maint-state"), |t| {
+        t == "Starting maintenance"
+    })
+    .await;
+    let note = br
+        .wait_text(&format!("{nr} .maint-note"), |t| {
+            t.contains("Reason: firmware update")
+        })
+        .await;
+    println!("the node in maintenance, while its VM leaves: {note}");
+    let png = br.client.screenshot().await.expect("screenshot");
+    std::fs::write(artifacts_dir().join("maintenance-migrating.png"), &png).unwrap();
+
+    br.wait_text(&format!("{nr} .maint-state"), |t| t == "Under maintenance")
+        .await;
+    br.wait_text(&format!("{r} .status"), |t| t == "Running")
+        .await;
+    let to = br
+        .wait_text(&format!("{r} .node"), |t| {
+            !t.is_empty() && !t.contains("maintenance")
+        })
+        .await;
+    assert_ne!(to, from, "the VM left the node");
+    br.wait_text(&format!("{nr} .node-vms"), |t| t.is_empty())
+        .await;
+
+    lab.lab.ok(&["lab", "maintenance", "stop", &from]);
+    br.wait_text(&format!("{nr} .maint-state"), |t| t.is_empty())
+        .await;
+    br.wait_text(&format!("{nr} .node-status"), |t| t == ready)
+        .await;
+    br.finish().await;
+    drop(vm);
 }
 
 /// d. At the HTTP level against the lab's console process: no token or a
