@@ -106,7 +106,10 @@ impl ConsoleRbac {
             .collect::<Vec<_>>()
             .join("\n---\n")
             .replace("mignet-system", ns)
-            .replace("name: mignet-console", &format!("name: mignet-console-{ns}"));
+            .replace(
+                "name: mignet-console",
+                &format!("name: mignet-console-{ns}"),
+            );
         let out = common::kubectl_stdin(&["apply", "-f", "-"], &yaml);
         assert!(
             out.status.success(),

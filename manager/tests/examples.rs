@@ -112,6 +112,15 @@ fn seed_vm_and_vmim() {
 }
 
 #[test]
+fn node_maintenance_example() {
+    let nm: mignet::api::NodeMaintenance =
+        serde_yaml::from_str(&read("examples/nodemaintenance.yaml")).unwrap();
+    assert_eq!(nm.metadata.name.as_deref(), Some("nm-node2"));
+    assert_eq!(nm.spec.node_name, "node2");
+    assert_eq!(nm.spec.reason.as_deref(), Some("kernel update"));
+}
+
+#[test]
 fn agent_daemonset_shape() {
     let ds: DaemonSet = serde_yaml::from_str(&read("deploy/base/agent.yaml")).unwrap();
     let spec = ds.spec.unwrap().template.spec.unwrap();

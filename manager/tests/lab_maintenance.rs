@@ -77,9 +77,7 @@ fn seed_restart_after_the_edit_then_maintenance_live_migrates_the_vm() {
 
     // A running VM without an eviction strategy.
     lab.ok(&["create", "-f", &plain]);
-    let (uid0, node0) = wait_for("VMI Running", Duration::from_secs(120), || {
-        running(&store)
-    });
+    let (uid0, node0) = wait_for("VMI Running", Duration::from_secs(120), || running(&store));
     assert_eq!(vmi(&store).unwrap().spec.eviction_strategy, None);
 
     // The edit alone changes nothing that runs.
@@ -142,7 +140,10 @@ fn seed_restart_after_the_edit_then_maintenance_live_migrates_the_vm() {
                 .map(|(_, n)| n)
         },
     );
-    assert!(cordoned(&store, &node1), "the node in maintenance is cordoned");
+    assert!(
+        cordoned(&store, &node1),
+        "the node in maintenance is cordoned"
+    );
     let t = taints(&store, &node1);
     for want in [
         "node.kubernetes.io/unschedulable:NoSchedule",
@@ -229,14 +230,15 @@ fn seed_restart_after_the_edit_then_maintenance_live_migrates_the_vm() {
         || {
             (!cordoned(&store, &node1)
                 && taints(&store, &node1).is_empty()
-                && store
-                    .get::<NodeMaintenance>("", &nm)
-                    .unwrap()
-                    .is_none())
+                && store.get::<NodeMaintenance>("", &nm).unwrap().is_none())
             .then_some(())
         },
     );
-    assert_eq!(running(&store).map(|(_, n)| n), Some(target), "the VM stays");
+    assert_eq!(
+        running(&store).map(|(_, n)| n),
+        Some(target),
+        "the VM stays"
+    );
     let _ = std::fs::remove_file(&plain);
     let _ = std::fs::remove_file(&edited);
     lab.ok(&["delete", "vm", VM]);

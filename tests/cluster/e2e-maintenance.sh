@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# NodeMaintenance (nodemaintenance.medik8s.io/v1beta1, OpenShift's
-# "maintenance mode") on the real cluster bed, driven with kubectl only:
+# The seed's last two steps on the real cluster bed: section 10.7.1 (edit a
+# running VM to evictionStrategy LiveMigrate, then `mignet restart vm`, the
+# virtctl verb, through the bed's kubeconfig), then NodeMaintenance
+# (nodemaintenance.medik8s.io/v1beta1, OpenShift's "maintenance mode"),
+# driven with kubectl only:
 # the manager cordons and taints the node, live-migrates the LiveMigrate VM
 # off it through an evacuation migration, reports phase/pendingPods/
 # evictionPods like the node-maintenance-operator, and uncordons when the
@@ -10,8 +13,13 @@
 #
 # Runs after e2e-vm.sh in the same bed (mignet deployed); deploys mignet
 # itself when run alone. Makes its own VM, diskless (the lab guest):
-#   vm-maint  evictionStrategy LiveMigrate, 256Mi.
+#   vm-maint  256Mi, created without an eviction strategy.
 # What it proves:
+#   - 10.7.1: `kubectl patch` of the VM to evictionStrategy LiveMigrate
+#     leaves the running VMI as it is; `mignet --kubeconfig restart vm`
+#     prints virtctl's "VM vm-maint was scheduled to restart" and the
+#     manager replaces the VMI (new uid) with one from the edited template
+#     (evictionStrategy LiveMigrate), in a new launcher pod;
 #   - the NodeMaintenance CRD is served and the manager may read it;
 #   - `kubectl apply` of a NodeMaintenance for vm-maint's node: the node is
 #     cordoned with the taints medik8s.io/drain and
@@ -56,10 +64,11 @@ vmi_field() { kubectl get vmi "$1" -o jsonpath="$2" 2>/dev/null; }
 vmi_is() { [[ $(vmi_field "$1" "$2") == "$3" ]]; }
 nm_field() { kubectl get nodemaintenance "$NM" -o jsonpath="$1" 2>/dev/null; }
 nm_is() { [[ $(nm_field "$1") == "$2" ]]; }
-launcher_pod() {
-    local n
+launcher_pod() { # the running launcher pod of VMI $1 (this VMI: a restart's old pod may linger)
+    local n uid
     n=$(vmi_field "$1" '{.status.nodeName}')
-    kubectl get pods -l "vm.kubevirt.io/name=$1" -o json |
+    uid=$(vmi_field "$1" '{.metadata.uid}')
+    kubectl get pods -l "vm.kubevirt.io/name=$1,kubevirt.io/created-by=$uid" -o json |
         jq -r --arg n "$n" '.items[] | select(.spec.nodeName == $n and .metadata.deletionTimestamp == null and .status.phase == "Running") | .metadata.name' | head -n1
 }
 last_tick() {
@@ -93,7 +102,7 @@ done
 ok "CRD nodemaintenances.nodemaintenance.medik8s.io Established; the manager may list, watch and patch it"
 
 # ---- the VM ------------------------------------------------------------------------------
-step "$VM (LiveMigrate, diskless, 256Mi) boots"
+step "$VM (no eviction strategy, diskless, 256Mi) boots"
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -107,7 +116,6 @@ spec:
       labels:
         kubevirt.io/vm: $VM
     spec:
-      evictionStrategy: LiveMigrate
       domain:
         cpu:
           model: host-model
@@ -119,6 +127,28 @@ spec:
             memory: 256Mi
 EOF
 wait_until 240 "$VM Running" vmi_is "$VM" '{.status.phase}' Running
+uid0=$(vmi_field "$VM" '{.metadata.uid}')
+ok "$VM Running on $(vmi_field "$VM" '{.status.nodeName}') without an eviction strategy"
+
+# ---- 10.7.1: edit, then restart ---------------------------------------------------------
+step "kubectl patch $VM to evictionStrategy LiveMigrate; mignet restart vm $VM"
+MIGNET=$ROOT/target/release/mignet
+[[ -x $MIGNET ]] || MIGNET=$ROOT/target/debug/mignet
+kubectl patch vm "$VM" --type merge -p '{"spec":{"template":{"spec":{"evictionStrategy":"LiveMigrate"}}}}' >/dev/null
+sleep 3
+[[ $(vmi_field "$VM" '{.metadata.uid}') == "$uid0" && -z $(vmi_field "$VM" '{.spec.evictionStrategy}') ]] ||
+    fail "the edit alone changed the running VMI: uid $(vmi_field "$VM" '{.metadata.uid}'), evictionStrategy '$(vmi_field "$VM" '{.spec.evictionStrategy}')'"
+out=$("$MIGNET" --kubeconfig "$KUBECONFIG" restart vm "$VM" -n default 2>&1) || fail "mignet restart vm: $out"
+[[ $out == "VM $VM was scheduled to restart" ]] || fail "mignet restart vm printed '$out'"
+restarted() {
+    local uid
+    uid=$(vmi_field "$VM" '{.metadata.uid}')
+    [[ -n $uid && $uid != "$uid0" ]] && vmi_is "$VM" '{.status.phase}' Running
+}
+wait_until 240 "a new $VM VMI Running" restarted
+[[ $(vmi_field "$VM" '{.spec.evictionStrategy}') == LiveMigrate ]] ||
+    fail "the new VMI has evictionStrategy '$(vmi_field "$VM" '{.spec.evictionStrategy}')'"
+ok "$out; VMI $uid0 replaced by $(vmi_field "$VM" '{.metadata.uid}') with evictionStrategy LiveMigrate"
 node=$(vmi_field "$VM" '{.status.nodeName}')
 pod1=$(launcher_pod "$VM")
 [[ -n $pod1 ]] || fail "no running launcher pod of $VM on $node"

@@ -20,8 +20,8 @@ use super::auth::{constant_time_eq, AuthError, User};
 use super::throttle::{Refusal, RefusalReason, Throttle, Verdict};
 use super::{log_backend_error, nodes, view, App};
 use crate::api::{
-    MigrationPhase, NodeMaintenance, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
-    VirtualMachineInstanceMigrationSpec, VmiPhase,
+    MigrationPhase, NodeMaintenance, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec, VmiPhase,
 };
 use crate::backend::{protocol, Backend, BackendError};
 

@@ -215,7 +215,11 @@ mod tests {
         );
         assert_eq!(rows.len(), 2, "no row for a NodeMaintenance of no node");
         assert_eq!(
-            (rows[0].name.as_str(), rows[0].status.as_str(), rows[0].schedulable),
+            (
+                rows[0].name.as_str(),
+                rows[0].status.as_str(),
+                rows[0].schedulable
+            ),
             ("n1", "NotReady", true)
         );
         assert_eq!(rows[0].maintenance, None);
