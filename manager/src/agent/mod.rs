@@ -272,6 +272,7 @@ impl AgentCore {
     fn proxy_options(&self, bind_ip: Option<IpAddr>) -> ProxyOptions {
         ProxyOptions {
             bind_ip,
+            handshake_failures: Some(self.migration_metrics.tls_failures()),
             ..Default::default()
         }
     }

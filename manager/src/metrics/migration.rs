@@ -12,11 +12,11 @@
 //! them when it ends (a stale series is a lie); counters persist.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
 use mignet_dataplane::monitor::RamStats;
-use mignet_dataplane::proxy::CountersSnapshot;
+use mignet_dataplane::proxy::{CountersSnapshot, HandshakeFailures};
 
 use super::text::{Family, Kind};
 use crate::api::{MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration};
@@ -197,21 +197,12 @@ pub struct RunningMigration {
     pub interfaces_now: BTreeMap<String, IfBytes>,
 }
 
-/// Why a TLS handshake of the data path failed (fixed label values).
-pub const TLS_FAILURE_REASONS: [&str; 5] = [
-    "bad_certificate",
-    "unknown_ca",
-    "timeout",
-    "protocol",
-    "other",
-];
-
 /// The source agent's families for its running migrations (`node` = this
 /// agent's node) and its TLS handshake failures since start.
 pub fn agent_families(
     node: &str,
     running: &[RunningMigration],
-    tls_failures: &[u64; TLS_FAILURE_REASONS.len()],
+    tls_failures: &[(&'static str, u64)],
 ) -> Vec<Family> {
     let fam = |name, help| Family::new(name, Kind::Gauge, help);
     let mut total = Family::new(
@@ -293,7 +284,7 @@ pub fn agent_families(
         Kind::Counter,
         "Failed mutual-TLS handshakes of the migration data path, by reason.",
     );
-    for (reason, n) in TLS_FAILURE_REASONS.iter().zip(tls_failures) {
+    for (reason, n) in tls_failures {
         tls.push(vec![("reason", reason.to_string())], *n as f64);
     }
     vec![
@@ -306,7 +297,7 @@ pub fn agent_families(
 #[derive(Debug, Default)]
 pub struct AgentMigrations {
     running: Mutex<BTreeMap<String, RunningMigration>>,
-    tls_failures: Mutex<[u64; TLS_FAILURE_REASONS.len()]>,
+    tls_failures: Arc<HandshakeFailures>,
 }
 
 impl AgentMigrations {
@@ -333,15 +324,9 @@ impl AgentMigrations {
         }
     }
 
-    /// Counts a failed handshake; an unknown reason counts as `other`.
-    pub fn tls_failure(&self, reason: &str) {
-        let i = TLS_FAILURE_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(TLS_FAILURE_REASONS.len() - 1);
-        if let Ok(mut t) = self.tls_failures.lock() {
-            t[i] += 1;
-        }
+    /// Where the agent's proxies count failed handshakes.
+    pub fn tls_failures(&self) -> Arc<HandshakeFailures> {
+        self.tls_failures.clone()
     }
 
     pub fn families(&self, node: &str) -> Vec<Family> {
@@ -350,8 +335,7 @@ impl AgentMigrations {
             .lock()
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
-        let tls = self.tls_failures.lock().map(|t| *t).unwrap_or_default();
-        agent_families(node, &running, &tls)
+        agent_families(node, &running, &self.tls_failures.snapshot())
     }
 }
 
@@ -365,6 +349,7 @@ mod tests {
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff;
+    use mignet_dataplane::proxy::HandshakeFailure;
 
     fn vmim(
         ns: &str,
@@ -480,7 +465,7 @@ mod tests {
         let text = render(&agent_families(
             "node1",
             &[running("vm1")],
-            &[0, 2, 0, 0, 0],
+            &[("bad_certificate", 0), ("unknown_ca", 2), ("timeout", 0)],
         ));
         let l = "{namespace=\"default\",name=\"vm1\",node=\"node1\"}";
         for line in [
@@ -506,8 +491,8 @@ mod tests {
         let a = AgentMigrations::default();
         a.update("u1", running("vm1"));
         a.update("u2", running("vm2"));
-        a.tls_failure("bad_certificate");
-        a.tls_failure("something new");
+        a.tls_failures().count(HandshakeFailure::BadCertificate);
+        a.tls_failures().count(HandshakeFailure::Other);
         a.end("u1");
         let text = render(&a.families("node1"));
         assert!(!text.contains("name=\"vm1\""), "{text}");

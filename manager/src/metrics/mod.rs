@@ -207,7 +207,9 @@ mod tests {
         assert!(!m.render().contains("g{a="), "{}", m.render());
         let agent = Arc::new(AgentMigrations::default());
         m.set_agent("n1", agent.clone());
-        agent.tls_failure("timeout");
+        agent
+            .tls_failures()
+            .count(mignet_dataplane::proxy::HandshakeFailure::Timeout);
         assert!(m
             .render()
             .contains("mignet_tls_handshake_failures_total{reason=\"timeout\"} 1\n"));
