@@ -215,6 +215,15 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
         LocalBackend::new(store.clone())
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // The controller's /metrics, as the manager serves them in a cluster.
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let _http = rt
+        .block_on(super::serve_metrics(
+            metrics.clone(),
+            super::controller_metrics_addr_file(&cfg.dir),
+        ))
+        .map_err(|e| warn!(error = %e, "controller /metrics not served"))
+        .ok();
     let settings = control::Settings {
         namespace: None,
         hco_namespace: Some(LAB_NAMESPACE.to_owned()),
@@ -227,6 +236,7 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
             image_pull_policy: None,
             emulation_allowed: true,
         }),
+        metrics: Some(metrics),
         ..Default::default()
     };
     let controller = rt.spawn(control::run(backend.clone(), settings, async move {
