@@ -142,7 +142,10 @@ fn deploy_kustomization_passes_server_dry_run() {
     assert!(!out.contains("servicemonitor"), "{out}");
     let mon = kubectl_ok(&["kustomize", "deploy/overlays/monitoring"]);
     assert_eq!(mon.matches("kind: ServiceMonitor").count(), 2, "{mon}");
-    assert!(mon.contains("app.kubernetes.io/component: metrics"), "{mon}");
+    assert!(
+        mon.contains("app.kubernetes.io/component: metrics"),
+        "{mon}"
+    );
     assert!(out.contains("(server dry run)"), "{out}");
     // The seed's CRs are a separate step (deploy/examples), applied once
     // their CRDs are established: in one pass with the CRDs, a fresh

@@ -208,8 +208,10 @@ impl AgentCore {
                     // A second QMP request while `run` waits between its own
                     // samples; QMP replies are matched by id.
                     let ram = migration::query(&vm.qmp, Side::Source).await.ok().and_then(|s| s.ram);
-                    let interfaces = self.interface_bytes().await.unwrap_or_default();
+                    // The proxy's count first: the interfaces' then include
+                    // at least those bytes, plus framing.
                     let stream = counters.snapshot();
+                    let interfaces = self.interface_bytes().await.unwrap_or_default();
                     self.migration_metrics.modify(uid, |m| {
                         m.ram = ram.clone().or(m.ram.take());
                         m.stream = stream;

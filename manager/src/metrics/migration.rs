@@ -361,7 +361,6 @@ mod tests {
             name,
             VirtualMachineInstanceMigrationSpec {
                 vmi_name: vmi.into(),
-                ..Default::default()
             },
         );
         m.metadata.namespace = Some(ns.into());
