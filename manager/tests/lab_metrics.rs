@@ -40,7 +40,11 @@ fn scrape(addr_file: &std::path::Path) -> String {
 
 /// The value of series `name{labels}` (labels exactly as rendered).
 fn value(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = format!("{name}{{{labels}}} ");
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map(|v| v.parse().unwrap())
@@ -65,6 +69,8 @@ fn kubevirt_families_and_interface_bytes_during_a_lab_migration() {
     // Samples of the agent's families while the migration runs.
     let mut samples: Vec<(f64, f64, String)> = Vec::new();
     let mut controller_running = false;
+    let mut last_controller = String::new();
+    let mut scrapes = 0;
     let t0 = Instant::now();
     while bed.phase(&vmim) == Some(MigrationPhase::Running)
         && t0.elapsed() < Duration::from_secs(120)
@@ -79,13 +85,19 @@ fn kubevirt_families_and_interface_bytes_during_a_lab_migration() {
         let c = scrape(&controller);
         controller_running |=
             value(&c, "kubevirt_vmi_migrations_in_running_phase", "") == Some(1.0);
+        last_controller = c;
+        scrapes += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
     let end = bed.wait_end(&vmim, Duration::from_secs(300));
     assert!(end.succeeded(), "{end:?}\n{}", bed.daemon_log_tail(60));
+    eprintln!(
+        "{scrapes} scrapes over {:.1} s of Running",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(
         controller_running,
-        "the controller never counted the migration running"
+        "the controller never counted the migration running; last scrape:\n{last_controller}"
     );
     assert!(
         samples.len() >= 3,
