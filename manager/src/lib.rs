@@ -16,9 +16,11 @@
 //!   rollout pass over a backend.
 //! - [`launcher`]: `mignet launcher`, one VM's QEMU in its pod, and the VM
 //!   request every side agrees on.
+//! - [`metrics`]: Prometheus text: the manager's counters and the
+//!   migration families (KubeVirt's names) as pure functions of objects and
+//!   samples.
 //! - [`control`]: the migration controller (admission, limits, launcher
 //!   pods, drain, the VM controller), over a backend.
-//! - [`metrics`]: the manager's counters, in Prometheus text.
 //! - [`kube_adapter`]: what only a real cluster needs: the network watch,
 //!   the CSR signer, the eviction webhook, the IPAM reconciler.
 //! - [`agent`]: the node agent: a pure decision per pass, its executor, the

@@ -448,6 +448,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     // IP found (never the pod IP in disguise when a migration network is
     // configured). Warnings (an invalid config) are shown while ready.
     let (probe, probe_health) = (core_slot.clone(), health.clone());
+    let agent_metrics = metrics.clone();
     let _ready = tokio::spawn(async move {
         let mut last: Option<(bool, String)> = None;
         loop {
@@ -514,6 +515,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let node_name = settings.node_name.clone();
     let core = Arc::new(AgentCore::start_with_health(settings, health).await?);
     let _ = core_slot.set(core.clone());
+    agent_metrics.set_agent(core.node_name(), core.migration_metrics.clone());
     if a.label_node {
         label_node(&client, &node_name).await?;
     }
@@ -629,6 +631,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = rx.wait_for(|s| *s).await;
             };
             let shutdown = stopped(stop_rx.clone());
+            let metrics = Arc::new(mignet::metrics::Metrics::default());
             let migration_controller = migrations.then(|| {
                 let backend = mignet::backend::KubeBackend::for_controller(
                     client.clone(),
@@ -645,6 +648,7 @@ async fn main() -> anyhow::Result<()> {
                     }),
                     default_eviction_strategy: eviction.default_eviction_strategy,
                     node_maintenance,
+                    metrics: Some(metrics.clone()),
                     ..Default::default()
                 };
                 tokio::spawn(mignet::control::run(
@@ -710,7 +714,6 @@ async fn main() -> anyhow::Result<()> {
                     .context("starting the eviction webhook")?;
                 tokio::spawn(webhook.run(stopped(stop_rx.clone())));
             }
-            let metrics = Arc::new(mignet::metrics::Metrics::default());
             let (bound, _http) = mignet::http::serve(http_addr, metrics.clone()).await?;
             tracing::info!(%bound, "serving /healthz, /readyz, /metrics");
             mignet::kube_adapter::network_watch::run(client, settings, metrics, shutdown).await?;

@@ -187,7 +187,13 @@ async fn guest_migrates_between_agents_over_migration0() {
     // The migration, through both agents.
     let target = TargetAddress::parse(&prepared.address, &prepared.port_map).unwrap();
     let progress_seen = std::sync::Mutex::new(Vec::new());
-    let record = |pr| progress_seen.lock().unwrap().push(pr);
+    // The source agent's /metrics text at each progress sample.
+    let scraped = std::sync::Mutex::new(Vec::new());
+    let record = |pr| {
+        progress_seen.lock().unwrap().push(pr);
+        let text = mignet::metrics::text::render(&core1.migration_metrics.families("node1"));
+        scraped.lock().unwrap().push(text);
+    };
     // The target commits as soon as its guest runs, while the source may
     // still be draining its relays, as the two agents do in a cluster.
     let (result, moved) = tokio::join!(
@@ -221,6 +227,56 @@ async fn guest_migrates_between_agents_over_migration0() {
     assert!(result.bytes.to_target >= result.transferred, "{result:?}");
     assert!(result.transferred > 64 * MIB, "{result:?}");
     assert!(!progress_seen.lock().unwrap().is_empty());
+
+    // The source's metrics while it ran: KubeVirt's families for the VMI
+    // and the stream on migration0; once over, its series are gone. The
+    // intruder is counted on the target under its reason.
+    let scraped = scraped.into_inner().unwrap();
+    let vm_labels = "namespace=\"default\",name=\"vm-ticker\",node=\"node1\"";
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .map(|v| v.parse().unwrap())
+    };
+    let during = scraped
+        .iter()
+        .rev()
+        .find(|t| {
+            value(
+                t,
+                &format!("kubevirt_vmi_migration_data_processed_bytes{{{vm_labels}}}"),
+            )
+            .is_some_and(|v| v > 0.0)
+        })
+        .unwrap_or_else(|| panic!("no sample with processed bytes: {scraped:?}"));
+    let iface = |i: &str| {
+        value(
+            during,
+            &format!("mignet_migration_interface_bytes{{{vm_labels},interface=\"{i}\",direction=\"tx\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {i} series in\n{during}"))
+    };
+    assert!(iface("migration0") > 16.0 * MIB as f64, "{during}");
+    assert!(iface("eth0") < MIB as f64, "{during}");
+    assert!(
+        value(
+            during,
+            &format!("mignet_migration_stream_bytes{{{vm_labels},interface=\"migration0\",direction=\"tx\"}}")
+        )
+        .is_some_and(|v| v > 0.0),
+        "{during}"
+    );
+    let after = mignet::metrics::text::render(&core1.migration_metrics.families("node1"));
+    assert!(!after.contains("vm-ticker"), "{after}");
+    let target_metrics = mignet::metrics::text::render(&core2.migration_metrics.families("node2"));
+    assert_eq!(
+        value(
+            &target_metrics,
+            "mignet_tls_handshake_failures_total{reason=\"unknown_ca\"}"
+        ),
+        Some(1.0),
+        "{target_metrics}"
+    );
 
     // The bytes went over migration0; the pod network saw essentially none.
     let mig_rx = if_stat(&n2.agent_ns, "migration0", "rx_bytes") - mig_rx_before;

@@ -444,3 +444,9 @@ async fn node_maintenance_works_with_the_managers_own_role() {
         .unwrap();
     assert_eq!(live.status.unwrap().evacuation_node_name, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_migration_phases_and_outcomes() {
+    let bed = Bed::new("ctl-metrics").await;
+    scenario_metrics(&bed.backend, bed.ns(), bed.ns()).await;
+}

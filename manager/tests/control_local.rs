@@ -187,3 +187,9 @@ async fn node_maintenance_off_leaves_them_to_the_operator() {
     let nm: mignet::api::NodeMaintenance = b.get("", "nm").await.unwrap().unwrap();
     assert!(nm.metadata.finalizers.is_some(), "{nm:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_migration_phases_and_outcomes() {
+    let s = TempStore::new("metrics");
+    scenario_metrics(&s.backend, NS, "metrics").await;
+}

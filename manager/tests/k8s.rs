@@ -132,9 +132,20 @@ fn deploy_kustomization_passes_server_dry_run() {
         "clusterrole.rbac.authorization.k8s.io/mignet-manager",
         "role.rbac.authorization.k8s.io/mignet-manager",
         "clusterrole.rbac.authorization.k8s.io/mignet-agent",
+        "service/mignet-manager-metrics",
+        "service/mignet-agent-metrics",
     ] {
         assert!(out.contains(kind), "{kind} missing from dry run:\n{out}");
     }
+    // ServiceMonitors are an overlay of their own: the default apply must
+    // not need the Prometheus operator's CRDs.
+    assert!(!out.contains("servicemonitor"), "{out}");
+    let mon = kubectl_ok(&["kustomize", "deploy/overlays/monitoring"]);
+    assert_eq!(mon.matches("kind: ServiceMonitor").count(), 2, "{mon}");
+    assert!(
+        mon.contains("app.kubernetes.io/component: metrics"),
+        "{mon}"
+    );
     assert!(out.contains("(server dry run)"), "{out}");
     // The seed's CRs are a separate step (deploy/examples), applied once
     // their CRDs are established: in one pass with the CRDs, a fresh

@@ -33,7 +33,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use crate::counters::{CountersSnapshot, MigrationCounters};
+pub use crate::counters::{
+    CountersSnapshot, HandshakeFailure, HandshakeFailures, MigrationCounters,
+};
 pub use crate::rate_limit::RateLimit;
 use crate::session::{self, Direction, Which};
 use crate::tls::ReloadingTls;
@@ -62,6 +64,17 @@ pub struct ProxyOptions {
     /// one migration: the agent's `bandwidthPerMigration`. QEMU's own
     /// max-bandwidth overshoots by whole multifd packets, this does not.
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// Where failed handshakes are counted by reason (the agent's, across
+    /// its migrations).
+    pub handshake_failures: Option<Arc<HandshakeFailures>>,
+}
+
+impl ProxyOptions {
+    fn handshake_failed(&self, why: HandshakeFailure) {
+        if let Some(f) = &self.handshake_failures {
+            f.count(why);
+        }
+    }
 }
 
 impl Default for ProxyOptions {
@@ -76,6 +89,7 @@ impl Default for ProxyOptions {
             buffer_size: 256 * 1024,
             bind_ip: None,
             rate_limit: None,
+            handshake_failures: None,
         }
     }
 }
@@ -352,10 +366,16 @@ async fn source_connection(
         ),
     )
     .await
-    .map_err(|_| ProxyError::HandshakeTimeout { peer: target })?
-    .map_err(|source| ProxyError::Handshake {
-        peer: target,
-        source,
+    .map_err(|_| {
+        opts.handshake_failed(HandshakeFailure::Timeout);
+        ProxyError::HandshakeTimeout { peer: target }
+    })?
+    .map_err(|source| {
+        opts.handshake_failed(HandshakeFailure::classify(&source));
+        ProxyError::Handshake {
+            peer: target,
+            source,
+        }
     })?;
     let mut stream = stream;
     stream
@@ -457,8 +477,14 @@ async fn target_connection(
         session::accept(tcp, tls.current().server.clone()),
     )
     .await
-    .map_err(|_| refused(ProxyError::HandshakeTimeout { peer }))?
-    .map_err(|source| refused(ProxyError::Handshake { peer, source }))?;
+    .map_err(|_| {
+        opts.handshake_failed(HandshakeFailure::Timeout);
+        refused(ProxyError::HandshakeTimeout { peer })
+    })?
+    .map_err(|source| {
+        opts.handshake_failed(HandshakeFailure::classify(&source));
+        refused(ProxyError::Handshake { peer, source })
+    })?;
     let mut stream = stream;
     let header = tokio::time::timeout(opts.handshake_timeout, stream.recv_exact::<8>())
         .await

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use mignet_dataplane::certs::{self, IssuedCert, Role};
 use mignet_dataplane::listener::MigrationListener;
-use mignet_dataplane::proxy::{self, MigrationCounters, ProxyOptions, ProxyTask};
+use mignet_dataplane::proxy::{
+    self, HandshakeFailures, MigrationCounters, ProxyOptions, ProxyTask,
+};
 use mignet_dataplane::tls::{ReloadingTls, TlsPaths, TlsSettings};
 use proxy_support::{test_client, Netns, Pki, TempDir, TrustAnything};
 use rustls::pki_types::ServerName;
@@ -27,6 +29,18 @@ struct Target {
     tls: Arc<ReloadingTls>,
     backend_accepts: Arc<AtomicU64>,
     task: ProxyTask,
+    failures: Arc<HandshakeFailures>,
+}
+
+impl Target {
+    /// Failed handshakes counted for `reason` (the metric's label).
+    fn failed(&self, reason: &str) -> u64 {
+        self.failures
+            .snapshot()
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 /// A unix "QEMU" that echoes each connection and counts them.
@@ -53,8 +67,10 @@ fn start_target(dir: &Path, sock: PathBuf, settings: TlsSettings) -> Target {
     let backend_accepts = spawn_backend(&sock);
     let listener = MigrationListener::bind(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
     let addr = listener.local_addr();
+    let failures = Arc::new(HandshakeFailures::default());
     let opts = ProxyOptions {
         handshake_timeout: Duration::from_secs(2),
+        handshake_failures: Some(failures.clone()),
         ..Default::default()
     };
     let task = proxy::spawn_target(
@@ -69,6 +85,7 @@ fn start_target(dir: &Path, sock: PathBuf, settings: TlsSettings) -> Target {
         tls,
         backend_accepts,
         task,
+        failures,
     }
 }
 
@@ -134,16 +151,35 @@ fn only_agents_of_the_cluster_ca_reach_qemu() {
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
         wait_refused(&t, 1).await;
+        // Each refusal is counted for /metrics under its reason.
+        assert_eq!(
+            t.failed("protocol"),
+            1,
+            "plaintext: {:?}",
+            t.failures.snapshot()
+        );
 
         let any = Arc::new(TrustAnything::default());
         let no_cert = attempt(t.addr, test_client(None, TLS13, any.clone()), 0).await;
         assert!(no_cert.is_err(), "client without certificate got through");
         wait_refused(&t, 2).await;
+        assert_eq!(
+            t.failed("bad_certificate"),
+            1,
+            "no certificate: {:?}",
+            t.failures.snapshot()
+        );
 
         let foreign = Pki::new("foreign CA").issue(Role::Agent, "node-x");
         let r = attempt(t.addr, test_client(Some(&foreign), TLS13, any.clone()), 0).await;
         assert!(r.is_err(), "foreign-CA agent got through");
         wait_refused(&t, 3).await;
+        assert_eq!(
+            t.failed("unknown_ca"),
+            1,
+            "foreign CA: {:?}",
+            t.failures.snapshot()
+        );
 
         for role in [Role::Manager, Role::Console] {
             let wrong = pki.issue(role, "someone");
@@ -151,6 +187,12 @@ fn only_agents_of_the_cluster_ca_reach_qemu() {
             assert!(r.is_err(), "{role} certificate got through");
         }
         wait_refused(&t, 5).await;
+        assert_eq!(
+            t.failed("bad_certificate"),
+            3,
+            "wrong roles: {:?}",
+            t.failures.snapshot()
+        );
 
         assert_eq!(
             t.backend_accepts.load(Ordering::SeqCst),
@@ -192,6 +234,7 @@ fn stalled_handshake_times_out_without_reaching_qemu() {
             "expected the server to close, got {r:?}"
         );
         wait_refused(&t, 1).await;
+        assert_eq!(t.failed("timeout"), 1, "{:?}", t.failures.snapshot());
         assert_eq!(t.backend_accepts.load(Ordering::SeqCst), 0);
     });
 }

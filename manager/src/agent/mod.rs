@@ -166,6 +166,8 @@ pub struct AgentCore {
     pub vms: VmRunner,
     /// Gates and warnings besides the migration IP (see [`health`]).
     pub health: Arc<AgentHealth>,
+    /// The migrations this agent sends, for `/metrics`.
+    pub migration_metrics: Arc<crate::metrics::migration::AgentMigrations>,
     tls: Arc<ReloadingTls>,
     sockets_dir: PathBuf,
     _tls_watcher: WatcherGuard,
@@ -216,11 +218,25 @@ impl AgentCore {
             settings,
             vms,
             health,
+            migration_metrics: Arc::default(),
             tls,
             sockets_dir,
             _tls_watcher: watcher,
             dataplane,
         })
+    }
+
+    /// `/proc/net/dev` of the agent's network namespace (read on the
+    /// data-plane runtime, whose threads live there): bytes per interface.
+    pub async fn interface_bytes(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::metrics::migration::IfBytes>, AgentError>
+    {
+        let text = self
+            .dataplane
+            .run(async { std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default() })
+            .await?;
+        Ok(crate::metrics::migration::parse_net_dev(&text))
     }
 
     pub fn node_name(&self) -> &str {
@@ -256,6 +272,7 @@ impl AgentCore {
     fn proxy_options(&self, bind_ip: Option<IpAddr>) -> ProxyOptions {
         ProxyOptions {
             bind_ip,
+            handshake_failures: Some(self.migration_metrics.tls_failures()),
             ..Default::default()
         }
     }

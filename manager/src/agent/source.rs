@@ -12,13 +12,29 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use mignet_dataplane::migration_ip::Origin;
 use mignet_dataplane::proxy::{
     CountersSnapshot, RateLimit, SourceEndpoints, RELAY_LINGER, STREAM_MEMORY,
 };
 use mignet_dataplane::qemu::migration::{self, Outcome, Side};
 
+use crate::metrics::migration::{AgentMigrations, RunningMigration};
+
 use super::params::MigrationParams;
 use super::{AgentCore, AgentError};
+
+/// The agent pod's own interface: where the stream goes without a
+/// migration network.
+const POD_INTERFACE: &str = "eth0";
+
+/// Drops a migration's gauges when it ends, however `migrate` returns.
+struct EndGauges<'a>(&'a AgentMigrations, &'a str);
+
+impl Drop for EndGauges<'_> {
+    fn drop(&mut self) {
+        self.0.end(self.1);
+    }
+}
 
 /// Where the target listens, as published in the VMI status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +131,8 @@ impl AgentCore {
         let vm = self.vms.get(key).ok_or_else(|| AgentError::VmGone {
             key: key.to_string(),
         })?;
-        let bind_ip = self.migration_ip().await?.ip;
+        let migration_ip = self.migration_ip().await?;
+        let bind_ip = migration_ip.ip;
         let tls = self.tls.clone();
         let mut opts = self.proxy_options(Some(bind_ip));
         opts.rate_limit = params.proxy_rate_limit().map(RateLimit::new);
@@ -154,6 +171,23 @@ impl AgentCore {
         let settings = params.settings();
         tracing::info!(vm = key, migration = uid, target = ?target, ?settings, "migrating");
         let started = tokio::time::Instant::now();
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+        self.migration_metrics.update(
+            uid,
+            RunningMigration {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                bandwidth_cap: params.bandwidth_bytes_per_sec,
+                stream_interface: match &migration_ip.origin {
+                    Origin::Interface(i) => i.clone(),
+                    Origin::PodNetwork => POD_INTERFACE.to_string(),
+                },
+                interfaces_at_start: self.interface_bytes().await.unwrap_or_default(),
+                ..Default::default()
+            },
+        );
+        // Whatever way this function returns, the migration's gauges go.
+        let _gauges = EndGauges(&self.migration_metrics, uid);
         let uri = format!("unix:{}", socket.display());
         let run = migration::run_monitored_until(
             &vm.qmp,
@@ -174,6 +208,15 @@ impl AgentCore {
                     // A second QMP request while `run` waits between its own
                     // samples; QMP replies are matched by id.
                     let ram = migration::query(&vm.qmp, Side::Source).await.ok().and_then(|s| s.ram);
+                    // The proxy's count first: the interfaces' then include
+                    // at least those bytes, plus framing.
+                    let stream = counters.snapshot();
+                    let interfaces = self.interface_bytes().await.unwrap_or_default();
+                    self.migration_metrics.modify(uid, |m| {
+                        m.ram = ram.clone().or(m.ram.take());
+                        m.stream = stream;
+                        m.interfaces_now = interfaces;
+                    });
                     progress(Progress {
                         elapsed: started.elapsed(),
                         bytes: counters.snapshot(),

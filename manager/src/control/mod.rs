@@ -81,6 +81,9 @@ pub struct Settings {
     /// node-maintenance-operator runs: it handles them itself, and two
     /// controllers would fight over their status.
     pub node_maintenance: bool,
+    /// Where each pass publishes KubeVirt's migration families (phase
+    /// counts, outcomes, start/end times); `None` = nowhere.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for Settings {
@@ -93,6 +96,7 @@ impl Default for Settings {
             default_eviction_strategy: None,
             launchers: None,
             node_maintenance: true,
+            metrics: None,
         }
     }
 }
@@ -410,6 +414,13 @@ pub async fn reconcile_once<B: Backend>(
     labels::node_labels(backend, &mut w, &mut pass).await?;
     // Last: a VM problem never holds up the migrations decided above.
     virtual_machines(backend, &mut w, &mut pass, &t).await?;
+    if let Some(m) = &settings.metrics {
+        // From the objects as this pass left them.
+        m.set_section(
+            "migrations",
+            crate::metrics::migration::manager_families(&w.vmims, w.vmis.values()),
+        );
+    }
     Ok(pass)
 }
 

@@ -215,6 +215,20 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
         LocalBackend::new(store.clone())
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // The controller's /metrics, as the manager serves them in a cluster.
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    // Spawned, not block_on: this function may run inside another runtime
+    // (`mignet lab daemon`). The server lives until the runtime shuts down.
+    let (m, file) = (
+        metrics.clone(),
+        super::controller_metrics_addr_file(&cfg.dir),
+    );
+    rt.spawn(async move {
+        match super::serve_metrics(m, file).await {
+            Ok(_serving) => std::future::pending::<()>().await,
+            Err(e) => warn!(error = %e, "controller /metrics not served"),
+        }
+    });
     let settings = control::Settings {
         namespace: None,
         hco_namespace: Some(LAB_NAMESPACE.to_owned()),
@@ -227,6 +241,7 @@ pub fn run_full(cfg: &LabConfig, stop: &AtomicBool) -> Result<(), LabError> {
             image_pull_policy: None,
             emulation_allowed: true,
         }),
+        metrics: Some(metrics),
         ..Default::default()
     };
     let controller = rt.spawn(control::run(backend.clone(), settings, async move {

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
@@ -132,10 +132,27 @@ impl<B: Backend> AgentRuntime for InProcessAgents<B> {
         let settings = self.settings_for(pod)?;
         let backend = self.backend.clone();
         let node = pod.node.clone();
+        let metrics_file = super::agent_metrics_addr_file(&self.dir, &node);
         let task = self.runtime.spawn(async move {
-            if let Err(e) = agent::run(backend, settings, std::future::pending()).await {
-                tracing::warn!(%node, error = %agent::error_chain(&e), "agent failed");
-            }
+            let core = match agent::AgentCore::start(settings).await {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::warn!(%node, error = %agent::error_chain(&e), "agent failed");
+                    return;
+                }
+            };
+            // The agent's /metrics, as its pod's `metrics` port serves it
+            // in a cluster; it goes with the agent (this task).
+            let metrics = Arc::new(crate::metrics::Metrics::default());
+            metrics.set_agent(&node, core.migration_metrics.clone());
+            let _http = match super::serve_metrics(metrics, metrics_file).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "agent /metrics not served");
+                    None
+                }
+            };
+            agent::run_with_core(backend, core, std::future::pending()).await;
         });
         let old = self
             .running

@@ -135,6 +135,44 @@ pub fn node_vms_dir(lab_dir: &Path, node: &str) -> PathBuf {
     lab_dir.join("vms").join(node)
 }
 
+/// Where the lab writes the `ip:port` of node `node`'s agent `/metrics`
+/// (on the host's loopback, so scrapes do not show up on the pod's eth0).
+pub fn agent_metrics_addr_file(lab_dir: &Path, node: &str) -> PathBuf {
+    lab_dir.join("agents").join(node).join("metrics.addr")
+}
+
+/// Where the lab daemon writes the `ip:port` of the controller's `/metrics`.
+pub fn controller_metrics_addr_file(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("agents").join("controller.metrics.addr")
+}
+
+/// Serves `metrics` on the host's loopback and records the bound address in
+/// `file`; the server stops when the returned guard drops.
+pub(crate) async fn serve_metrics(
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    file: PathBuf,
+) -> Result<AbortOnDrop, String> {
+    let (addr, task) = crate::http::serve(([127, 0, 0, 1], 0).into(), metrics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let guard = AbortOnDrop(task.abort_handle());
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    mignet_dataplane::certs::write_atomic(&file, addr.to_string().as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(guard)
+}
+
+/// Aborts a task when dropped.
+pub(crate) struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub fn store_dir(lab_dir: &Path) -> PathBuf {
     lab_dir.join("store")
 }

@@ -502,6 +502,7 @@ pub fn settings(ns: &str, test: &str) -> mignet::control::Settings {
         default_eviction_strategy: None,
         launchers: None,
         node_maintenance: true,
+        metrics: None,
     }
 }
 
@@ -854,6 +855,86 @@ pub async fn scenario_refusals<B: Backend>(b: &B, ns: &str, test: &str) {
     // The first one is untouched by the refused duplicate.
     let first = get_vmim(b, ns, "mig-first").await.unwrap();
     assert_eq!(phase_of(&first), Some(MigrationPhase::Running));
+}
+
+/// The controller's `/metrics` families over its passes: KubeVirt's phase
+/// gauges, the per-VMIM succeeded/failed series and the VMI's start/end
+/// times, following the objects (a deleted VMIM's series goes).
+pub async fn scenario_metrics<B: Backend>(b: &B, ns: &str, test: &str) {
+    let nodes = node_names(test, 2);
+    for n in &nodes {
+        create_node(b, &node(n, test, None)).await;
+    }
+    create_running_vmi(b, ns, "vm", &nodes[0], VmiOpts::default()).await;
+    let mut stopped = VirtualMachineInstance::new("stopped", Default::default());
+    stopped.metadata.namespace = Some(ns.to_owned());
+    b.create(&stopped).await.expect("create VMI");
+    let metrics = std::sync::Arc::new(mignet::metrics::Metrics::default());
+    let mut s = settings(ns, test);
+    s.metrics = Some(metrics.clone());
+    let (bc, m2) = (b.clone(), metrics.clone());
+    let _ctl = Task(tokio::spawn(async move {
+        mignet::control::run(bc, s, std::future::pending())
+            .await
+            .expect("controller");
+    }));
+    let _sim = spawn_sim(b, ns, &nodes, Duration::from_secs(3));
+    let scrape = || m2.render();
+    create_vmim(b, ns, "mig-stopped", "stopped").await;
+    wait_phase(b, ns, "mig-stopped", MigrationPhase::Failed).await;
+    create_vmim(b, ns, "mig-ok", "vm").await;
+    wait_phase(b, ns, "mig-ok", MigrationPhase::Running).await;
+    let failed = format!(
+        "kubevirt_vmi_migration_failed{{vmi=\"stopped\",vmim=\"mig-stopped\",namespace=\"{ns}\"}} 1\n"
+    );
+    let succeeded = format!(
+        "kubevirt_vmi_migration_succeeded{{vmi=\"vm\",vmim=\"mig-ok\",namespace=\"{ns}\"}} 1\n"
+    );
+    let text = eventually(LONG, "running phase gauge", || async {
+        let t = scrape();
+        t.contains("kubevirt_vmi_migrations_in_running_phase 1\n")
+            .then_some(t)
+    })
+    .await;
+    assert!(text.contains(&failed), "{text}");
+    assert!(
+        text.contains("kubevirt_vmi_migrations_in_pending_phase 0\n"),
+        "{text}"
+    );
+    assert!(!text.contains(&succeeded), "{text}");
+    wait_phase(b, ns, "mig-ok", MigrationPhase::Succeeded).await;
+    let text = eventually(LONG, "succeeded series", || async {
+        let t = scrape();
+        t.contains(&succeeded).then_some(t)
+    })
+    .await;
+    assert!(
+        text.contains("kubevirt_vmi_migrations_in_running_phase 0\n"),
+        "{text}"
+    );
+    let times = format!(
+        "{{node=\"{}\",namespace=\"{ns}\",name=\"vm\",migration_name=\"mig-ok\"",
+        nodes[1]
+    );
+    assert!(
+        text.contains(&format!(
+            "kubevirt_vmi_migration_start_time_seconds{times}}} "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "kubevirt_vmi_migration_end_time_seconds{times},status=\"succeeded\"}} "
+        )),
+        "{text}"
+    );
+    b.delete::<VirtualMachineInstanceMigration>(ns, "mig-ok")
+        .await
+        .expect("delete VMIM");
+    eventually(LONG, "deleted VMIM's series gone", || async {
+        (!scrape().contains(&succeeded)).then_some(())
+    })
+    .await;
 }
 
 /// A drained node: its LiveMigrate VMIs get evacuation VMIMs (throttled:

@@ -1,10 +1,20 @@
 //! Manager metrics: plain atomic counters rendered in the Prometheus text
 //! format. Labels are fixed strings (error kinds, results), never Debug text,
-//! so series cannot explode.
+//! so series cannot explode. Other families (the migration metrics of
+//! [`migration`]) are computed elsewhere and handed in as [`text::Family`]
+//! values: [`Metrics::set_section`] replaces a whole section at once, so a
+//! series that is no longer computed disappears.
 
+pub mod migration;
+pub mod text;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use migration::AgentMigrations;
+use text::Family;
 
 /// Error kinds the rollout controller reports (`RolloutError::label`).
 pub const ROLLOUT_ERROR_KINDS: [&str; 5] = [
@@ -26,6 +36,11 @@ pub struct Metrics {
     daemonset_patches: AtomicU64,
     status_patches: AtomicU64,
     reconcile_micros_sum: AtomicU64,
+    /// Families computed by others, by section name, in a fixed order.
+    sections: Mutex<BTreeMap<&'static str, Vec<Family>>>,
+    /// The agent's running migrations and the node it runs on, read at
+    /// each scrape.
+    agent: Mutex<Option<(String, Arc<AgentMigrations>)>>,
 }
 
 impl Metrics {
@@ -72,7 +87,36 @@ impl Metrics {
         self.status_patches.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Replaces section `name`'s families (all of them: what is not given
+    /// again is gone).
+    pub fn set_section(&self, name: &'static str, families: Vec<Family>) {
+        if let Ok(mut s) = self.sections.lock() {
+            s.insert(name, families);
+        }
+    }
+
+    /// Serve the migration families of an agent on `node`.
+    pub fn set_agent(&self, node: &str, migrations: Arc<AgentMigrations>) {
+        if let Ok(mut a) = self.agent.lock() {
+            *a = Some((node.to_string(), migrations));
+        }
+    }
+
     pub fn render(&self) -> String {
+        let mut out = self.render_rollout();
+        if let Ok(s) = self.sections.lock() {
+            for families in s.values() {
+                text::render_into(&mut out, families);
+            }
+        }
+        let agent = self.agent.lock().ok().and_then(|a| a.clone());
+        if let Some((node, m)) = agent {
+            text::render_into(&mut out, &m.families(&node));
+        }
+        out
+    }
+
+    fn render_rollout(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
         let ok = get(&self.reconciles_ok);
@@ -149,5 +193,25 @@ mod tests {
         assert!(text.contains("mignet_rollout_daemonset_patches_total 1\n"));
         assert!(text.contains("mignet_rollout_reconcile_duration_seconds_sum 0.001500\n"));
         assert!(text.contains("mignet_manager_ready 0\n"));
+    }
+
+    #[test]
+    fn a_section_replaced_drops_its_old_series() {
+        let m = Metrics::default();
+        let f = |v| {
+            vec![text::Family::new("g", text::Kind::Gauge, "g").with(vec![("a", "x".into())], v)]
+        };
+        m.set_section("s", f(1.0));
+        assert!(m.render().contains("g{a=\"x\"} 1\n"));
+        m.set_section("s", vec![]);
+        assert!(!m.render().contains("g{a="), "{}", m.render());
+        let agent = Arc::new(AgentMigrations::default());
+        m.set_agent("n1", agent.clone());
+        agent
+            .tls_failures()
+            .count(mignet_dataplane::proxy::HandshakeFailure::Timeout);
+        assert!(m
+            .render()
+            .contains("mignet_tls_handshake_failures_total{reason=\"timeout\"} 1\n"));
     }
 }
