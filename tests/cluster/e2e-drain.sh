@@ -36,6 +36,8 @@ set -euo pipefail
 SUITE=e2e-drain
 # shellcheck source-path=SCRIPTDIR source=e2e-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
+# shellcheck source-path=SCRIPTDIR source=e2e-vms.sh
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-vms.sh"
 VM=vm-drain
 STOP=vm-stop
 WEBHOOK=mignet-eviction
@@ -62,24 +64,6 @@ finish() {
 }
 trap finish EXIT
 
-vmi_field() { kubectl get vmi "$1" -o jsonpath="$2" 2>/dev/null; }
-vmi_is() { [[ $(vmi_field "$1" "$2") == "$3" ]]; }
-# The launcher pod running VMI $1 now: the one on the VMI's node.
-launcher_pod() {
-    local node
-    node=$(vmi_field "$1" '{.status.nodeName}')
-    kubectl get pods -l "vm.kubevirt.io/name=$1" -o json |
-        jq -r --arg n "$node" '.items[] | select(.spec.nodeName == $n and .metadata.deletionTimestamp == null and .status.phase == "Running") | .metadata.name' | head -n1
-}
-last_tick() { # last_tick POD: N of the guest's newest "tick N" (serial console in the launcher's log)
-    kubectl logs "$1" 2>/dev/null | tr -d '\r' | sed -n 's/^tick \([0-9]*\)$/\1/p' | tail -n1
-}
-ticking_past() { # ticking_past POD N
-    local t
-    t=$(last_tick "$1")
-    [[ -n $t ]] && ((t > $2))
-}
-boots() { kubectl logs "$1" 2>/dev/null | grep -c 'mignet: ready' || true; }
 
 # ---- mignet and its webhook --------------------------------------------------------
 step "mignet deployed; the eviction webhook trusts the manager's CA"

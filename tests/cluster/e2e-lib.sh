@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Sourced by the e2e suites (e2e-network.sh, e2e-vm.sh, e2e-drain.sh) after
-# they set SUITE: the bed's env check, kubectl on PATH, lib.sh (NODES,
+# Sourced by the e2e suites (e2e-network.sh, e2e-vm.sh, e2e-drain.sh,
+# e2e-maintenance.sh) after they set SUITE: the bed's env check, kubectl on PATH, lib.sh (NODES,
 # wait_until), and the counted steps every suite prints the same way, ending
 # in "SUITE: N passed, M failed".
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

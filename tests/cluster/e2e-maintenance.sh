@@ -35,6 +35,8 @@ set -euo pipefail
 SUITE=e2e-maintenance
 # shellcheck source-path=SCRIPTDIR source=e2e-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
+# shellcheck source-path=SCRIPTDIR source=e2e-vms.sh
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-vms.sh"
 VM=vm-maint
 NM=
 node=
@@ -60,26 +62,8 @@ finish() {
 }
 trap finish EXIT
 
-vmi_field() { kubectl get vmi "$1" -o jsonpath="$2" 2>/dev/null; }
-vmi_is() { [[ $(vmi_field "$1" "$2") == "$3" ]]; }
 nm_field() { kubectl get nodemaintenance "$NM" -o jsonpath="$1" 2>/dev/null; }
 nm_is() { [[ $(nm_field "$1") == "$2" ]]; }
-launcher_pod() { # the running launcher pod of VMI $1 (this VMI: a restart's old pod may linger)
-    local n uid
-    n=$(vmi_field "$1" '{.status.nodeName}')
-    uid=$(vmi_field "$1" '{.metadata.uid}')
-    kubectl get pods -l "vm.kubevirt.io/name=$1,kubevirt.io/created-by=$uid" -o json |
-        jq -r --arg n "$n" '.items[] | select(.spec.nodeName == $n and .metadata.deletionTimestamp == null and .status.phase == "Running") | .metadata.name' | head -n1
-}
-last_tick() {
-    kubectl logs "$1" 2>/dev/null | tr -d '\r' | sed -n 's/^tick \([0-9]*\)$/\1/p' | tail -n1
-}
-ticking_past() {
-    local t
-    t=$(last_tick "$1")
-    [[ -n $t ]] && ((t > $2))
-}
-boots() { kubectl logs "$1" 2>/dev/null | grep -c 'mignet: ready' || true; }
 taint_keys() { # the NoSchedule taint keys of node $1, sorted, space-separated
     kubectl get node "$1" -o json | jq -r '[.spec.taints // [] | .[] | select(.effect == "NoSchedule") | .key] | sort | join(" ")'
 }
