@@ -43,13 +43,13 @@ use kube::ResourceExt;
 use mignet_policy as policy;
 use policy::{EvictionStrategy, ObjectKey};
 
+use super::evict::{self, VmiEviction};
 use super::{launcher_pod, settle, views, write_status, ControlError, Pass, World};
 use crate::api::node_maintenance::PodReference;
 use crate::api::{
     MaintenancePhase, NodeMaintenance, NodeMaintenanceStatus, VirtualMachineInstance, VmiPhase,
     NODE_MAINTENANCE_FINALIZER,
 };
-use crate::backend::protocol::LIVE_MIGRATABLE;
 use crate::backend::{self as be, Backend};
 
 /// The operator's own drain taint (`medik8sDrainTaintKey`).
@@ -151,50 +151,22 @@ enum Eviction {
     Stop,
 }
 
+/// The webhook's decision ([`evict::vmi_eviction`]), in the operator's
+/// terms: what blocks goes to `lastError`.
 fn eviction(vmi: &VirtualMachineInstance, default: Option<EvictionStrategy>) -> Eviction {
     let key = views::vmi_key(vmi);
-    let st = vmi.status.clone().unwrap_or_default();
-    let running = st.phase == Some(VmiPhase::Running);
-    // No condition yet counts as migratable, as in the webhook: the drain
-    // step re-checks before it creates the migration.
-    let migratable = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == LIVE_MIGRATABLE)
-        .map_or(Ok(()), |c| {
-            if c.status == "True" {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}: {}",
-                    c.reason.as_deref().unwrap_or("NotMigratable"),
-                    c.message.as_deref().unwrap_or("")
-                ))
-            }
-        });
-    let strategy = EvictionStrategy::effective(
-        vmi.spec.eviction_strategy.map(views::eviction_to_policy),
-        default,
-    );
-    match strategy {
-        EvictionStrategy::None => Eviction::Stop,
-        EvictionStrategy::External => Eviction::External(format!(
+    match evict::vmi_eviction(vmi, default) {
+        VmiEviction::Evacuate => Eviction::Evacuate,
+        VmiEviction::Stop { .. } => Eviction::Stop,
+        VmiEviction::External => Eviction::External(format!(
             "VMI {key} has evictionStrategy External: it is left to an external controller"
         )),
-        EvictionStrategy::LiveMigrate => match (running, migratable) {
-            (false, _) => Eviction::Blocked(format!(
-                "VMI {key} has evictionStrategy LiveMigrate but is not running (phase {:?})",
-                st.phase
-            )),
-            (true, Err(why)) => Eviction::Blocked(format!(
-                "VMI {key} has evictionStrategy LiveMigrate but is not live-migratable ({why})"
-            )),
-            (true, Ok(())) => Eviction::Evacuate,
-        },
-        EvictionStrategy::LiveMigrateIfPossible => match (running, migratable) {
-            (true, Ok(())) => Eviction::Evacuate,
-            _ => Eviction::Stop,
-        },
+        VmiEviction::NotRunning(phase) => Eviction::Blocked(format!(
+            "VMI {key} has evictionStrategy LiveMigrate but is not running (phase {phase:?})"
+        )),
+        VmiEviction::NotMigratable(why) => Eviction::Blocked(format!(
+            "VMI {key} has evictionStrategy LiveMigrate but is not live-migratable ({why})"
+        )),
     }
 }
 
@@ -573,6 +545,7 @@ pub(super) fn select(nms: &mut Vec<NodeMaintenance>, selector: Option<&(String, 
 mod tests {
     use std::collections::BTreeMap;
 
+    use crate::backend::protocol::LIVE_MIGRATABLE;
     use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::jiff;

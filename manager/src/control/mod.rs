@@ -26,6 +26,7 @@
 //! manager replica, one lab daemon): two controllers listing at the same
 //! time could each fill the free slots.
 
+pub mod evict;
 mod labels;
 pub mod launcher_pod;
 pub mod maintenance;

@@ -55,11 +55,10 @@ use tokio_rustls::server::TlsStream;
 use super::signer::{ensure_ca, SignerSettings};
 use super::FIELD_MANAGER;
 use crate::api::{VirtualMachineInstance, VmiPhase};
-use crate::backend::protocol::LIVE_MIGRATABLE;
+use crate::control::evict::{self, VmiEviction};
 use crate::control::launcher_pod::{
     CREATED_BY_LABEL, LAUNCHER_LABEL, MIGRATION_LABEL, VMI_NAME_LABEL,
 };
-use crate::control::views;
 use crate::error_chain;
 
 /// The path the API server posts AdmissionReviews to.
@@ -141,38 +140,6 @@ impl Verdict {
     }
 }
 
-/// The effective eviction strategy, by the policy's one rule (also the drain
-/// plan's).
-pub fn effective_strategy(
-    vmi: &VirtualMachineInstance,
-    cluster_default: Option<EvictionStrategy>,
-) -> EvictionStrategy {
-    EvictionStrategy::effective(
-        vmi.spec.eviction_strategy.map(views::eviction_to_policy),
-        cluster_default,
-    )
-}
-
-/// The VMI's `LiveMigratable` condition: `Some(true)`/`Some(false)`, with
-/// the reason when false; `None` when the controller has not written it.
-fn live_migratable(vmi: &VirtualMachineInstance) -> Option<Result<(), String>> {
-    let c = vmi
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == LIVE_MIGRATABLE)?;
-    Some(if c.status == "True" {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            c.reason.as_deref().unwrap_or("NotMigratable"),
-            c.message.as_deref().unwrap_or("")
-        ))
-    })
-}
-
 /// Decide one eviction. `vmi` is the VMI named by the pod's
 /// `vm.kubevirt.io/name` label in the pod's namespace (`None`: not found).
 ///
@@ -251,34 +218,27 @@ pub fn decide(
         message,
     };
     let triggered = format!("Eviction triggered evacuation of VMI {key} from {node}");
-    let running = status.phase == Some(VmiPhase::Running);
-    match effective_strategy(vmi, cluster_default) {
-        EvictionStrategy::None => allow(format!(
+    match evict::vmi_eviction(vmi, cluster_default) {
+        VmiEviction::Stop { if_possible: false } => allow(format!(
             "VMI {key} has evictionStrategy None: it stops with its pod"
         )),
-        EvictionStrategy::External => evacuate(format!(
+        VmiEviction::Stop { if_possible: true } => allow(format!(
+            "VMI {key} has evictionStrategy LiveMigrateIfPossible and is not \
+             live-migratable: it stops with its pod"
+        )),
+        VmiEviction::External => evacuate(format!(
             "VMI {key} has evictionStrategy External: it is left to an external \
              controller, marked for evacuation from {node}"
         )),
-        EvictionStrategy::LiveMigrate => match (running, live_migratable(vmi)) {
-            (false, _) => Verdict::Deny(format!(
-                "VMI {key} has evictionStrategy LiveMigrate but is not running (phase {:?}); \
-                 its pod cannot be evicted",
-                status.phase
-            )),
-            (true, Some(Err(why))) => Verdict::Deny(format!(
-                "VMI {key} has evictionStrategy LiveMigrate but is not live-migratable ({why}); \
-                 its pod cannot be evicted"
-            )),
-            (true, _) => evacuate(triggered),
-        },
-        EvictionStrategy::LiveMigrateIfPossible => match (running, live_migratable(vmi)) {
-            (true, Some(Ok(()))) => evacuate(triggered),
-            _ => allow(format!(
-                "VMI {key} has evictionStrategy LiveMigrateIfPossible and is not \
-                 live-migratable: it stops with its pod"
-            )),
-        },
+        VmiEviction::NotRunning(phase) => Verdict::Deny(format!(
+            "VMI {key} has evictionStrategy LiveMigrate but is not running (phase {phase:?}); \
+             its pod cannot be evicted"
+        )),
+        VmiEviction::NotMigratable(why) => Verdict::Deny(format!(
+            "VMI {key} has evictionStrategy LiveMigrate but is not live-migratable ({why}); \
+             its pod cannot be evicted"
+        )),
+        VmiEviction::Evacuate => evacuate(triggered),
     }
 }
 
@@ -776,6 +736,7 @@ mod tests {
     use crate::api::{
         VirtualMachineInstanceMigrationState, VirtualMachineInstanceStatus, VmiCondition,
     };
+    use crate::backend::protocol::LIVE_MIGRATABLE;
 
     fn labels(role: &str, vmi: &str, uid: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
