@@ -586,9 +586,26 @@ pub fn target_required_labels(
 /// target until the source records the outcome. The cancel can lose the
 /// race with the switch-over. When it did, that target pod was the only
 /// copy of the guest, and the soak saw the VM lost when it went.
+///
+/// A Succeeded migration also keeps its target while `vmi`, as read, still
+/// names that migration without its completion. The agent writes the VMI's
+/// end (with the new nodeName) before the VMIM's phase, so such a VMI was
+/// read before that write. Judged by it, the target pod (now the only copy
+/// of the guest) sits on a node the VM has "not reached" and looked left
+/// over: a back-to-back run in CI saw the controller delete it and the VM
+/// fail with LauncherGone.
 pub fn in_flight_target<'m>(
+    vmi: &VirtualMachineInstance,
     vmims: impl IntoIterator<Item = &'m VirtualMachineInstanceMigration>,
 ) -> Option<String> {
+    let recorded = vmi.status.as_ref().and_then(|s| s.migration_state.as_ref());
+    let vmi_lags = |m: &VirtualMachineInstanceMigration| {
+        recorded.is_some_and(|r| {
+            r.migration_uid.is_some()
+                && r.migration_uid == m.metadata.uid
+                && r.completed != Some(true)
+        })
+    };
     vmims
         .into_iter()
         .filter(|m| {
@@ -598,12 +615,14 @@ pub fn in_flight_target<'m>(
             !cancelled_early
         })
         .filter(|m| {
-            m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
-                !matches!(
-                    p,
-                    MigrationPhase::Pending | MigrationPhase::Succeeded | MigrationPhase::Failed
-                )
-            })
+            m.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| match p {
+                    MigrationPhase::Pending | MigrationPhase::Failed => false,
+                    MigrationPhase::Succeeded => vmi_lags(m),
+                    _ => true,
+                })
         })
         .find_map(|m| {
             m.status
@@ -1198,8 +1217,9 @@ mod tests {
             });
             m
         };
+        let v = vmi("a");
         assert_eq!(
-            in_flight_target([&m(MigrationPhase::Running)]).as_deref(),
+            in_flight_target(&v, [&m(MigrationPhase::Running)]).as_deref(),
             Some("tgt")
         );
         for p in [
@@ -1207,25 +1227,96 @@ mod tests {
             MigrationPhase::Succeeded,
             MigrationPhase::Failed,
         ] {
-            assert_eq!(in_flight_target([&m(p)]), None, "{p:?}");
+            assert_eq!(in_flight_target(&v, [&m(p)]), None, "{p:?}");
         }
         let mut deleting = m(MigrationPhase::Scheduling);
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::now(),
             ));
-        assert_eq!(in_flight_target([&deleting]), None);
+        assert_eq!(in_flight_target(&v, [&deleting]), None);
         // Cancelled while its stream may run: the switch-over can win the
         // race, so the target stays until the outcome is recorded.
         for p in [MigrationPhase::TargetReady, MigrationPhase::Running] {
             let mut cancelled = m(p);
             cancelled.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
             assert_eq!(
-                in_flight_target([&cancelled]).as_deref(),
+                in_flight_target(&v, [&cancelled]).as_deref(),
                 Some("tgt"),
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_succeeded_migrations_target_stays_while_the_vmi_read_lags() {
+        use crate::api::{
+            VirtualMachineInstanceMigrationSpec, VirtualMachineInstanceMigrationState,
+            VirtualMachineInstanceMigrationStatus,
+        };
+        let mut m = VirtualMachineInstanceMigration::new(
+            "m",
+            VirtualMachineInstanceMigrationSpec {
+                vmi_name: "a".into(),
+            },
+        );
+        m.metadata.uid = Some("mig-2".into());
+        m.status = Some(VirtualMachineInstanceMigrationStatus {
+            phase: Some(MigrationPhase::Succeeded),
+            migration_state: Some(VirtualMachineInstanceMigrationState {
+                target_pod: Some("tgt".into()),
+                completed: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let vmi_recording = |uid: Option<&str>, completed: Option<bool>| {
+            let mut v = vmi("a");
+            v.status = Some(VirtualMachineInstanceStatus {
+                node_name: Some("node2".into()),
+                migration_state: Some(VirtualMachineInstanceMigrationState {
+                    migration_uid: uid.map(Into::into),
+                    completed,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            v
+        };
+        // Read before the agent recorded the end: the target is the guest.
+        let lagging = vmi_recording(Some("mig-2"), None);
+        assert_eq!(in_flight_target(&lagging, [&m]).as_deref(), Some("tgt"));
+        // Recorded (nodeName is the target's node) or moved on to another
+        // migration: the pod is judged by where the VM runs.
+        for v in [
+            vmi_recording(Some("mig-2"), Some(true)),
+            vmi_recording(Some("mig-3"), None),
+            vmi_recording(None, None),
+            vmi("a"),
+        ] {
+            assert_eq!(in_flight_target(&v, [&m]), None, "{:?}", v.status);
+        }
+        // The whole decision: with the lagging VMI on node2 and the target
+        // pod on node1, that pod is not deleted.
+        let pods = [
+            pod("src", Some("node2"), PodPhase::Running, None),
+            pod("tgt", Some("node1"), PodPhase::Running, Some("mig-2")),
+        ];
+        let keep = in_flight_target(&lagging, [&m]);
+        let actions = vmi_actions(&lagging, &pods, keep.as_deref(), None);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, VmiAction::DeletePod { name } if name == "tgt")),
+            "{actions:?}"
+        );
+        let actions = vmi_actions(&lagging, &pods, None, None);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, VmiAction::DeletePod { name } if name == "tgt")),
+            "without the rule the target goes: {actions:?}"
+        );
     }
 
     #[test]

@@ -279,14 +279,19 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
     if let Some((k, v)) = &settings.node_selector {
         nodes.retain(|n| n.labels().get(k) == Some(v));
     }
-    let vmis: Vec<VirtualMachineInstance> = backend
-        .list(ns)
-        .await
-        .map_err(list_err("VirtualMachineInstance"))?;
+    // Migrations before VMIs: the agent records a migration's end on the
+    // VMI first (nodeName moves to the target) and on the VMIM second, so a
+    // final VMIM listed here has its VMI write in the list that follows.
+    // The other order could pair a Succeeded VMIM with a VMI still on the
+    // source node, and the target pod, now the guest, would look left over.
     let vmims: Vec<VirtualMachineInstanceMigration> = backend
         .list(ns)
         .await
         .map_err(list_err("VirtualMachineInstanceMigration"))?;
+    let vmis: Vec<VirtualMachineInstance> = backend
+        .list(ns)
+        .await
+        .map_err(list_err("VirtualMachineInstance"))?;
     let vms: Vec<VirtualMachine> = backend.list(ns).await.map_err(list_err("VirtualMachine"))?;
     let (mut pods, mut pvcs) = (Vec::new(), Vec::new());
     if settings.launchers.is_some() {
@@ -928,6 +933,7 @@ async fn launchers<B: Backend>(
         // The target pod of a migration that is under way; a final or
         // cancelled one's target goes.
         let in_flight = launcher_pod::in_flight_target(
+            &vmi,
             w.vmims.iter().filter(|m| views::vmim_vmi_key(m) == key),
         );
         let source_pod = launcher_pod::launcher_pod(&vmi, &launcher_pod::Role::Source, ls);
