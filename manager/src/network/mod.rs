@@ -6,11 +6,14 @@
 //! - [`nad_config`]: what a NAD's CNI config says (pure).
 //! - [`decide`]: the DaemonSet annotations and the condition (pure).
 //! - [`conditions`]: the HyperConverged's conditions (pure).
+//! - [`preflight`]: the probe round that proves a network before the
+//!   rollout (its report format; the verdict is pure).
 //! - [`reconcile`]: one rollout pass over [`crate::backend::Backend`].
 
 pub mod conditions;
 pub mod decide;
 pub mod nad_config;
+pub mod preflight;
 pub mod reconcile;
 
 pub use crate::api::network_ref::{NetworkRef, NetworkRefError};
