@@ -47,6 +47,17 @@ enum Command {
         /// Re-check every HyperConverged this often even without events.
         #[arg(long, default_value_t = 300)]
         resync_seconds: u64,
+        /// Prove a migration network before the agents move onto it: a
+        /// probe pod per node, full-size frames and TLS handshakes between
+        /// every pair. False annotates the DaemonSet at once.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        network_preflight: bool,
+        /// A pre-flight round ends after this long; probes not done by then fail it.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(10..=3600))]
+        preflight_round_seconds: u64,
+        /// After a failed round, the next one for the same network starts this much later.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        preflight_retry_seconds: u64,
         /// Also run the migration controller (VMIM admission, limits, cancel, drain).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         migrations: bool,
@@ -591,6 +602,9 @@ async fn main() -> anyhow::Result<()> {
             pod_cidr,
             service_cidr,
             resync_seconds,
+            network_preflight,
+            preflight_round_seconds,
+            preflight_retry_seconds,
             http_addr,
             migrations,
             migrations_namespace,
@@ -611,6 +625,14 @@ async fn main() -> anyhow::Result<()> {
                     service: parse_cidrs("--service-cidr", &service_cidr)?,
                 },
                 resync: Duration::from_secs(resync_seconds),
+                preflight: mignet::network::preflight::PreflightSettings {
+                    enabled: network_preflight,
+                    // The probe reports well inside the round, which also
+                    // covers its pod's start and its certificate request.
+                    probe_deadline: Duration::from_secs(preflight_round_seconds * 3 / 8),
+                    round_deadline: Duration::from_secs(preflight_round_seconds),
+                    retry_after: Duration::from_secs(preflight_retry_seconds),
+                },
             };
             let client = kube::Client::try_default()
                 .await

@@ -25,6 +25,7 @@ use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::backend::{Backend, KubeBackend};
 use crate::metrics::Metrics;
 use crate::network::decide::{reason, ClusterNetworks};
+use crate::network::preflight::{FailedRound, PreflightSettings};
 use crate::network::reconcile::{self as pass, Outcome, ReconcileError, Target};
 use crate::network::NetworkRef;
 
@@ -44,6 +45,8 @@ pub struct RolloutSettings {
     /// Periodic re-check even without events (catches NADs in other
     /// namespaces, which we do not watch).
     pub resync: Duration,
+    /// The pre-flight round before a network reaches the agents.
+    pub preflight: PreflightSettings,
 }
 
 /// Why the controller could not start.
@@ -81,6 +84,8 @@ struct Context<B> {
     /// the NAD watch maps an event to the HyperConvergeds naming that NAD
     /// with what the pass parsed, never by parsing again.
     networks: Arc<Mutex<HashMap<ObjectRef<HyperConverged>, NetworkRef>>>,
+    /// The last failed pre-flight round (see [`Target::last_failure`]).
+    last_failure: Mutex<Option<FailedRound>>,
 }
 
 impl<B> Context<B> {
@@ -130,6 +135,7 @@ pub async fn run(
         settings,
         failures: Mutex::new(HashMap::new()),
         networks: networks.clone(),
+        last_failure: Mutex::new(None),
     });
     info!(namespace = %ns, "network rollout controller starting");
     metrics.set_ready(true);
@@ -193,6 +199,8 @@ async fn reconcile<B: Backend>(
         hyperconverged: &hco.name_any(),
         agent_daemonset: &settings.agent_daemonset,
         cluster: &settings.cluster,
+        preflight: &settings.preflight,
+        last_failure: &ctx.last_failure,
     };
     let Some(followed) = pass::follow(&ctx.backend, &target).await? else {
         ctx.networks
@@ -239,10 +247,12 @@ async fn reconcile<B: Backend>(
     debug!(hco = %hco.name_any(), reason = why, elapsed = ?started.elapsed(), "rollout reconciled");
     // While agents roll, poll a little faster than the resync in case the
     // DaemonSet watch is behind; otherwise rely on watches plus the resync.
-    Ok(Action::requeue(if why == reason::ROLLING_OUT {
-        settings.resync.min(ROLLING_POLL)
-    } else {
-        settings.resync
+    // A pre-flight round is read back from its pods' states, which we do
+    // not watch: pass again as the round asks.
+    Ok(Action::requeue(match pass.recheck_after {
+        Some(d) => d.min(settings.resync),
+        None if why == reason::ROLLING_OUT => settings.resync.min(ROLLING_POLL),
+        None => settings.resync,
     }))
 }
 
@@ -294,9 +304,11 @@ mod tests {
                 agent_daemonset: "mignet-agent".into(),
                 cluster: ClusterNetworks::default(),
                 resync: Duration::from_secs(300),
+                preflight: PreflightSettings::default(),
             },
             failures: Mutex::new(HashMap::new()),
             networks: Arc::new(Mutex::new(HashMap::new())),
+            last_failure: Mutex::new(None),
         });
         reconcile(Arc::new(h), ctx.clone()).await.unwrap();
         let text = metrics.render();

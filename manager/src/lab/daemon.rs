@@ -72,6 +72,18 @@ pub fn run_with_store(
     Ok(())
 }
 
+/// The lab's pre-flight: probes start in milliseconds here (no image, no
+/// certificate request), so the round is short; a failed one is retried
+/// after 30 s. `MIGNET_LAB_PREFLIGHT=0` turns it off.
+fn lab_preflight() -> crate::network::preflight::PreflightSettings {
+    crate::network::preflight::PreflightSettings {
+        enabled: std::env::var("MIGNET_LAB_PREFLIGHT").map_or(true, |v| v != "0"),
+        probe_deadline: Duration::from_secs(15),
+        round_deadline: Duration::from_secs(30),
+        retry_after: Duration::from_secs(30),
+    }
+}
+
 /// The lab's driver of the network rollout: [`rollout::reconcile`] over a
 /// [`LocalBackend`], on a thread with a runtime of its own. The daemon loop
 /// is synchronous and may itself run inside a runtime (`mignet lab daemon`
@@ -107,11 +119,15 @@ impl RolloutThread {
                     let _enter = rt.enter();
                     LocalBackend::new(store)
                 };
+                let preflight = lab_preflight();
+                let last_failure = std::sync::Mutex::new(None);
                 let target = Target {
                     namespace: LAB_NAMESPACE,
                     hyperconverged: HYPERCONVERGED,
                     agent_daemonset: AGENT_DAEMONSET,
                     cluster: &cluster,
+                    preflight: &preflight,
+                    last_failure: &last_failure,
                 };
                 for reply in rx {
                     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

@@ -35,6 +35,10 @@ pub mod reason {
     pub const INVALID_NAD: &str = "InvalidNetworkAttachmentDefinition";
     pub const RANGE_OVERLAP: &str = "RangeOverlapsClusterNetwork";
     pub const AGENT_DAEMONSET_NOT_FOUND: &str = "AgentDaemonSetNotFound";
+    /// Probe pods are proving the network; the DaemonSet is not touched yet.
+    pub const PREFLIGHT_RUNNING: &str = "PreflightRunning";
+    /// The last round found pairs of nodes the network does not carry.
+    pub const PREFLIGHT_FAILED: &str = "PreflightFailed";
 }
 
 /// The Multus selection for an agent pod in `pod_namespace`: short form

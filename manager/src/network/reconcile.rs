@@ -7,13 +7,20 @@
 //! decide *when* to call them.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use tracing::info;
 
 use super::conditions::hco_conditions;
-use super::decide::{decide, AgentDaemonSet, ClusterNetworks, Decision, NadLookup, RolloutInput};
+use super::decide::{
+    decide, reason, AgentDaemonSet, ClusterNetworks, ConditionSpec, Decision, NadLookup,
+    RolloutInput,
+};
+use super::preflight::{self, FailedRound, PreflightSettings, ProbePodView, Step};
 use crate::api::network_ref::{NetworkRef, NetworkRefError};
 use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::backend::{Backend, BackendError};
@@ -28,6 +35,10 @@ pub struct Target<'a> {
     pub hyperconverged: &'a str,
     pub agent_daemonset: &'a str,
     pub cluster: &'a ClusterNetworks,
+    pub preflight: &'a PreflightSettings,
+    /// The last failed pre-flight round, kept between passes by the driver
+    /// (lost on restart: the next round then runs at once).
+    pub last_failure: &'a Mutex<Option<FailedRound>>,
 }
 
 /// The HyperConverged the rollout follows, as read, with its network
@@ -60,6 +71,9 @@ pub struct Pass {
     pub decision: Decision,
     pub daemonset_patched: bool,
     pub status_written: bool,
+    /// A pre-flight round is out (or held after a failure): the driver
+    /// passes again this soon even without an event.
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// A read or write that failed for a reason other than a conflict.
@@ -71,6 +85,8 @@ pub enum ReconcileError {
     PatchDaemonSet(#[source] BackendError),
     #[error("writing the HyperConverged's conditions")]
     PatchStatus(#[source] BackendError),
+    #[error("creating or deleting the pre-flight probe pods")]
+    Probe(#[source] BackendError),
 }
 
 impl ReconcileError {
@@ -86,6 +102,7 @@ impl ReconcileError {
             ReconcileError::Get(_) => "get",
             ReconcileError::PatchDaemonSet(_) => "patch_daemonset",
             ReconcileError::PatchStatus(_) => "patch_status",
+            ReconcileError::Probe(_) => "probe_pods",
         }
     }
 
@@ -93,7 +110,8 @@ impl ReconcileError {
         match self {
             ReconcileError::Get(e)
             | ReconcileError::PatchDaemonSet(e)
-            | ReconcileError::PatchStatus(e) => e,
+            | ReconcileError::PatchStatus(e)
+            | ReconcileError::Probe(e) => e,
         }
     }
 }
@@ -137,13 +155,129 @@ pub async fn reconcile<B: Backend>(
     let agents = ds
         .as_ref()
         .map(|d| AgentDaemonSet::observe(d, target.namespace));
-    let decision = decide(&RolloutInput {
+    let mut decision = decide(&RolloutInput {
         network: network.as_ref().map(Option::as_ref),
         default_namespace: target.namespace,
         nad: &nad,
         cluster: target.cluster,
         agents: agents.as_ref(),
     });
+
+    // Pre-flight: a patch that points the agents at a network (first set
+    // or switch) waits for a round that proves it; a removal (back to the
+    // pod network) needs none.
+    let probes: Vec<ProbePodView> = if target.preflight.enabled {
+        let pods: Vec<Pod> = backend
+            .list(Some(target.namespace))
+            .await
+            .map_err(ReconcileError::Get)?;
+        pods.iter().filter_map(ProbePodView::of).collect()
+    } else {
+        Vec::new()
+    };
+    let mut keep_round: Option<String> = None;
+    let mut passed_round: Option<String> = None;
+    let mut recheck_after = None;
+    let gated = match (&decision.patch, &ds, &network) {
+        (Some(want), Some(ds), Ok(Some(nref))) if target.preflight.enabled => want
+            .networks
+            .clone()
+            .zip(want.hash.clone())
+            .map(|(n, h)| (n, h, ds, nref)),
+        _ => None,
+    };
+    if let Some((networks, round, ds, nref)) = gated {
+        let nodes = agent_nodes(backend, ds, target.namespace).await?;
+        let last = target
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now_ts = now.0;
+        let step = preflight::step(
+            &round,
+            &nodes,
+            &probes,
+            last.as_ref(),
+            target.preflight,
+            now_ts,
+        );
+        let what = format!("pre-flight of migration network {nref}");
+        let hold = |reason_: &'static str, message: String| ConditionSpec {
+            status: false,
+            reason: reason_,
+            message,
+        };
+        match step {
+            Step::Start { nodes } => {
+                for node in &nodes {
+                    let pod = preflight::probe_pod(
+                        ds,
+                        node,
+                        &round,
+                        &networks,
+                        nodes.len(),
+                        target.preflight.probe_deadline,
+                    );
+                    match backend.create(&pod).await {
+                        Ok(_) | Err(BackendError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(ReconcileError::Probe(e)),
+                    }
+                }
+                info!(network = %nref, nodes = nodes.len(), "pre-flight round started");
+                keep_round = Some(round.clone());
+                recheck_after = Some(std::time::Duration::from_secs(1));
+                decision.patch = None;
+                decision.condition = hold(
+                    reason::PREFLIGHT_RUNNING,
+                    format!(
+                        "{what}: probing {} nodes; the agents keep the current network",
+                        nodes.len()
+                    ),
+                );
+            }
+            Step::Wait { message } => {
+                keep_round = Some(round.clone());
+                recheck_after = Some(std::time::Duration::from_secs(1));
+                decision.patch = None;
+                decision.condition = hold(
+                    reason::PREFLIGHT_RUNNING,
+                    format!("{what}: {message}; the agents keep the current network"),
+                );
+            }
+            Step::Failed { message } => {
+                tracing::warn!(network = %nref, %message, "pre-flight failed; the agents keep the current network");
+                let message =
+                    format!("{what} failed; the agents keep the current network: {message}");
+                *target
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(FailedRound {
+                    round: round.clone(),
+                    at: now_ts,
+                    message: message.clone(),
+                });
+                recheck_after = Some(target.preflight.retry_after);
+                decision.patch = None;
+                decision.condition = hold(reason::PREFLIGHT_FAILED, message);
+            }
+            Step::Hold { message } => {
+                recheck_after = last
+                    .map(|f| {
+                        (target.preflight.retry_after)
+                            .saturating_sub(now_ts.duration_since(f.at).unsigned_abs())
+                    })
+                    .filter(|d| !d.is_zero());
+                decision.patch = None;
+                decision.condition = hold(reason::PREFLIGHT_FAILED, message);
+            }
+            Step::Passed { message } => {
+                info!(network = %nref, %message, "pre-flight passed");
+                passed_round = Some(round.clone());
+            }
+            Step::NoNodes => {}
+        }
+    }
 
     let mut daemonset_patched = false;
     if let (Some(want), Some(before)) = (&decision.patch, &ds) {
@@ -173,6 +307,34 @@ pub async fn reconcile<B: Backend>(
         }
     }
 
+    // Probe pods go once their round has nothing more to say: the pods of
+    // other rounds at once, a passed round's after the patch above landed
+    // (a conflict keeps them, so the next pass can still read the pass).
+    for p in probes.iter().filter(|p| !p.deleting) {
+        if keep_round.as_deref() == Some(p.round.as_str()) {
+            continue;
+        }
+        if passed_round.as_deref() == Some(p.round.as_str()) && !daemonset_patched {
+            continue;
+        }
+        match backend.delete::<Pod>(target.namespace, &p.name).await {
+            Ok(()) => info!(pod = %p.name, "probe pod deleted"),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(ReconcileError::Probe(e)),
+        }
+    }
+    if let Some(round) = &passed_round {
+        if daemonset_patched {
+            let mut last = target
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.as_ref().is_some_and(|f| &f.round == round) {
+                *last = None;
+            }
+        }
+    }
+
     let existing = hco
         .status
         .as_ref()
@@ -199,7 +361,37 @@ pub async fn reconcile<B: Backend>(
         decision,
         daemonset_patched,
         status_written,
+        recheck_after,
     }))
+}
+
+/// The nodes the agents run on: where the DaemonSet's pods are bound (in
+/// node order). A node without an agent needs no proof; it gets one when
+/// its agent comes, on the network the rollout chose.
+async fn agent_nodes<B: Backend>(
+    backend: &B,
+    ds: &DaemonSet,
+    namespace: &str,
+) -> Result<Vec<String>, ReconcileError> {
+    let selector = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    let pods: Vec<Pod> = backend
+        .list(Some(namespace))
+        .await
+        .map_err(ReconcileError::Get)?;
+    let mut nodes: Vec<String> = pods
+        .iter()
+        .filter(|p| {
+            !selector.is_empty() && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+        })
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(nodes)
 }
 
 async fn lookup_nad<B: Backend>(

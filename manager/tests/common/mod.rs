@@ -251,6 +251,9 @@ pub fn settings(namespace: &str) -> RolloutSettings {
             service: vec![SERVICE_CIDR.parse().unwrap()],
         },
         resync: Duration::from_secs(300),
+        // No kubelet runs beside the test API server: no agent pods, so
+        // the round has no nodes and the network goes straight through.
+        preflight: mignet::network::preflight::PreflightSettings::default(),
     }
 }
 
