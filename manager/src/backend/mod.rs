@@ -104,7 +104,7 @@ use std::fmt;
 use std::future::Future;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -159,6 +159,9 @@ namespaced_kind!(HyperConverged);
 // keeps the same kinds).
 namespaced_kind!(Pod);
 namespaced_kind!(PersistentVolumeClaim);
+// What a kubelet says about a pod it could not start (a pre-flight probe
+// whose CNI ADD failed: `FailedCreatePodSandBox`).
+namespaced_kind!(Event);
 // The network rollout's: the agent DaemonSet it annotates and the NAD the
 // migration network names.
 namespaced_kind!(DaemonSet);

@@ -171,7 +171,9 @@ pub async fn reconcile<B: Backend>(
             .list(Some(target.namespace))
             .await
             .map_err(ReconcileError::Get)?;
-        pods.iter().filter_map(ProbePodView::of).collect()
+        let mut probes: Vec<ProbePodView> = pods.iter().filter_map(ProbePodView::of).collect();
+        sandbox_failures(backend, target.namespace, &mut probes).await;
+        probes
     } else {
         Vec::new()
     };
@@ -363,6 +365,48 @@ pub async fn reconcile<B: Backend>(
         status_written,
         recheck_after,
     }))
+}
+
+/// A real kubelet says why a pod's sandbox failed (the CNI ADD's error)
+/// only in a `FailedCreatePodSandBox` event; put the newest one into the
+/// view of a probe still waiting. Events are best effort: one that cannot
+/// be read leaves the pod waiting, and the round's deadline still ends it.
+async fn sandbox_failures<B: Backend>(backend: &B, namespace: &str, probes: &mut [ProbePodView]) {
+    use k8s_openapi::api::core::v1::Event;
+    use preflight::ProbeState;
+    if !probes
+        .iter()
+        .any(|p| matches!(p.state, ProbeState::Waiting { why: None }))
+    {
+        return;
+    }
+    let events: Vec<Event> = match backend.list(Some(namespace)).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, "events not readable; probe start failures show at the deadline");
+            return;
+        }
+    };
+    for p in probes.iter_mut() {
+        if !matches!(p.state, ProbeState::Waiting { why: None }) {
+            continue;
+        }
+        let newest = events
+            .iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(p.name.as_str())
+                    && e.reason.as_deref() == Some("FailedCreatePodSandBox")
+            })
+            .max_by_key(|e| {
+                e.last_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .or(e.event_time.as_ref().map(|t| t.0))
+            });
+        if let Some(msg) = newest.and_then(|e| e.message.clone()) {
+            p.state = ProbeState::Waiting { why: Some(msg) };
+        }
+    }
 }
 
 /// The nodes the agents run on: where the DaemonSet's pods are bound (in
