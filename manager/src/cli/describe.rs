@@ -179,6 +179,7 @@ pub fn describe(r: &Resource, v: &Value) -> String {
     }
     match r.kind {
         "VirtualMachineInstance" => describe_vmi(v, &mut out),
+        "HyperConverged" => describe_hco(v, &mut out),
         "VirtualMachineInstanceMigration" => {
             let _ = writeln!(out, "VMI:          {}", s(v, "/spec/vmiName"));
             let _ = writeln!(out, "Phase:        {}", s(v, "/status/phase"));
@@ -199,6 +200,63 @@ pub fn describe(r: &Resource, v: &Value) -> String {
         }
     }
     out
+}
+
+/// The HyperConverged: the migration config as set, then its conditions as
+/// `kubectl describe` lays them out. A pre-flight refusal's findings each
+/// get a line of their own (the condition carries them as one message).
+fn describe_hco(v: &Value, out: &mut String) {
+    out.push_str("Live Migration Config:\n");
+    match v
+        .pointer("/spec/liveMigrationConfig")
+        .and_then(Value::as_object)
+    {
+        Some(cfg) if !cfg.is_empty() => {
+            for (k, val) in cfg {
+                let _ = writeln!(out, "  {k}: {}", text(Some(val)));
+            }
+        }
+        _ => out.push_str("  (defaults)\n"),
+    }
+    let conditions = v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if conditions.is_empty() {
+        out.push_str("Conditions:   <none>\n");
+        return;
+    }
+    out.push_str("Conditions:\n");
+    let mut t = Table::new(&["  TYPE", "STATUS", "REASON", "LAST TRANSITION"]);
+    for c in &conditions {
+        t.row(vec![
+            format!("  {}", s(c, "/type")),
+            s(c, "/status").to_owned(),
+            s(c, "/reason").to_owned(),
+            s(c, "/lastTransitionTime").to_owned(),
+        ]);
+    }
+    out.push_str(&t.render());
+    for c in &conditions {
+        let message = s(c, "/message");
+        if message.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {}:", s(c, "/type"));
+        const FINDINGS_AFTER: &str = "the agents keep the current network: ";
+        match message.split_once(FINDINGS_AFTER) {
+            Some((head, findings)) => {
+                let _ = writeln!(out, "    {head}{}", FINDINGS_AFTER.trim_end());
+                for f in findings.split("; ") {
+                    let _ = writeln!(out, "      {f}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "    {message}");
+            }
+        }
+    }
 }
 
 fn capitalise(s: &str) -> String {
@@ -315,5 +373,27 @@ Migration State:
   Target Node Domain Detected: true
 ";
         assert!(out.ends_with(want), "{out}");
+    }
+
+    #[test]
+    fn hco_block_lists_a_preflight_refusals_findings_one_per_line() {
+        let v = json!({
+            "apiVersion": "hco.kubevirt.io/v1beta1", "kind": "HyperConverged",
+            "metadata": {"name": "kubevirt-hyperconverged", "namespace": "mignet-system"},
+            "spec": {"liveMigrationConfig": {"network": "jumbo"}},
+            "status": {"conditions": [{
+                "type": "MigrationNetworkReady", "status": "False", "reason": "PreflightFailed",
+                "lastTransitionTime": "2026-12-06T07:00:00Z",
+                "message": "pre-flight of migration network mignet-system/jumbo failed; the agents keep the current network: node1 -> node2: MTU (a 8972-byte UDP payload got no echo); node3: NoAddress (no migration0)"
+            }]}
+        });
+        let out = describe(super::super::resources::lookup("hco").unwrap(), &v);
+        assert!(out.contains("  network: jumbo\n"), "{out}");
+        assert!(out.contains("MigrationNetworkReady"), "{out}");
+        assert!(out.contains("PreflightFailed"), "{out}");
+        assert!(
+            out.contains("\n      node1 -> node2: MTU (a 8972-byte UDP payload got no echo)\n      node3: NoAddress (no migration0)\n"),
+            "{out}"
+        );
     }
 }
