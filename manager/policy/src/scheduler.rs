@@ -42,6 +42,10 @@ pub enum WaitReason {
     },
     #[error("{active} migrations running in the cluster (limit {limit})")]
     ClusterLimit { active: u32, limit: u32 },
+    /// The agents' network is changing (the rollout's hold): a migration
+    /// started now could be cut by an agent restart or span two networks.
+    #[error("{0}")]
+    NetworkSwitch(String),
 }
 
 impl WaitReason {
@@ -52,6 +56,7 @@ impl WaitReason {
             WaitReason::NoTarget(_) => "NoTarget",
             WaitReason::NodeLimit { .. } => "NodeLimit",
             WaitReason::ClusterLimit { .. } => "ClusterLimit",
+            WaitReason::NetworkSwitch(_) => "NetworkSwitch",
         }
     }
 }
@@ -71,6 +76,9 @@ pub struct Refused {
 
 /// The outcome for every Pending migration of the snapshot: each appears in
 /// exactly one list, in scheduling order.
+///
+/// [`Decision::hold`] turns the starts into waits (refusals stand: they
+/// cannot heal by waiting).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decision {
     pub start: Vec<Start>,
@@ -84,6 +92,17 @@ pub fn priority_order(a: &MigrationView, b: &MigrationView) -> std::cmp::Orderin
 }
 
 /// One full decision over a snapshot.
+impl Decision {
+    /// No migration starts: each start waits for `why` instead, in order.
+    pub fn hold(&mut self, why: &str) {
+        let held = self.start.drain(..).map(|s| Waiting {
+            migration: s.migration,
+            reason: WaitReason::NetworkSwitch(why.to_owned()),
+        });
+        self.waiting.extend(held);
+    }
+}
+
 pub fn decide(snap: Snapshot<'_>, limits: Limits, now: Timestamp) -> Decision {
     let mut index = ClusterIndex::build(snap);
     decide_with(&mut index, limits, now)

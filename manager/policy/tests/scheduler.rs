@@ -452,3 +452,23 @@ fn the_decision_does_not_depend_on_input_order() {
     all.dedup();
     assert_eq!(all.len(), 40);
 }
+
+#[test]
+fn a_network_switch_hold_queues_every_start_and_keeps_the_refusals() {
+    let (nodes, vmis) = cluster(3, 3);
+    let mut migs: Vec<_> = (0..3)
+        .map(|i| mig(&format!("m{i}"), &format!("v{i}"), i as i64))
+        .collect();
+    migs.push(mig("gone", "no-such-vmi", 9));
+    let mut d = decide(snap(&nodes, &vmis, &migs), limits(5, 2), NOW);
+    assert_eq!(started(&d), vec!["m0", "m1", "m2"]);
+    d.hold("the migration network is changing: waiting for 1 migration in flight");
+    assert!(d.start.is_empty());
+    let held: Vec<_> = d.waiting.iter().map(|w| w.migration.name.as_str()).collect();
+    assert_eq!(held, ["m0", "m1", "m2"], "queued in scheduling order");
+    for w in &d.waiting {
+        assert_eq!(w.reason.reason(), "NetworkSwitch");
+        assert!(w.reason.to_string().contains("network is changing"));
+    }
+    assert_eq!(d.refuse.len(), 1, "a refusal cannot heal by waiting");
+}

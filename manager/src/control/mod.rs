@@ -221,6 +221,9 @@ struct World {
     pods: Vec<Pod>,
     pvcs: Vec<PersistentVolumeClaim>,
     node_maintenances: Vec<NodeMaintenance>,
+    /// The network rollout's hold (`network::switch::migrations_held`): no
+    /// migration starts while the agents' network changes.
+    network_hold: Option<String>,
 }
 
 impl World {
@@ -265,6 +268,15 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
         .await
         .map_err(list_err("HyperConverged"))?;
     let (cfg, invalid) = crate::config::config_from_hyperconvergeds(&hcos);
+    let network_hold = hcos.iter().find_map(|h| {
+        let c = h
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::network::decide::CONDITION_TYPE)?;
+        crate::network::switch::migrations_held(&c.reason, &c.message)
+    });
     if let Some(e) = invalid {
         // The rollout controller reports the invalid field on the CR
         // (MigrationConfigValid=False); migrations keep KubeVirt's defaults
@@ -304,6 +316,7 @@ async fn observe<B: Backend>(backend: &B, settings: &Settings) -> Result<World, 
     }
     let node_maintenances = list_node_maintenances(backend, settings).await?;
     Ok(World {
+        network_hold,
         node_maintenances,
         limits,
         nodes,
@@ -600,7 +613,7 @@ async fn schedule<B: Backend>(
         })
         .filter_map(views::migration_view)
         .collect();
-    let decision = policy::decide(
+    let mut decision = policy::decide(
         Snapshot {
             nodes: &node_views,
             vmis: &vmi_views,
@@ -609,6 +622,9 @@ async fn schedule<B: Backend>(
         w.limits,
         policy::Timestamp::from_unix_millis(now.as_millisecond()),
     );
+    if let Some(why) = &w.network_hold {
+        decision.hold(why);
+    }
     let pos: HashMap<ObjectKey, usize> = w
         .vmims
         .iter()

@@ -25,8 +25,9 @@ use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::backend::{Backend, KubeBackend};
 use crate::metrics::Metrics;
 use crate::network::decide::{reason, ClusterNetworks};
-use crate::network::preflight::{FailedRound, PreflightSettings};
+use crate::network::preflight::PreflightSettings;
 use crate::network::reconcile::{self as pass, Outcome, ReconcileError, Target};
+use crate::network::switch::RolloutMemory;
 use crate::network::NetworkRef;
 
 pub use crate::network::conditions::CONFIG_CONDITION_TYPE;
@@ -84,8 +85,8 @@ struct Context<B> {
     /// the NAD watch maps an event to the HyperConvergeds naming that NAD
     /// with what the pass parsed, never by parsing again.
     networks: Arc<Mutex<HashMap<ObjectRef<HyperConverged>, NetworkRef>>>,
-    /// The last failed pre-flight round (see [`Target::last_failure`]).
-    last_failure: Mutex<Option<FailedRound>>,
+    /// The rollout's memory between passes (see [`Target::memory`]).
+    memory: Mutex<RolloutMemory>,
 }
 
 impl<B> Context<B> {
@@ -135,7 +136,7 @@ pub async fn run(
         settings,
         failures: Mutex::new(HashMap::new()),
         networks: networks.clone(),
-        last_failure: Mutex::new(None),
+        memory: Mutex::new(Default::default()),
     });
     info!(namespace = %ns, "network rollout controller starting");
     metrics.set_ready(true);
@@ -200,7 +201,7 @@ async fn reconcile<B: Backend>(
         agent_daemonset: &settings.agent_daemonset,
         cluster: &settings.cluster,
         preflight: &settings.preflight,
-        last_failure: &ctx.last_failure,
+        memory: &ctx.memory,
     };
     let Some(followed) = pass::follow(&ctx.backend, &target).await? else {
         ctx.networks
@@ -308,7 +309,7 @@ mod tests {
             },
             failures: Mutex::new(HashMap::new()),
             networks: Arc::new(Mutex::new(HashMap::new())),
-            last_failure: Mutex::new(None),
+            memory: Mutex::new(Default::default()),
         });
         reconcile(Arc::new(h), ctx.clone()).await.unwrap();
         let text = metrics.render();

@@ -120,14 +120,14 @@ impl RolloutThread {
                     LocalBackend::new(store)
                 };
                 let preflight = lab_preflight();
-                let last_failure = std::sync::Mutex::new(None);
+                let memory = std::sync::Mutex::new(Default::default());
                 let target = Target {
                     namespace: LAB_NAMESPACE,
                     hyperconverged: HYPERCONVERGED,
                     agent_daemonset: AGENT_DAEMONSET,
                     cluster: &cluster,
                     preflight: &preflight,
-                    last_failure: &last_failure,
+                    memory: &memory,
                 };
                 for reply in rx {
                     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

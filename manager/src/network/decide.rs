@@ -39,6 +39,12 @@ pub mod reason {
     pub const PREFLIGHT_RUNNING: &str = "PreflightRunning";
     /// The last round found pairs of nodes the network does not carry.
     pub const PREFLIGHT_FAILED: &str = "PreflightFailed";
+    /// The network is proven; new migrations are held while the running
+    /// ones end, then the agents restart onto it.
+    pub const WAITING_FOR_MIGRATIONS: &str = "WaitingForMigrations";
+    /// Agents are restarting onto the new network; new migrations are held
+    /// until every Ready agent is on it.
+    pub const SWITCHING_AGENTS: &str = "SwitchingAgents";
 }
 
 /// The Multus selection for an agent pod in `pod_namespace`: short form

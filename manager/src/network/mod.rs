@@ -8,6 +8,8 @@
 //! - [`conditions`]: the HyperConverged's conditions (pure).
 //! - [`preflight`]: the probe round that proves a network before the
 //!   rollout (its report format; the verdict is pure).
+//! - [`switch`]: keeping migrations whole across the change (the hold and
+//!   the drain; pure).
 //! - [`reconcile`]: one rollout pass over [`crate::backend::Backend`].
 
 pub mod conditions;
@@ -15,6 +17,7 @@ pub mod decide;
 pub mod nad_config;
 pub mod preflight;
 pub mod reconcile;
+pub mod switch;
 
 pub use crate::api::network_ref::{NetworkRef, NetworkRefError};
 pub use decide::{ClusterNetworks, Decision};

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -16,11 +17,13 @@ use kube::ResourceExt;
 use tracing::info;
 
 use super::conditions::hco_conditions;
+use super::decide::NETWORK_HASH_ANNOTATION;
 use super::decide::{
     decide, reason, AgentDaemonSet, ClusterNetworks, ConditionSpec, Decision, NadLookup,
     RolloutInput,
 };
 use super::preflight::{self, FailedRound, PreflightSettings, ProbePodView, Step};
+use super::switch::{self, Drain, InFlight, RolloutMemory};
 use crate::api::network_ref::{NetworkRef, NetworkRefError};
 use crate::api::{HyperConverged, NetworkAttachmentDefinition};
 use crate::backend::{Backend, BackendError};
@@ -36,9 +39,9 @@ pub struct Target<'a> {
     pub agent_daemonset: &'a str,
     pub cluster: &'a ClusterNetworks,
     pub preflight: &'a PreflightSettings,
-    /// The last failed pre-flight round, kept between passes by the driver
-    /// (lost on restart: the next round then runs at once).
-    pub last_failure: &'a Mutex<Option<FailedRound>>,
+    /// The pre-flight's and the drain's memory between passes, kept by
+    /// the driver (lost on restart: the next pass probes and holds afresh).
+    pub memory: &'a Mutex<RolloutMemory>,
 }
 
 /// The HyperConverged the rollout follows, as read, with its network
@@ -71,9 +74,10 @@ pub struct Pass {
     pub decision: Decision,
     pub daemonset_patched: bool,
     pub status_written: bool,
-    /// A pre-flight round is out (or held after a failure): the driver
-    /// passes again this soon even without an event.
-    pub recheck_after: Option<std::time::Duration>,
+    /// A pre-flight round is out (or held after a failure), or the drain
+    /// or the switch is under way: the driver passes again this soon even
+    /// without an event.
+    pub recheck_after: Option<Duration>,
 }
 
 /// A read or write that failed for a reason other than a conflict.
@@ -163,9 +167,23 @@ pub async fn reconcile<B: Backend>(
         agents: agents.as_ref(),
     });
 
+    let now_ts = now.0;
+    let mut memory = target
+        .memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut recheck_after = None;
+    let hold = |reason_: &'static str, message: String| ConditionSpec {
+        status: false,
+        reason: reason_,
+        message,
+    };
+
     // Pre-flight: a patch that points the agents at a network (first set
     // or switch) waits for a round that proves it; a removal (back to the
-    // pod network) needs none.
+    // pod network) needs none. A passed round is remembered, so its pods go
+    // at once and the drain below may take its time.
     let probes: Vec<ProbePodView> = if target.preflight.enabled {
         let pods: Vec<Pod> = backend
             .list(Some(target.namespace))
@@ -178,38 +196,26 @@ pub async fn reconcile<B: Backend>(
         Vec::new()
     };
     let mut keep_round: Option<String> = None;
-    let mut passed_round: Option<String> = None;
-    let mut recheck_after = None;
     let gated = match (&decision.patch, &ds, &network) {
         (Some(want), Some(ds), Ok(Some(nref))) if target.preflight.enabled => want
             .networks
             .clone()
             .zip(want.hash.clone())
+            .filter(|(_, h)| memory.passed.as_ref() != Some(h))
             .map(|(n, h)| (n, h, ds, nref)),
         _ => None,
     };
     if let Some((networks, round, ds, nref)) = gated {
         let nodes = agent_nodes(backend, ds, target.namespace).await?;
-        let last = target
-            .last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let now_ts = now.0;
         let step = preflight::step(
             &round,
             &nodes,
             &probes,
-            last.as_ref(),
+            memory.failed.as_ref(),
             target.preflight,
             now_ts,
         );
         let what = format!("pre-flight of migration network {nref}");
-        let hold = |reason_: &'static str, message: String| ConditionSpec {
-            status: false,
-            reason: reason_,
-            message,
-        };
         match step {
             Step::Start { nodes } => {
                 for node in &nodes {
@@ -228,7 +234,7 @@ pub async fn reconcile<B: Backend>(
                 }
                 info!(network = %nref, nodes = nodes.len(), "pre-flight round started");
                 keep_round = Some(round.clone());
-                recheck_after = Some(std::time::Duration::from_secs(1));
+                recheck_after = Some(Duration::from_secs(1));
                 decision.patch = None;
                 decision.condition = hold(
                     reason::PREFLIGHT_RUNNING,
@@ -240,7 +246,7 @@ pub async fn reconcile<B: Backend>(
             }
             Step::Wait { message } => {
                 keep_round = Some(round.clone());
-                recheck_after = Some(std::time::Duration::from_secs(1));
+                recheck_after = Some(Duration::from_secs(1));
                 decision.patch = None;
                 decision.condition = hold(
                     reason::PREFLIGHT_RUNNING,
@@ -251,10 +257,7 @@ pub async fn reconcile<B: Backend>(
                 tracing::warn!(network = %nref, %message, "pre-flight failed; the agents keep the current network");
                 let message =
                     format!("{what} failed; the agents keep the current network: {message}");
-                *target
-                    .last_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(FailedRound {
+                memory.failed = Some(FailedRound {
                     round: round.clone(),
                     at: now_ts,
                     message: message.clone(),
@@ -264,7 +267,9 @@ pub async fn reconcile<B: Backend>(
                 decision.condition = hold(reason::PREFLIGHT_FAILED, message);
             }
             Step::Hold { message } => {
-                recheck_after = last
+                recheck_after = memory
+                    .failed
+                    .as_ref()
                     .map(|f| {
                         (target.preflight.retry_after)
                             .saturating_sub(now_ts.duration_since(f.at).unsigned_abs())
@@ -275,9 +280,43 @@ pub async fn reconcile<B: Backend>(
             }
             Step::Passed { message } => {
                 info!(network = %nref, %message, "pre-flight passed");
-                passed_round = Some(round.clone());
+                memory.passed = Some(round.clone());
+                if memory.failed.as_ref().is_some_and(|f| f.round == round) {
+                    memory.failed = None;
+                }
             }
             Step::NoNodes => {}
+        }
+    }
+
+    // The drain: any change of the agents' network (first set, switch,
+    // removal) holds new migrations first and lets the running ones end
+    // (network::switch).
+    let desired_hash = decision.patch.as_ref().map(|w| w.hash.clone());
+    if let Some(hash) = &desired_hash {
+        let key = hash.clone().unwrap_or_default();
+        let since = match &memory.hold_since {
+            Some((h, t)) if *h == key => Some(*t),
+            _ => None,
+        };
+        let in_flight = migrations_in_flight(backend, lmc).await?;
+        match switch::drain(since, &in_flight, now_ts) {
+            Drain::Wait { message, recheck } => {
+                if since.is_none() {
+                    memory.hold_since = Some((key, now_ts));
+                }
+                recheck_after = Some(recheck);
+                decision.patch = None;
+                decision.condition = hold(reason::WAITING_FOR_MIGRATIONS, message);
+            }
+            Drain::Go { overdue } => {
+                if !overdue.is_empty() {
+                    tracing::warn!(
+                        ?overdue,
+                        "migrations past their completion budget; the agents restart now"
+                    );
+                }
+            }
         }
     }
 
@@ -298,42 +337,60 @@ pub async fn reconcile<B: Backend>(
         match backend.patch_object(before, &after).await {
             Ok(_) => {
                 daemonset_patched = true;
+                memory.passed = None;
+                memory.hold_since = None;
                 info!(networks = ?want.networks, hash = ?want.hash, "agent DaemonSet annotations updated");
             }
             Err(e) if e.is_conflict() => {
+                *target.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
                 return Ok(Outcome::RetrySoon {
                     daemonset_patched: false,
-                })
+                });
             }
-            Err(e) => return Err(ReconcileError::PatchDaemonSet(e)),
+            Err(e) => {
+                *target.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
+                return Err(ReconcileError::PatchDaemonSet(e));
+            }
+        }
+    }
+    *target.memory.lock().unwrap_or_else(|p| p.into_inner()) = memory;
+
+    // While Ready agents carry another network than the template's, the
+    // hold stays (an old and a new agent cannot reach each other).
+    if decision.condition.reason == reason::ROLLING_OUT {
+        if let Some(ds) = &ds {
+            let template_hash = if daemonset_patched {
+                decision.patch.as_ref().and_then(|w| w.hash.clone())
+            } else {
+                agents
+                    .as_ref()
+                    .and_then(|a| a.template_annotations.get(NETWORK_HASH_ANNOTATION).cloned())
+            };
+            let pods = agent_pods(backend, ds, target.namespace).await?;
+            let ready = pods.iter().filter(|p| pod_ready(p)).map(|p| {
+                p.annotations()
+                    .get(NETWORK_HASH_ANNOTATION)
+                    .map(String::as_str)
+            });
+            if switch::agents_mixed(template_hash.as_deref(), ready) {
+                decision.condition.reason = reason::SWITCHING_AGENTS;
+                decision.condition.message.push_str(
+                    "; new migrations wait until every Ready agent is on the new network",
+                );
+                recheck_after = Some(Duration::from_secs(1));
+            }
         }
     }
 
-    // Probe pods go once their round has nothing more to say: the pods of
-    // other rounds at once, a passed round's after the patch above landed
-    // (a conflict keeps them, so the next pass can still read the pass).
+    // Probe pods go once their round has nothing more to say.
     for p in probes.iter().filter(|p| !p.deleting) {
         if keep_round.as_deref() == Some(p.round.as_str()) {
-            continue;
-        }
-        if passed_round.as_deref() == Some(p.round.as_str()) && !daemonset_patched {
             continue;
         }
         match backend.delete::<Pod>(target.namespace, &p.name).await {
             Ok(()) => info!(pod = %p.name, "probe pod deleted"),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(ReconcileError::Probe(e)),
-        }
-    }
-    if let Some(round) = &passed_round {
-        if daemonset_patched {
-            let mut last = target
-                .last_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.as_ref().is_some_and(|f| &f.round == round) {
-                *last = None;
-            }
         }
     }
 
@@ -409,6 +466,36 @@ async fn sandbox_failures<B: Backend>(backend: &B, namespace: &str, probes: &mut
     }
 }
 
+/// The agent DaemonSet's pods: those its selector matches.
+async fn agent_pods<B: Backend>(
+    backend: &B,
+    ds: &DaemonSet,
+    namespace: &str,
+) -> Result<Vec<Pod>, ReconcileError> {
+    let selector = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    if selector.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pods: Vec<Pod> = backend
+        .list(Some(namespace))
+        .await
+        .map_err(ReconcileError::Get)?;
+    pods.retain(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)));
+    Ok(pods)
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The nodes the agents run on: where the DaemonSet's pods are bound (in
 /// node order). A node without an agent needs no proof; it gets one when
 /// its agent comes, on the network the rollout chose.
@@ -417,25 +504,71 @@ async fn agent_nodes<B: Backend>(
     ds: &DaemonSet,
     namespace: &str,
 ) -> Result<Vec<String>, ReconcileError> {
-    let selector = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default();
-    let pods: Vec<Pod> = backend
-        .list(Some(namespace))
-        .await
-        .map_err(ReconcileError::Get)?;
-    let mut nodes: Vec<String> = pods
+    let mut nodes: Vec<String> = agent_pods(backend, ds, namespace)
+        .await?
         .iter()
-        .filter(|p| {
-            !selector.is_empty() && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
-        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .collect();
     nodes.sort();
     nodes.dedup();
     Ok(nodes)
+}
+
+/// The migrations past Pending and not final, in every namespace, with
+/// the completion budget each got (`completionTimeoutPerGiB` x its VM's
+/// memory, the agents' own rule; an unreadable config counts with the
+/// defaults, as the agents then do).
+async fn migrations_in_flight<B: Backend>(
+    backend: &B,
+    lmc: Option<&crate::api::LiveMigrationConfig>,
+) -> Result<Vec<InFlight>, ReconcileError> {
+    use crate::api::{MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration};
+    let cfg = EffectiveMigrationConfig::from_spec(lmc).unwrap_or_default();
+    let vmims: Vec<VirtualMachineInstanceMigration> =
+        backend.list(None).await.map_err(ReconcileError::Get)?;
+    let running: Vec<&VirtualMachineInstanceMigration> = vmims
+        .iter()
+        .filter(|m| {
+            m.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                !matches!(
+                    p,
+                    MigrationPhase::Pending | MigrationPhase::Succeeded | MigrationPhase::Failed
+                )
+            })
+        })
+        .collect();
+    if running.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vmis: Vec<VirtualMachineInstance> =
+        backend.list(None).await.map_err(ReconcileError::Get)?;
+    Ok(running
+        .into_iter()
+        .map(|m| {
+            let ns = m.metadata.namespace.clone().unwrap_or_default();
+            let memory = vmis
+                .iter()
+                .find(|v| {
+                    v.metadata.namespace.as_deref() == Some(&ns) && v.name_any() == m.spec.vmi_name
+                })
+                .map(crate::control::views::vmi_memory_bytes)
+                .unwrap_or(0);
+            let started = m
+                .status
+                .as_ref()
+                .and_then(|s| s.migration_state.as_ref())
+                .and_then(|s| s.start_timestamp.as_ref())
+                .map(|t| t.0)
+                .or(m.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                .unwrap_or_default();
+            InFlight {
+                name: format!("{ns}/{}", m.name_any()),
+                started,
+                budget: cfg.completion_timeout_for(memory, 0),
+            }
+        })
+        .collect())
 }
 
 async fn lookup_nad<B: Backend>(

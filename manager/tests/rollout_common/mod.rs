@@ -47,14 +47,14 @@ fn hco(ns: &str, network: &str) -> HyperConverged {
 async fn pass<B: Backend>(b: &B, ns: &str) -> Outcome {
     let cluster = cluster();
     let preflight = mignet::network::preflight::PreflightSettings::default();
-    let last_failure = std::sync::Mutex::new(None);
+    let memory = std::sync::Mutex::new(Default::default());
     let target = Target {
         namespace: ns,
         hyperconverged: HCO,
         agent_daemonset: "mignet-agent",
         cluster: &cluster,
         preflight: &preflight,
-        last_failure: &last_failure,
+        memory: &memory,
     };
     let followed = follow(b, &target)
         .await
