@@ -359,6 +359,7 @@ impl World {
             let m = self.migs.iter().find(|m| m.key == w.migration).unwrap();
             let v = self.vmi(&m.vmi).unwrap();
             match &w.reason {
+                WaitReason::NetworkSwitch(_) => panic!("decide never holds on its own"),
                 WaitReason::ClusterLimit { .. } => {
                     assert!(active >= lim.parallel_migrations_per_cluster);
                     for s in &d.start {
