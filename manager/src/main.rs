@@ -632,7 +632,9 @@ async fn main() -> anyhow::Result<()> {
                     probe_deadline: Duration::from_secs(preflight_round_seconds * 3 / 8),
                     round_deadline: Duration::from_secs(preflight_round_seconds),
                     retry_after: Duration::from_secs(preflight_retry_seconds),
+                    hold_settle: mignet::network::switch::HOLD_SETTLE,
                 },
+                migrations_namespace: migrations_namespace.clone(),
             };
             let client = kube::Client::try_default()
                 .await

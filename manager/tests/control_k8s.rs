@@ -450,3 +450,22 @@ async fn metrics_follow_migration_phases_and_outcomes() {
     let bed = Bed::new("ctl-metrics").await;
     scenario_metrics(&bed.backend, bed.ns(), bed.ns()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_preflight_gates_the_network_change() {
+    let bed = Bed::new("roll-preflight").await;
+    // No controller-manager here makes the namespace's default account,
+    // which pods (agents, probes) run under.
+    kubectl_ok(&["create", "serviceaccount", "default", "-n", bed.ns()]);
+    rollout_common::scenario_preflight_gates_the_network_change(&bed.backend, bed.ns()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_a_network_change_waits_for_the_migration_in_flight() {
+    let bed = Bed::new("roll-inflight").await;
+    rollout_common::scenario_a_network_change_waits_for_the_migration_in_flight(
+        &bed.backend,
+        bed.ns(),
+    )
+    .await;
+}

@@ -193,3 +193,16 @@ async fn metrics_follow_migration_phases_and_outcomes() {
     let s = TempStore::new("metrics");
     scenario_metrics(&s.backend, NS, "metrics").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_rollout_preflight_gates_the_network_change() {
+    let s = TempStore::new("roll-preflight");
+    rollout_common::scenario_preflight_gates_the_network_change(&s.backend, NS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_rollout_a_network_change_waits_for_the_migration_in_flight() {
+    let s = TempStore::new("roll-inflight");
+    rollout_common::scenario_a_network_change_waits_for_the_migration_in_flight(&s.backend, NS)
+        .await;
+}

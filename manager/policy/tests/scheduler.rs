@@ -464,7 +464,11 @@ fn a_network_switch_hold_queues_every_start_and_keeps_the_refusals() {
     assert_eq!(started(&d), vec!["m0", "m1", "m2"]);
     d.hold("the migration network is changing: waiting for 1 migration in flight");
     assert!(d.start.is_empty());
-    let held: Vec<_> = d.waiting.iter().map(|w| w.migration.name.as_str()).collect();
+    let held: Vec<_> = d
+        .waiting
+        .iter()
+        .map(|w| w.migration.name.as_str())
+        .collect();
     assert_eq!(held, ["m0", "m1", "m2"], "queued in scheduling order");
     for w in &d.waiting {
         assert_eq!(w.reason.reason(), "NetworkSwitch");

@@ -48,6 +48,9 @@ pub struct RolloutSettings {
     pub resync: Duration,
     /// The pre-flight round before a network reaches the agents.
     pub preflight: PreflightSettings,
+    /// Whose migrations a network change waits for (the migration
+    /// controller's `--migrations-namespace`; `None` = all).
+    pub migrations_namespace: Option<String>,
 }
 
 /// Why the controller could not start.
@@ -202,6 +205,7 @@ async fn reconcile<B: Backend>(
         cluster: &settings.cluster,
         preflight: &settings.preflight,
         memory: &ctx.memory,
+        migrations_namespace: settings.migrations_namespace.as_deref(),
     };
     let Some(followed) = pass::follow(&ctx.backend, &target).await? else {
         ctx.networks
@@ -306,6 +310,7 @@ mod tests {
                 cluster: ClusterNetworks::default(),
                 resync: Duration::from_secs(300),
                 preflight: PreflightSettings::default(),
+                migrations_namespace: None,
             },
             failures: Mutex::new(HashMap::new()),
             networks: Arc::new(Mutex::new(HashMap::new())),

@@ -81,6 +81,7 @@ fn lab_preflight() -> crate::network::preflight::PreflightSettings {
         probe_deadline: Duration::from_secs(15),
         round_deadline: Duration::from_secs(30),
         retry_after: Duration::from_secs(30),
+        hold_settle: crate::network::switch::HOLD_SETTLE,
     }
 }
 
@@ -128,6 +129,7 @@ impl RolloutThread {
                     cluster: &cluster,
                     preflight: &preflight,
                     memory: &memory,
+                    migrations_namespace: None,
                 };
                 for reply in rx {
                     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

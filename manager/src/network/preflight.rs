@@ -180,6 +180,10 @@ pub struct PreflightSettings {
     /// much later (the fix, say a cable or a switch port's MTU, is outside
     /// Kubernetes, so nothing would wake the manager for it).
     pub retry_after: Duration,
+    /// How long the drain's hold stands before the DaemonSet is patched
+    /// ([`super::switch::HOLD_SETTLE`]). Not part of the pre-flight, but of
+    /// the same change of network.
+    pub hold_settle: Duration,
 }
 
 impl Default for PreflightSettings {
@@ -189,6 +193,7 @@ impl Default for PreflightSettings {
             probe_deadline: Duration::from_secs(45),
             round_deadline: Duration::from_secs(120),
             retry_after: Duration::from_secs(120),
+            hold_settle: super::switch::HOLD_SETTLE,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Target<'a> {
     /// The pre-flight's and the drain's memory between passes, kept by
     /// the driver (lost on restart: the next pass probes and holds afresh).
     pub memory: &'a Mutex<RolloutMemory>,
+    /// Whose migrations the drain waits for: the namespace the migration
+    /// controller handles (`--migrations-namespace`), `None` = all.
+    pub migrations_namespace: Option<&'a str>,
 }
 
 /// The HyperConverged the rollout follows, as read, with its network
@@ -184,14 +187,24 @@ pub async fn reconcile<B: Backend>(
     // or switch) waits for a round that proves it; a removal (back to the
     // pod network) needs none. A passed round is remembered, so its pods go
     // at once and the drain below may take its time.
-    let probes: Vec<ProbePodView> = if target.preflight.enabled {
-        let pods: Vec<Pod> = backend
-            .list(Some(target.namespace))
-            .await
-            .map_err(ReconcileError::Get)?;
-        let mut probes: Vec<ProbePodView> = pods.iter().filter_map(ProbePodView::of).collect();
-        sandbox_failures(backend, target.namespace, &mut probes).await;
-        probes
+    // Probe pods are read while a change is pending, while a round may
+    // have pods out, and once after a start (a restart's leftovers); a
+    // steady pass reads nothing more than before.
+    let change_pending = decision.patch.is_some();
+    let look = target.preflight.enabled && (change_pending || memory.probes_out || !memory.swept);
+    let probes: Vec<ProbePodView> = if look {
+        match backend.list::<Pod>(Some(target.namespace)).await {
+            Ok(pods) => {
+                memory.swept = true;
+                let mut probes: Vec<ProbePodView> =
+                    pods.iter().filter_map(ProbePodView::of).collect();
+                sandbox_failures(backend, target.namespace, &mut probes).await;
+                probes
+            }
+            // Only a change needs them; a steady pass does without.
+            Err(e) if e.is_forbidden() && !change_pending => Vec::new(),
+            Err(e) => return Err(ReconcileError::Get(e)),
+        }
     } else {
         Vec::new()
     };
@@ -215,6 +228,7 @@ pub async fn reconcile<B: Backend>(
             target.preflight,
             now_ts,
         );
+        let nref = nref.resolved(target.namespace);
         let what = format!("pre-flight of migration network {nref}");
         match step {
             Step::Start { nodes } => {
@@ -299,8 +313,8 @@ pub async fn reconcile<B: Backend>(
             Some((h, t)) if *h == key => Some(*t),
             _ => None,
         };
-        let in_flight = migrations_in_flight(backend, lmc).await?;
-        match switch::drain(since, &in_flight, now_ts) {
+        let in_flight = migrations_in_flight(backend, target.migrations_namespace, lmc).await?;
+        match switch::drain(since, &in_flight, target.preflight.hold_settle, now_ts) {
             Drain::Wait { message, recheck } => {
                 if since.is_none() {
                     memory.hold_since = Some((key, now_ts));
@@ -393,6 +407,13 @@ pub async fn reconcile<B: Backend>(
             Err(e) => return Err(ReconcileError::Probe(e)),
         }
     }
+    // Pods still being deleted are looked at again until they are gone.
+    let probes_out = keep_round.is_some() || probes.iter().any(|p| p.deleting);
+    target
+        .memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .probes_out = probes_out;
 
     let existing = hco
         .status
@@ -515,18 +536,19 @@ async fn agent_nodes<B: Backend>(
     Ok(nodes)
 }
 
-/// The migrations past Pending and not final, in every namespace, with
+/// The migrations past Pending and not final (in `namespace`, or all), with
 /// the completion budget each got (`completionTimeoutPerGiB` x its VM's
 /// memory, the agents' own rule; an unreadable config counts with the
 /// defaults, as the agents then do).
 async fn migrations_in_flight<B: Backend>(
     backend: &B,
+    namespace: Option<&str>,
     lmc: Option<&crate::api::LiveMigrationConfig>,
 ) -> Result<Vec<InFlight>, ReconcileError> {
     use crate::api::{MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration};
     let cfg = EffectiveMigrationConfig::from_spec(lmc).unwrap_or_default();
     let vmims: Vec<VirtualMachineInstanceMigration> =
-        backend.list(None).await.map_err(ReconcileError::Get)?;
+        backend.list(namespace).await.map_err(ReconcileError::Get)?;
     let running: Vec<&VirtualMachineInstanceMigration> = vmims
         .iter()
         .filter(|m| {
@@ -542,7 +564,7 @@ async fn migrations_in_flight<B: Backend>(
         return Ok(Vec::new());
     }
     let vmis: Vec<VirtualMachineInstance> =
-        backend.list(None).await.map_err(ReconcileError::Get)?;
+        backend.list(namespace).await.map_err(ReconcileError::Get)?;
     Ok(running
         .into_iter()
         .map(|m| {

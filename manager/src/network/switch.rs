@@ -27,9 +27,11 @@ use k8s_openapi::jiff::Timestamp;
 use super::decide::reason;
 
 /// How long the hold must have been written before the DaemonSet is
-/// patched: a controller pass that read the HyperConverged just before the
-/// hold may still start a migration; it shows up as in flight by then.
-pub const HOLD_SETTLE: Duration = Duration::from_secs(3);
+/// patched, by default: a controller pass that read the HyperConverged
+/// just before the hold may still start a migration; it shows up as in
+/// flight by then. (Zero: patch in the pass that writes the hold, for
+/// tests of the rollout alone.)
+pub const HOLD_SETTLE: Duration = Duration::from_secs(2);
 
 /// What the rollout remembers between passes (lost on restart: the next
 /// pass then probes and holds afresh, the safe side).
@@ -41,6 +43,11 @@ pub struct RolloutMemory {
     pub passed: Option<String>,
     /// Since when the hold for this hash stands.
     pub hold_since: Option<(String, Timestamp)>,
+    /// The probe pods have been looked for since this process started
+    /// (stale ones from before a restart are removed once), and whether a
+    /// round may still have pods out.
+    pub swept: bool,
+    pub probes_out: bool,
 }
 
 /// A migration in flight, as the drain sees it.
@@ -63,18 +70,18 @@ pub enum Drain {
 }
 
 /// Decide whether the agents may restart onto the new network now.
-pub fn drain(hold_since: Option<Timestamp>, in_flight: &[InFlight], now: Timestamp) -> Drain {
-    let Some(since) = hold_since else {
-        return Drain::Wait {
-            message: "holding new migrations before the agents restart".into(),
-            recheck: HOLD_SETTLE,
-        };
-    };
+pub fn drain(
+    hold_since: Option<Timestamp>,
+    in_flight: &[InFlight],
+    settle: Duration,
+    now: Timestamp,
+) -> Drain {
+    let since = hold_since.unwrap_or(now);
     let held_for = now.duration_since(since).unsigned_abs();
-    if held_for < HOLD_SETTLE {
+    if hold_since.is_none() && !settle.is_zero() || held_for < settle {
         return Drain::Wait {
             message: "holding new migrations before the agents restart".into(),
-            recheck: HOLD_SETTLE - held_for,
+            recheck: settle.saturating_sub(held_for),
         };
     }
     let deadline = |m: &InFlight| m.started + m.budget;
@@ -145,15 +152,27 @@ mod tests {
 
     #[test]
     fn the_hold_settles_then_waits_for_each_migration_within_its_budget() {
+        let s = HOLD_SETTLE;
         // No hold yet: write it first, whatever runs.
-        assert!(matches!(drain(None, &[], t(0)), Drain::Wait { .. }));
+        assert!(matches!(drain(None, &[], s, t(0)), Drain::Wait { .. }));
         // Just written: a controller pass may still be starting one.
-        assert!(matches!(drain(Some(t(0)), &[], t(1)), Drain::Wait { .. }));
+        assert!(matches!(
+            drain(Some(t(0)), &[], s, t(1)),
+            Drain::Wait { .. }
+        ));
         // Settled and nothing in flight: go.
-        assert_eq!(drain(Some(t(0)), &[], t(3)), Drain::Go { overdue: vec![] });
+        assert_eq!(
+            drain(Some(t(0)), &[], s, t(2)),
+            Drain::Go { overdue: vec![] }
+        );
+        // No settle asked: the pass that holds may go.
+        assert_eq!(
+            drain(None, &[], Duration::ZERO, t(0)),
+            Drain::Go { overdue: vec![] }
+        );
         // A 1 GiB VM at 800 s/GiB started at 0: wait until 800.
         let one = [m("default/vm-a-mig", 0, 800)];
-        let Drain::Wait { message, .. } = drain(Some(t(0)), &one, t(10)) else {
+        let Drain::Wait { message, .. } = drain(Some(t(0)), &one, s, t(10)) else {
             panic!()
         };
         assert!(message.contains("1 migration in flight"), "{message}");
@@ -161,7 +180,7 @@ mod tests {
         assert!(message.contains("new migrations wait"), "{message}");
         // Past its budget: the agent aborts it anyway; go, and name it.
         assert_eq!(
-            drain(Some(t(0)), &one, t(800)),
+            drain(Some(t(0)), &one, s, t(800)),
             Drain::Go {
                 overdue: vec!["default/vm-a-mig".into()]
             }
@@ -169,10 +188,13 @@ mod tests {
         // The last deadline bounds the wait.
         let two = [m("ns/a", 0, 100), m("ns/b", 50, 800)];
         assert!(matches!(
-            drain(Some(t(0)), &two, t(200)),
+            drain(Some(t(0)), &two, s, t(200)),
             Drain::Wait { .. }
         ));
-        assert!(matches!(drain(Some(t(0)), &two, t(850)), Drain::Go { .. }));
+        assert!(matches!(
+            drain(Some(t(0)), &two, s, t(850)),
+            Drain::Go { .. }
+        ));
     }
 
     #[test]

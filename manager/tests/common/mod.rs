@@ -253,7 +253,12 @@ pub fn settings(namespace: &str) -> RolloutSettings {
         resync: Duration::from_secs(300),
         // No kubelet runs beside the test API server: no agent pods, so
         // the round has no nodes and the network goes straight through.
-        preflight: mignet::network::preflight::PreflightSettings::default(),
+        preflight: mignet::network::preflight::PreflightSettings {
+            hold_settle: Duration::ZERO,
+            ..Default::default()
+        },
+        // Other tests share the API server: only this namespace's migrations.
+        migrations_namespace: Some(namespace.to_owned()),
     }
 }
 

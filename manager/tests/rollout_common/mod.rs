@@ -44,22 +44,49 @@ fn hco(ns: &str, network: &str) -> HyperConverged {
     h
 }
 
+/// The rollout's memory between passes, as a driver keeps it: one per
+/// HyperConverged (by uid: tests in one process share namespace names).
+fn memory_of(uid: &str) -> Arc<std::sync::Mutex<mignet::network::switch::RolloutMemory>> {
+    static MEMORY: std::sync::LazyLock<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                String,
+                Arc<std::sync::Mutex<mignet::network::switch::RolloutMemory>>,
+            >,
+        >,
+    > = std::sync::LazyLock::new(Default::default);
+    MEMORY
+        .lock()
+        .unwrap()
+        .entry(uid.to_owned())
+        .or_default()
+        .clone()
+}
+
 async fn pass<B: Backend>(b: &B, ns: &str) -> Outcome {
     let cluster = cluster();
-    let preflight = mignet::network::preflight::PreflightSettings::default();
-    let memory = std::sync::Mutex::new(Default::default());
-    let target = Target {
+    // The rollout alone: no settle, so a pass that holds may patch.
+    let preflight = mignet::network::preflight::PreflightSettings {
+        hold_settle: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let scratch = std::sync::Mutex::new(Default::default());
+    let mut target = Target {
         namespace: ns,
         hyperconverged: HCO,
         agent_daemonset: "mignet-agent",
         cluster: &cluster,
         preflight: &preflight,
-        memory: &memory,
+        memory: &scratch,
+        // Other tests share the API server: only this test's migrations.
+        migrations_namespace: Some(ns),
     };
     let followed = follow(b, &target)
         .await
         .expect("read the HCO")
         .expect("an HCO to follow");
+    let memory = memory_of(&followed.hco.uid().unwrap_or_default());
+    target.memory = &memory;
     reconcile(b, &target, &followed, now())
         .await
         .expect("rollout pass")
@@ -297,4 +324,253 @@ impl<B: Backend> Backend for Interloper<B> {
     fn changes(&self) -> Changes {
         self.inner.changes()
     }
+}
+
+// ------------------------------------------------------------ pre-flight
+
+/// An agent pod of the test DaemonSet on `node`, Ready, on the network of
+/// `hash` (`None`: the pod network), as a kubelet reports it.
+async fn agent_pod<B: Backend>(b: &B, ns: &str, node: &str, hash: Option<&str>) {
+    use k8s_openapi::api::core::v1::Pod;
+    use mignet::network::decide::NETWORK_HASH_ANNOTATION;
+    let mut annotations = serde_json::Map::new();
+    if let Some(h) = hash {
+        annotations.insert(NETWORK_HASH_ANNOTATION.into(), h.into());
+    }
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("mignet-agent-{node}"), "namespace": ns,
+                     "labels": {"app.kubernetes.io/name": "mignet-agent"},
+                     "annotations": annotations},
+        "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "mignet:dev"}]}
+    }))
+    .unwrap();
+    let mut p = b.create(&pod).await.expect("agent pod");
+    p.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }))
+        .unwrap(),
+    );
+    b.replace_status(&p).await.expect("agent pod status");
+}
+
+async fn probe_pods<B: Backend>(b: &B, ns: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    use mignet::network::preflight::ROUND_LABEL;
+    let mut pods: Vec<k8s_openapi::api::core::v1::Pod> = b.list(Some(ns)).await.unwrap();
+    pods.retain(|p| {
+        p.labels().contains_key(ROUND_LABEL) && p.metadata.deletion_timestamp.is_none()
+    });
+    pods.sort_by_key(|p| p.name_any());
+    pods
+}
+
+/// What the kubelet writes when a probe ends: its report as the
+/// container's termination message.
+async fn probe_ends<B: Backend>(
+    b: &B,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    report: &mignet::network::preflight::ProbeReport,
+) {
+    let mut p = pod.clone();
+    p.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "phase": "Succeeded",
+            "containerStatuses": [{
+                "name": "probe", "image": "mignet:dev", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": report.to_message()}}
+            }]
+        }))
+        .unwrap(),
+    );
+    b.replace_status(&p).await.expect("probe pod status");
+}
+
+fn report(
+    node: &str,
+    peer: &str,
+    failure: Option<mignet::network::preflight::Failure>,
+) -> mignet::network::preflight::ProbeReport {
+    use mignet::network::preflight::{PeerResult, ProbeReport};
+    ProbeReport {
+        node: node.into(),
+        address: Some("10.200.5.1".into()),
+        mtu: Some(9000),
+        own_failure: None,
+        peers: vec![PeerResult {
+            node: peer.into(),
+            failure,
+        }],
+    }
+}
+
+/// A network change waits for a pre-flight round over the nodes the
+/// agents run on: probe pods from the agent template, one per node; a
+/// failing pair refuses the network with the pair and the reason, the
+/// DaemonSet keeps the old network, the pods go, and the refusal holds
+/// (no new round at once). A passing round lets the change through, and
+/// while the Ready agents are on the old network the hold on new
+/// migrations stands (SwitchingAgents).
+pub async fn scenario_preflight_gates_the_network_change<B: Backend>(b: &B, ns: &str) {
+    use mignet::network::preflight::{Failure, FailureReason, ROUND_LABEL};
+    b.create(&agent_daemonset(ns)).await.expect("DaemonSet");
+    agent_pod(b, ns, "node1", None).await;
+    agent_pod(b, ns, "node2", None).await;
+    b.create(&nad(
+        ns,
+        "jumbo",
+        &SEED_NAD_CONFIG.replace("\"mode\"", "\"mtu\":9000,\"mode\""),
+    ))
+    .await
+    .expect("NAD");
+    b.create(&hco(ns, "jumbo")).await.expect("HCO");
+
+    let p = done(pass(b, ns).await);
+    assert!(!p.daemonset_patched, "{p:?}");
+    let c = condition(b, ns, CONDITION_TYPE).await;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reason::PREFLIGHT_RUNNING),
+        "{c:?}"
+    );
+    assert!(c.message.contains("probing 2 nodes"), "{c:?}");
+    let probes = probe_pods(b, ns).await;
+    let nodes: Vec<_> = probes
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap())
+        .collect();
+    assert_eq!(nodes, ["node1", "node2"]);
+    let round = probes[0].labels()[ROUND_LABEL].clone();
+    assert_eq!(
+        probes[0]
+            .annotations()
+            .get(NETWORKS_ANNOTATION)
+            .map(String::as_str),
+        Some("jumbo@migration0")
+    );
+    assert!(!template_annotations(&daemonset(b, ns).await).contains_key(NETWORKS_ANNOTATION));
+
+    // One probe reported: still running.
+    probe_ends(b, &probes[0], &report("node1", "node2", None)).await;
+    let p = done(pass(b, ns).await);
+    assert!(!p.daemonset_patched);
+    assert!(condition(b, ns, CONDITION_TYPE)
+        .await
+        .message
+        .contains("1 of 2 probes reported"));
+
+    // node2 cannot get full-size frames to node1.
+    let mtu = Failure {
+        reason: FailureReason::Mtu,
+        detail: "a 8972-byte UDP payload (MTU 9000) got no echo in 3 tries; 64-byte ones did"
+            .into(),
+    };
+    probe_ends(b, &probes[1], &report("node2", "node1", Some(mtu))).await;
+    let p = done(pass(b, ns).await);
+    assert!(!p.daemonset_patched, "{p:?}");
+    let c = condition(b, ns, CONDITION_TYPE).await;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reason::PREFLIGHT_FAILED),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.message,
+        format!("pre-flight of migration network {ns}/jumbo failed; the agents keep the current network: node2 -> node1: MTU (a 8972-byte UDP payload (MTU 9000) got no echo in 3 tries; 64-byte ones did)")
+    );
+    assert!(
+        probe_pods(b, ns).await.is_empty(),
+        "probe pods are cleaned up after a failure"
+    );
+    assert!(!template_annotations(&daemonset(b, ns).await).contains_key(NETWORKS_ANNOTATION));
+    // Held: no new round at once, the refusal stands.
+    let p = done(pass(b, ns).await);
+    assert!(!p.daemonset_patched && p.recheck_after.is_some(), "{p:?}");
+    assert!(probe_pods(b, ns).await.is_empty());
+    assert_eq!(
+        condition(b, ns, CONDITION_TYPE).await.reason,
+        reason::PREFLIGHT_FAILED
+    );
+
+    // The admin fixes the segment and edits the NAD (a new config, a new
+    // round): this one passes, and the agents are switched.
+    let mut n: mignet::api::NetworkAttachmentDefinition =
+        b.get(ns, "jumbo").await.unwrap().unwrap();
+    n.spec.config = Some(SEED_NAD_CONFIG.into());
+    b.replace(&n).await.expect("NAD edit");
+    let _ = done(pass(b, ns).await);
+    let probes = probe_pods(b, ns).await;
+    assert_eq!(probes.len(), 2, "a new round for the new config");
+    assert_ne!(probes[0].labels()[ROUND_LABEL], round);
+    probe_ends(b, &probes[0], &report("node1", "node2", None)).await;
+    probe_ends(b, &probes[1], &report("node2", "node1", None)).await;
+    let p = done(pass(b, ns).await);
+    assert!(p.daemonset_patched, "{p:?}");
+    assert!(
+        probe_pods(b, ns).await.is_empty(),
+        "probe pods are cleaned up after a pass"
+    );
+    assert_eq!(
+        template_annotations(&daemonset(b, ns).await)
+            .get(NETWORKS_ANNOTATION)
+            .map(String::as_str),
+        Some("jumbo@migration0")
+    );
+    let c = condition(b, ns, CONDITION_TYPE).await;
+    assert_eq!(
+        c.reason,
+        reason::SWITCHING_AGENTS,
+        "Ready agents are still on the pod network: {c:?}"
+    );
+    assert!(
+        mignet::network::switch::migrations_held(&c.reason, &c.message).is_some(),
+        "the migration controller reads a hold: {c:?}"
+    );
+}
+
+/// A migration in flight holds the change until it ends: the condition
+/// names it and says new migrations wait; the DaemonSet is patched once it
+/// is over.
+pub async fn scenario_a_network_change_waits_for_the_migration_in_flight<B: Backend>(
+    b: &B,
+    ns: &str,
+) {
+    use crate::control_common::{create_running_vmi, create_vmim};
+    use mignet::api::MigrationPhase;
+    use mignet::backend::protocol::enter_phase;
+    b.create(&agent_daemonset(ns)).await.expect("DaemonSet");
+    b.create(&nad(ns, "seed", SEED_NAD_CONFIG))
+        .await
+        .expect("NAD");
+    create_running_vmi(b, ns, "vm-a", "node1", Default::default()).await;
+    let m = create_vmim(b, ns, "vm-a-mig", "vm-a").await;
+    let mut running = m.clone();
+    enter_phase(&mut running, MigrationPhase::Running, now());
+    running
+        .status
+        .get_or_insert_with(Default::default)
+        .migration_state
+        .get_or_insert_with(Default::default)
+        .start_timestamp = Some(now());
+    let running = b.replace_status(&running).await.expect("Running");
+    b.create(&hco(ns, "seed")).await.expect("HCO");
+
+    let p = done(pass(b, ns).await);
+    assert!(!p.daemonset_patched, "{p:?}");
+    let c = condition(b, ns, CONDITION_TYPE).await;
+    assert_eq!(c.reason, reason::WAITING_FOR_MIGRATIONS, "{c:?}");
+    assert!(c.message.contains(&format!("{ns}/vm-a-mig")), "{c:?}");
+    assert!(c.message.contains("new migrations wait"), "{c:?}");
+    assert!(mignet::network::switch::migrations_held(&c.reason, &c.message).is_some());
+
+    let mut over = running.clone();
+    enter_phase(&mut over, MigrationPhase::Succeeded, now());
+    b.replace_status(&over).await.expect("Succeeded");
+    let p = done(pass(b, ns).await);
+    assert!(
+        p.daemonset_patched,
+        "patched once the migration is over: {p:?}"
+    );
 }
