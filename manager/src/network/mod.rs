@@ -8,12 +8,14 @@
 //! - [`conditions`]: the HyperConverged's conditions (pure).
 //! - [`preflight`]: the probe round that proves a network before the
 //!   rollout (its report format; the verdict is pure).
+//! - [`probe`]: `mignet probe`, one node's side of a pre-flight round.
 //! - [`reconcile`]: one rollout pass over [`crate::backend::Backend`].
 
 pub mod conditions;
 pub mod decide;
 pub mod nad_config;
 pub mod preflight;
+pub mod probe;
 pub mod reconcile;
 
 pub use crate::api::network_ref::{NetworkRef, NetworkRefError};
