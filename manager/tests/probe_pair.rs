@@ -370,3 +370,30 @@ fn bad_flags_are_the_only_exit_without_a_report() {
     assert!(err.contains("--round"), "{err}");
     assert!(!log.exists(), "no report on bad flags");
 }
+
+#[test]
+fn sigterm_ends_the_probe_at_once_with_a_report() {
+    let pair = Pair::new(1500, 1500);
+    let dir = TempDir::new("probe-term");
+    // node2's pod never appears: node1 would look for it until its deadline.
+    lab_with_round(dir.path(), &[("node1", "10.231.0.1")]);
+    let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
+    let c = cert_dir(dir.path(), &ca, "node1");
+    let p = start_probe(&pair.nodes[0].0, "node1", dir.path(), &c, 2, 60);
+    std::thread::sleep(Duration::from_secs(1));
+    let start = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = finish(p, Duration::from_secs(10));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let f = r.own_failure.clone().expect("own failure");
+    assert_eq!(f.reason, FailureReason::NotStarted);
+    assert!(f.detail.contains("SIGTERM"), "{}", f.detail);
+}

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::target::{self, Target, TargetArgs, TargetEnv};
 use crate::error_chain;
-use crate::network::preflight::ProbeReport;
+use crate::network::preflight::{Failure, FailureReason, ProbeReport};
 use crate::network::probe::{self, ProbeError, ProbeSettings};
 
 /// Where the agent certificate comes from, as for `mignet agent`.
@@ -48,41 +48,73 @@ pub async fn run(
     let target = target::choose(target_args, &TargetEnv::from_env())
         .map_err(|e| ProbeError::Usage(e.to_string()))?;
     let tls = || probe::load_tls(&certs.cert_dir, certs.allow_tls12);
-    let report = match target {
-        Target::Lab(dir) => {
-            if matches!(certs.source, CertSource::Csr { .. }) {
-                return Err(ProbeError::Usage(
+    let round = async {
+        Ok(match target {
+            Target::Lab(dir) => {
+                if matches!(certs.source, CertSource::Csr { .. }) {
+                    return Err(ProbeError::Usage(
                     "--cert-source csr needs a cluster; in the lab pass --cert-source files --cert-dir <lab>/agents/<node>/certs".into(),
                 ));
+                }
+                let backend = target::open_lab(&dir)
+                    .map(|store| crate::backend::LocalBackend::new(Arc::new(store)))
+                    .map_err(|e| error_chain(&e));
+                probe::run(&s, backend, tls(), started).await
             }
-            let backend = target::open_lab(&dir)
-                .map(|store| crate::backend::LocalBackend::new(Arc::new(store)))
-                .map_err(|e| error_chain(&e));
-            probe::run(&s, backend, tls(), started).await
-        }
-        Target::Cluster(kubeconfig) => {
-            let client = target::connect(kubeconfig.as_deref())
-                .await
-                .map_err(|e| error_chain(&e));
-            let tls = match (&certs.source, &client) {
-                (CertSource::Files, _) => tls(),
-                (CertSource::Csr { .. }, Err(e)) => Err(format!("requesting it: {e}")),
-                (
-                    CertSource::Csr {
-                        ca_bundle,
-                        lifetime,
-                    },
-                    Ok(c),
-                ) => request(c, &s, &certs, ca_bundle, *lifetime)
+            Target::Cluster(kubeconfig) => {
+                let client = target::connect(kubeconfig.as_deref())
                     .await
-                    .and_then(|()| tls()),
-            };
-            let backend = client.map(crate::backend::KubeBackend::unwatched);
-            probe::run(&s, backend, tls, started).await
-        }
+                    .map_err(|e| error_chain(&e));
+                let tls = match (&certs.source, &client) {
+                    (CertSource::Files, _) => tls(),
+                    (CertSource::Csr { .. }, Err(e)) => Err(format!("requesting it: {e}")),
+                    (
+                        CertSource::Csr {
+                            ca_bundle,
+                            lifetime,
+                        },
+                        Ok(c),
+                    ) => request(c, &s, &certs, ca_bundle, *lifetime)
+                        .await
+                        .and_then(|()| tls()),
+                };
+                let backend = client.map(crate::backend::KubeBackend::unwatched);
+                probe::run(&s, backend, tls, started).await
+            }
+        })
+    };
+    // As a pod's PID 1 the probe would ignore SIGTERM without a handler,
+    // and a deleted pod (an abandoned round) would linger for its grace
+    // period, its address with it.
+    let report = tokio::select! {
+        r = round => r?,
+        () = terminated() => ProbeReport {
+            node: s.node.clone(),
+            address: None,
+            mtu: None,
+            own_failure: Some(Failure {
+                reason: FailureReason::NotStarted,
+                detail: "stopped by SIGTERM before the round ended".into(),
+            }),
+            peers: Vec::new(),
+        },
     };
     probe::write_report(&report, &s.termination_log);
     Ok(report)
+}
+
+/// Resolves on SIGTERM (never, if the handler cannot be installed).
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "probe: no SIGTERM handler");
+            std::future::pending::<()>().await
+        }
+    }
 }
 
 /// The agent's certificate request, within half the probe's time (the
