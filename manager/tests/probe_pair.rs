@@ -59,12 +59,22 @@ impl Pair {
     /// `migration0` of MTU `node_mtu` in each node, the switch's ports (the
     /// other veth ends) of MTU `port_mtu`.
     fn new(node_mtu: u32, port_mtu: u32) -> Self {
+        Self::with_addresses(node_mtu, port_mtu, ["10.231.0.1", "10.231.0.2"])
+    }
+
+    /// IPv6 addresses (added without DAD: a tentative address is not
+    /// usable, and the probe would rightly say NoAddress).
+    fn v6(node_mtu: u32, port_mtu: u32) -> Self {
+        Self::with_addresses(node_mtu, port_mtu, ["fd31::1", "fd31::2"])
+    }
+
+    fn with_addresses(node_mtu: u32, port_mtu: u32, ips: [&'static str; 2]) -> Self {
         let switch = Netns::new("sw");
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
         let nodes = [
-            (Netns::new("n1"), "node1", "10.231.0.1"),
-            (Netns::new("n2"), "node2", "10.231.0.2"),
+            (Netns::new("n1"), "node1", ips[0]),
+            (Netns::new("n2"), "node2", ips[1]),
         ];
         for (i, (ns, _, ip)) in nodes.iter().enumerate() {
             let port = format!("p{i}");
@@ -83,7 +93,12 @@ impl Pair {
             switch.ip(&["link", "set", &port, "mtu", &port_mtu.to_string()]);
             switch.ip(&["link", "set", &port, "master", "br0", "up"]);
             ns.ip(&["link", "set", "migration0", "mtu", &node_mtu.to_string()]);
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "migration0"]);
+            if ip.contains(':') {
+                let cidr = format!("{ip}/64");
+                ns.ip(&["addr", "add", &cidr, "dev", "migration0", "nodad"]);
+            } else {
+                ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "migration0"]);
+            }
             ns.ip(&["link", "set", "migration0", "up"]);
         }
         Pair { nodes, switch }
@@ -293,6 +308,28 @@ fn a_segment_smaller_than_migration0_is_reported_as_mtu_by_both_sides() {
         Some(FailureReason::Mtu),
         "a 8972-byte UDP payload (MTU 9000) got no echo in 3 tries; 64-byte ones did",
     );
+}
+
+#[test]
+fn over_ipv6_the_full_size_payload_fills_the_mtu_and_a_smaller_segment_is_mtu() {
+    // 9000 - 48 bytes of IPv6 and UDP headers: one byte more would not
+    // leave the interface, one less would not prove the MTU.
+    for (port_mtu, reason, words) in [
+        (9000, None, ""),
+        (
+            1500,
+            Some(FailureReason::Mtu),
+            "a 8952-byte UDP payload (MTU 9000) got no echo in 3 tries",
+        ),
+    ] {
+        let pair = Pair::v6(9000, port_mtu);
+        let dir = TempDir::new("probe-v6");
+        let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
+        let c1 = cert_dir(dir.path(), &ca, "node1");
+        let c2 = cert_dir(dir.path(), &ca, "node2");
+        let (reports, _) = run_pair(&pair, &dir, [&c1, &c2], 30, Duration::ZERO);
+        assert_pairwise(&reports, reason, words);
+    }
 }
 
 #[test]
