@@ -87,6 +87,8 @@ enum Command {
     Console(ConsoleArgs),
     /// Run one VM's QEMU in its launcher pod (spec in $MIGNET_LAUNCH_SPEC).
     Launcher(LauncherArgs),
+    /// Pre-flight probe of a migration network on one node (in a probe pod).
+    Probe(ProbeArgs),
     /// Write the CRD YAML files.
     Crdgen {
         #[arg(long, default_value = "deploy/crds")]
@@ -174,22 +176,8 @@ struct AgentArgs {
     /// writes (always `namespace/name`).
     #[arg(long)]
     migration_network: Option<String>,
-    /// ca.crt, tls.crt, tls.key (re-read when they change).
-    #[arg(long, default_value = "/etc/mignet/certs")]
-    cert_dir: PathBuf,
-    /// Where the certificate comes from.
-    #[arg(long, value_enum, default_value = "files")]
-    cert_source: CertSource,
-    /// The CA certificate published by the manager (with --cert-source=csr).
-    #[arg(long, default_value = "/etc/mignet/ca/ca.crt")]
-    ca_bundle: PathBuf,
-    /// Lifetime asked for the agent certificate (with --cert-source=csr; the
-    /// manager may cap it). Kubernetes' CSR minimum is 600 s: a smaller
-    /// value is refused, naming the flag, rather than raised silently.
-    #[arg(long, default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(600..=i32::MAX as u64))]
-    cert_lifetime_seconds: u64,
-    #[arg(long)]
-    allow_tls12: bool,
+    #[command(flatten)]
+    certs: CertArgs,
     /// VM run directories and migration sockets, kept across restarts.
     #[arg(long, default_value = "/var/run/mignet")]
     state_dir: PathBuf,
@@ -217,6 +205,88 @@ struct AgentArgs {
     /// `patch` on nodes.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     label_node: bool,
+}
+
+/// The agent certificate's flags, shared by `mignet agent` and `mignet probe`.
+#[derive(clap::Args)]
+struct CertArgs {
+    /// ca.crt, tls.crt, tls.key (re-read when they change).
+    #[arg(long, default_value = "/etc/mignet/certs")]
+    cert_dir: PathBuf,
+    /// Where the certificate comes from.
+    #[arg(long, value_enum, default_value = "files")]
+    cert_source: CertSource,
+    /// The CA certificate published by the manager (with --cert-source=csr).
+    #[arg(long, default_value = "/etc/mignet/ca/ca.crt")]
+    ca_bundle: PathBuf,
+    /// Lifetime asked for the agent certificate (with --cert-source=csr; the
+    /// manager may cap it). Kubernetes' CSR minimum is 600 s: a smaller
+    /// value is refused, naming the flag, rather than raised silently.
+    #[arg(long, default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(600..=i32::MAX as u64))]
+    cert_lifetime_seconds: u64,
+    #[arg(long)]
+    allow_tls12: bool,
+}
+
+/// Flags of `mignet probe` (one node's side of a pre-flight round; see
+/// manager/src/network/probe/mod.rs). The pods' API comes from the target
+/// flags (`--kubeconfig`, `--lab`, in-cluster).
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// This probe's node (the downward API's spec.nodeName).
+    #[arg(long)]
+    node: String,
+    /// Namespace of the round's probe pods.
+    #[arg(long)]
+    namespace: String,
+    /// The round: the value of the round's pods' mignet.io/preflight label.
+    #[arg(long)]
+    round: String,
+    /// Probe pods in the round, this one included.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    expect: u32,
+    /// The migration network's interface (no fallback to the pod network).
+    #[arg(long, default_value = "migration0")]
+    interface: String,
+    /// UDP echo and TLS port on the interface's address.
+    #[arg(long, default_value_t = mignet::network::preflight::PROBE_PORT)]
+    port: u16,
+    /// The report is written (and the probe exits 0) by then, whatever is
+    /// still unanswered.
+    #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    deadline_seconds: u64,
+    /// Where the report goes (as well as stdout): the termination message.
+    #[arg(long, default_value = mignet::launcher::TERMINATION_LOG)]
+    termination_log: PathBuf,
+    #[command(flatten)]
+    certs: CertArgs,
+}
+
+async fn run_probe(a: ProbeArgs, target: &mignet::cli::target::TargetArgs) -> anyhow::Result<()> {
+    use mignet::cli::probe;
+    let settings = mignet::network::probe::ProbeSettings {
+        node: a.node,
+        namespace: a.namespace,
+        round: a.round,
+        expect: a.expect as usize,
+        interface: a.interface,
+        port: a.port,
+        deadline: Duration::from_secs(a.deadline_seconds),
+        termination_log: a.termination_log,
+    };
+    let certs = probe::CertSettings {
+        source: match a.certs.cert_source {
+            CertSource::Files => probe::CertSource::Files,
+            CertSource::Csr => probe::CertSource::Csr {
+                ca_bundle: a.certs.ca_bundle,
+                lifetime: Duration::from_secs(a.certs.cert_lifetime_seconds),
+            },
+        },
+        cert_dir: a.certs.cert_dir,
+        allow_tls12: a.certs.allow_tls12,
+    };
+    probe::run(settings, certs, target).await?;
+    Ok(())
 }
 
 /// Flags of `mignet launcher` (see manager/src/launcher/mod.rs).
@@ -439,8 +509,8 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         migration_interface: a.migration_interface,
         prefer_family: None,
         netns: a.netns,
-        cert_dir: a.cert_dir,
-        allow_tls12: a.allow_tls12,
+        cert_dir: a.certs.cert_dir,
+        allow_tls12: a.certs.allow_tls12,
         state_dir: a.state_dir,
         boot,
         multifd_channels: (a.multifd_channels > 0).then_some(a.multifd_channels),
@@ -500,12 +570,12 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    if a.cert_source == CertSource::Csr {
+    if a.certs.cert_source == CertSource::Csr {
         let cs = CertificateSettings {
             node_name: settings.node_name.clone(),
             cert_dir: settings.cert_dir.clone(),
-            ca_bundle: a.ca_bundle,
-            lifetime: Duration::from_secs(a.cert_lifetime_seconds),
+            ca_bundle: a.certs.ca_bundle,
+            lifetime: Duration::from_secs(a.certs.cert_lifetime_seconds),
             poll: Duration::from_secs(1),
             timeout: Duration::from_secs(120),
         };
@@ -558,7 +628,8 @@ async fn main() -> anyhow::Result<()> {
     // for them. (The console's own `--lab` shares the flag's id, so it is
     // the console's to read.)
     let daemon_target = match &command {
-        Command::Local(_) => None,
+        // The probe lists its round's pods like a verb, in both modes.
+        Command::Local(_) | Command::Probe(_) => None,
         Command::Console(_) => target.kubeconfig.as_ref().map(|_| "--kubeconfig"),
         _ if target.kubeconfig.is_some() => Some("--kubeconfig"),
         _ if target.lab => Some("--lab"),
@@ -581,6 +652,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Agent(args) => run_agent(args).await?,
         Command::Console(args) => run_console(args).await?,
         Command::Launcher(args) => std::process::exit(run_launcher(args).await),
+        Command::Probe(args) => run_probe(args, &target).await?,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mignet", &mut std::io::stdout())
         }

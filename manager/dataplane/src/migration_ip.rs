@@ -80,6 +80,9 @@ pub struct ObservedAddress {
 pub struct ObservedInterface {
     pub name: String,
     pub up: bool,
+    /// IFLA_MTU (`None` if the kernel sent none); the pre-flight probe sizes
+    /// its full-size packets from it.
+    pub mtu: Option<u32>,
     pub addresses: Vec<ObservedAddress>,
 }
 
@@ -310,10 +313,18 @@ pub async fn observe(
             .iter()
             .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name));
         if is_it {
-            found = Some((link.header.index, link.header.flags.contains(LinkFlags::Up)));
+            let mtu = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            });
+            found = Some((
+                link.header.index,
+                link.header.flags.contains(LinkFlags::Up),
+                mtu,
+            ));
         }
     }
-    let Some((index, up)) = found else {
+    let Some((index, up, mtu)) = found else {
         return Ok(None);
     };
     let mut addrs = handle
@@ -335,8 +346,19 @@ pub async fn observe(
     Ok(Some(ObservedInterface {
         name: name.to_string(),
         up,
+        mtu,
         addresses,
     }))
+}
+
+/// [`observe`] in the calling thread's network namespace, over a netlink
+/// socket opened (and closed) for this one read.
+pub async fn observe_here(name: &str) -> Result<Option<ObservedInterface>, MigrationIpError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(MigrationIpError::Socket)?;
+    let conn = tokio::spawn(conn);
+    let observed = observe(&handle, name).await;
+    conn.abort();
+    observed
 }
 
 /// Observe and decide, in the calling thread's network namespace.
@@ -348,11 +370,8 @@ pub async fn discover(
         MigrationNetwork::PodNetwork => return Ok(select(config, pod_ip, None)?),
         MigrationNetwork::Dedicated { interface, .. } => interface,
     };
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(MigrationIpError::Socket)?;
-    let conn = tokio::spawn(conn);
-    let observed = observe(&handle, interface).await;
-    conn.abort();
-    Ok(select(config, pod_ip, observed?.as_ref())?)
+    let observed = observe_here(interface).await?;
+    Ok(select(config, pod_ip, observed.as_ref())?)
 }
 
 #[cfg(test)]
@@ -382,6 +401,7 @@ mod tests {
         ObservedInterface {
             name: MIGRATION_INTERFACE.into(),
             up: true,
+            mtu: Some(1500),
             addresses,
         }
     }

@@ -21,6 +21,7 @@ pub mod lab_status;
 pub mod migrate;
 pub mod over_backend;
 pub mod power;
+pub mod probe;
 pub mod resources;
 pub mod table;
 pub mod target;

@@ -8,6 +8,7 @@
 //! - [`conditions`]: the HyperConverged's conditions (pure).
 //! - [`preflight`]: the probe round that proves a network before the
 //!   rollout (its report format; the verdict is pure).
+//! - [`probe`]: `mignet probe`, one node's side of a pre-flight round.
 //! - [`switch`]: keeping migrations whole across the change (the hold and
 //!   the drain; pure).
 //! - [`reconcile`]: one rollout pass over [`crate::backend::Backend`].
@@ -16,6 +17,7 @@ pub mod conditions;
 pub mod decide;
 pub mod nad_config;
 pub mod preflight;
+pub mod probe;
 pub mod reconcile;
 pub mod switch;
 
