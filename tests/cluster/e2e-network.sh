@@ -214,32 +214,33 @@ check_agents none
 wait_until 30 "second range's addresses freed" sh -c "[ \"\$(kubectl -n $NS get ippools.whereabouts.cni.cncf.io 10.200.6.0-24 -o json | jq '.spec.allocations // {} | length')\" = 0 ]"
 ok "IPPool 10.200.6.0-24 is empty again"
 
-# ---- a network that gives no address ---------------------------------------------
-step "a NAD whose IPAM has no address to give (every address excluded)"
+# ---- a network that gives no address: the pre-flight refuses it ------------------
+step "a NAD whose IPAM has no address to give: the pre-flight refuses it"
 nad migration-net-empty 10.200.7.0/30 ',"exclude":["10.200.7.0/30"]' | kubectl apply -f - >/dev/null
+gen_before=$(ds_field '{.metadata.generation}')
 set_network migration-net-empty
-wait_until 60 "manager annotates" annotation_is migration-net-empty@migration0
-# The DaemonSet controller replaces one agent; that pod can never get its
-# interface, so it never becomes Ready and the roll goes no further.
-stuck() {
-    local s
-    s=$(ds_field '{.status.updatedNumberScheduled} {.status.numberAvailable} {.status.numberUnavailable}')
-    [[ $s == "1 $((NODES - 1)) 1" ]]
-}
-wait_until 90 "roll stopped at the first agent" stuck
-sleep 15
-stuck || fail "the roll went on past the agent without an address: $(ds_field '{.status}')"
-ok "roll stopped: $(ds_field 'updated {.status.updatedNumberScheduled}, available {.status.numberAvailable}, unavailable {.status.numberUnavailable}')"
-bad_pod=$(kubectl -n "$NS" get pods -l "$AGENTS" -o json |
-    jq -r '.items[] | select(.metadata.annotations["k8s.v1.cni.cncf.io/networks"] == "migration-net-empty@migration0") | .metadata.name')
-[[ -n $bad_pod ]] || fail "no agent pod asks for migration-net-empty"
-reason=$(kubectl -n "$NS" get events --field-selector "involvedObject.name=$bad_pod" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' |
-    grep -m1 FailedCreatePodSandBox || true)
-[[ $reason == *10.200.7.0/30* ]] || fail "agent $bad_pod: no sandbox event naming the exhausted range; events: $(kubectl -n "$NS" get events --field-selector "involvedObject.name=$bad_pod" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}')"
-ok "$bad_pod NotReady: ${reason:0:400}"
-phase=$(kubectl -n "$NS" get pod "$bad_pod" -o jsonpath='{.status.phase} ready={.status.conditions[?(@.type=="Ready")].status}')
-[[ $phase != *ready=True* ]] || fail "$bad_pod is Ready without an address"
-ok "condition while stuck: $(hco_condition)"
+# One probe pod per agent node, from the agent's template, asking Multus
+# for the NAD as migration0; none can get an address.
+wait_until 60 "pre-flight refused" sh -c "kubectl -n $NS get hyperconverged kubevirt-hyperconverged -o jsonpath='{.status.conditions[?(@.type==\"MigrationNetworkReady\")].reason}' | grep -qx PreflightFailed"
+msg=$(kubectl -n "$NS" get hyperconverged kubevirt-hyperconverged -o jsonpath='{.status.conditions[?(@.type=="MigrationNetworkReady")].message}')
+[[ $msg == "pre-flight of migration network $NS/migration-net-empty failed; the agents keep the current network: "* ]] ||
+    fail "the refusal does not say what it refused: $msg"
+for node in $(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}'); do
+    [[ $msg == *"$node: NoAddress ("*10.200.7.0/30* ]] || fail "the refusal does not name $node's missing address: $msg"
+done
+ok "kubectl get hyperconverged -o yaml, the condition:"
+kubectl -n "$NS" get hyperconverged kubevirt-hyperconverged -o yaml |
+    awk '/^status:/{p=1} p' | sed 's/^/   /'
+echo "   mignet describe hyperconverged:"
+MIGNET=$ROOT/target/release/mignet
+[[ -x $MIGNET ]] || MIGNET=$ROOT/target/debug/mignet
+"$MIGNET" --kubeconfig "$KUBECONFIG" describe hco kubevirt-hyperconverged -n "$NS" | sed 's/^/   /'
+[[ $(ds_field '{.metadata.generation}') == "$gen_before" ]] || fail "the DaemonSet was written although the pre-flight failed"
+[[ $(network_annotation) == "" ]] || fail "the DaemonSet's network changed: $(network_annotation)"
+ok "DaemonSet untouched (generation $gen_before); the agents stay on the pod network"
+wait_until 60 "probe pods removed" sh -c "[ -z \"\$(kubectl -n $NS get pods -l mignet.io/preflight -o name)\" ]"
+ok "probe pods removed; $(pool_count 10.200.7.0-30 2>/dev/null || echo 0) addresses held in 10.200.7.0/30"
+check_agents none
 
 step "repair: back to the seed's network"
 set_network my-secondary-network
