@@ -239,6 +239,13 @@ async fn reconcile<B: Backend>(
     if pass.daemonset_patched {
         ctx.metrics.daemonset_patched();
     }
+    let preflight = ctx
+        .memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .stats
+        .families();
+    ctx.metrics.set_section("preflight", preflight);
     if pass.status_written {
         ctx.metrics.status_patched();
     }

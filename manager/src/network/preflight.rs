@@ -455,6 +455,47 @@ pub fn describe_findings(findings: &[Finding]) -> String {
     parts.join("; ")
 }
 
+/// What `/metrics` says about the rounds since the manager started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreflightStats {
+    pub passed: u64,
+    pub failed: u64,
+    /// The last round's findings while its network stays refused.
+    pub findings: Vec<Finding>,
+}
+
+impl PreflightStats {
+    /// `mignet_preflight_rounds_total{result}` and, for the network that
+    /// stands refused, one `mignet_preflight_failures{node, peer, reason}`
+    /// series per finding (gone once a round passes).
+    pub fn families(&self) -> Vec<crate::metrics::text::Family> {
+        use crate::metrics::text::{Family, Kind};
+        let rounds = Family::new(
+            "mignet_preflight_rounds_total",
+            Kind::Counter,
+            "Pre-flight rounds of a migration network, by result.",
+        )
+        .with(vec![("result", "passed".into())], self.passed as f64)
+        .with(vec![("result", "failed".into())], self.failed as f64);
+        let mut failures = Family::new(
+            "mignet_preflight_failures",
+            Kind::Gauge,
+            "Nodes and node pairs the last failed pre-flight round found wrong (1 each).",
+        );
+        for f in &self.findings {
+            failures.push(
+                vec![
+                    ("node", f.node.clone()),
+                    ("peer", f.peer.clone().unwrap_or_default()),
+                    ("reason", f.failure.reason.as_str().into()),
+                ],
+                1.0,
+            );
+        }
+        vec![rounds, failures]
+    }
+}
+
 /// A failed round the manager remembers, so it neither probes again at
 /// once nor forgets why the network was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,7 +515,10 @@ pub enum Step {
     /// The round passed: patch the DaemonSet, then delete the pods.
     Passed { message: String },
     /// The round failed: delete its pods, remember and report it.
-    Failed { message: String },
+    Failed {
+        message: String,
+        findings: Vec<Finding>,
+    },
     /// A recent failure of this round stands until `retry_after`.
     Hold { message: String },
     /// No agent runs anywhere: nothing to probe, and nothing to prove.
@@ -528,6 +572,7 @@ pub fn step(
         },
         RoundVerdict::Failed(findings) => Step::Failed {
             message: describe_findings(&findings),
+            findings,
         },
     }
 }
@@ -908,6 +953,29 @@ mod tests {
             step("abc", &nodes(), &all, None, &s, t0),
             Step::Passed { .. }
         ));
+        let stats = PreflightStats {
+            passed: 2,
+            failed: 1,
+            findings: vec![Finding {
+                node: "node1".into(),
+                peer: Some("node3".into()),
+                failure: Failure {
+                    reason: FailureReason::Mtu,
+                    detail: "x".into(),
+                },
+            }],
+        };
+        let text = crate::metrics::text::render(&stats.families());
+        assert!(
+            text.contains("mignet_preflight_rounds_total{result=\"failed\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mignet_preflight_failures{node=\"node1\",peer=\"node3\",reason=\"MTU\"} 1\n"
+            ),
+            "{text}"
+        );
         // Pods of another round are not this round's.
         assert!(matches!(
             step("zzz", &nodes(), &all, None, &s, t0),

@@ -218,6 +218,10 @@ pub async fn reconcile<B: Backend>(
             .map(|(n, h)| (n, h, ds, nref)),
         _ => None,
     };
+    if gated.is_none() {
+        // No network waits for a round: nothing stands refused.
+        memory.stats.findings.clear();
+    }
     if let Some((networks, round, ds, nref)) = gated {
         let nodes = agent_nodes(backend, ds, target.namespace).await?;
         let step = preflight::step(
@@ -267,7 +271,9 @@ pub async fn reconcile<B: Backend>(
                     format!("{what}: {message}; the agents keep the current network"),
                 );
             }
-            Step::Failed { message } => {
+            Step::Failed { message, findings } => {
+                memory.stats.failed += 1;
+                memory.stats.findings = findings;
                 tracing::warn!(network = %nref, %message, "pre-flight failed; the agents keep the current network");
                 let message =
                     format!("{what} failed; the agents keep the current network: {message}");
@@ -294,6 +300,8 @@ pub async fn reconcile<B: Backend>(
             }
             Step::Passed { message } => {
                 info!(network = %nref, %message, "pre-flight passed");
+                memory.stats.passed += 1;
+                memory.stats.findings.clear();
                 memory.passed = Some(round.clone());
                 if memory.failed.as_ref().is_some_and(|f| f.round == round) {
                     memory.failed = None;

@@ -48,6 +48,8 @@ pub struct RolloutMemory {
     /// round may still have pods out.
     pub swept: bool,
     pub probes_out: bool,
+    /// For `/metrics`.
+    pub stats: super::preflight::PreflightStats,
 }
 
 /// A migration in flight, as the drain sees it.
