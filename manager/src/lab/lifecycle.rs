@@ -178,16 +178,17 @@ pub fn vm_processes(dir: &std::path::Path) -> Vec<i32> {
     })
 }
 
-/// Pids of the lab's `mignet launcher` processes (`launcher --run-dir` in a
-/// node's run directory).
+/// Pids of the lab's `mignet launcher` processes (`<mignet> launcher
+/// --run-dir` in a node's run directory). The subcommand comes first: the
+/// lab kubelet's wrapper passes the same words further down its own
+/// command line, and is not a launcher.
 pub fn launcher_processes(dir: &std::path::Path) -> Vec<i32> {
     let root = dir.join("vms").display().to_string() + "/";
     other_processes(|pid| {
         cmdline(pid).is_some_and(|c| {
             let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-            args.windows(3).any(|w| {
-                w[0] == b"launcher" && w[1] == b"--run-dir" && w[2].starts_with(root.as_bytes())
-            })
+            matches!(args.get(1..4), Some([sub, flag, run_dir])
+                if *sub == b"launcher" && *flag == b"--run-dir" && run_dir.starts_with(root.as_bytes()))
         })
     })
 }
