@@ -21,11 +21,44 @@ use serde_json::{json, Value};
 const NS: &str = "mignet-system";
 const SEED_POOL: &str = "10.200.5.0-24.json";
 
-/// What the container runs. Until `mignet probe` exists, a subcommand that
-/// exits 0 at once; then `probe_args(node)` with the real flags (the lab
-/// maps the certificate flags and `--termination-log`, and adds `--lab`).
-fn quick_args(_node: &str) -> Vec<String> {
-    vec!["--version".into()]
+/// Set once `mignet probe` is in this binary: the pods then run a real
+/// round and their reports are checked. Until then they run a subcommand
+/// that exits 0 at once.
+const REAL_PROBE: bool = false;
+const ROUND: &str = "0123abcd";
+
+/// What the container runs: the manager's args for a round of `expect`
+/// pods (cluster paths; the lab maps the certificate flags and
+/// `--termination-log`, and adds `--lab`).
+fn quick_args(expect: u32) -> Vec<String> {
+    if !REAL_PROBE {
+        return vec!["--version".into()];
+    }
+    let expect = expect.to_string();
+    [
+        "probe",
+        "--node=$(NODE_NAME)",
+        "--namespace",
+        NS,
+        "--round",
+        ROUND,
+        "--expect",
+        &expect,
+        "--interface",
+        "migration0",
+        "--deadline-seconds",
+        "20",
+        "--cert-source",
+        "csr",
+        "--cert-dir",
+        "/etc/mignet/certs",
+        "--ca-bundle",
+        "/etc/mignet/ca/ca.crt",
+        "--termination-log",
+        "/dev/termination-log",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A container that runs until it is stopped (in the pod's namespace).
@@ -44,7 +77,7 @@ fn probe_pod(name: &str, node: &str, nad: &str, args: Vec<String>) -> Pod {
         "metadata": {
             "name": name,
             "namespace": NS,
-            "labels": {ROUND_LABEL: "0123abcd"},
+            "labels": {ROUND_LABEL: ROUND},
             "annotations": {"k8s.v1.cni.cncf.io/networks": format!("{nad}@migration0")},
         },
         "spec": {
@@ -180,7 +213,7 @@ fn a_probe_pod_gets_migration0_in_its_own_namespace_runs_and_leaves_nothing_when
                 &format!("probe-{node}"),
                 node,
                 "my-secondary-network",
-                quick_args(node),
+                quick_args(2),
             ))
             .unwrap();
     }
@@ -207,6 +240,18 @@ fn a_probe_pod_gets_migration0_in_its_own_namespace_runs_and_leaves_nothing_when
             .clone()
             .unwrap();
         assert_eq!(terminated.exit_code, 0, "{terminated:?}");
+        if REAL_PROBE {
+            let report = mignet::network::preflight::ProbeReport::from_message(
+                terminated.message.as_deref().unwrap_or_default(),
+            )
+            .unwrap();
+            assert_eq!(report.node, node);
+            assert!(report.own_failure.is_none(), "{report:?}");
+            assert!(
+                report.peers.iter().all(|p| p.failure.is_none()),
+                "{report:?}"
+            );
+        }
         assert_eq!(st.container_statuses.as_ref().unwrap()[0].name, "probe");
         // Multus' record and the namespace agree: one address of the NAD's range.
         let entry = migration0_status(&p);
@@ -285,7 +330,7 @@ spec:
             "probe-node1",
             "node1",
             "wrong-master",
-            quick_args("node1"),
+            quick_args(1),
         ))
         .unwrap();
     let uid = created.metadata.uid.clone().unwrap();
