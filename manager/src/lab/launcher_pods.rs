@@ -735,6 +735,32 @@ mod tests {
     }
 
     #[test]
+    fn the_wrapper_runs_any_args_and_records_pid_output_and_exit_code() {
+        let dir = std::env::temp_dir().join(format!("mignet-wrapper-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = r#"echo "$1|$2"; echo "$X" >&2; exit 3"#;
+        let args = ["-c", script, "sh", "two words", "$(not expanded)"].map(std::ffi::OsStr::new);
+        let mut child = spawn_container(
+            Path::new("/bin/sh"),
+            &args,
+            &dir,
+            Path::new("/proc/self/ns/net"),
+            |c| {
+                c.env("X", "from env");
+            },
+        )
+        .unwrap();
+        child.wait().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read(EXIT_FILE).trim(), "3");
+        assert_eq!(read(LOG_FILE), "two words|$(not expanded)\nfrom env\n");
+        assert!(read(PID_FILE).trim().parse::<i32>().unwrap() > 0);
+        assert_eq!(read(TERMINATION_LOG), "", "created empty for the container");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_pod_maps_onto_the_node_directory_and_the_lab_guest() {
         let guest = (
             PathBuf::from("/g/vmlinuz"),
