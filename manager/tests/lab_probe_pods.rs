@@ -496,3 +496,53 @@ fn the_lab_daemon_runs_probe_pods_and_down_removes_a_running_one() {
     assert!(!pid_alive(pid), "the probe's process was stopped");
     assert_eq!(lab.our_namespaces(), Vec::<String>::new());
 }
+
+/// A node whose migration NIC is down is not the kubelet's business: the
+/// sandbox is made (macvlan on a down master), the probe starts and sees a
+/// `migration0` with an address and no carrier (the probe's NoAddress or
+/// Unreachable to report, not the kubelet's FailedCreatePodSandBox).
+#[test]
+fn a_node_whose_eth1_is_down_still_runs_its_probe_with_migration0_down() {
+    let lab = Lab::new("prbx");
+    let (cfg, store) = up(&lab, 1);
+    let node_ns = lab.ns("node1");
+    let out = std::process::Command::new("ip")
+        .args(["-n", &node_ns, "link", "set", "eth1", "down"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut kubelet = ProbePods::new(&cfg, &store);
+    store
+        .create(&probe_pod(
+            "probe-node1",
+            "node1",
+            "my-secondary-network",
+            long_args(),
+        ))
+        .unwrap();
+    let p = sync_until(
+        &mut kubelet,
+        "probe Running",
+        Duration::from_secs(30),
+        || pod(&store, "probe-node1").filter(|p| phase(p) == "Running"),
+    );
+    let netns = probe_pods::netns_name(&lab.prefix, "node1", p.metadata.uid.as_deref().unwrap());
+    let m0 = links(&netns)
+        .into_iter()
+        .find(|l| l["ifname"] == "migration0")
+        .expect("migration0");
+    // Administratively up, no carrier: its master is down.
+    let flags = m0["flags"].as_array().unwrap();
+    assert!(flags.iter().any(|f| f == "NO-CARRIER"), "{m0}");
+    assert_ne!(m0["operstate"], "UP", "{m0}");
+    assert!(in_seed_range(
+        migration0_status(&p)["ips"][0].as_str().unwrap()
+    ));
+    store.delete_typed::<Pod>(NS, "probe-node1").unwrap();
+    sync_until(&mut kubelet, "pod gone", Duration::from_secs(30), || {
+        pod(&store, "probe-node1").is_none().then_some(())
+    });
+    assert_eq!(allocations(&lab, SEED_POOL), 0);
+    lab.ok(&["lab", "down"]);
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
