@@ -22,7 +22,8 @@ const NS: &str = "mignet-system";
 const SEED_POOL: &str = "10.200.5.0-24.json";
 
 /// Set once `mignet probe` is in this binary: the pods then run a real
-/// round and their reports are checked. Until then they run a subcommand
+/// round and their reports are checked (done with branch i18-probe merged:
+/// both probes report their peer ok). Until then they run a subcommand
 /// that exits 0 at once.
 const REAL_PROBE: bool = false;
 const ROUND: &str = "0123abcd";
@@ -240,6 +241,12 @@ fn a_probe_pod_gets_migration0_in_its_own_namespace_runs_and_leaves_nothing_when
             .clone()
             .unwrap();
         assert_eq!(terminated.exit_code, 0, "{terminated:?}");
+        assert_eq!(st.container_statuses.as_ref().unwrap()[0].name, "probe");
+        // Multus' record and the namespace agree: one address of the NAD's range.
+        let entry = migration0_status(&p);
+        assert_eq!(entry["name"], "mignet-system/my-secondary-network");
+        let ip = entry["ips"][0].as_str().unwrap().to_owned();
+        assert!(in_seed_range(&ip), "{ip}");
         if REAL_PROBE {
             let report = mignet::network::preflight::ProbeReport::from_message(
                 terminated.message.as_deref().unwrap_or_default(),
@@ -247,17 +254,13 @@ fn a_probe_pod_gets_migration0_in_its_own_namespace_runs_and_leaves_nothing_when
             .unwrap();
             assert_eq!(report.node, node);
             assert!(report.own_failure.is_none(), "{report:?}");
+            assert_eq!(report.address.as_deref(), Some(ip.as_str()), "{report:?}");
+            assert_eq!(report.peers.len(), 1, "{report:?}");
             assert!(
                 report.peers.iter().all(|p| p.failure.is_none()),
                 "{report:?}"
             );
         }
-        assert_eq!(st.container_statuses.as_ref().unwrap()[0].name, "probe");
-        // Multus' record and the namespace agree: one address of the NAD's range.
-        let entry = migration0_status(&p);
-        assert_eq!(entry["name"], "mignet-system/my-secondary-network");
-        let ip = entry["ips"][0].as_str().unwrap().to_owned();
-        assert!(in_seed_range(&ip), "{ip}");
         let netns = probe_pods::netns_name(&lab.prefix, node, p.metadata.uid.as_deref().unwrap());
         assert_eq!(
             ipv4(&netns, "migration0").unwrap(),
