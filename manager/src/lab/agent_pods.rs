@@ -124,6 +124,30 @@ fn pod_is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Multus' network-status entry of one attached secondary network
+/// (`namespace/name`): its addresses without prefix length, its MAC.
+pub(crate) fn network_status_entry(
+    network: &str,
+    interface: &str,
+    att: &super::cni::Attached,
+) -> serde_json::Value {
+    let bare: Vec<&str> = att
+        .ips
+        .iter()
+        .map(|a| a.split('/').next().unwrap_or(a))
+        .collect();
+    let mut entry = json!({
+        "name": network,
+        "interface": interface,
+        "ips": bare,
+        "dns": {},
+    });
+    if let Some(mac) = &att.mac {
+        entry["mac"] = json!(mac);
+    }
+    entry
+}
+
 pub fn attachments_of(pod: &Pod) -> Vec<AttachmentRecord> {
     pod.metadata
         .annotations
@@ -501,21 +525,7 @@ impl<'a> Kubelet<'a> {
             match call.add() {
                 Ok(att) => {
                     info!(%node, %network, interface = %sel.interface, ips = ?att.ips, "attached");
-                    let bare: Vec<String> = att
-                        .ips
-                        .iter()
-                        .map(|a| a.split('/').next().unwrap_or(a).to_owned())
-                        .collect();
-                    let mut entry = json!({
-                        "name": network,
-                        "interface": sel.interface,
-                        "ips": bare,
-                        "dns": {},
-                    });
-                    if let Some(mac) = &att.mac {
-                        entry["mac"] = json!(mac);
-                    }
-                    network_status.push(entry);
+                    network_status.push(network_status_entry(&network, &sel.interface, &att));
                     networks.push((sel.interface.clone(), att.ips));
                     attached.push((sel.interface.clone(), network.clone()));
                 }

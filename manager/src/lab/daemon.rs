@@ -1,7 +1,8 @@
 //! The lab's control loop, run either by the background `mignet lab daemon`
 //! process or in-process by `mignet lab demo`: the network rollout, the
 //! kubelet+Multus emulation, the scheduler stand-in ([`super::placement`])
-//! and the kubelet for launcher pods ([`super::launcher_pods`]), and (with
+//! the kubelet for launcher pods ([`super::launcher_pods`]) and for the
+//! network pre-flight's probe pods ([`super::probe_pods`]), and (with
 //! [`run_full`]) the migration controller (in launcher mode, as in a
 //! cluster) and one real agent per agent pod, both on a tokio runtime owned
 //! by this loop.
@@ -22,8 +23,8 @@ use crate::control;
 use super::agent_pods::{AgentRuntime, Kubelet};
 use super::inventory::LabInventory;
 use super::{
-    launcher_pods, placement, plan, LabConfig, LabError, AGENT_DAEMONSET, HYPERCONVERGED,
-    LAB_NAMESPACE,
+    launcher_pods, placement, plan, probe_pods, LabConfig, LabError, AGENT_DAEMONSET,
+    HYPERCONVERGED, LAB_NAMESPACE,
 };
 use crate::network::reconcile::{self as rollout, Outcome, ReconcileError, Target};
 use crate::network::ClusterNetworks;
@@ -49,6 +50,7 @@ pub fn run_with_store(
     let rollout = RolloutThread::start(store.clone(), plan::cluster_networks(), &cfg.dir)?;
     let mut kubelet = Kubelet::new(cfg, store, runtime);
     let mut launcher_pods = launcher_pods::Launchers::new(cfg, store);
+    let mut probe_pods = probe_pods::ProbePods::new(cfg, store);
     while !stop.load(Ordering::SeqCst) {
         let before = store.revision()?;
         let mut again = rollout.pass();
@@ -61,6 +63,9 @@ pub fn run_with_store(
         }
         if let Err(e) = launcher_pods.sync() {
             warn!(error = %e, "launcher pod sync failed");
+        }
+        if let Err(e) = probe_pods.sync() {
+            warn!(error = %e, "probe pod sync failed");
         }
         let after = store.revision()?;
         if after != before || again {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,40 @@ pub struct InProcessAgents<B: Backend> {
     running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
+/// The lab CA (created once, kept in `<dir>/pki`).
+fn lab_ca(dir: &Path) -> Result<ClusterCa, String> {
+    let pki = dir.join("pki");
+    let (cert, key) = (pki.join("ca.crt"), pki.join("ca.key"));
+    if let (Ok(c), Ok(k)) = (
+        std::fs::read_to_string(&cert),
+        std::fs::read_to_string(&key),
+    ) {
+        return ClusterCa::from_pem(&c, &k).map_err(|e| e.to_string());
+    }
+    let ca = ClusterCa::generate("mignet lab CA", Validity::days_from_now(3650))
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&pki).map_err(|e| format!("{}: {e}", pki.display()))?;
+    certs::write_atomic(&key, ca.key_pem().as_bytes(), 0o600).map_err(|e| e.to_string())?;
+    certs::write_atomic(&cert, ca.cert_pem().as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    Ok(ca)
+}
+
+/// The certificate directory of `node`'s agent role (`ca.crt`, `tls.crt`,
+/// `tls.key`, as the agent's `--cert-dir`), issued by the lab CA if missing.
+/// Everything on that node with the agent's identity uses it: the agent and
+/// the pre-flight probe pods.
+pub(crate) fn agent_cert_dir(lab_dir: &Path, node: &str) -> Result<PathBuf, String> {
+    let cert_dir = lab_dir.join("agents").join(node).join("certs");
+    if !cert_dir.join(certs::CERT_FILE).exists() {
+        let ca = lab_ca(lab_dir)?;
+        let leaf = ca
+            .issue(Role::Agent, node, Validity::days_from_now(365))
+            .map_err(|e| e.to_string())?;
+        certs::write_tls_dir(&cert_dir, ca.cert_pem(), &leaf).map_err(|e| e.to_string())?;
+    }
+    Ok(cert_dir)
+}
+
 impl<B: Backend> InProcessAgents<B> {
     pub fn new(
         runtime: tokio::runtime::Handle,
@@ -50,35 +84,10 @@ impl<B: Backend> InProcessAgents<B> {
         }
     }
 
-    /// The lab CA (created once, kept in `<dir>/pki`).
-    fn ca(&self) -> Result<ClusterCa, String> {
-        let pki = self.dir.join("pki");
-        let (cert, key) = (pki.join("ca.crt"), pki.join("ca.key"));
-        if let (Ok(c), Ok(k)) = (
-            std::fs::read_to_string(&cert),
-            std::fs::read_to_string(&key),
-        ) {
-            return ClusterCa::from_pem(&c, &k).map_err(|e| e.to_string());
-        }
-        let ca = ClusterCa::generate("mignet lab CA", Validity::days_from_now(3650))
-            .map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&pki).map_err(|e| format!("{}: {e}", pki.display()))?;
-        certs::write_atomic(&key, ca.key_pem().as_bytes(), 0o600).map_err(|e| e.to_string())?;
-        certs::write_atomic(&cert, ca.cert_pem().as_bytes(), 0o644).map_err(|e| e.to_string())?;
-        Ok(ca)
-    }
-
     /// The settings of `pod`'s agent; its certificate is issued if missing.
     pub fn settings_for(&self, pod: &AgentPod) -> Result<AgentSettings, String> {
         let node_dir = self.dir.join("agents").join(&pod.node);
-        let cert_dir = node_dir.join("certs");
-        if !cert_dir.join(certs::CERT_FILE).exists() {
-            let ca = self.ca()?;
-            let leaf = ca
-                .issue(Role::Agent, &pod.node, Validity::days_from_now(365))
-                .map_err(|e| e.to_string())?;
-            certs::write_tls_dir(&cert_dir, ca.cert_pem(), &leaf).map_err(|e| e.to_string())?;
-        }
+        let cert_dir = agent_cert_dir(&self.dir, &pod.node)?;
         let pod_ip: IpAddr = pod
             .pod_ip
             .split('/')

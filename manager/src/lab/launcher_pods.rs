@@ -70,7 +70,7 @@ pub struct PodRecord {
 }
 
 const RECORD: &str = "pod.json";
-const PID_FILE: &str = "launcher.pid";
+pub(crate) const PID_FILE: &str = "launcher.pid";
 const EXIT_FILE: &str = "exit-code";
 const TERMINATION_LOG: &str = "termination-log";
 const LOG_FILE: &str = "launcher.log";
@@ -80,27 +80,29 @@ const LONGEST_AGENT_SOCKET: usize = "01234567-49152-source.sock".len();
 /// `sun_path` holds 107 bytes and the NUL.
 const MAX_UNIX_PATH: usize = 107;
 
-/// `$0 launcher --run-dir $1 --termination-log $2`, output to `$3`; the
-/// launcher's pid to `$4`, its exit code to `$5` when it ends.
-const WRAPPER: &str = r#""$0" launcher --run-dir "$1" --termination-log "$2" >>"$3" 2>&1 </dev/null &
+/// Runs `$0 "$@"` (after its own three arguments) with output to `$1`;
+/// the container's pid to `$2`, its exit code to `$3` when it ends.
+const WRAPPER: &str = r#"log=$1 pidfile=$2 exitfile=$3
+shift 3
+"$0" "$@" >>"$log" 2>&1 </dev/null &
 pid=$!
-echo "$pid" >"$4.tmp" && mv "$4.tmp" "$4"
+echo "$pid" >"$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
 wait "$pid"
-echo "$?" >"$5.tmp" && mv "$5.tmp" "$5""#;
+echo "$?" >"$exitfile.tmp" && mv "$exitfile.tmp" "$exitfile""#;
 
 /// Where the pods of `node` keep their state.
 pub fn pods_dir(lab_dir: &Path, node: &str) -> PathBuf {
     lab_dir.join("pods").join(node)
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn now_time() -> Time {
+pub(crate) fn now_time() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
@@ -183,6 +185,65 @@ pub fn lab_launch(
     Ok((json, mapped))
 }
 
+/// The file of a pod's state that the container's `--termination-log` names.
+pub(crate) fn termination_log(pod_dir: &Path) -> PathBuf {
+    pod_dir.join(TERMINATION_LOG)
+}
+
+/// Start `exe args` as a pod's container: through [`WRAPPER`] (pid and exit
+/// code into `pod_dir`, output to its log), in a session of its own, in the
+/// network namespace at `netns`. `env` sets the container's environment.
+/// The termination log is created empty first: a container writes its
+/// message into an existing file only.
+pub(crate) fn spawn_container(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    pod_dir: &Path,
+    netns: &Path,
+    env: impl FnOnce(&mut Command),
+) -> Result<Child, String> {
+    std::fs::write(termination_log(pod_dir), b"")
+        .map_err(|e| format!("{}: {e}", pod_dir.display()))?;
+    let ns = std::fs::File::open(netns)
+        .map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg(exe)
+        .arg(pod_dir.join(LOG_FILE))
+        .arg(pod_dir.join(PID_FILE))
+        .arg(pod_dir.join(EXIT_FILE))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    env(&mut cmd);
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = ns.as_raw_fd();
+    // SAFETY: setsid and setns are async-signal-safe system calls; no
+    // allocation between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session: outlives the agent, the daemon, a terminal.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The pod's network namespace.
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+    drop(ns);
+    Ok(child)
+}
+
 fn read_record(dir: &Path) -> Option<PodRecord> {
     serde_json::from_slice(&std::fs::read(dir.join(RECORD)).ok()?).ok()
 }
@@ -214,7 +275,7 @@ fn launcher_pid(pod_dir: &Path, run_dir: &Path) -> Option<i32> {
         .then_some(pid)
 }
 
-fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+pub(crate) fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
@@ -309,12 +370,12 @@ impl<'a> Launchers<'a> {
             let pod = pod.expect("not deleted");
             if alive {
                 if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
-                    self.write_running(pod, &rec)?;
+                    write_running(self.store, pod, CONTAINER, &rec.node, &rec.started_at)?;
                 }
                 continue;
             }
             if !rec.reported {
-                self.write_terminated(pod, &dir, &rec)?;
+                write_terminated(self.store, pod, CONTAINER, &dir, &rec.started_at)?;
                 rec.reported = true;
                 write_record(&dir, &rec)?;
                 // Killed outright, the launcher could not remove its directory.
@@ -335,7 +396,7 @@ impl<'a> Launchers<'a> {
             }
             if let Err(why) = self.start(p, &node) {
                 warn!(pod = %key.1, %node, %why, "launcher pod could not start");
-                self.write_failed_to_start(p, &why)?;
+                write_failed_to_start(self.store, p, CONTAINER, &why)?;
             }
         }
         Ok(())
@@ -393,59 +454,31 @@ impl<'a> Launchers<'a> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         std::fs::create_dir_all(&node_vms).map_err(|e| format!("{}: {e}", node_vms.display()))?;
-        // The launcher writes its failure into an existing file only.
-        std::fs::write(dir.join(TERMINATION_LOG), b"")
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let netns = std::fs::File::open(netns_path(&self.cfg.node_ns(node)))
-            .map_err(|e| format!("node {node}'s network namespace: {e}"))?;
+        let netns = netns_path(&self.cfg.node_ns(node));
         let env = pod
             .spec
             .as_ref()
             .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
             .and_then(|c| c.env.clone())
             .unwrap_or_default();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(WRAPPER)
-            .arg(&exe)
-            .arg(&run_dir)
-            .arg(dir.join(TERMINATION_LOG))
-            .arg(dir.join(LOG_FILE))
-            .arg(dir.join(PID_FILE))
-            .arg(dir.join(EXIT_FILE))
-            .env_remove("MIGNET_LAB_DIR")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for e in env {
-            if let Some(v) = e.value {
-                cmd.env(&e.name, v);
+        let tl = termination_log(&dir);
+        let args = [
+            "launcher".as_ref(),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+            "--termination-log".as_ref(),
+            tl.as_os_str(),
+        ];
+        let child = spawn_container(&exe, &args, &dir, &netns, |cmd| {
+            cmd.env_remove("MIGNET_LAB_DIR");
+            for e in env {
+                if let Some(v) = e.value {
+                    cmd.env(&e.name, v);
+                }
             }
-        }
-        cmd.env(launch::SPEC_ENV, &spec_json);
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let fd = netns.as_raw_fd();
-        // SAFETY: setsid and setns are async-signal-safe system calls; no
-        // allocation between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Its own session: outlives the agent, the daemon, a terminal.
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The pod runs on its node: the node's network namespace.
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
-        drop(netns);
+            cmd.env(launch::SPEC_ENV, &spec_json);
+        })
+        .map_err(|e| format!("node {node}: {e}"))?;
         let pid = child.id() as i32;
         let rec = PodRecord {
             namespace: ns,
@@ -471,7 +504,7 @@ impl<'a> Launchers<'a> {
         self.children.insert(dir.clone(), child);
         write_record(&dir, &rec).map_err(|e| e.to_string())?;
         info!(pod = %name, %node, run_dir = %run_dir.display(), pid, "launcher pod started");
-        self.write_running(pod, &rec).map_err(|e| e.to_string())
+        write_running(self.store, pod, CONTAINER, node, &rec.started_at).map_err(|e| e.to_string())
     }
 
     /// SIGTERM once, SIGKILL after the grace period.
@@ -505,136 +538,152 @@ impl<'a> Launchers<'a> {
             Some(_) => Ok(()),
         }
     }
+}
 
-    /// Read-modify-write of a pod's status (same uid), retried on conflict.
-    fn patch_status(&self, pod: &Pod, f: impl Fn(&mut Pod)) -> Result<(), LabError> {
-        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        for _ in 0..5 {
-            let Some(mut cur) = self.store.get::<Pod>(&ns, &name)? else {
-                return Ok(());
-            };
-            if cur.metadata.uid != pod.metadata.uid {
-                return Ok(());
+/// Read-modify-write of a pod's status (same uid), retried on conflict.
+pub(crate) fn patch_status(store: &Store, pod: &Pod, f: impl Fn(&mut Pod)) -> Result<(), LabError> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    for _ in 0..5 {
+        let Some(mut cur) = store.get::<Pod>(&ns, &name)? else {
+            return Ok(());
+        };
+        if cur.metadata.uid != pod.metadata.uid {
+            return Ok(());
+        }
+        f(&mut cur);
+        match store.update_status(&cur) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `Running`, as a kubelet writes it once `container` runs.
+pub(crate) fn write_running(
+    store: &Store,
+    pod: &Pod,
+    container: &str,
+    node: &str,
+    started_at: &str,
+) -> Result<(), LabError> {
+    let started = started_at.parse().map(Time).unwrap_or_else(|_| now_time());
+    let host_ip = plan::node_index(node).map(|i| plan::node_ip(i).to_string());
+    patch_status(store, pod, |p| {
+        let image = image_of(p);
+        let st = p.status.get_or_insert_with(Default::default);
+        st.phase = Some("Running".into());
+        st.host_ip = host_ip.clone();
+        st.start_time.get_or_insert_with(|| started.clone());
+        set_conditions(st, "True", &started);
+        st.container_statuses = Some(vec![ContainerStatus {
+            name: container.into(),
+            image,
+            image_id: String::new(),
+            ready: true,
+            restart_count: 0,
+            started: Some(true),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(started.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+    })
+}
+
+/// `Succeeded`/`Failed` with `container`'s exit code and termination
+/// message, read from its state in `dir`.
+pub(crate) fn write_terminated(
+    store: &Store,
+    pod: &Pod,
+    container: &str,
+    dir: &Path,
+    started_at: &str,
+) -> Result<(), LabError> {
+    let code: Option<i32> = std::fs::read_to_string(dir.join(EXIT_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut message = tail(&dir.join(TERMINATION_LOG), 4096);
+    if message.is_empty() && code != Some(0) {
+        // FallbackToLogsOnError.
+        message = tail(&dir.join(LOG_FILE), 2048);
+    }
+    // No exit code: the wrapper itself was killed (SIGKILL = 137).
+    let exit_code = code.unwrap_or(137);
+    if message.is_empty() && code.is_none() {
+        message = format!("the {container} container was killed");
+    }
+    info!(pod = %pod.name_any(), exit_code, %message, "pod ended");
+    let started = started_at.parse().map(Time).ok();
+    let finished = now_time();
+    patch_status(store, pod, |p| {
+        let image = image_of(p);
+        let st = p.status.get_or_insert_with(Default::default);
+        st.phase = Some(
+            if exit_code == 0 {
+                "Succeeded"
+            } else {
+                "Failed"
             }
-            f(&mut cur);
-            match self.store.update_status(&cur) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) if e.is_not_found() => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    fn write_running(&self, pod: &Pod, rec: &PodRecord) -> Result<(), LabError> {
-        let started = rec
-            .started_at
-            .parse()
-            .map(Time)
-            .unwrap_or_else(|_| now_time());
-        let host_ip = plan::node_index(&rec.node).map(|i| plan::node_ip(i).to_string());
-        self.patch_status(pod, |p| {
-            let image = image_of(p);
-            let st = p.status.get_or_insert_with(Default::default);
-            st.phase = Some("Running".into());
-            st.host_ip = host_ip.clone();
-            st.start_time.get_or_insert_with(|| started.clone());
-            set_conditions(st, "True", &started);
-            st.container_statuses = Some(vec![ContainerStatus {
-                name: CONTAINER.into(),
-                image,
-                image_id: String::new(),
-                ready: true,
-                restart_count: 0,
-                started: Some(true),
-                state: Some(ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: Some(started.clone()),
-                    }),
+            .into(),
+        );
+        set_conditions(st, "False", &finished);
+        st.container_statuses = Some(vec![ContainerStatus {
+            name: container.into(),
+            image,
+            image_id: String::new(),
+            ready: false,
+            restart_count: 0,
+            started: Some(false),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code,
+                    reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
+                    message: (!message.is_empty()).then(|| message.clone()),
+                    started_at: started.clone(),
+                    finished_at: Some(finished.clone()),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }]);
-        })
-    }
+            }),
+            ..Default::default()
+        }]);
+    })
+}
 
-    fn write_terminated(&self, pod: &Pod, dir: &Path, rec: &PodRecord) -> Result<(), LabError> {
-        let code: Option<i32> = std::fs::read_to_string(dir.join(EXIT_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let mut message = tail(&dir.join(TERMINATION_LOG), 4096);
-        if message.is_empty() && code != Some(0) {
-            // FallbackToLogsOnError.
-            message = tail(&dir.join(LOG_FILE), 2048);
-        }
-        // No exit code: the wrapper itself was killed (SIGKILL = 137).
-        let exit_code = code.unwrap_or(137);
-        if message.is_empty() && code.is_none() {
-            message = "the launcher was killed".into();
-        }
-        info!(pod = %rec.name, node = %rec.node, exit_code, %message, "launcher pod ended");
-        let started = rec.started_at.parse().map(Time).ok();
-        let finished = now_time();
-        self.patch_status(pod, |p| {
-            let image = image_of(p);
-            let st = p.status.get_or_insert_with(Default::default);
-            st.phase = Some(
-                if exit_code == 0 {
-                    "Succeeded"
-                } else {
-                    "Failed"
-                }
-                .into(),
-            );
-            set_conditions(st, "False", &finished);
-            st.container_statuses = Some(vec![ContainerStatus {
-                name: CONTAINER.into(),
-                image,
-                image_id: String::new(),
-                ready: false,
-                restart_count: 0,
-                started: Some(false),
-                state: Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code,
-                        reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
-                        message: (!message.is_empty()).then(|| message.clone()),
-                        started_at: started.clone(),
-                        finished_at: Some(finished.clone()),
-                        ..Default::default()
-                    }),
+/// The container could not even start (a pod the lab cannot map):
+/// Failed, with why as the terminated message.
+pub(crate) fn write_failed_to_start(
+    store: &Store,
+    pod: &Pod,
+    container: &str,
+    why: &str,
+) -> Result<(), LabError> {
+    let now = now_time();
+    patch_status(store, pod, |p| {
+        let st = p.status.get_or_insert_with(Default::default);
+        st.phase = Some("Failed".into());
+        set_conditions(st, "False", &now);
+        st.container_statuses = Some(vec![ContainerStatus {
+            name: container.into(),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 128,
+                    reason: Some("StartError".into()),
+                    message: Some(why.to_owned()),
+                    finished_at: Some(now.clone()),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }]);
-        })
-    }
-
-    /// The container could not even start (a pod the lab cannot map):
-    /// Failed, with why as the terminated message.
-    fn write_failed_to_start(&self, pod: &Pod, why: &str) -> Result<(), LabError> {
-        let now = now_time();
-        self.patch_status(pod, |p| {
-            let st = p.status.get_or_insert_with(Default::default);
-            st.phase = Some("Failed".into());
-            set_conditions(st, "False", &now);
-            st.container_statuses = Some(vec![ContainerStatus {
-                name: CONTAINER.into(),
-                state: Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: 128,
-                        reason: Some("StartError".into()),
-                        message: Some(why.to_owned()),
-                        finished_at: Some(now.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]);
-        })
-    }
+            }),
+            ..Default::default()
+        }]);
+    })
 }
 
 fn set_conditions(st: &mut k8s_openapi::api::core::v1::PodStatus, ready: &str, t: &Time) {
@@ -683,6 +732,32 @@ mod tests {
             emulation_allowed: true,
         };
         launcher_pod(&v, &Role::Source, &s).unwrap()
+    }
+
+    #[test]
+    fn the_wrapper_runs_any_args_and_records_pid_output_and_exit_code() {
+        let dir = std::env::temp_dir().join(format!("mignet-wrapper-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = r#"echo "$1|$2"; echo "$X" >&2; exit 3"#;
+        let args = ["-c", script, "sh", "two words", "$(not expanded)"].map(std::ffi::OsStr::new);
+        let mut child = spawn_container(
+            Path::new("/bin/sh"),
+            &args,
+            &dir,
+            Path::new("/proc/self/ns/net"),
+            |c| {
+                c.env("X", "from env");
+            },
+        )
+        .unwrap();
+        child.wait().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read(EXIT_FILE).trim(), "3");
+        assert_eq!(read(LOG_FILE), "two words|$(not expanded)\nfrom env\n");
+        assert!(read(PID_FILE).trim().parse::<i32>().unwrap() > 0);
+        assert_eq!(read(TERMINATION_LOG), "", "created empty for the container");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

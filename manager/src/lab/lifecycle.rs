@@ -129,12 +129,16 @@ pub fn wait_for_agents(cfg: &LabConfig, timeout: Duration) -> Result<bool, LabEr
 /// nodes' run directories and pod state, the agents' state and PKI.
 pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
     let mut report = topology::down(dir)?;
+    // Probe containers need not name a lab path; their records do.
+    super::probe_pods::kill_all(dir);
     let vm_errors = stop_vms(dir);
-    // The nodes' launcher run directories (`vms/`) and pod state (`pods/`),
-    // the in-process agents' state (`agents/`) and the lab CA (`pki/`).
+    // The nodes' launcher run directories (`vms/`) and pod state (`pods/`,
+    // `probes/`), the in-process agents' state (`agents/`) and the lab CA
+    // (`pki/`).
     for sub in [
         dir.join("vms"),
         dir.join("pods"),
+        super::probe_pods::probes_dir(dir),
         dir.join("agents"),
         dir.join("pki"),
     ] {
@@ -154,11 +158,13 @@ pub fn destroy(dir: &std::path::Path) -> Result<DownReport, LabError> {
     Ok(report)
 }
 
-/// Whether a command line names a path of the lab's VMs: the nodes' run
-/// directories (`<dir>/vms/`) or the agents' state (`<dir>/agents/`).
-/// Matched on our own directory, never on a process name.
+/// Whether a command line names a path of the lab's VMs or pods: the
+/// nodes' run directories (`<dir>/vms/`), the agents' state and
+/// certificates (`<dir>/agents/`), a probe pod's state (`<dir>/probes/`:
+/// its wrapper names them). Matched on our own directory, never on a
+/// process name.
 fn names_lab_vm_path(dir: &std::path::Path, cmdline: &str) -> bool {
-    ["vms", "agents"]
+    ["vms", "agents", "probes"]
         .iter()
         .any(|sub| cmdline.contains(&(dir.join(sub).display().to_string() + "/")))
 }
@@ -178,16 +184,17 @@ pub fn vm_processes(dir: &std::path::Path) -> Vec<i32> {
     })
 }
 
-/// Pids of the lab's `mignet launcher` processes (`launcher --run-dir` in a
-/// node's run directory).
+/// Pids of the lab's `mignet launcher` processes (`<mignet> launcher
+/// --run-dir` in a node's run directory). The subcommand comes first: the
+/// lab kubelet's wrapper passes the same words further down its own
+/// command line, and is not a launcher.
 pub fn launcher_processes(dir: &std::path::Path) -> Vec<i32> {
     let root = dir.join("vms").display().to_string() + "/";
     other_processes(|pid| {
         cmdline(pid).is_some_and(|c| {
             let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-            args.windows(3).any(|w| {
-                w[0] == b"launcher" && w[1] == b"--run-dir" && w[2].starts_with(root.as_bytes())
-            })
+            matches!(args.get(1..4), Some([sub, flag, run_dir])
+                if *sub == b"launcher" && *flag == b"--run-dir" && run_dir.starts_with(root.as_bytes()))
         })
     })
 }
@@ -197,6 +204,24 @@ pub fn launcher_processes(dir: &std::path::Path) -> Vec<i32> {
 pub fn lab_vm_processes(dir: &std::path::Path) -> Vec<i32> {
     other_processes(|pid| {
         cmdline(pid).is_some_and(|c| names_lab_vm_path(dir, &String::from_utf8_lossy(&c)))
+    })
+}
+
+/// Probe pod containers of the lab at `dir`, whatever their args: their
+/// environment names their state under `<dir>/probes/`.
+pub fn probe_processes(dir: &std::path::Path) -> Vec<i32> {
+    let want = format!(
+        "{}={}/",
+        super::probe_pods::POD_ENV,
+        super::probe_pods::probes_dir(dir).display()
+    );
+    other_processes(|pid| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| {
+                env.split(|&b| b == 0)
+                    .any(|v| v.starts_with(want.as_bytes()))
+            })
+            .unwrap_or(false)
     })
 }
 
@@ -259,6 +284,9 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
     for pid in lab_vm_processes(&cfg.dir) {
         out.push(format!("VM process {pid}"));
     }
+    for pid in probe_processes(&cfg.dir) {
+        out.push(format!("probe pod process {pid}"));
+    }
     for path in unix_sockets_under(&cfg.dir) {
         out.push(format!("unix socket {path}"));
     }
@@ -270,6 +298,7 @@ pub fn leftovers(cfg: &LabConfig) -> Vec<String> {
         cfg.log_file(),
         cfg.dir.join("vms"),
         cfg.dir.join("pods"),
+        super::probe_pods::probes_dir(&cfg.dir),
         cfg.dir.join("agents"),
         cfg.dir.join("pki"),
         super::history::history_file(&cfg.dir),

@@ -18,6 +18,8 @@
 //!   least-loaded node that fits it, or says why none does.
 //! - [`launcher_pods`]: the kubelet for launcher pods: runs `mignet launcher`
 //!   for each pod bound to a lab node and reports its status.
+//! - [`probe_pods`]: kubelet + Multus for the network pre-flight's probe
+//!   pods: a namespace each, the NAD's interface, `mignet probe` in it.
 //! - [`daemon`]: the loop that runs the above (and, in full, the migration
 //!   controller and the node agents) until stopped.
 //! - [`inventory`]: the record of everything created, read by `lab down`.
@@ -37,6 +39,7 @@ pub mod inventory;
 pub mod launcher_pods;
 pub mod lifecycle;
 pub mod placement;
+pub mod probe_pods;
 pub mod topology;
 
 use std::net::Ipv4Addr;
