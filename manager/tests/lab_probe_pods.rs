@@ -21,20 +21,12 @@ use serde_json::{json, Value};
 const NS: &str = "mignet-system";
 const SEED_POOL: &str = "10.200.5.0-24.json";
 
-/// Set once `mignet probe` is in this binary: the pods then run a real
-/// round and their reports are checked (done with branch i18-probe merged:
-/// both probes report their peer ok). Until then they run a subcommand
-/// that exits 0 at once.
-const REAL_PROBE: bool = false;
 const ROUND: &str = "0123abcd";
 
 /// What the container runs: the manager's args for a round of `expect`
 /// pods (cluster paths; the lab maps the certificate flags and
 /// `--termination-log`, and adds `--lab`).
 fn quick_args(expect: u32) -> Vec<String> {
-    if !REAL_PROBE {
-        return vec!["--version".into()];
-    }
     let expect = expect.to_string();
     [
         "probe",
@@ -247,20 +239,18 @@ fn a_probe_pod_gets_migration0_in_its_own_namespace_runs_and_leaves_nothing_when
         assert_eq!(entry["name"], "mignet-system/my-secondary-network");
         let ip = entry["ips"][0].as_str().unwrap().to_owned();
         assert!(in_seed_range(&ip), "{ip}");
-        if REAL_PROBE {
-            let report = mignet::network::preflight::ProbeReport::from_message(
-                terminated.message.as_deref().unwrap_or_default(),
-            )
-            .unwrap();
-            assert_eq!(report.node, node);
-            assert!(report.own_failure.is_none(), "{report:?}");
-            assert_eq!(report.address.as_deref(), Some(ip.as_str()), "{report:?}");
-            assert_eq!(report.peers.len(), 1, "{report:?}");
-            assert!(
-                report.peers.iter().all(|p| p.failure.is_none()),
-                "{report:?}"
-            );
-        }
+        let report = mignet::network::preflight::ProbeReport::from_message(
+            terminated.message.as_deref().unwrap_or_default(),
+        )
+        .unwrap();
+        assert_eq!(report.node, node);
+        assert!(report.own_failure.is_none(), "{report:?}");
+        assert_eq!(report.address.as_deref(), Some(ip.as_str()), "{report:?}");
+        assert_eq!(report.peers.len(), 1, "{report:?}");
+        assert!(
+            report.peers.iter().all(|p| p.failure.is_none()),
+            "{report:?}"
+        );
         let netns = probe_pods::netns_name(&lab.prefix, node, p.metadata.uid.as_deref().unwrap());
         assert_eq!(
             ipv4(&netns, "migration0").unwrap(),

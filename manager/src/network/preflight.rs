@@ -538,7 +538,11 @@ pub fn step(
     if nodes.is_empty() {
         return Step::NoNodes;
     }
-    let mine: Vec<ProbePodView> = pods.iter().filter(|p| p.round == round).cloned().collect();
+    let mine: Vec<ProbePodView> = pods
+        .iter()
+        .filter(|p| p.round == round && !p.deleting)
+        .cloned()
+        .collect();
     if mine.is_empty() {
         if let Some(f) = last_failure.filter(|f| f.round == round) {
             if now.duration_since(f.at).unsigned_abs() < settings.retry_after {
@@ -547,15 +551,16 @@ pub fn step(
                 };
             }
         }
+        if pods.iter().any(|p| p.round == round) {
+            // The last round's pods are on their way out (their addresses
+            // with them): wait rather than start pods that collide with
+            // their names.
+            return Step::Wait {
+                message: "removing the previous probe pods".into(),
+            };
+        }
         return Step::Start {
             nodes: nodes.to_vec(),
-        };
-    }
-    if mine.iter().all(|p| p.deleting) {
-        // The last round's pods are on their way out: wait for them
-        // rather than start a round whose pods collide with their names.
-        return Step::Wait {
-            message: "removing the previous probe pods".into(),
         };
     }
     let started = mine.iter().filter_map(|p| p.created).min().unwrap_or(now);
@@ -941,6 +946,32 @@ mod tests {
         assert!(matches!(
             step("abc", &nodes(), &[], Some(&failed), &s, t0 + s.retry_after),
             Step::Start { .. }
+        ));
+        // The failed round's pods still going: the refusal stands.
+        let mut going = ended("node1", &report("node1", &[]));
+        going.deleting = true;
+        assert!(matches!(
+            step(
+                "abc",
+                &nodes(),
+                &[going.clone()],
+                Some(&failed),
+                &s,
+                t0 + Duration::from_secs(1)
+            ),
+            Step::Hold { .. }
+        ));
+        // Past the retry, they must be gone first.
+        assert!(matches!(
+            step(
+                "abc",
+                &nodes(),
+                &[going],
+                Some(&failed),
+                &s,
+                t0 + s.retry_after
+            ),
+            Step::Wait { .. }
         ));
         // Another network's failure does not hold this one.
         assert!(matches!(
