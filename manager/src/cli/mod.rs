@@ -384,29 +384,40 @@ fn write_files(
                 store.create_value(v)?;
                 "created"
             }
-            Mode::Apply => match store.get_value(&key)? {
-                None => {
-                    store.create_value(v)?;
-                    "created"
-                }
-                Some(old) => {
-                    let mut new = v;
-                    // Apply replaces what the file says; the server-owned
-                    // metadata and the status stay.
-                    new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-                    let same = strip_server_fields(&new) == strip_server_fields(&old);
-                    if same {
-                        "unchanged"
-                    } else {
-                        store.update_value(new)?;
-                        "configured"
-                    }
-                }
-            },
+            Mode::Apply => apply_one(store, &key, v)?,
         };
         out.push_str(&format!("{}/{} {verb}\n", r.qualified(), key.name));
     }
     Ok(out)
+}
+
+/// `apply` of one object: create it, or replace what the file says (the
+/// server-owned metadata and the status stay). A controller writing the
+/// object's status between our read and our write is no reason to fail
+/// (kubectl's patch would not): read again and apply again, a few times.
+fn apply_one(store: &Store, key: &Key, v: Value) -> Result<&'static str, CliError> {
+    const ATTEMPTS: u32 = 10;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match store.get_value(key)? {
+            None => store.create_value(v.clone()).map(|_| "created"),
+            Some(old) => {
+                let mut new = v.clone();
+                new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+                if strip_server_fields(&new) == strip_server_fields(&old) {
+                    Ok("unchanged")
+                } else {
+                    store.update_value(new).map(|_| "configured")
+                }
+            }
+        };
+        match result {
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => continue,
+            Err(StoreError::AlreadyExists { .. }) if attempt < ATTEMPTS => continue,
+            other => return Ok(other?),
+        }
+    }
 }
 
 fn strip_server_fields(v: &Value) -> Value {

@@ -237,6 +237,63 @@ fn delete_pod_is_allowed_and_waits_for_the_kubelets_finalizer() {
     assert!(pod.metadata.deletion_timestamp.is_some());
 }
 
+/// A controller writing the status while `apply` runs (the lab_maintenance
+/// failure in CI: the VM controller wrote the VM between apply's read and
+/// its write): apply reads again and applies, it does not fail.
+#[test]
+fn apply_retries_when_a_controller_writes_the_status_in_between() {
+    let (_t, store) = tmp();
+    let dir = _t.0.join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("hco.yaml");
+    let hco = |network: &str| {
+        format!(
+            "apiVersion: hco.kubevirt.io/v1beta1\nkind: HyperConverged\nmetadata:\n  name: kubevirt-hyperconverged\nspec:\n  liveMigrationConfig:\n    network: {network}\n---\n"
+        )
+    };
+    let key = Key::new("HyperConverged", LAB_NAMESPACE, "kubevirt-hyperconverged");
+    std::fs::write(&f, hco("n0")).unwrap();
+    let apply = |store: &Store| {
+        run_on(
+            store,
+            Verb::Apply {
+                files: vec![f.clone()],
+                namespace: LAB_NAMESPACE.into(),
+            },
+        )
+    };
+    apply(&store).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(Some(mut v)) = store.get_value(&key) {
+                    n += 1;
+                    v["status"] = serde_json::json!({"conditions": [{"type": "Tick", "status": "True", "reason": "T", "message": n.to_string(), "lastTransitionTime": "2026-12-06T00:00:00Z"}]});
+                    let _ = store.update_status_value(v);
+                }
+            }
+        });
+        let outs: Vec<_> = (1..=40)
+            .map(|i| {
+                std::fs::write(&f, hco(&format!("n{i}"))).unwrap();
+                apply(&store)
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for (i, out) in outs.iter().enumerate() {
+            assert!(
+                out.as_ref().is_ok_and(|o| o.ends_with("configured\n")),
+                "apply {}: {out:?}",
+                i + 1
+            );
+        }
+    });
+    let v = store.get_value(&key).unwrap().unwrap();
+    assert_eq!(v["spec"]["liveMigrationConfig"]["network"], "n40");
+}
+
 #[test]
 fn apply_creates_then_configures_then_is_unchanged() {
     let (_t, store) = tmp();
