@@ -10,139 +10,21 @@
 //! an assertion fails.
 
 mod agent_support;
+mod probe_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_support::{run, unique, TempDir};
-use k8s_openapi::api::core::v1::Pod;
-use mignet::network::preflight::{FailureReason, ProbeReport, ROUND_LABEL};
-use mignet_dataplane::certs::{self, ClusterCa, Role, Validity};
+use agent_support::TempDir;
+use mignet::network::preflight::{FailureReason, ProbeReport};
+use mignet_dataplane::certs::{ClusterCa, Validity};
+use probe_support::{cert_dir, lab_with_round, probe_command, Netns, ProbeArgs, Segment, NS};
 
-const NS: &str = "mignet-system";
 const ROUND: &str = "r0und";
 
-/// A network namespace of this test; deleted on Drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = unique(&format!("mp{tag}"));
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut cmd = vec!["ip", "-n", &self.0];
-        cmd.extend_from_slice(args);
-        run(&cmd);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Two "nodes" whose `migration0` are bridged in a switch namespace.
-/// Fields drop in order: the nodes, then the switch.
-struct Pair {
-    nodes: [(Netns, &'static str, &'static str); 2],
-    switch: Netns,
-}
-
-impl Pair {
-    /// `migration0` of MTU `node_mtu` in each node, the switch's ports (the
-    /// other veth ends) of MTU `port_mtu`.
-    fn new(node_mtu: u32, port_mtu: u32) -> Self {
-        Self::with_addresses(node_mtu, port_mtu, ["10.231.0.1", "10.231.0.2"])
-    }
-
-    /// IPv6 addresses (added without DAD: a tentative address is not
-    /// usable, and the probe would rightly say NoAddress).
-    fn v6(node_mtu: u32, port_mtu: u32) -> Self {
-        Self::with_addresses(node_mtu, port_mtu, ["fd31::1", "fd31::2"])
-    }
-
-    fn with_addresses(node_mtu: u32, port_mtu: u32, ips: [&'static str; 2]) -> Self {
-        let switch = Netns::new("sw");
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
-        let nodes = [
-            (Netns::new("n1"), "node1", ips[0]),
-            (Netns::new("n2"), "node2", ips[1]),
-        ];
-        for (i, (ns, _, ip)) in nodes.iter().enumerate() {
-            let port = format!("p{i}");
-            switch.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "migration0",
-                "netns",
-                &ns.0,
-            ]);
-            switch.ip(&["link", "set", &port, "mtu", &port_mtu.to_string()]);
-            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
-            ns.ip(&["link", "set", "migration0", "mtu", &node_mtu.to_string()]);
-            if ip.contains(':') {
-                let cidr = format!("{ip}/64");
-                ns.ip(&["addr", "add", &cidr, "dev", "migration0", "nodad"]);
-            } else {
-                ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "migration0"]);
-            }
-            ns.ip(&["link", "set", "migration0", "up"]);
-        }
-        Pair { nodes, switch }
-    }
-}
-
-/// A lab directory whose store holds the round's pods, one per node, with
-/// Multus' network-status naming their `migration0` address.
-fn lab_with_round(dir: &Path, nodes: &[(&str, &str)]) {
-    std::fs::write(mignet::lab::state_file(dir), "{}").unwrap();
-    let store = mignet::store::Store::open(mignet::lab::store_dir(dir)).unwrap();
-    for (node, ip) in nodes {
-        let status = serde_json::json!([
-            {"name": "cbr0", "interface": "eth0", "ips": ["10.244.9.9"], "default": true},
-            {"name": "mignet-system/migration", "interface": "migration0", "ips": [ip]},
-        ]);
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": format!("mignet-probe-{node}"),
-                "namespace": NS,
-                "labels": {ROUND_LABEL: ROUND},
-                "annotations": {"k8s.v1.cni.cncf.io/network-status": status.to_string()},
-            },
-            "spec": {"nodeName": node, "containers": [{"name": "probe", "image": "mignet:dev"}]},
-        }))
-        .unwrap();
-        store.create(&pod).unwrap();
-    }
-}
-
-/// An agent certificate directory for `node` from `ca`.
-fn cert_dir(root: &Path, ca: &ClusterCa, node: &str) -> PathBuf {
-    let dir = root.join("certs").join(node);
-    let leaf = ca
-        .issue(Role::Agent, node, Validity::days_from_now(1))
-        .unwrap();
-    certs::write_tls_dir(&dir, ca.cert_pem(), &leaf).unwrap();
-    dir
-}
-
 struct Probe {
-    node: &'static str,
+    node: String,
     child: std::process::Child,
     log: PathBuf,
 }
@@ -150,36 +32,32 @@ struct Probe {
 /// `mignet probe` for `node` inside `ns`, as the lab kubelet starts it.
 fn start_probe(
     ns: &Netns,
-    node: &'static str,
+    node: &str,
     lab: &Path,
     certs: &Path,
-    expect: u32,
+    expect: usize,
     deadline_s: u64,
 ) -> Probe {
     let log = lab.join(format!("termination-{node}.log"));
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_mignet"),
-            "probe",
-        ])
-        .args(["--node", node, "--namespace", NS, "--round", ROUND])
-        .args(["--expect", &expect.to_string()])
-        .args(["--deadline-seconds", &deadline_s.to_string()])
-        .arg("--termination-log")
-        .arg(&log)
-        .args(["--cert-source", "files", "--cert-dir"])
-        .arg(certs)
-        .arg("--lab")
-        .env("MIGNET_LAB_DIR", lab)
-        .env("RUST_LOG", "info")
+    let args = ProbeArgs {
+        node,
+        round: ROUND,
+        lab,
+        certs,
+        expect,
+        deadline_s,
+        log: &log,
+    };
+    let child = probe_command(ns, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning ip netns exec mignet probe");
-    Probe { node, child, log }
+    Probe {
+        node: node.to_owned(),
+        child,
+        log,
+    }
 }
 
 /// Wait for the probe (killed past `limit`), check it exited 0 with the
@@ -232,25 +110,24 @@ fn finish(p: Probe, limit: Duration) -> ProbeReport {
 /// `stagger` later, as pods start), their reports in node order and how
 /// long the slower one took.
 fn run_pair(
-    pair: &Pair,
+    pair: &Segment,
     lab: &TempDir,
     certs: [&Path; 2],
     deadline_s: u64,
     stagger: Duration,
 ) -> (Vec<ProbeReport>, Duration) {
-    let round: Vec<(&str, &str)> = pair.nodes.iter().map(|(_, n, ip)| (*n, *ip)).collect();
-    lab_with_round(lab.path(), &round);
+    lab_with_round(lab.path(), ROUND, &pair.round());
     let start = Instant::now();
     let probes: Vec<Probe> = pair
         .nodes
         .iter()
         .zip(certs)
         .enumerate()
-        .map(|(i, ((ns, node, _), c))| {
+        .map(|(i, (n, c))| {
             if i > 0 {
                 std::thread::sleep(stagger);
             }
-            start_probe(ns, node, lab.path(), c, 2, deadline_s)
+            start_probe(&n.ns, &n.name, lab.path(), c, 2, deadline_s)
         })
         .collect();
     let limit = Duration::from_secs(deadline_s + 15);
@@ -274,7 +151,7 @@ fn assert_pairwise(reports: &[ProbeReport], reason: Option<FailureReason>, words
 
 #[test]
 fn probes_on_a_working_network_pass_each_other_at_full_size_and_leave_early() {
-    let pair = Pair::new(9000, 9000);
+    let pair = Segment::v4(2, 9000, 9000);
     let dir = TempDir::new("probe-pass");
     let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
     let c1 = cert_dir(dir.path(), &ca, "node1");
@@ -297,7 +174,7 @@ fn probes_on_a_working_network_pass_each_other_at_full_size_and_leave_early() {
 
 #[test]
 fn a_segment_smaller_than_migration0_is_reported_as_mtu_by_both_sides() {
-    let pair = Pair::new(9000, 1500);
+    let pair = Segment::v4(2, 9000, 1500);
     let dir = TempDir::new("probe-mtu");
     let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
     let c1 = cert_dir(dir.path(), &ca, "node1");
@@ -322,7 +199,7 @@ fn over_ipv6_the_full_size_payload_fills_the_mtu_and_a_smaller_segment_is_mtu() 
             "a 8952-byte UDP payload (MTU 9000) got no echo in 3 tries",
         ),
     ] {
-        let pair = Pair::v6(9000, port_mtu);
+        let pair = Segment::v6(2, 9000, port_mtu);
         let dir = TempDir::new("probe-v6");
         let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
         let c1 = cert_dir(dir.path(), &ca, "node1");
@@ -334,8 +211,8 @@ fn over_ipv6_the_full_size_payload_fills_the_mtu_and_a_smaller_segment_is_mtu() 
 
 #[test]
 fn a_node_whose_port_is_down_is_unreachable_from_both_sides() {
-    let pair = Pair::new(1500, 1500);
-    pair.switch.ip(&["link", "set", "p1", "down"]);
+    let pair = Segment::v4(2, 1500, 1500);
+    pair.set_port(1, false);
     let dir = TempDir::new("probe-down");
     let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
     let c1 = cert_dir(dir.path(), &ca, "node1");
@@ -354,7 +231,7 @@ fn a_node_whose_port_is_down_is_unreachable_from_both_sides() {
 
 #[test]
 fn a_certificate_from_another_ca_fails_tls_on_both_sides() {
-    let pair = Pair::new(1500, 1500);
+    let pair = Segment::v4(2, 1500, 1500);
     let dir = TempDir::new("probe-tls");
     let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
     let other = ClusterCa::generate("another CA", Validity::days_from_now(1)).unwrap();
@@ -371,9 +248,9 @@ fn a_certificate_from_another_ca_fails_tls_on_both_sides() {
 #[test]
 fn a_probe_without_migration0_reports_no_address_and_exits_at_once() {
     // The switch namespace has no migration0.
-    let pair = Pair::new(1500, 1500);
+    let pair = Segment::v4(2, 1500, 1500);
     let dir = TempDir::new("probe-noaddr");
-    lab_with_round(dir.path(), &[("node1", "10.231.0.1")]);
+    lab_with_round(dir.path(), ROUND, &[("node1", "10.231.0.1")]);
     let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
     let c = cert_dir(dir.path(), &ca, "node1");
     let start = Instant::now();
@@ -410,13 +287,13 @@ fn bad_flags_are_the_only_exit_without_a_report() {
 
 #[test]
 fn sigterm_ends_the_probe_at_once_with_a_report() {
-    let pair = Pair::new(1500, 1500);
+    let pair = Segment::v4(2, 1500, 1500);
     let dir = TempDir::new("probe-term");
     // node2's pod never appears: node1 would look for it until its deadline.
-    lab_with_round(dir.path(), &[("node1", "10.231.0.1")]);
+    lab_with_round(dir.path(), ROUND, &[("node1", "10.231.0.1")]);
     let ca = ClusterCa::generate("probe test CA", Validity::days_from_now(1)).unwrap();
     let c = cert_dir(dir.path(), &ca, "node1");
-    let p = start_probe(&pair.nodes[0].0, "node1", dir.path(), &c, 2, 60);
+    let p = start_probe(&pair.nodes[0].ns, "node1", dir.path(), &c, 2, 60);
     std::thread::sleep(Duration::from_secs(1));
     let start = Instant::now();
     nix::sys::signal::kill(
