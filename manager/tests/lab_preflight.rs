@@ -243,9 +243,10 @@ fn a_network_change_lets_the_migration_in_flight_end_and_queues_the_next() {
 
     let end = bed.wait_end(&first, Duration::from_secs(300));
     assert!(end.succeeded(), "{first}: {end:?}");
+    // The VMI's migrationState records the target address (as KubeVirt's).
     let addr = bed
-        .vmim(&first)
-        .and_then(|m| m.status?.migration_state?.target_node_address)
+        .vmi("va")
+        .and_then(|v| v.status?.migration_state?.target_node_address)
         .unwrap_or_default();
     assert!(
         addr.starts_with("10.200.5."),
@@ -255,8 +256,8 @@ fn a_network_change_lets_the_migration_in_flight_end_and_queues_the_next() {
     let end = bed.wait_end(&second, Duration::from_secs(300));
     assert!(end.succeeded(), "{second}: {end:?}");
     let addr = bed
-        .vmim(&second)
-        .and_then(|m| m.status?.migration_state?.target_node_address)
+        .vmi("vb")
+        .and_then(|v| v.status?.migration_state?.target_node_address)
         .unwrap_or_default();
     assert!(
         addr.starts_with("10.200.6."),

@@ -80,16 +80,17 @@ pub fn drain(
 ) -> Drain {
     let since = hold_since.unwrap_or(now);
     let held_for = now.duration_since(since).unsigned_abs();
-    if hold_since.is_none() && !settle.is_zero() || held_for < settle {
-        return Drain::Wait {
-            message: "holding new migrations before the agents restart".into(),
-            recheck: settle.saturating_sub(held_for),
-        };
-    }
+    let settling = hold_since.is_none() && !settle.is_zero() || held_for < settle;
     let deadline = |m: &InFlight| m.started + m.budget;
     let (overdue, running): (Vec<&InFlight>, Vec<&InFlight>) =
         in_flight.iter().partition(|m| deadline(m) <= now);
     if running.is_empty() {
+        if settling {
+            return Drain::Wait {
+                message: "holding new migrations before the agents restart".into(),
+                recheck: settle.saturating_sub(held_for),
+            };
+        }
         return Drain::Go {
             overdue: overdue.iter().map(|m| m.name.clone()).collect(),
         };
