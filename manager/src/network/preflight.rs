@@ -354,9 +354,11 @@ pub fn verdict(nodes: &[String], pods: &[ProbePodView], deadline_passed: bool) -
             )),
             // A sandbox that failed does not heal on its own (the kubelet
             // retries the same ADD): final as soon as it is seen.
-            ProbeState::Waiting { why: Some(why) } => {
-                node_findings.push(node_failure(node, classify_start_error(why), why.clone()))
-            }
+            ProbeState::Waiting { why: Some(why) } => node_findings.push(node_failure(
+                node,
+                classify_start_error(why),
+                cni_error(why).to_owned(),
+            )),
             ProbeState::Waiting { why: None } | ProbeState::Running => {
                 if deadline_passed {
                     let what = if pod.state == ProbeState::Running {
@@ -425,6 +427,20 @@ pub fn verdict(nodes: &[String], pods: &[ProbePodView], deadline_passed: bool) -
     }
     node_findings.extend(pairs);
     RoundVerdict::Failed(node_findings)
+}
+
+/// The plugin's own words from a kubelet's sandbox message: after Multus'
+/// `[namespace/pod/uid:network]: ` prefix, else after `failed (add): `,
+/// else all of it. The sandbox id and the runtime's wrapping say nothing an
+/// operator acts on.
+fn cni_error(why: &str) -> &str {
+    if let Some(i) = why.rfind("]: ") {
+        return &why[i + 3..];
+    }
+    match why.rfind("failed (add): ") {
+        Some(i) => &why[i + "failed (add): ".len()..],
+        None => why,
+    }
 }
 
 /// A CNI ADD's error, in the classes an operator acts on: the master
@@ -905,6 +921,18 @@ mod tests {
         };
         assert_eq!(f[0].node, "node2");
         assert_eq!(f[0].failure.reason, FailureReason::WrongMaster);
+        // A real kubelet's words (the cluster bed): the plugin's part is kept.
+        pods[1].state = ProbeState::Waiting {
+            why: Some(r#"Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox "33e1": plugin type="multus" name="multus-cni-network" failed (add): [mignet-system/mignet-probe-node2-ad26d457/f3e1:migration-net-empty]: error adding container to network "migration-net-empty": range exhausted: no free address in ipam.range 10.200.7.0/30 (10.200.7.1 - 10.200.7.2)"#.into()),
+        };
+        let RoundVerdict::Failed(f) = verdict(&nodes(), &pods, false) else {
+            panic!()
+        };
+        assert_eq!(f[0].failure.reason, FailureReason::NoAddress);
+        assert_eq!(
+            f[0].failure.detail,
+            r#"error adding container to network "migration-net-empty": range exhausted: no free address in ipam.range 10.200.7.0/30 (10.200.7.1 - 10.200.7.2)"#
+        );
         // A report that leaves out a good peer is a gap, not a pass.
         let mut short = report("node1", &[]);
         short.peers.pop();
