@@ -663,9 +663,21 @@ impl Bed {
                             )
                         })
                         .collect();
+                    // The daemon's last words about this VM say whether its
+                    // last migration completed and who received it (a silent
+                    // guest on arrival was seen once in CI, without them).
+                    let log: Vec<String> = self
+                        .daemon_log_tail(400)
+                        .lines()
+                        .filter(|l| {
+                            l.contains(&format!("/{name}")) || l.contains(&format!("-{name}-"))
+                        })
+                        .map(str::to_owned)
+                        .collect();
+                    let log = log[log.len().saturating_sub(25)..].join("\n");
                     return Err(format!(
                         "{name}: the guest on {node} did not tick for 20 s (last {before:?}); \
-                         QEMU {stat:?}; serial ({} bytes) ends {tail:?}",
+                         QEMU {stat:?}; serial ({} bytes) ends {tail:?}\n--- daemon log about {name}:\n{log}",
                         serial.len()
                     ));
                 }
