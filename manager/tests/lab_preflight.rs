@@ -180,25 +180,6 @@ spec:
     assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
 
-/// The NAD `second-network` (10.200.6.0/24, the seed's shape).
-fn second_network(lab: &Lab) {
-    let nad = std::env::temp_dir().join(format!("{}-nad2.yaml", lab.prefix));
-    std::fs::write(
-        &nad,
-        r#"apiVersion: k8s.cni.cncf.io/v1
-kind: NetworkAttachmentDefinition
-metadata:
-  name: second-network
-  namespace: mignet-system
-spec:
-  config: '{"cniVersion":"0.3.1","name":"migration-bridge-2","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.6.0/24"}}'
-"#,
-    )
-    .unwrap();
-    lab.ok(&["create", "-f", nad.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&nad);
-}
-
 const GUEST: Guest = Guest {
     memory_mib: 256,
     fill_mib: 200,
@@ -220,7 +201,7 @@ fn a_network_change_lets_the_migration_in_flight_end_and_queues_the_next() {
     let first = bed.migrate("va");
     bed.wait_running(&first, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{first}: {e:?}"));
-    second_network(&bed.lab);
+    create_second_network(&bed.lab);
     bed.edit(&["network=second-network"]);
     // The new network passes its pre-flight, then the change waits for va.
     let c = wait_reason(&bed.lab, "WaitingForMigrations", Duration::from_secs(60));

@@ -271,6 +271,21 @@ pub fn launcher_pods(
 /// it. The files live outside the lab dir (`down` removes only what the
 /// lab made) and are removed at once. Returns `apply`'s output.
 pub fn switch_to_second_network(lab: &Lab) -> String {
+    create_second_network(lab);
+    let hco2 = std::env::temp_dir().join(format!("{}-hco2.yaml", lab.prefix));
+    let seed_hco = std::fs::read_to_string(examples().join("hyperconverged.yaml")).unwrap();
+    std::fs::write(
+        &hco2,
+        seed_hco.replace("network: my-secondary-network", "network: second-network"),
+    )
+    .unwrap();
+    let out = lab.ok(&["apply", "-f", hco2.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&hco2);
+    out
+}
+
+/// Create the NAD `second-network` (10.200.6.0/24, the seed's shape).
+pub fn create_second_network(lab: &Lab) {
     let nad2 = std::env::temp_dir().join(format!("{}-nad2.yaml", lab.prefix));
     std::fs::write(
         &nad2,
@@ -285,14 +300,4 @@ spec:
     .unwrap();
     lab.ok(&["create", "-f", nad2.to_str().unwrap()]);
     let _ = std::fs::remove_file(&nad2);
-    let hco2 = std::env::temp_dir().join(format!("{}-hco2.yaml", lab.prefix));
-    let seed_hco = std::fs::read_to_string(examples().join("hyperconverged.yaml")).unwrap();
-    std::fs::write(
-        &hco2,
-        seed_hco.replace("network: my-secondary-network", "network: second-network"),
-    )
-    .unwrap();
-    let out = lab.ok(&["apply", "-f", hco2.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&hco2);
-    out
 }
