@@ -658,6 +658,10 @@ async fn mignet_manager_binary_rolls_out_and_stops_on_sigterm() {
                 SERVICE_CIDR,
                 "--http-addr",
                 &http_addr,
+                // Other tests share the API server: a network change here
+                // waits only for this namespace's migrations.
+                "--migrations-namespace",
+                &ns.name,
             ])
             .env("KUBECONFIG", env().kubeconfig)
             .stderr(std::fs::File::create(&log).unwrap())

@@ -413,10 +413,12 @@ fn apply_one(store: &Store, key: &Key, v: Value) -> Result<&'static str, CliErro
             }
         };
         match result {
-            Err(e) if e.is_conflict() && attempt < ATTEMPTS => continue,
-            Err(StoreError::AlreadyExists { .. }) if attempt < ATTEMPTS => continue,
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => {}
+            Err(StoreError::AlreadyExists { .. }) if attempt < ATTEMPTS => {}
             other => return Ok(other?),
         }
+        // A short pause lets a busy writer's burst pass.
+        std::thread::sleep(std::time::Duration::from_millis(2 * u64::from(attempt)));
     }
 }
 

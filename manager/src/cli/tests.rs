@@ -273,6 +273,8 @@ fn apply_retries_when_a_controller_writes_the_status_in_between() {
                     v["status"] = serde_json::json!({"conditions": [{"type": "Tick", "status": "True", "reason": "T", "message": n.to_string(), "lastTransitionTime": "2026-12-06T00:00:00Z"}]});
                     let _ = store.update_status_value(v);
                 }
+                // A busy controller: a status write every millisecond.
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         });
         let outs: Vec<_> = (1..=40)

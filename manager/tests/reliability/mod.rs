@@ -581,7 +581,9 @@ impl Bed {
     /// and stops. Only a guest that stopped ticking AND whose serial on the
     /// target (the run directory of its arrival) carries such a kernel
     /// fault line is counted, as `"<vm> (hang)"` in `crashes`, against the
-    /// same budget as the panics; it is then restarted (its VMI deleted,
+    /// same budget as the panics; so is one whose console shows nothing since
+    /// it arrived while its vCPU keeps at least half a core busy (the fault
+    /// struck on an earlier hop, whose console went with its pod); it is then restarted (its VMI deleted,
     /// the VirtualMachine makes a new one) so the later rounds keep every
     /// VM, and its uid in `uids` follows. A guest that stops without a
     /// kernel fault line is still an error.
@@ -604,10 +606,28 @@ impl Bed {
                 continue;
             };
             let serial = self.serial(name);
-            if !KERNEL_FAULT.iter().any(|f| serial.contains(f)) {
+            let faulted = KERNEL_FAULT.iter().any(|f| serial.contains(f));
+            // The same fault on an earlier hop leaves its line on a console
+            // that went with that pod; the guest then arrives spinning: its
+            // vCPU burns CPU and it prints nothing (seen in CI: a 94 MB VM
+            // took 45 s to move, 16 s of CPU on arrival, no tick). A guest
+            // that is idle or paused is not this, and stays an error.
+            let spinning = !faulted
+                && p.qemu.get(*name).is_some_and(|pid| {
+                    vcpu_busy(*pid, Duration::from_secs(5)).is_some_and(|b| b >= 0.5)
+                })
+                && last_tick(&self.serial(name)).is_none();
+            if !faulted && !spinning {
                 return Err(e);
             }
-            eprintln!("{name}: the guest stopped after a kernel fault on arrival (QEMU 7.2 TCG precopy fault); restarting it: {e}");
+            let how = if faulted {
+                "after a kernel fault on arrival"
+            } else {
+                "spinning silently on arrival (its vCPU busy, no output)"
+            };
+            eprintln!(
+                "{name}: the guest stopped {how} (QEMU 7.2 TCG precopy fault); restarting it: {e}"
+            );
             *crashes.entry(format!("{name} (hang)")).or_default() += 1;
             let old = uids.get(*name).cloned().unwrap_or_default();
             self.lab.ok(&["delete", "vmi", name, "-n", NS]);
@@ -693,6 +713,32 @@ impl Bed {
 pub struct Placement {
     pub nodes: BTreeMap<String, String>,
     pub qemu: BTreeMap<String, i32>,
+}
+
+/// The share of `window` that the vCPU threads (`CPU n/TCG`) of QEMU
+/// `pid` spent on a CPU, from /proc's per-thread utime + stime.
+fn vcpu_busy(pid: i32, window: Duration) -> Option<f64> {
+    fn vcpu_ticks(pid: i32) -> Option<u64> {
+        let mut total = 0;
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+            if !stat[open + 1..close].starts_with("CPU ") {
+                continue;
+            }
+            // Fields after the name start at field 3 (state): utime is
+            // field 14, stime 15.
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            total += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let before = vcpu_ticks(pid)?;
+    std::thread::sleep(window);
+    let after = vcpu_ticks(pid)?;
+    Some(after.saturating_sub(before) as f64 / hz / window.as_secs_f64())
 }
 
 /// A small seeded PRNG (xorshift64*): the soak's order is reproducible
