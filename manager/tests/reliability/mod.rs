@@ -612,13 +612,17 @@ impl Bed {
             // vCPU burns CPU and it prints nothing (seen in CI: a 94 MB VM
             // took 45 s to move, 16 s of CPU on arrival, no tick). A guest
             // that is idle or paused is not this, and stays an error.
+            let busy = p
+                .qemu
+                .get(*name)
+                .and_then(|pid| vcpu_busy(*pid, Duration::from_secs(5)));
             let spinning = !faulted
-                && p.qemu.get(*name).is_some_and(|pid| {
-                    vcpu_busy(*pid, Duration::from_secs(5)).is_some_and(|b| b >= 0.5)
-                })
+                && busy.is_some_and(|b| b >= 0.5)
                 && last_tick(&self.serial(name)).is_none();
             if !faulted && !spinning {
-                return Err(e);
+                return Err(format!(
+                    "{e}\n(QEMU busy {busy:?} of a core over 5 s: not the TCG fault's forms)"
+                ));
             }
             let how = if faulted {
                 "after a kernel fault on arrival"
@@ -715,29 +719,22 @@ pub struct Placement {
     pub qemu: BTreeMap<String, i32>,
 }
 
-/// The share of `window` that the vCPU threads (`CPU n/TCG`) of QEMU
-/// `pid` spent on a CPU, from /proc's per-thread utime + stime.
+/// The share of `window` that QEMU `pid` spent on a CPU (utime + stime of
+/// the whole process: without `-name debug-threads=on` its vCPU threads are
+/// not named, and an idle QEMU's other threads use next to nothing).
 fn vcpu_busy(pid: i32, window: Duration) -> Option<f64> {
-    fn vcpu_ticks(pid: i32) -> Option<u64> {
-        let mut total = 0;
-        for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-            let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-            if !stat[open + 1..close].starts_with("CPU ") {
-                continue;
-            }
-            // Fields after the name start at field 3 (state): utime is
-            // field 14, stime 15.
-            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            total += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        }
-        Some(total)
+    fn ticks(pid: i32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the name start at field 3 (state): utime is field
+        // 14, stime 15.
+        let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
     }
     // SAFETY: sysconf reads a constant of the running system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let before = vcpu_ticks(pid)?;
+    let before = ticks(pid)?;
     std::thread::sleep(window);
-    let after = vcpu_ticks(pid)?;
+    let after = ticks(pid)?;
     Some(after.saturating_sub(before) as f64 / hz / window.as_secs_f64())
 }
 
