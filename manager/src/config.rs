@@ -189,6 +189,18 @@ pub fn config_from_hyperconvergeds(
 /// Grammar (apimachinery `resource.ParseQuantity`): optional sign, digits with
 /// an optional fraction, then a binary suffix (Ki..Ei), a decimal suffix
 /// (m, k, M, G, T, P, E) or a decimal exponent (`e6`, `E-3`).
+/// A VMI's guest memory in bytes (`domain.memory.guest`, else the memory
+/// request; 0 when neither parses): what `completionTimeoutPerGiB` counts.
+pub fn vmi_memory_bytes(vmi: &crate::api::VirtualMachineInstance) -> u64 {
+    let d = &vmi.spec.domain;
+    d.memory
+        .as_ref()
+        .and_then(|m| m.guest.as_ref())
+        .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
+        .and_then(|q| parse_quantity("memory", q).ok())
+        .unwrap_or(0)
+}
+
 pub fn parse_quantity(field: &'static str, q: &QuantityValue) -> Result<u64, FieldError> {
     let err = |reason: &str| FieldError {
         field,

@@ -96,15 +96,9 @@ pub fn vmim_vmi_key(m: &VirtualMachineInstanceMigration) -> ObjectKey {
     ObjectKey::new(m.namespace().unwrap_or_default(), m.spec.vmi_name.clone())
 }
 
-pub fn vmi_memory_bytes(vmi: &VirtualMachineInstance) -> u64 {
-    let d = &vmi.spec.domain;
-    d.memory
-        .as_ref()
-        .and_then(|m| m.guest.as_ref())
-        .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
-        .and_then(|q| parse_quantity("memory", q).ok())
-        .unwrap_or(0)
-}
+/// A VMI's guest memory in bytes (0 when unset), as the budget counts it:
+/// kept beside that rule in `config`.
+pub use crate::config::vmi_memory_bytes;
 
 pub fn vmi_view(vmi: &VirtualMachineInstance) -> VmiView {
     let status = vmi.status.as_ref();

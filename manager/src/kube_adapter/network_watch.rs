@@ -239,12 +239,9 @@ async fn reconcile<B: Backend>(
     if pass.daemonset_patched {
         ctx.metrics.daemonset_patched();
     }
-    let preflight = ctx
-        .memory
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .stats
-        .families();
+    let preflight = crate::metrics::preflight_families(
+        &ctx.memory.lock().unwrap_or_else(|p| p.into_inner()).stats,
+    );
     ctx.metrics.set_section("preflight", preflight);
     if pass.status_written {
         ctx.metrics.status_patched();

@@ -171,6 +171,37 @@ impl Metrics {
     }
 }
 
+/// The manager's pre-flight families: `mignet_preflight_rounds_total{result}`
+/// and, for the network that stands refused, one
+/// `mignet_preflight_failures{node, peer, reason}` series per finding (gone
+/// once a round passes).
+pub fn preflight_families(stats: &crate::network::preflight::PreflightStats) -> Vec<text::Family> {
+    use text::{Family, Kind};
+    let rounds = Family::new(
+        "mignet_preflight_rounds_total",
+        Kind::Counter,
+        "Pre-flight rounds of a migration network, by result.",
+    )
+    .with(vec![("result", "passed".into())], stats.passed as f64)
+    .with(vec![("result", "failed".into())], stats.failed as f64);
+    let mut failures = Family::new(
+        "mignet_preflight_failures",
+        Kind::Gauge,
+        "Nodes and node pairs the last failed pre-flight round found wrong (1 each).",
+    );
+    for f in &stats.findings {
+        failures.push(
+            vec![
+                ("node", f.node.clone()),
+                ("peer", f.peer.clone().unwrap_or_default()),
+                ("reason", f.failure.reason.as_str().into()),
+            ],
+            1.0,
+        );
+    }
+    vec![rounds, failures]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +244,32 @@ mod tests {
         assert!(m
             .render()
             .contains("mignet_tls_handshake_failures_total{reason=\"timeout\"} 1\n"));
+    }
+
+    #[test]
+    fn preflight_rounds_and_standing_failures() {
+        let stats = crate::network::preflight::PreflightStats {
+            passed: 2,
+            failed: 1,
+            findings: vec![crate::network::preflight::Finding {
+                node: "node1".into(),
+                peer: Some("node3".into()),
+                failure: crate::network::preflight::Failure {
+                    reason: crate::network::preflight::FailureReason::Mtu,
+                    detail: "x".into(),
+                },
+            }],
+        };
+        let text = text::render(&preflight_families(&stats));
+        assert!(
+            text.contains("mignet_preflight_rounds_total{result=\"failed\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mignet_preflight_failures{node=\"node1\",peer=\"node3\",reason=\"MTU\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 }

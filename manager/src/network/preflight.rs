@@ -480,38 +480,6 @@ pub struct PreflightStats {
     pub findings: Vec<Finding>,
 }
 
-impl PreflightStats {
-    /// `mignet_preflight_rounds_total{result}` and, for the network that
-    /// stands refused, one `mignet_preflight_failures{node, peer, reason}`
-    /// series per finding (gone once a round passes).
-    pub fn families(&self) -> Vec<crate::metrics::text::Family> {
-        use crate::metrics::text::{Family, Kind};
-        let rounds = Family::new(
-            "mignet_preflight_rounds_total",
-            Kind::Counter,
-            "Pre-flight rounds of a migration network, by result.",
-        )
-        .with(vec![("result", "passed".into())], self.passed as f64)
-        .with(vec![("result", "failed".into())], self.failed as f64);
-        let mut failures = Family::new(
-            "mignet_preflight_failures",
-            Kind::Gauge,
-            "Nodes and node pairs the last failed pre-flight round found wrong (1 each).",
-        );
-        for f in &self.findings {
-            failures.push(
-                vec![
-                    ("node", f.node.clone()),
-                    ("peer", f.peer.clone().unwrap_or_default()),
-                    ("reason", f.failure.reason.as_str().into()),
-                ],
-                1.0,
-            );
-        }
-        vec![rounds, failures]
-    }
-}
-
 /// A failed round the manager remembers, so it neither probes again at
 /// once nor forgets why the network was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1012,29 +980,6 @@ mod tests {
             step("abc", &nodes(), &all, None, &s, t0),
             Step::Passed { .. }
         ));
-        let stats = PreflightStats {
-            passed: 2,
-            failed: 1,
-            findings: vec![Finding {
-                node: "node1".into(),
-                peer: Some("node3".into()),
-                failure: Failure {
-                    reason: FailureReason::Mtu,
-                    detail: "x".into(),
-                },
-            }],
-        };
-        let text = crate::metrics::text::render(&stats.families());
-        assert!(
-            text.contains("mignet_preflight_rounds_total{result=\"failed\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "mignet_preflight_failures{node=\"node1\",peer=\"node3\",reason=\"MTU\"} 1\n"
-            ),
-            "{text}"
-        );
         // Pods of another round are not this round's.
         assert!(matches!(
             step("zzz", &nodes(), &all, None, &s, t0),

@@ -582,7 +582,7 @@ async fn migrations_in_flight<B: Backend>(
                 .find(|v| {
                     v.metadata.namespace.as_deref() == Some(&ns) && v.name_any() == m.spec.vmi_name
                 })
-                .map(crate::control::views::vmi_memory_bytes)
+                .map(crate::config::vmi_memory_bytes)
                 .unwrap_or(0);
             let started = m
                 .status
