@@ -645,19 +645,10 @@ fn rolled_out(store: &Store) -> Result<bool, DemoError> {
 
 /// The pod's `migration0` address from Multus' network-status annotation.
 fn migration_ip(p: &Pod) -> Option<IpAddr> {
-    let s = p.annotations().get(NETWORK_STATUS_ANNOTATION)?;
-    let v: Value = serde_json::from_str(s).ok()?;
-    v.as_array()?
-        .iter()
-        .find(|e| e["interface"] == mignet_dataplane::migration_ip::MIGRATION_INTERFACE)?
-        .get("ips")?
-        .as_array()?
-        .first()?
-        .as_str()?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
+    crate::network::probe::outcome::network_status_ip(
+        p.annotations().get(NETWORK_STATUS_ANNOTATION)?,
+        mignet_dataplane::migration_ip::MIGRATION_INTERFACE,
+    )
 }
 
 /// The newest serial console of `vmi-fedora` on `node` (each start or

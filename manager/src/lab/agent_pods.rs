@@ -33,8 +33,7 @@ use crate::api::NetworkAttachmentDefinition;
 use crate::network::decide::{MIGRATION_INTERFACE, NETWORKS_ANNOTATION, NETWORK_HASH_ANNOTATION};
 use crate::store::Store;
 
-/// Multus' record of what each interface got.
-pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+pub use crate::network::decide::NETWORK_STATUS_ANNOTATION;
 /// Our record of the CNI calls to undo (config included, so DEL works after
 /// the NAD changed or went away). Written before each ADD.
 pub const ATTACHMENTS_ANNOTATION: &str = "mignet.io/cni-attachments";

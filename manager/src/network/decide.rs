@@ -14,6 +14,9 @@ use crate::api::network_ref::{NetworkRef, NetworkRefError};
 
 /// Multus' pod annotation naming the secondary networks to attach.
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// Multus' record of what each interface of a pod got (the lab kubelet
+/// writes the same).
+pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
 /// Hash of the effective network config; a change restarts the agents.
 pub const NETWORK_HASH_ANNOTATION: &str = "mignet.io/migration-network-hash";
 /// The migration network as the agent reads it (`--migration-network`, via

@@ -11,8 +11,7 @@ use kube::ResourceExt;
 
 use super::super::preflight::{Failure, FailureReason};
 
-/// Where Multus (the lab's kubelet too) records a pod's attachments.
-pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+pub use super::super::decide::NETWORK_STATUS_ANNOTATION;
 
 /// The payload of the small packets: proves reachability, fits any MTU.
 pub const SMALL_PAYLOAD: usize = 64;
