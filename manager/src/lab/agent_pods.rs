@@ -673,22 +673,7 @@ impl<'a> Kubelet<'a> {
     /// Drop [`KUBELET_FINALIZER`] from pod `name` (a pod being deleted then
     /// goes).
     fn release(&self, name: &str) -> Result<(), crate::store::StoreError> {
-        loop {
-            let Some(mut pod) = self.store.get::<Pod>(LAB_NAMESPACE, name)? else {
-                return Ok(());
-            };
-            let Some(f) = pod.metadata.finalizers.as_mut() else {
-                return Ok(());
-            };
-            if !f.iter().any(|x| x == KUBELET_FINALIZER) {
-                return Ok(());
-            }
-            f.retain(|x| x != KUBELET_FINALIZER);
-            match self.store.update(&pod) {
-                Err(e) if e.is_conflict() => continue,
-                r => return r.map(|_| ()),
-            }
-        }
+        release_finalizer(self.store, LAB_NAMESPACE, name, None)
     }
 
     /// Stop a pod: agent, CNI DEL of every recorded attachment, namespace,
@@ -792,6 +777,37 @@ impl CniCallOwned<'_> {
 
 fn link_present(ns: &str, link: &str) -> bool {
     ip(&["-n", ns, "link", "show", "dev", link]).is_ok()
+}
+
+/// Drop [`KUBELET_FINALIZER`] from pod `namespace/name`, the one with `uid`
+/// when given (a pod of the same name made since is left alone): the lab
+/// kubelet's last step for a pod it stopped, so a deleted pod then goes.
+pub(crate) fn release_finalizer(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<(), crate::store::StoreError> {
+    loop {
+        let Some(mut pod) = store.get::<Pod>(namespace, name)? else {
+            return Ok(());
+        };
+        if uid.is_some() && pod.metadata.uid.as_deref() != uid {
+            return Ok(());
+        }
+        let Some(f) = pod.metadata.finalizers.as_mut() else {
+            return Ok(());
+        };
+        if !f.iter().any(|x| x == KUBELET_FINALIZER) {
+            return Ok(());
+        }
+        f.retain(|x| x != KUBELET_FINALIZER);
+        match store.update(&pod) {
+            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_not_found() => return Ok(()),
+            r => return r.map(|_| ()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -44,8 +44,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::agent_pods::{
-    network_status_entry, AttachmentRecord, KUBELET_FINALIZER, NETWORK_STATUS_ANNOTATION,
-    RETRY_AFTER,
+    network_status_entry, release_finalizer, AttachmentRecord, KUBELET_FINALIZER,
+    NETWORK_STATUS_ANNOTATION, RETRY_AFTER,
 };
 use super::cni::CniCall;
 use super::inventory::{self, LabInventory, ProcessRecord};
@@ -734,27 +734,14 @@ impl<'a> ProbePods<'a> {
 
     /// Drop [`KUBELET_FINALIZER`] (a pod being deleted then goes).
     fn release(&self, pod: &Pod) -> Result<(), LabError> {
-        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        loop {
-            let Some(mut cur) = self.store.get::<Pod>(&ns, &name)? else {
-                return Ok(());
-            };
-            if cur.metadata.uid != pod.metadata.uid {
-                return Ok(());
-            }
-            let Some(f) = cur.metadata.finalizers.as_mut() else {
-                return Ok(());
-            };
-            if !f.iter().any(|x| x == KUBELET_FINALIZER) {
-                return Ok(());
-            }
-            f.retain(|x| x != KUBELET_FINALIZER);
-            match self.store.update(&cur) {
-                Err(e) if e.is_conflict() => continue,
-                Err(e) if e.is_not_found() => return Ok(()),
-                r => return r.map(|_| ()).map_err(Into::into),
-            }
-        }
+        let ns = pod.namespace().unwrap_or_default();
+        release_finalizer(
+            self.store,
+            &ns,
+            &pod.name_any(),
+            pod.metadata.uid.as_deref(),
+        )
+        .map_err(Into::into)
     }
 
     /// What a kubelet records of a failed sandbox: an Event on the pod (its
