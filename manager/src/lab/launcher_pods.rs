@@ -491,12 +491,7 @@ impl<'a> Launchers<'a> {
                 start_time: inventory::process_start_time(pid).unwrap_or(0),
                 what: format!("launcher pod {name}"),
             },
-            grace_seconds: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .unwrap_or(30)
-                .max(0) as u64,
+            grace_seconds: grace_seconds(pod),
             terminating_since: None,
             reported: false,
             started_at: now_time().0.to_string(),
@@ -714,6 +709,16 @@ fn image_of(p: &Pod) -> String {
         .and_then(|s| s.containers.first())
         .and_then(|c| c.image.clone())
         .unwrap_or_default()
+}
+
+/// A pod's `terminationGracePeriodSeconds` (Kubernetes' 30 when unset):
+/// SIGTERM turns into SIGKILL after it.
+pub(crate) fn grace_seconds(pod: &Pod) -> u64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0) as u64
 }
 
 #[cfg(test)]

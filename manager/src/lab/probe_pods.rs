@@ -476,12 +476,7 @@ impl<'a> ProbePods<'a> {
             netns: netns_name(&self.cfg.prefix, node, &uid),
             attachments: Vec::new(),
             wrapper: None,
-            grace_seconds: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .unwrap_or(30)
-                .max(0) as u64,
+            grace_seconds: super::launcher_pods::grace_seconds(&pod),
             terminating_since: None,
             reported: false,
             started_at: String::new(),
