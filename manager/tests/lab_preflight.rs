@@ -148,21 +148,11 @@ fn a_segment_smaller_than_the_nads_mtu_is_refused_as_mtu() {
     for n in ["node1", "node2"] {
         ip(&["-n", &lab.ns(n), "link", "set", "eth1", "mtu", "9000"]);
     }
-    let nad = std::env::temp_dir().join(format!("{}-jumbo.yaml", lab.prefix));
-    std::fs::write(
-        &nad,
-        r#"apiVersion: k8s.cni.cncf.io/v1
-kind: NetworkAttachmentDefinition
-metadata:
-  name: jumbo
-  namespace: mignet-system
-spec:
-  config: '{"cniVersion":"0.3.1","name":"jumbo","type":"macvlan","master":"eth1","mode":"bridge","mtu":9000,"ipam":{"type":"whereabouts","range":"10.200.5.0/24"}}'
-"#,
-    )
-    .unwrap();
-    lab.ok(&["create", "-f", nad.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&nad);
+    create_nad(
+        &lab,
+        "jumbo",
+        r#"{"cniVersion":"0.3.1","name":"jumbo","type":"macvlan","master":"eth1","mode":"bridge","mtu":9000,"ipam":{"type":"whereabouts","range":"10.200.5.0/24"}}"#,
+    );
     lab.ok(&["edit-config", "network=jumbo"]);
 
     let c = wait_reason(&lab, "PreflightFailed", Duration::from_secs(90));

@@ -302,21 +302,11 @@ fn a_probe_pod_gets_migration0_in_its_own_namespace_runs_and_leaves_nothing_when
 fn a_missing_master_leaves_the_pod_pending_with_the_kubelets_event_and_nothing_behind() {
     let lab = Lab::new("prbm");
     let (cfg, store) = up(&lab, 1);
-    let nad = std::env::temp_dir().join(format!("{}-nad9.yaml", lab.prefix));
-    std::fs::write(
-        &nad,
-        r#"apiVersion: k8s.cni.cncf.io/v1
-kind: NetworkAttachmentDefinition
-metadata:
-  name: wrong-master
-  namespace: mignet-system
-spec:
-  config: '{"cniVersion":"0.3.1","name":"wrong","type":"macvlan","master":"eth9","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.9.0/24"}}'
-"#,
-    )
-    .unwrap();
-    lab.ok(&["create", "-f", nad.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&nad);
+    create_nad(
+        &lab,
+        "wrong-master",
+        r#"{"cniVersion":"0.3.1","name":"wrong","type":"macvlan","master":"eth9","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.9.0/24"}}"#,
+    );
     let mut kubelet = ProbePods::new(&cfg, &store);
     let created = store
         .create(&probe_pod(

@@ -286,18 +286,25 @@ pub fn switch_to_second_network(lab: &Lab) -> String {
 
 /// Create the NAD `second-network` (10.200.6.0/24, the seed's shape).
 pub fn create_second_network(lab: &Lab) {
-    let nad2 = std::env::temp_dir().join(format!("{}-nad2.yaml", lab.prefix));
+    create_nad(
+        lab,
+        "second-network",
+        r#"{"cniVersion":"0.3.1","name":"migration-bridge-2","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.6.0/24"}}"#,
+    );
+}
+
+/// `mignet create -f` of NAD `name` in mignet-system with CNI `config`, as
+/// a user writes it. The file lives outside the lab dir (`down` removes
+/// only what the lab made) and is removed at once.
+pub fn create_nad(lab: &Lab, name: &str, config: &str) {
+    let file = std::env::temp_dir().join(format!("{}-nad-{name}.yaml", lab.prefix));
     std::fs::write(
-        &nad2,
-        r#"apiVersion: k8s.cni.cncf.io/v1
-kind: NetworkAttachmentDefinition
-metadata:
-  name: second-network
-spec:
-  config: '{"cniVersion":"0.3.1","name":"migration-bridge-2","type":"macvlan","master":"eth1","mode":"bridge","ipam":{"type":"whereabouts","range":"10.200.6.0/24"}}'
-"#,
+        &file,
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {name}\n  namespace: mignet-system\nspec:\n  config: '{config}'\n"
+        ),
     )
     .unwrap();
-    lab.ok(&["create", "-f", nad2.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&nad2);
+    lab.ok(&["create", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
 }
