@@ -237,6 +237,13 @@ fn delete_pod_is_allowed_and_waits_for_the_kubelets_finalizer() {
     assert!(pod.metadata.deletion_timestamp.is_some());
 }
 
+/// The seed's HyperConverged naming `network`, as a file `apply` reads.
+fn hco_yaml(network: &str) -> String {
+    format!(
+        "apiVersion: hco.kubevirt.io/v1beta1\nkind: HyperConverged\nmetadata:\n  name: kubevirt-hyperconverged\nspec:\n  liveMigrationConfig:\n    network: {network}\n---\n"
+    )
+}
+
 /// A controller writing the status while `apply` runs (the lab_maintenance
 /// failure in CI: the VM controller wrote the VM between apply's read and
 /// its write): apply reads again and applies, it does not fail.
@@ -246,11 +253,7 @@ fn apply_retries_when_a_controller_writes_the_status_in_between() {
     let dir = _t.0.join("files");
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("hco.yaml");
-    let hco = |network: &str| {
-        format!(
-            "apiVersion: hco.kubevirt.io/v1beta1\nkind: HyperConverged\nmetadata:\n  name: kubevirt-hyperconverged\nspec:\n  liveMigrationConfig:\n    network: {network}\n---\n"
-        )
-    };
+    let hco = hco_yaml;
     let key = Key::new("HyperConverged", LAB_NAMESPACE, "kubevirt-hyperconverged");
     std::fs::write(&f, hco("n0")).unwrap();
     let apply = |store: &Store| {
@@ -311,11 +314,7 @@ fn apply_creates_then_configures_then_is_unchanged() {
     let dir = _t.0.join("files");
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("hco.yaml");
-    let hco = |network: &str| {
-        format!(
-            "apiVersion: hco.kubevirt.io/v1beta1\nkind: HyperConverged\nmetadata:\n  name: kubevirt-hyperconverged\nspec:\n  liveMigrationConfig:\n    network: {network}\n---\n"
-        )
-    };
+    let hco = hco_yaml;
     std::fs::write(&f, hco("a")).unwrap();
     let p = f.to_str().unwrap();
     assert!(apply(p).unwrap().ends_with("created\n"));
